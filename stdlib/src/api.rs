@@ -1,0 +1,143 @@
+//! The Rhai boundary: locations, the error every primitive raises, option maps.
+
+use rhai::{Dynamic, EvalAltResult, NativeCallContext};
+use serde::de::DeserializeOwned;
+
+use crate::ctx::{Action, Ctx, Loc};
+use crate::error::{Error, Result};
+
+/// The error value a failing primitive raises. Its message already starts
+/// with `file:line:col: primitive:`, so the CLI prints it as is.
+#[derive(Debug, Clone)]
+pub struct PrimitiveFailure(pub String);
+
+/// Where the primitive was called from.
+pub fn location(nctx: &NativeCallContext) -> Loc {
+    let pos = nctx.call_position();
+    Loc {
+        file: nctx.call_source().unwrap_or("<recipe>").to_string(),
+        line: pos.line().unwrap_or(0),
+        col: pos.position().unwrap_or(0),
+    }
+}
+
+/// The error for `name` failing at `loc`.
+pub fn failure(loc: &Loc, name: &str, err: impl std::fmt::Display) -> Box<EvalAltResult> {
+    let line = loc.line;
+    let pos = if line > 0 {
+        rhai::Position::new(line.min(u16::MAX as usize) as u16, loc.col.min(u16::MAX as usize) as u16)
+    } else {
+        rhai::Position::NONE
+    };
+    EvalAltResult::ErrorRuntime(
+        Dynamic::from(PrimitiveFailure(format!("{loc}: {name}: {err}"))),
+        pos,
+    )
+    .into()
+}
+
+fn to_json(args: &[Dynamic]) -> serde_json::Value {
+    serde_json::Value::Array(
+        args.iter()
+            .map(|a| serde_json::to_value(a).unwrap_or_else(|_| serde_json::Value::String(a.to_string())))
+            .collect(),
+    )
+}
+
+/// Runs a primitive: records it in the journal, then maps its error to a
+/// located Rhai error.
+pub fn primitive<T>(
+    ctx: &Ctx,
+    nctx: &NativeCallContext,
+    name: &str,
+    args: &[Dynamic],
+    body: impl FnOnce(&Loc) -> Result<T>,
+) -> Result<T, Box<EvalAltResult>> {
+    let loc = location(nctx);
+    ctx.record_action(Action {
+        primitive: name.to_string(),
+        args: to_json(args),
+        location: loc.clone(),
+    });
+    body(&loc).map_err(|e| failure(&loc, name, e))
+}
+
+/// Like [`primitive`] but for pure queries (facts), which the plan omits.
+pub fn query<T>(
+    nctx: &NativeCallContext,
+    name: &str,
+    body: impl FnOnce(&Loc) -> Result<T>,
+) -> Result<T, Box<EvalAltResult>> {
+    let loc = location(nctx);
+    body(&loc).map_err(|e| failure(&loc, name, e))
+}
+
+/// Decodes an options map into `T` (a `deny_unknown_fields` struct), so an
+/// unknown key is an error naming it.
+pub fn options<T: DeserializeOwned>(map: rhai::Map) -> Result<T> {
+    rhai::serde::from_dynamic(&Dynamic::from_map(map))
+        .map_err(|e| Error::invalid(format!("options: {}", strip_position(&e.to_string()))))
+}
+
+/// `from_dynamic` errors end with ` (line 0, position 0)` or similar noise.
+fn strip_position(msg: &str) -> String {
+    match msg.find(" (line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.trim_end_matches(" @ none").to_string(),
+    }
+}
+
+/// A Rhai value that is one string or an array of strings, as a Vec.
+pub fn string_list(value: &Dynamic, what: &str) -> Result<Vec<String>> {
+    if let Some(s) = value.clone().try_cast::<rhai::ImmutableString>() {
+        return Ok(vec![s.to_string()]);
+    }
+    if let Some(arr) = value.clone().try_cast::<rhai::Array>() {
+        return arr
+            .into_iter()
+            .map(|v| {
+                v.into_immutable_string()
+                    .map(|s| s.to_string())
+                    .map_err(|t| Error::invalid(format!("{what}: expected strings, found {t}")))
+            })
+            .collect();
+    }
+    Err(Error::invalid(format!(
+        "{what}: expected a string or an array of strings, found {}",
+        value.type_name()
+    )))
+}
+
+/// A string list as a Rhai array.
+pub fn to_array(items: impl IntoIterator<Item = String>) -> rhai::Array {
+    items.into_iter().map(Dynamic::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Opts {
+        #[allow(dead_code)]
+        mode: Option<i64>,
+    }
+
+    #[test]
+    fn unknown_option_is_named() {
+        let mut m = rhai::Map::new();
+        m.insert("mdoe".into(), Dynamic::from(0o644_i64));
+        let err = options::<Opts>(m).unwrap_err().to_string();
+        assert!(err.contains("unknown field `mdoe`"), "{err}");
+        assert!(err.contains("`mode`"), "{err}");
+    }
+
+    #[test]
+    fn string_list_takes_one_or_many() {
+        assert_eq!(string_list(&Dynamic::from("a"), "pkgs").unwrap(), vec!["a"]);
+        let arr: rhai::Array = vec![Dynamic::from("a"), Dynamic::from("b")];
+        assert_eq!(string_list(&Dynamic::from(arr), "pkgs").unwrap(), vec!["a", "b"]);
+        assert!(string_list(&Dynamic::from(1_i64), "pkgs").is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! What every primitive is handed: the target, the journal, params, assets, the log.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::target::{Command, Output, Target};
+
+/// A place in a recipe: `file:line:col`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Loc {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.col)
+    }
+}
+
+/// One primitive call, in order, for `plan` and the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    pub primitive: String,
+    pub args: serde_json::Value,
+    pub location: Loc,
+}
+
+/// A pinned input the recipe pulled in (URL by sha256, git by commit).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Input {
+    pub kind: String,
+    pub url: String,
+    pub pin: String,
+    pub dest: String,
+}
+
+/// Everything the recipe did, in order.
+#[derive(Debug, Default)]
+pub struct Journal {
+    pub actions: Vec<Action>,
+    pub inputs: Vec<Input>,
+}
+
+/// A sink for build log lines.
+pub type LogFn = Arc<dyn Fn(&Loc, &str) + Send + Sync>;
+
+/// The context every primitive runs in. Cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    pub target: Arc<dyn Target>,
+    pub journal: Arc<Mutex<Journal>>,
+    pub params: Arc<BTreeMap<String, String>>,
+    /// Folders searched in order by `copy_asset` and asset-path arguments.
+    pub asset_dirs: Arc<Vec<PathBuf>>,
+    pub log: LogFn,
+}
+
+impl Ctx {
+    pub fn new(target: Arc<dyn Target>) -> Self {
+        Ctx {
+            target,
+            journal: Arc::default(),
+            params: Arc::default(),
+            asset_dirs: Arc::default(),
+            log: Arc::new(|loc, msg| eprintln!("{loc}: {msg}")),
+        }
+    }
+
+    pub fn with_params(mut self, params: BTreeMap<String, String>) -> Self {
+        self.params = Arc::new(params);
+        self
+    }
+
+    pub fn with_asset_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.asset_dirs = Arc::new(dirs);
+        self
+    }
+
+    pub fn with_log(mut self, log: LogFn) -> Self {
+        self.log = log;
+        self
+    }
+
+    pub fn log(&self, loc: &Loc, msg: &str) {
+        (self.log)(loc, msg)
+    }
+
+    /// Runs a command inside the target, labelled with the recipe location.
+    pub fn run(&self, loc: &Loc, mut cmd: Command) -> Result<Output, Error> {
+        cmd.label = loc.to_string();
+        Ok(self.target.run(&cmd)?)
+    }
+
+    pub fn record_action(&self, action: Action) {
+        self.journal.lock().unwrap().actions.push(action);
+    }
+
+    pub fn record_input(&self, kind: &str, url: &str, pin: &str, dest: &str) {
+        self.journal.lock().unwrap().inputs.push(Input {
+            kind: kind.to_string(),
+            url: url.to_string(),
+            pin: pin.to_string(),
+            dest: dest.to_string(),
+        });
+    }
+
+    /// Finds an asset by its relative path in the asset folders.
+    pub fn asset(&self, rel: &str) -> Result<PathBuf, Error> {
+        let relp = Path::new(rel);
+        if relp.is_absolute() || relp.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(Error::Invalid(format!(
+                "asset `{rel}` must be a relative path inside an assets folder"
+            )));
+        }
+        self.asset_dirs
+            .iter()
+            .map(|d| d.join(relp))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                let searched: Vec<String> =
+                    self.asset_dirs.iter().map(|d| d.display().to_string()).collect();
+                Error::Invalid(format!(
+                    "asset `{rel}` not found (searched: {})",
+                    if searched.is_empty() { "no asset folders".into() } else { searched.join(", ") }
+                ))
+            })
+    }
+
+    /// A parameter from `--set`, or `default`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+}

@@ -1,0 +1,191 @@
+//! `FakeTarget`: a temporary root with a minimal `/etc`, for recipe tests.
+//!
+//! File effects are real (they land in a temporary directory); commands and
+//! fetches are recorded, never run. Ownership changes are recorded too, so
+//! tests running without root can still assert owners.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crate::fetch::{Fetcher, RecordingFetcher};
+use crate::root::{Attrs, FsError, ImageRoot};
+use crate::target::{Command, CommandError, Facts, Output, Target};
+
+/// Which distribution the fake root pretends to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeOs {
+    pub id: String,
+    pub version_id: String,
+    pub codename: String,
+    pub arch: String,
+}
+
+impl Default for FakeOs {
+    fn default() -> Self {
+        FakeOs {
+            id: "ubuntu".into(),
+            version_id: "22.04".into(),
+            codename: "jammy".into(),
+            arch: "amd64".into(),
+        }
+    }
+}
+
+impl FakeOs {
+    fn os_release(&self) -> String {
+        let name = match self.id.as_str() {
+            "ubuntu" => "Ubuntu",
+            "debian" => "Debian GNU/Linux",
+            other => other,
+        };
+        format!(
+            "PRETTY_NAME=\"{name} {v} ({c})\"\nNAME=\"{name}\"\nVERSION_ID=\"{v}\"\nVERSION=\"{v} ({c})\"\nVERSION_CODENAME={c}\nID={id}\n",
+            v = self.version_id,
+            c = self.codename,
+            id = self.id
+        )
+    }
+}
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+bin:x:2:2:bin:/bin:/usr/sbin/nologin
+sys:x:3:3:sys:/dev:/usr/sbin/nologin
+sync:x:4:65534:sync:/bin:/bin/sync
+man:x:6:12:man:/var/cache/man:/usr/sbin/nologin
+mail:x:8:8:mail:/var/mail:/usr/sbin/nologin
+www-data:x:33:33:www-data:/var/www:/usr/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+";
+const GROUP: &str = "root:x:0:
+daemon:x:1:
+bin:x:2:
+sys:x:3:
+adm:x:4:
+tty:x:5:
+disk:x:6:
+man:x:12:
+sudo:x:27:
+www-data:x:33:
+shadow:x:42:
+users:x:100:
+nogroup:x:65534:
+";
+
+/// A fake image root in a temporary directory.
+pub struct FakeTarget {
+    _dir: tempfile::TempDir,
+    root: ImageRoot,
+    facts: Facts,
+    fetcher: Box<dyn Fetcher>,
+    commands: Mutex<Vec<Command>>,
+    owners: Mutex<BTreeMap<String, (u32, u32)>>,
+}
+
+impl FakeTarget {
+    /// A fake root for `os`, answering fetches with `fetcher`.
+    pub fn new(os: &FakeOs, fetcher: Box<dyn Fetcher>) -> Result<Self, FsError> {
+        let dir = tempfile::Builder::new()
+            .prefix("pgimg-fake-")
+            .tempdir()
+            .map_err(|e| FsError::Io {
+                path: "<tempdir>".into(),
+                source: e,
+            })?;
+        let root = ImageRoot::open(dir.path())?;
+        let shadow_of = |db: &str, gshadow: bool| -> String {
+            db.lines()
+                .map(|l| {
+                    let name = l.split(':').next().unwrap_or_default();
+                    if gshadow {
+                        format!("{name}:*::\n")
+                    } else {
+                        format!("{name}:*:19000:0:99999:7:::\n")
+                    }
+                })
+                .collect()
+        };
+        root.write("/etc/passwd", PASSWD.as_bytes(), Attrs::mode(0o644))?;
+        root.write("/etc/group", GROUP.as_bytes(), Attrs::mode(0o644))?;
+        root.write("/etc/shadow", shadow_of(PASSWD, false).as_bytes(), Attrs::mode(0o640))?;
+        root.write("/etc/gshadow", shadow_of(GROUP, true).as_bytes(), Attrs::mode(0o640))?;
+        root.write("/usr/lib/os-release", os.os_release().as_bytes(), Attrs::mode(0o644))?;
+        root.symlink("../usr/lib/os-release", "/etc/os-release")?;
+        root.write("/etc/skel/.bashrc", b"# ~/.bashrc\n", Attrs::mode(0o644))?;
+        root.write("/etc/skel/.profile", b"# ~/.profile\n", Attrs::mode(0o644))?;
+        for d in ["/root", "/tmp", "/var/tmp", "/etc/apt/sources.list.d", "/etc/systemd/system", "/usr/bin", "/home"] {
+            root.mkdir_all(d, Attrs::default())?;
+        }
+        Ok(FakeTarget {
+            _dir: dir,
+            root,
+            facts: Facts {
+                arch: os.arch.clone(),
+            },
+            fetcher,
+            commands: Mutex::default(),
+            owners: Mutex::default(),
+        })
+    }
+
+    /// A fake Ubuntu 22.04 amd64 root that records every fetch.
+    pub fn ubuntu() -> Self {
+        FakeTarget::new(&FakeOs::default(), Box::new(RecordingFetcher::default()))
+            .expect("creating a fake root in the temporary directory")
+    }
+
+    /// The commands that would have run, in order.
+    pub fn commands(&self) -> Vec<Command> {
+        self.commands.lock().unwrap().clone()
+    }
+
+    /// The recorded owner of `path` (uid, gid), if a primitive set one.
+    pub fn owner(&self, path: &str) -> Option<(u32, u32)> {
+        self.owners.lock().unwrap().get(path).copied()
+    }
+}
+
+impl Target for FakeTarget {
+    fn root(&self) -> &ImageRoot {
+        &self.root
+    }
+
+    fn run(&self, cmd: &Command) -> Result<Output, CommandError> {
+        self.commands.lock().unwrap().push(cmd.clone());
+        Ok(Output::default())
+    }
+
+    fn fetcher(&self) -> &dyn Fetcher {
+        self.fetcher.as_ref()
+    }
+
+    fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), FsError> {
+        self.root.stat(path)?;
+        self.owners
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (uid, gid));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_etc_and_records_commands() {
+        let t = FakeTarget::ubuntu();
+        assert!(t.root().read_string("/etc/os-release").unwrap().contains("VERSION_CODENAME=jammy"));
+        assert!(t.root().read_string("/etc/shadow").unwrap().starts_with("root:*:"));
+        t.run(&Command::new(["apt-get", "update"])).unwrap();
+        assert_eq!(t.commands()[0].to_string(), "apt-get update");
+        t.chown("/etc/passwd", 5, 6).unwrap();
+        assert_eq!(t.owner("/etc/passwd"), Some((5, 6)));
+        assert!(t.chown("/nope", 1, 1).is_err());
+    }
+}

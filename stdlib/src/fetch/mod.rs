@@ -1,0 +1,66 @@
+//! Getting inputs onto the host: URLs pinned by sha256 and git sources pinned by commit.
+//!
+//! A [`Fetcher`] is its own component beside the [`Target`](crate::Target):
+//! `pgimg run` pairs a real image with [`HttpFetcher`] (reqwest plus a
+//! content-addressed cache); `plan` and `test` use [`RecordingFetcher`], which
+//! never touches the network and answers from fixtures when it has them.
+
+mod recording;
+
+pub use recording::RecordingFetcher;
+
+use std::path::PathBuf;
+
+/// A fetch that failed; every variant names the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: sha256 mismatch: expected {expected}, got {actual}")]
+    ShaMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("{url}: {reason}")]
+    Io { url: String, reason: String },
+    #[error("{url}: git: {reason}")]
+    Git { url: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Checks that `sha256` is 64 lowercase-or-uppercase hex digits; returns it lowercased.
+pub fn normalize_sha256(sha256: &str) -> Result<String, FetchError> {
+    let s = sha256.trim().to_ascii_lowercase();
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s)
+    } else {
+        Err(FetchError::Invalid(format!(
+            "`{sha256}` is not a sha256 (64 hex digits)"
+        )))
+    }
+}
+
+/// Checks that `rev` is a full 40-hex git commit id (a branch or tag is not a pin).
+pub fn normalize_commit(rev: &str) -> Result<String, FetchError> {
+    let s = rev.trim().to_ascii_lowercase();
+    if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s)
+    } else {
+        Err(FetchError::Invalid(format!(
+            "`{rev}` is not a full git commit id (40 hex digits); branches and tags are not pins"
+        )))
+    }
+}
+
+/// Gets pinned inputs onto the host.
+pub trait Fetcher: Send + Sync {
+    /// Returns a host path holding the content of `url`, verified against
+    /// `sha256`, or `None` when this fetcher only records (no fixture).
+    fn fetch(&self, url: &str, sha256: &str) -> Result<Option<PathBuf>, FetchError>;
+
+    /// Returns a host directory holding the tree of `url` at commit `rev`
+    /// (without `.git`), or `None` when this fetcher only records.
+    fn git(&self, url: &str, rev: &str) -> Result<Option<PathBuf>, FetchError>;
+}
