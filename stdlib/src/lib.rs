@@ -6,6 +6,8 @@ pub mod ctx;
 pub mod error;
 pub mod fake;
 pub mod fetch;
+pub mod files;
+pub mod owner;
 pub mod root;
 pub mod target;
 
@@ -17,5 +19,5 @@ pub use target::{Command, Facts, Output, Target};
 
 /// Registers every primitive into `engine`, acting through `ctx`.
 pub fn register(engine: &mut rhai::Engine, ctx: &Ctx) {
-    let _ = (engine, ctx);
+    files::register(engine, ctx);
 }

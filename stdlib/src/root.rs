@@ -435,6 +435,7 @@ impl ImageRoot {
                 ..attrs
             };
             self.mkdir_all(dest, dir_attrs)?;
+            written.push(dest.display().to_string());
             let mut entries: Vec<_> = std::fs::read_dir(src)
                 .map_err(|e| FsError::io(src, e))?
                 .filter_map(|e| e.ok())

@@ -1,0 +1,217 @@
+//! File primitives: `write_file`, `append_file`, `copy_asset`, `mkdir`, `symlink`, `remove`.
+
+use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use serde::Deserialize;
+
+use crate::api::{options, primitive, to_array};
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::owner::resolve_owner;
+use crate::root::Attrs;
+
+/// `mode` and `owner`, shared by the primitives that create files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOpts {
+    pub mode: Option<i64>,
+    pub owner: Option<String>,
+}
+
+impl FileOpts {
+    pub fn mode(&self) -> Result<Option<u32>> {
+        self.mode
+            .map(|m| {
+                u32::try_from(m)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| Error::invalid(format!("mode {m:#o} is not a file mode (0 to 0o7777)")))
+            })
+            .transpose()
+    }
+}
+
+/// Applies `mode` and `owner` to an in-image path.
+pub fn apply(ctx: &Ctx, path: &str, mode: Option<u32>, owner: Option<&str>) -> Result<()> {
+    if let Some(mode) = mode {
+        ctx.target.root().set_attrs(path, Attrs::mode(mode))?;
+    }
+    if let Some(owner) = owner {
+        let (uid, gid) = resolve_owner(ctx.target.root(), owner)?;
+        ctx.target.chown(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+/// Checks that a path given by a recipe is absolute (inside the image).
+pub fn image_path(path: &str) -> Result<&str> {
+    if path.starts_with('/') {
+        Ok(path)
+    } else {
+        Err(Error::invalid(format!("`{path}` must be an absolute path inside the image")))
+    }
+}
+
+pub fn write_file(ctx: &Ctx, path: &str, content: &str, opts: &FileOpts) -> Result<()> {
+    let path = image_path(path)?;
+    ctx.target.root().write(path, content.as_bytes(), Attrs { mode: opts.mode()?, ..Attrs::default() })?;
+    apply(ctx, path, None, opts.owner.as_deref())
+}
+
+pub fn append_file(ctx: &Ctx, path: &str, content: &str) -> Result<()> {
+    ctx.target.root().append(image_path(path)?, content.as_bytes())?;
+    Ok(())
+}
+
+pub fn mkdir(ctx: &Ctx, path: &str, opts: &FileOpts) -> Result<()> {
+    let path = image_path(path)?;
+    ctx.target.root().mkdir_all(path, Attrs { mode: opts.mode()?, ..Attrs::default() })?;
+    apply(ctx, path, None, opts.owner.as_deref())
+}
+
+/// Copies an asset file or folder to `dest`; returns the in-image paths written.
+pub fn copy_asset(ctx: &Ctx, asset: &str, dest: &str, opts: &FileOpts) -> Result<Vec<String>> {
+    let dest = image_path(dest)?;
+    let src = ctx.asset(asset)?;
+    let mode = opts.mode()?;
+    let written = ctx
+        .target
+        .root()
+        .copy_from_host(&src, dest, Attrs { mode, ..Attrs::default() })?;
+    if let Some(owner) = &opts.owner {
+        for p in &written {
+            apply(ctx, p, None, Some(owner))?;
+        }
+    }
+    Ok(written)
+}
+
+pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
+    let c = ctx.clone();
+    let write = move |nctx: NativeCallContext, path: &str, content: &str, opts: Map| {
+        primitive(&c, &nctx, "write_file", &[path.into(), content.into(), opts.clone().into()], |_| {
+            write_file(&c, path, content, &options(opts)?)
+        })
+    };
+    let w2 = write.clone();
+    FuncRegistration::new("write_file")
+        .with_comments(["/// Writes `content` to `path` in the image atomically.\n/// Options: `mode` (e.g. `0o640`), `owner` (`\"user\"` or `\"user:group\"`)."])
+        .with_params_info(["path: &str", "content: &str", "opts: Map", "()"])
+        .register_into_engine(engine, write);
+    FuncRegistration::new("write_file")
+        .with_comments(["/// Writes `content` to `path` in the image atomically."])
+        .with_params_info(["path: &str", "content: &str", "()"])
+        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str, content: &str| {
+            w2(nctx, path, content, Map::new())
+        });
+
+    let c = ctx.clone();
+    FuncRegistration::new("append_file")
+        .with_comments(["/// Appends `content` to `path` in the image, creating it when missing."])
+        .with_params_info(["path: &str", "content: &str", "()"])
+        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str, content: &str| {
+            primitive(&c, &nctx, "append_file", &[path.into(), content.into()], |_| append_file(&c, path, content))
+        });
+
+    let c = ctx.clone();
+    let mk = move |nctx: NativeCallContext, path: &str, opts: Map| {
+        primitive(&c, &nctx, "mkdir", &[path.into(), opts.clone().into()], |_| mkdir(&c, path, &options(opts)?))
+    };
+    let mk2 = mk.clone();
+    FuncRegistration::new("mkdir")
+        .with_comments(["/// Creates a directory and its parents (`mkdir -p`). Options: `mode`, `owner`."])
+        .with_params_info(["path: &str", "opts: Map", "()"])
+        .register_into_engine(engine, mk);
+    FuncRegistration::new("mkdir")
+        .with_comments(["/// Creates a directory and its parents (`mkdir -p`)."])
+        .with_params_info(["path: &str", "()"])
+        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str| mk2(nctx, path, Map::new()));
+
+    let c = ctx.clone();
+    let cp = move |nctx: NativeCallContext, asset: &str, dest: &str, opts: Map| {
+        primitive(&c, &nctx, "copy_asset", &[asset.into(), dest.into(), opts.clone().into()], |_| {
+            copy_asset(&c, asset, dest, &options(opts)?).map(to_array)
+        })
+    };
+    let cp2 = cp.clone();
+    FuncRegistration::new("copy_asset")
+        .with_comments(["/// Copies a file or folder from the recipe's (or flavor's) `assets/` into the image.\n/// Options: `mode`, `owner`. Returns the paths written."])
+        .with_params_info(["asset: &str", "dest: &str", "opts: Map", "Array"])
+        .register_into_engine(engine, cp);
+    FuncRegistration::new("copy_asset")
+        .with_comments(["/// Copies a file or folder from the recipe's (or flavor's) `assets/` into the image."])
+        .with_params_info(["asset: &str", "dest: &str", "Array"])
+        .register_into_engine(engine, move |nctx: NativeCallContext, asset: &str, dest: &str| {
+            cp2(nctx, asset, dest, Map::new())
+        });
+
+    let c = ctx.clone();
+    FuncRegistration::new("symlink")
+        .with_comments(["/// Creates (or replaces) the symlink `link` pointing at `target`."])
+        .with_params_info(["target: &str", "link: &str", "()"])
+        .register_into_engine(engine, move |nctx: NativeCallContext, target: &str, link: &str| {
+            primitive(&c, &nctx, "symlink", &[target.into(), link.into()], |_| {
+                Ok(c.target.root().symlink(target, image_path(link)?)?)
+            })
+        });
+
+    let c = ctx.clone();
+    FuncRegistration::new("remove")
+        .with_comments(["/// Removes a file, link or directory tree; returns whether anything was there."])
+        .with_params_info(["path: &str", "bool"])
+        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str| {
+            primitive(&c, &nctx, "remove", &[Dynamic::from(path.to_string())], |_| {
+                Ok(c.target.root().remove(image_path(path)?)?)
+            })
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FakeTarget, Target};
+    use std::sync::Arc;
+
+    fn ctx() -> (Arc<FakeTarget>, Ctx) {
+        let t = Arc::new(FakeTarget::ubuntu());
+        (t.clone(), Ctx::new(t))
+    }
+
+    #[test]
+    fn write_with_mode_and_owner() {
+        let (t, c) = ctx();
+        let opts = FileOpts { mode: Some(0o600), owner: Some("www-data".into()) };
+        write_file(&c, "/etc/x.conf", "a", &opts).unwrap();
+        assert_eq!(t.root().stat("/etc/x.conf").unwrap().mode, 0o600);
+        assert_eq!(t.owner("/etc/x.conf"), Some((33, 33)));
+        assert!(write_file(&c, "relative", "a", &FileOpts::default()).is_err());
+        let bad = FileOpts { mode: Some(0o17777), owner: None };
+        assert!(write_file(&c, "/x", "a", &bad).unwrap_err().to_string().contains("not a file mode"));
+    }
+
+    #[test]
+    fn append_mkdir() {
+        let (t, c) = ctx();
+        append_file(&c, "/etc/motd", "one\n").unwrap();
+        append_file(&c, "/etc/motd", "two\n").unwrap();
+        assert_eq!(t.root().read_string("/etc/motd").unwrap(), "one\ntwo\n");
+        mkdir(&c, "/opt/a/b", &FileOpts { mode: Some(0o750), owner: None }).unwrap();
+        assert_eq!(t.root().stat("/opt/a/b").unwrap().mode, 0o750);
+    }
+
+    #[test]
+    fn copy_asset_file_and_tree() {
+        let (t, c) = ctx();
+        let assets = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(assets.path().join("units/sub")).unwrap();
+        std::fs::write(assets.path().join("units/a.service"), "[Unit]\n").unwrap();
+        std::fs::write(assets.path().join("units/sub/b"), "b").unwrap();
+        let c = c.with_asset_dirs(vec![assets.path().to_path_buf()]);
+        let w = copy_asset(&c, "units", "/etc/u", &FileOpts::default()).unwrap();
+        assert_eq!(w, vec!["/etc/u", "/etc/u/a.service", "/etc/u/sub", "/etc/u/sub/b"]);
+        assert_eq!(t.root().read_string("/etc/u/sub/b").unwrap(), "b");
+        let e = copy_asset(&c, "../etc/passwd", "/x", &FileOpts::default()).unwrap_err();
+        assert!(e.to_string().contains("relative path inside"), "{e}");
+        let e = copy_asset(&c, "missing", "/x", &FileOpts::default()).unwrap_err();
+        assert!(e.to_string().contains("not found"), "{e}");
+    }
+}
