@@ -1,1 +1,2 @@
-pub fn y(){}
+//! pgimg's runtime: the machine that provides a real `Target` (image, sandbox),
+//! the Rhai engine, and the command-line interface.
