@@ -1,2 +1,6 @@
 //! pgimg's runtime: the machine that provides a real `Target` (image, sandbox),
 //! the Rhai engine, and the command-line interface.
+
+pub mod cli;
+pub mod engine;
+pub mod testing;

@@ -58,6 +58,7 @@ pub fn primitive<T>(
         primitive: name.to_string(),
         args: to_json(args),
         location: loc.clone(),
+        commands: Vec::new(),
     });
     body(&loc).map_err(|e| failure(&loc, name, e))
 }
@@ -81,6 +82,7 @@ pub fn options<T: DeserializeOwned>(map: rhai::Map) -> Result<T> {
 
 /// `from_dynamic` errors end with ` (line 0, position 0)` or similar noise.
 fn strip_position(msg: &str) -> String {
+    let msg = msg.trim_start_matches("Syntax error: ");
     match msg.find(" (line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.trim_end_matches(" @ none").to_string(),

@@ -30,6 +30,9 @@ pub struct Action {
     pub primitive: String,
     pub args: serde_json::Value,
     pub location: Loc,
+    /// The commands this call ran (or, on a fake target, would have run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
 }
 
 /// A pinned input the recipe pulled in (URL by sha256, git by commit).
@@ -95,6 +98,9 @@ impl Ctx {
     /// Runs a command inside the target, labelled with the recipe location.
     pub fn run(&self, loc: &Loc, mut cmd: Command) -> Result<Output, Error> {
         cmd.label = loc.to_string();
+        if let Some(a) = self.journal.lock().unwrap().actions.last_mut() {
+            a.commands.push(cmd.to_string());
+        }
         Ok(self.target.run(&cmd)?)
     }
 
