@@ -103,7 +103,7 @@ impl ModuleResolver for RecipeResolver {
         }
         let shown = display_path(&file);
         let text = std::fs::read_to_string(&file)
-            .map_err(|e| EvalAltResult::ErrorModuleNotFound(format!("{shown} ({e})"), pos))?;
+            .map_err(|e| EvalAltResult::ErrorRuntime(format!("cannot import `{path}`: {shown}: {e}").into(), pos))?;
         let mut ast = engine
             .compile(&text)
             .map_err(|e| EvalAltResult::ErrorInModule(shown.clone(), e.into(), pos))?;
@@ -204,6 +204,10 @@ pub fn render(err: &EvalAltResult, file: &str) -> String {
         }
         EvalAltResult::ErrorTooManyOperations(pos) => format!(
             "{}: the recipe ran too many operations and was stopped (an endless loop?)",
+            locate(&file, *pos)
+        ),
+        EvalAltResult::ErrorStackOverflow(pos) => format!(
+            "{}: calls nested too deeply and were stopped (runaway recursion?)",
             locate(&file, *pos)
         ),
         EvalAltResult::ErrorTerminated(token, pos) => match token.read_lock::<WallClockExceeded>() {
