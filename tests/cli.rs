@@ -1,0 +1,105 @@
+//! The CLI as a user runs it: recipe tests, check, plan, defs.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn pgimg(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgimg"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("running pgimg")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every recipe test in the repository passes (`pgimg test` with its defaults).
+#[test]
+fn repository_recipe_tests_pass() {
+    let o = pgimg(&["test"], repo());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let last = out.lines().last().unwrap_or_default().to_string();
+    assert!(last.ends_with(" passed, 0 failed"), "{out}");
+    assert!(!last.starts_with("0 passed"), "{out}");
+}
+
+#[test]
+fn failing_recipe_test_fails_the_run_with_its_location() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("r.rhai"), "write_file(\"/etc/x\", \"1\");\n").unwrap();
+    std::fs::write(
+        d.path().join("r.test.rhai"),
+        "fn test_good() {\n let t = fake_rootfs();\n t.run(\"r.rhai\");\n assert(t.file(\"/etc/x\") == \"1\", \"x written\");\n}\n\
+         fn test_bad() {\n let t = fake_rootfs(#{ arch: \"arm64\" });\n t.run(\"r.rhai\");\n assert_eq(t.file(\"/etc/x\"), \"2\");\n}\n",
+    )
+    .unwrap();
+    let o = pgimg(&["test", "."], d.path());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("ok   r.test.rhai::test_good"), "{out}");
+    assert!(out.contains("FAIL r.test.rhai::test_bad"), "{out}");
+    assert!(out.contains("r.test.rhai:9:2: assert_eq: left: \"1\", right: \"2\""), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn check_exits_2_with_the_error() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("ok.rhai"), "mkdir(\"/opt/a\");\n").unwrap();
+    std::fs::write(d.path().join("bad.rhai"), "mkdir(\"/opt/a\");\nmkdir(\"rel\");\n").unwrap();
+    let o = pgimg(&["check", "ok.rhai"], d.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = pgimg(&["check", "ok.rhai", "bad.rhai"], d.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("bad.rhai:2:1: mkdir: `rel` must be an absolute path"), "{}", text(&o));
+}
+
+#[test]
+fn plan_json_is_one_array_with_primitive_args_location() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("p.rhai"),
+        "write_file(\"/etc/a\", \"x\", #{ mode: 0o600 });\nrun([\"true\"]);\n",
+    )
+    .unwrap();
+    let o = pgimg(&["plan", "--json", "p.rhai"], d.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = v.as_array().unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0]["primitive"], "write_file");
+    assert_eq!(a[0]["args"][0], "/etc/a");
+    assert_eq!(a[0]["location"]["file"], "p.rhai");
+    assert_eq!(a[0]["location"]["line"], 1);
+    assert_eq!(a[1]["commands"][0], "true");
+    let o = pgimg(&["plan", "p.rhai"], d.path());
+    let out = text(&o);
+    assert!(out.contains("write_file \"/etc/a\" \"x\" {\"mode\":\"0o600\"}"), "{out}");
+}
+
+#[test]
+fn defs_lists_every_primitive_with_docs() {
+    let o = pgimg(&["defs"], repo());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    for f in [
+        "arch", "image_arch", "os_release", "param", "log", "apt_repo", "apt_update", "apt_install",
+        "apt_purge", "apt_download", "fetch_verify", "write_file", "append_file", "copy_asset", "mkdir",
+        "symlink", "remove", "add_group", "add_user", "add_to_group", "systemd_unit", "systemd_dropin",
+        "go_build", "pgxs_build", "run",
+    ] {
+        assert!(out.contains(&format!("fn {f}(")), "defs misses {f}:\n{out}");
+    }
+    assert!(out.contains("/// Writes `content` to `path`"), "{out}");
+}
