@@ -164,7 +164,15 @@ fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
             .map(Dynamic::from)
             .collect()
     });
-    // USERS_SYSTEMD_PENDING
+    engine.register_fn("user_exists", |t: &mut FakeRoot, name: &str| {
+        check(pgimg_stdlib::users::user_exists(t.target.root(), name))
+    });
+    engine.register_fn("in_group", |t: &mut FakeRoot, user: &str, group: &str| {
+        check(pgimg_stdlib::users::in_group(t.target.root(), user, group))
+    });
+    engine.register_fn("unit_enabled", |t: &mut FakeRoot, unit: &str| {
+        check(pgimg_stdlib::systemd::unit_enabled(t.target.root(), unit))
+    });
     engine.register_fn("commands", |t: &mut FakeRoot| -> Array {
         t.target.commands().iter().map(|c| Dynamic::from(c.to_string())).collect()
     });

@@ -65,6 +65,7 @@ adm:x:4:
 tty:x:5:
 disk:x:6:
 man:x:12:
+mail:x:8:
 sudo:x:27:
 www-data:x:33:
 shadow:x:42:
@@ -161,6 +162,10 @@ impl Target for FakeTarget {
 
     fn facts(&self) -> &Facts {
         &self.facts
+    }
+
+    fn records_only(&self) -> bool {
+        true
     }
 
     fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), FsError> {

@@ -2,14 +2,22 @@
 //! [`Target`] seam, and [`FakeTarget`] for testing recipes without an image.
 
 pub mod api;
+pub mod apt;
+pub mod apt_repo;
 pub mod ctx;
 pub mod error;
+pub mod extract;
+pub mod facts;
 pub mod fake;
 pub mod fetch;
+pub mod fetch_verify;
 pub mod files;
 pub mod owner;
 pub mod root;
+pub mod run;
+pub mod systemd;
 pub mod target;
+pub mod users;
 
 pub use ctx::{Ctx, Loc};
 pub use error::{Error, Result};
@@ -20,4 +28,11 @@ pub use target::{Command, Facts, Output, Target};
 /// Registers every primitive into `engine`, acting through `ctx`.
 pub fn register(engine: &mut rhai::Engine, ctx: &Ctx) {
     files::register(engine, ctx);
+    facts::register(engine, ctx);
+    run::register(engine, ctx);
+    apt::register(engine, ctx);
+    apt_repo::register(engine, ctx);
+    fetch_verify::register(engine, ctx);
+    users::register(engine, ctx);
+    systemd::register(engine, ctx);
 }
