@@ -3,4 +3,6 @@
 
 pub mod cli;
 pub mod engine;
+pub mod image;
+pub mod sandbox;
 pub mod testing;

@@ -5,8 +5,12 @@
 //! content-addressed cache); `plan` and `test` use [`RecordingFetcher`], which
 //! never touches the network and answers from fixtures when it has them.
 
+mod git;
+mod http;
 mod recording;
 
+pub use git::GitFetcher;
+pub use http::{check_url, default_cache_dir, url_file_name, FetchLog, HttpFetcher, RetryPolicy, MAX_TEXT_BYTES};
 pub use recording::RecordingFetcher;
 
 use std::path::PathBuf;

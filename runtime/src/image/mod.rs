@@ -1,0 +1,247 @@
+//! Disk images: the working copy, format conversion, GPT grow, root partition lookup and loop attach.
+//!
+//! The pipeline's image stages, each a function:
+//! [`copy_base`] (acquire + convert) → [`grow`] → [`WorkImage::open`] →
+//! [`WorkImage::attach_root`] → [`ext4::check_and_resize`] on the loop device;
+//! at the end [`ext4::check_clean`], [`LoopGuard::close`] and
+//! [`convert::to_qcow2`] when asked. [`prepare`] chains the first three.
+
+pub mod convert;
+pub mod ext4;
+pub mod gpt;
+pub mod inspect;
+pub mod loopdev;
+pub mod rootfs;
+pub mod superblock;
+pub mod tool;
+pub mod workcopy;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+pub use convert::Format;
+pub use gpt::{GrowReport, Partition};
+pub use loopdev::LoopGuard;
+pub use superblock::Superblock;
+pub use workcopy::CopyMethod;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Gpt {
+        path: PathBuf,
+        #[source]
+        source: gpt::GptError,
+    },
+    #[error("{path}: {source}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: rootfs::RootError,
+    },
+    #[error(
+        "{path} is already {current} bytes; {requested} would shrink it \
+         (the size is the final size of the image, and it can only grow)"
+    )]
+    Shrink {
+        path: PathBuf,
+        current: u64,
+        requested: u64,
+    },
+    #[error("{path}: the size {size} is not a multiple of the {sector_size}-byte sector")]
+    Unaligned {
+        path: PathBuf,
+        size: u64,
+        sector_size: u64,
+    },
+    #[error(transparent)]
+    Convert(#[from] convert::ConvertError),
+    #[error(transparent)]
+    WorkCopy(#[from] workcopy::WorkCopyError),
+    #[error(transparent)]
+    Loop(#[from] loopdev::LoopError),
+    #[error(transparent)]
+    Ext4(#[from] ext4::Ext4Error),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How the working copy was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseCopy {
+    /// The base image's format.
+    pub format: Format,
+    /// `None` when the base was converted to raw by qemu-img.
+    pub method: Option<CopyMethod>,
+}
+
+/// Acquire + convert: makes `work`, a raw copy of `base`. A raw base is
+/// copied (reflink or sparse); any other format is converted by qemu-img.
+/// `base` is only ever read; `work` must not exist.
+pub fn copy_base(base: &Path, work: &Path) -> Result<BaseCopy, ImageError> {
+    let info = convert::detect(base)?;
+    if info.format == Format::Raw {
+        let method = workcopy::copy(base, work)?;
+        Ok(BaseCopy {
+            format: info.format,
+            method: Some(method),
+        })
+    } else {
+        convert::to_raw(base, &info.format, work)?;
+        Ok(BaseCopy {
+            format: info.format,
+            method: None,
+        })
+    }
+}
+
+/// What [`grow`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrowOutcome {
+    /// The image already had that size.
+    Unchanged,
+    Grown(GrowReport),
+}
+
+/// Grows the raw GPT image to `new_size` bytes (the final size): extends the
+/// file sparsely, moves the backup GPT to the new end and grows the root
+/// partition in place. The file system is grown later, through a loop
+/// device ([`ext4::check_and_resize`]).
+pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(io_error(image))?;
+    let current = file.metadata().map_err(io_error(image))?.len();
+    if new_size < current {
+        return Err(ImageError::Shrink {
+            path: image.to_path_buf(),
+            current,
+            requested: new_size,
+        });
+    }
+    if new_size == current {
+        return Ok(GrowOutcome::Unchanged);
+    }
+    let table = gpt::read(&mut file).map_err(|source| ImageError::Gpt {
+        path: image.to_path_buf(),
+        source,
+    })?;
+    if new_size % table.sector_size() != 0 {
+        return Err(ImageError::Unaligned {
+            path: image.to_path_buf(),
+            size: new_size,
+            sector_size: table.sector_size(),
+        });
+    }
+    let (root, _) = find_root(image, &mut file, &table)?;
+    file.set_len(new_size).map_err(io_error(image))?;
+    match table.grow(&mut file, root.number) {
+        Ok(report) => {
+            file.sync_all().map_err(io_error(image))?;
+            Ok(GrowOutcome::Grown(report))
+        }
+        Err(source) => {
+            // Before any table write failed, the old length is still valid.
+            let _ = file.set_len(current);
+            Err(ImageError::Gpt {
+                path: image.to_path_buf(),
+                source,
+            })
+        }
+    }
+}
+
+fn find_root(
+    image: &Path,
+    file: &mut File,
+    table: &gpt::PartitionTable,
+) -> Result<(Partition, Superblock), ImageError> {
+    rootfs::find_root(file, table).map_err(|source| ImageError::Root {
+        path: image.to_path_buf(),
+        source,
+    })
+}
+
+/// A raw working image and its root partition.
+#[derive(Debug, Clone)]
+pub struct WorkImage {
+    path: PathBuf,
+    root: Partition,
+    root_fs: Superblock,
+}
+
+impl WorkImage {
+    /// Reads the GPT of the raw image at `path` and finds its root partition.
+    pub fn open(path: &Path) -> Result<WorkImage, ImageError> {
+        let mut file = File::open(path).map_err(io_error(path))?;
+        let table = gpt::read(&mut file).map_err(|source| ImageError::Gpt {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (root, root_fs) = find_root(path, &mut file, &table)?;
+        Ok(WorkImage {
+            path: path.to_path_buf(),
+            root,
+            root_fs,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The root partition (number, offset, size, GUIDs).
+    pub fn root(&self) -> &Partition {
+        &self.root
+    }
+
+    /// The root file system's superblock as it was when opened.
+    pub fn root_fs(&self) -> &Superblock {
+        &self.root_fs
+    }
+
+    /// Attach stage: the root partition on a loop device, read-write, by
+    /// offset and size limit, with auto-clear.
+    pub fn attach_root(&self) -> Result<LoopGuard, ImageError> {
+        Ok(loopdev::attach(
+            &self.path,
+            self.root.offset(),
+            self.root.size(),
+            false,
+        )?)
+    }
+
+    /// Like [`attach_root`](Self::attach_root), read-only.
+    pub fn attach_root_read_only(&self) -> Result<LoopGuard, ImageError> {
+        Ok(loopdev::attach(
+            &self.path,
+            self.root.offset(),
+            self.root.size(),
+            true,
+        )?)
+    }
+}
+
+/// Copy (or convert) `base` to `work`, grow it to `size` when given, and
+/// find its root partition. `work` must not exist; on error it may be left
+/// behind for the caller (who owns its folder) to remove.
+pub fn prepare(base: &Path, work: &Path, size: Option<u64>) -> Result<WorkImage, ImageError> {
+    copy_base(base, work)?;
+    if let Some(size) = size {
+        grow(work, size)?;
+    }
+    WorkImage::open(work)
+}

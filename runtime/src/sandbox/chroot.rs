@@ -1,0 +1,704 @@
+//! `ChrootTarget`: the real [`Target`], acting on a mounted image root or a plain directory.
+//!
+//! [`ChrootTarget::setup`] prepares the root for chrooted commands and
+//! [`ChrootTarget::teardown`] undoes it, leaving the root as it found it
+//! except for what the recipe did:
+//!
+//! | in the image | during the build | afterwards |
+//! |---|---|---|
+//! | `/dev` | tmpfs with the basic nodes, `pts` (a new devpts instance), `shm` (tmpfs) | unmounted |
+//! | `/sys` | sysfs, read-only | unmounted |
+//! | `/run` | tmpfs, so what packages put there is not left in the image | unmounted |
+//! | `/proc` | a fresh proc per command, for its PID namespace | gone with the command |
+//! | `/var/cache/apt/archives` | the host's apt archives cache, bound | unmounted (also by finalize, before `apt-get clean`) |
+//! | `/usr/sbin/policy-rc.d` | `exit 101`: no package starts a daemon | restored exactly (or removed) |
+//! | `/etc/resolv.conf` | the host's content, as a plain file | restored exactly: link target, or content and mode, or absence |
+//!
+//! `/dev` is a fresh tmpfs rather than a bind of the host's `/dev`: commands
+//! cannot reach host disks and loop devices, and what a package writes into
+//! `/dev` lands on a throwaway tmpfs instead of the host's devtmpfs. The
+//! host's devpts is mounted `ptmxmode=000`, so the chroot gets its own
+//! `newinstance` devpts with `/dev/ptmx` a link to `pts/ptmx`.
+//!
+//! After a SIGKILL of pgimg the mounts vanish with its namespace, but a
+//! `--rootfs` directory keeps the build's `policy-rc.d` and `resolv.conf`:
+//! nothing runs to restore them.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use nix::mount::MsFlags;
+use nix::sys::stat::{fchmodat, makedev, mknodat, FchmodatFlags, Mode, SFlag};
+use pgimg_stdlib::fetch::Fetcher;
+use pgimg_stdlib::root::{Attrs, FileKind, FsError, ImageRoot};
+use pgimg_stdlib::target::{host_arch, tail, Command, CommandError, Facts, Output, Target};
+
+use super::exec::{self, Ending, Spec, Stdio, STDERR_KEEP};
+pub use super::exec::Stream;
+use super::interrupt::INTERRUPTED;
+use super::mounts::{Mount, MountError, MountStack};
+
+/// Where command output lines go: `(label, stream, line)`.
+pub type LineSink = Arc<dyn Fn(&str, Stream, &str) + Send + Sync>;
+
+/// The environment every command starts from; the command's own `env` is added on top.
+pub const BASE_ENV: [(&str, &str); 4] = [
+    ("DEBIAN_FRONTEND", "noninteractive"),
+    ("LC_ALL", "C.UTF-8"),
+    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    ("HOME", "/root"),
+];
+
+/// The name of the host cache bound on `/var/cache/apt/archives` (the same
+/// name `apt_install` asks for per command).
+pub const APT_ARCHIVES_CACHE: &str = "apt-archives";
+const APT_ARCHIVES: &str = "/var/cache/apt/archives";
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+const POLICY_RC_D_DENY: &[u8] = b"#!/bin/sh\n# Written by pgimg for the build: no package starts a service.\nexit 101\n";
+
+/// How to set up a [`ChrootTarget`].
+pub struct SandboxOptions {
+    /// Host directory holding the named caches (`<cache_dir>/<name>`); `None`
+    /// binds no cache (apt archives and per-command caches stay in the image).
+    pub cache_dir: Option<PathBuf>,
+    /// Gets URLs and git sources onto the host for the primitives.
+    pub fetcher: Box<dyn Fetcher>,
+    /// Receives every line commands print.
+    pub log: LineSink,
+    /// Commands are killed when this becomes true; by default the flag the
+    /// SIGINT/SIGTERM handler sets ([`INTERRUPTED`]).
+    pub interrupt: &'static AtomicBool,
+    /// The host file whose content becomes the image's `/etc/resolv.conf`.
+    pub host_resolv_conf: PathBuf,
+}
+
+impl SandboxOptions {
+    pub fn new(fetcher: Box<dyn Fetcher>) -> Self {
+        SandboxOptions {
+            cache_dir: None,
+            fetcher,
+            log: Arc::new(default_log),
+            interrupt: &INTERRUPTED,
+            host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
+}
+
+fn default_log(label: &str, _stream: Stream, line: &str) {
+    let label = if label.is_empty() { "chroot" } else { label };
+    eprintln!("{label}: {line}");
+}
+
+/// Setting up the sandbox failed; what was already done has been undone.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("opening the image root {}: {source}", .path.display())]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: FsError,
+    },
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("{what}: {source}")]
+    File {
+        what: String,
+        #[source]
+        source: FsError,
+    },
+    #[error("{what} {}: {source}", .path.display())]
+    Host {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Arch(String),
+    #[error("the sandbox on {} was already torn down", .0.display())]
+    TornDown(PathBuf),
+}
+
+/// What was at an in-image path before the build changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Saved {
+    Absent,
+    Symlink(PathBuf),
+    File { content: Vec<u8>, mode: u32, uid: u32, gid: u32 },
+}
+
+impl Saved {
+    pub(crate) fn capture(root: &ImageRoot, path: &str) -> Result<Saved, FsError> {
+        let st = match root.lstat(path) {
+            Ok(st) => st,
+            Err(e) if e.is_not_found() => return Ok(Saved::Absent),
+            Err(e) => return Err(e),
+        };
+        match st.kind {
+            FileKind::Symlink => Ok(Saved::Symlink(root.readlink(path)?)),
+            FileKind::File => Ok(Saved::File {
+                content: root.read(path)?,
+                mode: st.mode,
+                uid: st.uid,
+                gid: st.gid,
+            }),
+            _ => Err(FsError::Invalid {
+                path: path.to_string(),
+                reason: "is neither a file nor a symlink; pgimg will not replace it".into(),
+            }),
+        }
+    }
+
+    pub(crate) fn restore(&self, root: &ImageRoot, path: &str) -> Result<(), FsError> {
+        match self {
+            Saved::Absent => root.remove(path).map(|_| ()),
+            Saved::Symlink(target) => root.symlink(target, path),
+            Saved::File { content, mode, uid, gid } => {
+                // Remove first: `write` keeps the mode of a file already there.
+                root.remove(path)?;
+                root.write(
+                    path,
+                    content,
+                    Attrs {
+                        mode: Some(*mode),
+                        uid: Some(*uid),
+                        gid: Some(*gid),
+                    },
+                )
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    mounts: MountStack,
+    apt_cache: Option<Mount>,
+    resolv_conf: Option<Saved>,
+    policy_rc_d: Option<Saved>,
+    torn_down: bool,
+}
+
+/// Runs a recipe's commands chrooted in an image root (see the module docs).
+pub struct ChrootTarget {
+    dir: PathBuf,
+    root: ImageRoot,
+    facts: Facts,
+    fetcher: Box<dyn Fetcher>,
+    cache_dir: Option<PathBuf>,
+    log: LineSink,
+    interrupt: &'static AtomicBool,
+    host_resolv_conf: PathBuf,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for ChrootTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChrootTarget").field("dir", &self.dir).finish()
+    }
+}
+
+fn file_err(what: impl Into<String>) -> impl FnOnce(FsError) -> SetupError {
+    let what = what.into();
+    move |source| SetupError::File { what, source }
+}
+
+impl ChrootTarget {
+    /// Prepares `dir` (an image's mounted root, or a directory) for the build.
+    /// Call it inside the build's private mount namespace. On error, whatever
+    /// was already set up is undone before returning.
+    pub fn setup(dir: &Path, opts: SandboxOptions) -> Result<ChrootTarget, SetupError> {
+        let root = ImageRoot::open(dir).map_err(|source| SetupError::Root {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let arch = host_arch().map_err(SetupError::Arch)?;
+        let target = ChrootTarget {
+            dir: dir.to_path_buf(),
+            root,
+            facts: Facts { arch: arch.to_string() },
+            fetcher: opts.fetcher,
+            cache_dir: opts.cache_dir,
+            log: opts.log,
+            interrupt: opts.interrupt,
+            host_resolv_conf: opts.host_resolv_conf,
+            state: Mutex::new(State::default()),
+        };
+        if let Err(e) = target.prepare() {
+            if let Err(undo) = target.teardown() {
+                eprintln!("pgimg: warning: undoing a partial sandbox setup: {undo}");
+            }
+            return Err(e);
+        }
+        Ok(target)
+    }
+
+    /// The image root on the host.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn prepare(&self) -> Result<(), SetupError> {
+        let mut st = self.state.lock().unwrap();
+        let root = &self.root;
+        let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        st.mounts.push(Mount::in_root(
+            root,
+            "/dev",
+            Some(Path::new("tmpfs")),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID,
+            Some("mode=0755,size=4m"),
+            "/dev (tmpfs)",
+        )?);
+        self.populate_dev()?;
+        st.mounts.push(Mount::in_root(
+            root,
+            "/dev/pts",
+            Some(Path::new("devpts")),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            "/dev/pts (devpts)",
+        )?);
+        st.mounts.push(Mount::in_root(
+            root,
+            "/dev/shm",
+            Some(Path::new("tmpfs")),
+            Some("tmpfs"),
+            nodev,
+            Some("mode=1777"),
+            "/dev/shm (tmpfs)",
+        )?);
+        st.mounts.push(Mount::in_root(
+            root,
+            "/sys",
+            Some(Path::new("sysfs")),
+            Some("sysfs"),
+            nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+            None,
+            "/sys (sysfs, read-only)",
+        )?);
+        st.mounts.push(Mount::in_root(
+            root,
+            "/run",
+            Some(Path::new("tmpfs")),
+            Some("tmpfs"),
+            nodev,
+            Some("mode=0755"),
+            "/run (tmpfs)",
+        )?);
+        // Debian's /var/lock is a link to /run/lock.
+        root.mkdir_all("/run/lock", Attrs::mode(0o1777))
+            .map_err(file_err("creating /run/lock"))?;
+        // Each command mounts its own /proc here.
+        if !root.exists("/proc") {
+            root.mkdir_all("/proc", Attrs::mode(0o555)).map_err(file_err("creating /proc"))?;
+        }
+        if let Some(host) = self.cache_dir(APT_ARCHIVES_CACHE) {
+            prepare_apt_cache(&host)?;
+            st.apt_cache = Some(Mount::bind_in_root(root, &host, APT_ARCHIVES, "the apt archives cache")?);
+        }
+
+        st.policy_rc_d = Some(Saved::capture(root, POLICY_RC_D).map_err(file_err("saving /usr/sbin/policy-rc.d"))?);
+        root.write(POLICY_RC_D, POLICY_RC_D_DENY, Attrs::mode(0o755))
+            .map_err(file_err("writing /usr/sbin/policy-rc.d"))?;
+
+        let host_dns = std::fs::read(&self.host_resolv_conf).map_err(|source| SetupError::Host {
+            what: "reading the host's DNS configuration",
+            path: self.host_resolv_conf.clone(),
+            source,
+        })?;
+        st.resolv_conf = Some(Saved::capture(root, RESOLV_CONF).map_err(file_err("saving /etc/resolv.conf"))?);
+        // Often a link to a file that exists only on a booted system (systemd-resolved):
+        // remove the link itself and put a plain file in its place.
+        root.remove(RESOLV_CONF).map_err(file_err("replacing /etc/resolv.conf"))?;
+        root.write(RESOLV_CONF, &host_dns, Attrs::mode(0o644))
+            .map_err(file_err("writing /etc/resolv.conf"))?;
+        Ok(())
+    }
+
+    /// Device nodes and links of a minimal `/dev` on the fresh tmpfs.
+    fn populate_dev(&self) -> Result<(), SetupError> {
+        let root = &self.root;
+        let dev = root.open_read("/dev").map_err(file_err("opening /dev"))?;
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
+            let what = || format!("creating /dev/{name}");
+            mknodat(dev.as_fd(), name, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
+                .map_err(|e| SetupError::File {
+                    what: what(),
+                    source: FsError::Io {
+                        path: format!("/dev/{name}"),
+                        source: e.into(),
+                    },
+                })?;
+            // mknod applied the umask.
+            fchmodat(dev.as_fd(), name, Mode::from_bits_truncate(0o666), FchmodatFlags::NoFollowSymlink)
+                .or_else(|_| fchmodat(dev.as_fd(), name, Mode::from_bits_truncate(0o666), FchmodatFlags::FollowSymlink))
+                .map_err(|e| SetupError::File {
+                    what: what(),
+                    source: FsError::Io {
+                        path: format!("/dev/{name}"),
+                        source: e.into(),
+                    },
+                })?;
+        }
+        for (target, link) in [
+            ("pts/ptmx", "/dev/ptmx"),
+            ("/proc/self/fd", "/dev/fd"),
+            ("/proc/self/fd/0", "/dev/stdin"),
+            ("/proc/self/fd/1", "/dev/stdout"),
+            ("/proc/self/fd/2", "/dev/stderr"),
+        ] {
+            root.symlink(target, link).map_err(file_err(format!("creating {link}")))?;
+        }
+        for d in ["/dev/pts", "/dev/shm"] {
+            root.mkdir_all(d, Attrs::mode(0o755)).map_err(file_err(format!("creating {d}")))?;
+        }
+        Ok(())
+    }
+
+    /// Unbinds the host's apt archives cache from the image, so `apt-get
+    /// clean` and finalize empty the image's own directory, never the cache.
+    pub fn release_apt_cache(&self) -> Result<(), MountError> {
+        let m = self.state.lock().unwrap().apt_cache.take();
+        m.map_or(Ok(()), Mount::close)
+    }
+
+    /// Restores `/etc/resolv.conf`, then `policy-rc.d`, then unmounts
+    /// everything, newest first. Does every step even when one fails and
+    /// returns the first failure. Idempotent; `Drop` calls it too.
+    pub fn teardown(&self) -> Result<(), SetupError> {
+        let mut st = self.state.lock().unwrap();
+        if st.torn_down {
+            return Ok(());
+        }
+        st.torn_down = true;
+        let mut errors: Vec<SetupError> = Vec::new();
+        if let Some(saved) = st.resolv_conf.take() {
+            if let Err(e) = saved.restore(&self.root, RESOLV_CONF) {
+                errors.push(file_err("restoring /etc/resolv.conf")(e));
+            }
+        }
+        if let Some(saved) = st.policy_rc_d.take() {
+            if let Err(e) = saved.restore(&self.root, POLICY_RC_D) {
+                errors.push(file_err("restoring /usr/sbin/policy-rc.d")(e));
+            }
+        }
+        if let Some(m) = st.apt_cache.take() {
+            if let Err(e) = m.close() {
+                errors.push(e.into());
+            }
+        }
+        if let Err(e) = std::mem::take(&mut st.mounts).close() {
+            errors.push(e.into());
+        }
+        let mut errors = errors.into_iter();
+        let first = errors.next();
+        for e in errors {
+            eprintln!("pgimg: warning: tearing down the sandbox: {e}");
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn base_env(&self, cmd: &Command) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = BASE_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend(cmd.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.into_iter().collect()
+    }
+
+    /// Host directories for the command's caches, created, with their
+    /// in-image mountpoints created too. Without a cache dir, none are bound.
+    fn command_caches(&self, cmd: &Command) -> Result<Vec<(PathBuf, String)>, String> {
+        let mut out = Vec::new();
+        for (name, in_image) in &cmd.caches {
+            let valid_name = !name.is_empty()
+                && name != "."
+                && name != ".."
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !valid_name {
+                return Err(format!("cache name `{name}`: use letters, digits, `.`, `_`, `-`"));
+            }
+            if !in_image.starts_with('/') || in_image.trim_matches('/').is_empty() {
+                return Err(format!("cache `{name}`: `{in_image}` is not an absolute path below /"));
+            }
+            let Some(host) = self.cache_dir(name) else { continue };
+            std::fs::create_dir_all(&host).map_err(|e| format!("creating the host cache {}: {e}", host.display()))?;
+            match self.root.stat(in_image).map(|s| s.kind) {
+                Ok(FileKind::Dir) => {}
+                Ok(_) => return Err(format!("cache `{name}`: {in_image} exists in the image and is not a directory")),
+                Err(e) if e.is_not_found() => self
+                    .root
+                    .mkdir_all(in_image, Attrs::default())
+                    .map_err(|e| format!("cache `{name}`: creating {e}"))?,
+                Err(e) => return Err(format!("cache `{name}`: {e}")),
+            }
+            out.push((host, in_image.clone()));
+        }
+        Ok(out)
+    }
+
+    fn spec(&self, cmd: &Command, stdio: Stdio, extra_env: &[(&str, String)]) -> Result<Spec, CommandError> {
+        let spawn_err = |reason: String| CommandError::Spawn {
+            command: cmd.to_string(),
+            reason,
+        };
+        if self.state.lock().unwrap().torn_down {
+            return Err(spawn_err(format!("the sandbox on {} was torn down", self.dir.display())));
+        }
+        if cmd.argv.is_empty() {
+            return Err(spawn_err("empty argv".into()));
+        }
+        let mut env = self.base_env(cmd);
+        for (k, v) in extra_env {
+            if !cmd.env.contains_key(*k) {
+                env.push((k.to_string(), v.clone()));
+            }
+        }
+        Ok(Spec {
+            root: self.dir.clone(),
+            argv: cmd.argv.clone(),
+            env,
+            cwd: cmd.cwd.clone().unwrap_or_else(|| "/".into()),
+            caches: self.command_caches(cmd).map_err(spawn_err)?,
+            stdio,
+            timeout: cmd.timeout,
+        })
+    }
+
+    /// Runs `cmd` with pgimg's own stdin, stdout, stderr and terminal (for
+    /// `pgimg shell`) and returns its exit code (128 + N when killed by
+    /// signal N). `TERM` is passed through from pgimg's environment.
+    pub fn run_interactive(&self, cmd: &Command) -> Result<i32, CommandError> {
+        if self.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CommandError::Interrupted);
+        }
+        let term: Vec<(&str, String)> = std::env::var("TERM").map(|t| vec![("TERM", t)]).unwrap_or_default();
+        let spec = self.spec(cmd, Stdio::Inherit, &term)?;
+        let finished = exec::run(&spec, self.interrupt, &mut |_, _| {}).map_err(|e| CommandError::Spawn {
+            command: cmd.to_string(),
+            reason: e.0,
+        })?;
+        match finished.ending {
+            Ending::Exited(code) => Ok(code),
+            Ending::Signaled(sig) => Ok(128 + sig),
+            Ending::TimedOut(after) => Err(CommandError::TimedOut {
+                command: cmd.to_string(),
+                after,
+            }),
+            Ending::Interrupted => Err(CommandError::Interrupted),
+        }
+    }
+}
+
+/// The host's apt archives cache as apt expects the directory: `partial/`
+/// and a `lock` file (apt chowns `partial/` to its `_apt` user itself).
+fn prepare_apt_cache(host: &Path) -> Result<(), SetupError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SetupError::Host {
+            what: "preparing the apt archives cache",
+            path,
+            source,
+        }
+    };
+    let partial = host.join("partial");
+    std::fs::create_dir_all(&partial).map_err(err(&partial))?;
+    let lock = host.join("lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&lock)
+        .map_err(err(&lock))?;
+    Ok(())
+}
+
+/// The line of `stderr` that says the disk is full, if one does.
+pub(crate) fn disk_full_line(stderr_tail: &str) -> Option<String> {
+    const SIGNS: [&str; 3] = ["no space left on device", "enospc", "enough free space"];
+    stderr_tail
+        .lines()
+        .rev()
+        .find(|l| {
+            let l = l.to_ascii_lowercase();
+            SIGNS.iter().any(|s| l.contains(s))
+        })
+        .map(|l| l.trim().to_string())
+}
+
+fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => format!("signal {sig} ({})", s.as_str()),
+        Err(_) => format!("signal {sig}"),
+    }
+}
+
+impl Target for ChrootTarget {
+    fn root(&self) -> &ImageRoot {
+        &self.root
+    }
+
+    fn run(&self, cmd: &Command) -> Result<Output, CommandError> {
+        if self.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CommandError::Interrupted);
+        }
+        let spec = self.spec(cmd, Stdio::Piped { stdin: cmd.stdin.clone() }, &[])?;
+        let label = cmd.label.as_str();
+        let log = &self.log;
+        let finished = exec::run(&spec, self.interrupt, &mut |stream, line| log(label, stream, line)).map_err(|e| {
+            CommandError::Spawn {
+                command: cmd.to_string(),
+                reason: e.0,
+            }
+        })?;
+        let stderr_tail = tail(&finished.stderr, STDERR_KEEP);
+        let status = match finished.ending {
+            Ending::Exited(0) => {
+                return Ok(Output {
+                    stdout: finished.stdout,
+                    stderr_tail,
+                })
+            }
+            Ending::Exited(code) => format!("exit status {code}"),
+            Ending::Signaled(sig) => signal_name(sig),
+            Ending::TimedOut(after) => {
+                return Err(CommandError::TimedOut {
+                    command: cmd.to_string(),
+                    after,
+                })
+            }
+            Ending::Interrupted => return Err(CommandError::Interrupted),
+        };
+        if let Some(detail) = disk_full_line(&stderr_tail) {
+            return Err(CommandError::DiskFull {
+                detail: format!("`{cmd}` failed ({status}): {detail}"),
+            });
+        }
+        Err(CommandError::Failed {
+            command: cmd.to_string(),
+            status,
+            stderr_tail,
+        })
+    }
+
+    fn fetcher(&self) -> &dyn Fetcher {
+        self.fetcher.as_ref()
+    }
+
+    fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    fn cache_dir(&self, name: &str) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|d| d.join(name))
+    }
+}
+
+impl Drop for ChrootTarget {
+    /// Tears down (restores files, unmounts) if the caller did not; failures are logged.
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("pgimg: warning: tearing down the sandbox on {}: {e}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, ImageRoot) {
+        let d = tempfile::tempdir().unwrap();
+        let r = ImageRoot::open(d.path()).unwrap();
+        (d, r)
+    }
+
+    /// Each original state survives a capture, an overwrite and a restore exactly.
+    #[test]
+    fn saved_files_restore_exactly() {
+        type Seed = Box<dyn Fn(&ImageRoot)>;
+        let cases: Vec<(&str, Seed)> = vec![
+            ("absent", Box::new(|_| {})),
+            (
+                "dangling link",
+                Box::new(|r| r.symlink("../run/systemd/resolve/stub-resolv.conf", RESOLV_CONF).unwrap()),
+            ),
+            (
+                "file 0600",
+                Box::new(|r| r.write(RESOLV_CONF, b"nameserver 10.0.0.1\n", Attrs::mode(0o600)).unwrap()),
+            ),
+        ];
+        for (name, seed) in cases {
+            let (_d, r) = root();
+            r.mkdir_all("/etc", Attrs::default()).unwrap();
+            seed(&r);
+            let saved = Saved::capture(&r, RESOLV_CONF).unwrap();
+            let before = saved.clone();
+            r.remove(RESOLV_CONF).unwrap();
+            r.write(RESOLV_CONF, b"nameserver 127.0.0.1\n", Attrs::mode(0o644)).unwrap();
+            saved.restore(&r, RESOLV_CONF).unwrap();
+            assert_eq!(Saved::capture(&r, RESOLV_CONF).unwrap(), before, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_directory_is_not_saved_or_replaced() {
+        let (_d, r) = root();
+        r.mkdir_all(RESOLV_CONF, Attrs::default()).unwrap();
+        assert!(Saved::capture(&r, RESOLV_CONF).is_err());
+    }
+
+    #[test]
+    fn recognises_a_full_disk() {
+        for (tail, want) in [
+            ("dpkg: error: No space left on device\n", Some("dpkg: error: No space left on device")),
+            ("write: ENOSPC\nother\n", Some("write: ENOSPC")),
+            ("E: You don't have enough free space in /var/cache/apt/archives/.\n", Some("E: You don't have enough free space in /var/cache/apt/archives/.")),
+            ("E: Unable to locate package nope\n", None),
+        ] {
+            assert_eq!(disk_full_line(tail).as_deref(), want, "{tail:?}");
+        }
+    }
+
+    #[test]
+    fn command_env_overrides_the_base() {
+        let opts = SandboxOptions::new(Box::new(pgimg_stdlib::fetch::RecordingFetcher::default()));
+        let (_d, r) = root();
+        let t = ChrootTarget {
+            dir: PathBuf::from("/nonexistent"),
+            root: r,
+            facts: Facts { arch: "amd64".into() },
+            fetcher: opts.fetcher,
+            cache_dir: None,
+            log: opts.log,
+            interrupt: opts.interrupt,
+            host_resolv_conf: opts.host_resolv_conf,
+            state: Mutex::new(State {
+                torn_down: true,
+                ..State::default()
+            }),
+        };
+        let env = t.base_env(&Command::new(["x"]).env("PATH", "/opt/bin").env("GOFLAGS", "-mod=vendor"));
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PATH"), Some("/opt/bin"));
+        assert_eq!(get("GOFLAGS"), Some("-mod=vendor"));
+        assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
+        assert_eq!(env.len(), 5);
+        // A torn-down target refuses to run anything.
+        assert!(matches!(t.run(&Command::new(["true"])), Err(CommandError::Spawn { .. })));
+    }
+}

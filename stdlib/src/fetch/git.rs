@@ -1,0 +1,390 @@
+//! Git sources pinned by commit: the host's `git` fills a per-URL mirror, and the
+//! tree at the commit is exported (without `.git`) to `<cache>/git/<commit>/`.
+//!
+//! A commit id names its content, so an exported tree is reused for every
+//! later build, whatever URL asks for it, without running git at all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::http::FetchLog;
+use super::{normalize_commit, FetchError};
+use crate::target::tail;
+
+const STDERR_TAIL: usize = 2048;
+
+/// Environment a surrounding git (a hook, a CI checkout) may have set, which
+/// would point our commands at the wrong repository.
+const GIT_REPO_ENV: [&str; 6] = [
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+];
+
+/// Fetches git trees at pinned commits into a cache directory.
+#[derive(Clone)]
+pub struct GitFetcher {
+    cache: PathBuf,
+    program: PathBuf,
+    log: FetchLog,
+}
+
+impl std::fmt::Debug for GitFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitFetcher")
+            .field("cache", &self.cache)
+            .field("program", &self.program)
+            .finish()
+    }
+}
+
+/// Refuses URLs git would treat as options or as `transport::address`
+/// remote-helper syntax (`ext::` runs arbitrary commands).
+fn check_git_url(url: &str) -> Result<(), FetchError> {
+    let invalid = |why: &str| Err(FetchError::Invalid(format!("git URL `{url}`: {why}")));
+    if url.is_empty() {
+        return invalid("is empty");
+    }
+    if url.starts_with('-') {
+        return invalid("must not start with `-`");
+    }
+    if let Some((scheme, _)) = url.split_once("::") {
+        if !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+        {
+            return invalid("remote-helper (`transport::`) URLs are not allowed");
+        }
+    }
+    if url.contains(['\n', '\0']) {
+        return invalid("contains a control character");
+    }
+    Ok(())
+}
+
+impl GitFetcher {
+    /// A fetcher keeping mirrors and trees under `cache`.
+    pub fn new(cache: impl Into<PathBuf>) -> Self {
+        GitFetcher {
+            cache: cache.into(),
+            program: PathBuf::from("git"),
+            log: Arc::new(|line| eprintln!("{line}")),
+        }
+    }
+
+    /// Runs `program` instead of the `git` on `PATH`.
+    pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    pub fn with_log(mut self, log: FetchLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The mirror repository used for `url`.
+    pub fn mirror_dir(&self, url: &str) -> PathBuf {
+        self.cache
+            .join("git-mirrors")
+            .join(hex::encode(Sha256::digest(url.as_bytes())))
+    }
+
+    /// Returns `<cache>/git/<commit>/`, the tree of `url` at commit `rev`,
+    /// fetching and exporting it first unless it is already there.
+    pub fn tree(&self, url: &str, rev: &str) -> Result<PathBuf, FetchError> {
+        let rev = normalize_commit(rev)?;
+        check_git_url(url)?;
+        let trees = self.cache.join("git");
+        let dest = trees.join(&rev);
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let io = |what: String, e: std::io::Error| FetchError::Io {
+            url: url.to_string(),
+            reason: format!("{what}: {e}"),
+        };
+        std::fs::create_dir_all(&trees)
+            .map_err(|e| io(format!("creating {}", trees.display()), e))?;
+        let mirror = self.mirror(url)?;
+        if !self.has_commit(url, &mirror, &rev)? {
+            (self.log)(&format!("git: fetching {rev} from {url}"));
+            self.fetch_commit(url, &mirror, &rev)?;
+        }
+        let resolved = self.git(
+            url,
+            &mirror,
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{rev}^{{commit}}"),
+            ],
+            None,
+        );
+        match resolved {
+            Ok(out) if out.trim() == rev => {}
+            Ok(out) => {
+                return Err(FetchError::Git {
+                    url: url.to_string(),
+                    reason: format!("{rev} resolves to `{}`, not to itself", out.trim()),
+                })
+            }
+            Err(_) => {
+                return Err(FetchError::Git {
+                    url: url.to_string(),
+                    reason: format!("{rev} is not a commit in this repository"),
+                })
+            }
+        }
+
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{rev}-"))
+            .tempdir_in(&trees)
+            .map_err(|e| {
+                io(
+                    format!("creating a temporary directory in {}", trees.display()),
+                    e,
+                )
+            })?;
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir(&tree).map_err(|e| io(format!("creating {}", tree.display()), e))?;
+        // A private index, so concurrent exports from one mirror never share
+        // state, and read-tree + checkout-index rather than `git archive`,
+        // which would apply the tree's export-ignore/export-subst attributes.
+        let index = tmp.path().join("index");
+        let work_tree = format!("--work-tree={}", tree.display());
+        self.git(url, &mirror, &[&work_tree, "read-tree", &rev], Some(&index))?;
+        self.git(
+            url,
+            &mirror,
+            &[&work_tree, "checkout-index", "--all", "--force"],
+            Some(&index),
+        )?;
+        match std::fs::rename(&tree, &dest) {
+            Ok(()) => Ok(dest),
+            // Another build exported the same commit meanwhile; its tree is as good.
+            Err(_) if dest.is_dir() => Ok(dest),
+            Err(e) => Err(io(
+                format!("renaming {} to {}", tree.display(), dest.display()),
+                e,
+            )),
+        }
+    }
+
+    /// The bare mirror for `url`, created (atomically) when missing.
+    fn mirror(&self, url: &str) -> Result<PathBuf, FetchError> {
+        let mirror = self.mirror_dir(url);
+        if mirror.join("HEAD").is_file() {
+            return Ok(mirror);
+        }
+        let parent = mirror.parent().expect("mirror dir has a parent");
+        let io = |what: String, e: std::io::Error| FetchError::Io {
+            url: url.to_string(),
+            reason: format!("{what}: {e}"),
+        };
+        std::fs::create_dir_all(parent)
+            .map_err(|e| io(format!("creating {}", parent.display()), e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".init-")
+            .tempdir_in(parent)
+            .map_err(|e| {
+                io(
+                    format!("creating a temporary directory in {}", parent.display()),
+                    e,
+                )
+            })?;
+        let tmp_repo = tmp.path().join("repo");
+        let mut cmd = self.command();
+        cmd.args(["init", "--bare", "--quiet"]).arg(&tmp_repo);
+        self.output(url, "git init --bare", cmd)?;
+        match std::fs::rename(&tmp_repo, &mirror) {
+            Ok(()) => Ok(mirror),
+            Err(_) if mirror.join("HEAD").is_file() => Ok(mirror),
+            Err(e) => Err(io(
+                format!("renaming {} to {}", tmp_repo.display(), mirror.display()),
+                e,
+            )),
+        }
+    }
+
+    fn has_commit(&self, url: &str, mirror: &Path, rev: &str) -> Result<bool, FetchError> {
+        let mut cmd = self.command();
+        cmd.arg(format!("--git-dir={}", mirror.display())).args([
+            "cat-file",
+            "-e",
+            &format!("{rev}^{{commit}}"),
+        ]);
+        let out = cmd.output().map_err(|e| self.spawn_error(url, e))?;
+        Ok(out.status.success())
+    }
+
+    /// Fetches `rev` by id; servers that refuse unadvertised objects get a
+    /// second fetch of all branches and tags, which must then contain it.
+    fn fetch_commit(&self, url: &str, mirror: &Path, rev: &str) -> Result<(), FetchError> {
+        let by_id = format!("+{rev}:refs/pgimg/{rev}");
+        let first = self.git(
+            url,
+            mirror,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+                url,
+                &by_id,
+            ],
+            None,
+        );
+        let first_err = match first {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        (self.log)(&format!(
+            "git: {url} refused fetching {rev} by id; fetching all branches and tags"
+        ));
+        self.git(
+            url,
+            mirror,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-write-fetch-head",
+                "--",
+                url,
+                "+refs/heads/*:refs/pgimg-heads/*",
+                "+refs/tags/*:refs/pgimg-tags/*",
+            ],
+            None,
+        )
+        .map_err(|e| FetchError::Git {
+            url: url.to_string(),
+            reason: format!(
+                "{}; before that, fetching by id failed: {}",
+                git_reason(&e),
+                git_reason(&first_err)
+            ),
+        })?;
+        if self.has_commit(url, mirror, rev)? {
+            Ok(())
+        } else {
+            Err(FetchError::Git {
+                url: url.to_string(),
+                reason: format!(
+                    "commit {rev} is not in the repository (fetching it by id failed: {})",
+                    git_reason(&first_err)
+                ),
+            })
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        for var in GIT_REPO_ENV {
+            cmd.env_remove(var);
+        }
+        // Never wait for a password on a terminal nobody is watching; keep
+        // messages in English so the stderr tail reads the same everywhere.
+        cmd.env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `git --git-dir=<mirror> <args>`; returns stdout.
+    fn git(
+        &self,
+        url: &str,
+        mirror: &Path,
+        args: &[&str],
+        index: Option<&Path>,
+    ) -> Result<String, FetchError> {
+        let mut cmd = self.command();
+        cmd.arg(format!("--git-dir={}", mirror.display()))
+            .args(args);
+        if let Some(index) = index {
+            cmd.env("GIT_INDEX_FILE", index);
+        }
+        let shown = format!(
+            "git {}",
+            args.iter()
+                .copied()
+                .filter(|a| !a.starts_with("--work-tree"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        self.output(url, &shown, cmd)
+    }
+
+    fn output(&self, url: &str, shown: &str, mut cmd: Command) -> Result<String, FetchError> {
+        let out = cmd.output().map_err(|e| self.spawn_error(url, e))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let stderr = tail(&out.stderr, STDERR_TAIL);
+            let stderr = stderr.trim_end();
+            Err(FetchError::Git {
+                url: url.to_string(),
+                reason: if stderr.is_empty() {
+                    format!("`{shown}` exited with {}", out.status)
+                } else {
+                    format!("`{shown}` exited with {}; stderr:\n{stderr}", out.status)
+                },
+            })
+        }
+    }
+
+    fn spawn_error(&self, url: &str, e: std::io::Error) -> FetchError {
+        FetchError::Git {
+            url: url.to_string(),
+            reason: format!("running {}: {e}", self.program.display()),
+        }
+    }
+}
+
+fn git_reason(e: &FetchError) -> String {
+    match e {
+        FetchError::Git { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_option_and_helper_urls() {
+        let cases = [
+            ("https://github.com/paradedb/paradedb.git", true),
+            ("file:///srv/repo", true),
+            ("/srv/repo", true),
+            ("git@github.com:org/repo.git", true),
+            ("--upload-pack=touch /tmp/x", false),
+            ("ext::sh -c touch% /tmp/pwned", false),
+            ("fd::3", false),
+            ("", false),
+        ];
+        for (url, ok) in cases {
+            assert_eq!(check_git_url(url).is_ok(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn short_rev_is_refused_before_git_runs() {
+        let cache = tempfile::tempdir().unwrap();
+        let g = GitFetcher::new(cache.path()).with_program("/nonexistent/git");
+        let e = g.tree("/srv/repo", "abc123").unwrap_err().to_string();
+        assert!(e.contains("not a full git commit id"), "{e}");
+        let e = g.tree("ext::sh", &"a".repeat(40)).unwrap_err().to_string();
+        assert!(e.contains("remote-helper"), "{e}");
+    }
+}

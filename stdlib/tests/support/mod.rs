@@ -1,0 +1,211 @@
+//! A real HTTP server on 127.0.0.1 for fetcher tests: fixed routes, scripted
+//! failures, a generated body of any size, and a request count per path.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// What the server answers on one path.
+pub enum Reply {
+    Bytes(Vec<u8>),
+    Status(u16),
+    /// Answers `status` the first `times` requests, then `then`.
+    FailThen {
+        status: u16,
+        times: usize,
+        then: Vec<u8>,
+    },
+    /// `len` bytes from [`Generated`], produced while sending.
+    Generated {
+        len: u64,
+    },
+}
+
+pub struct Server {
+    base: String,
+    http: Arc<tiny_http::Server>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(routes: Vec<(&str, Reply)>) -> Server {
+        let http = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("binding 127.0.0.1"));
+        let addr = http.server_addr().to_ip().expect("an IP listener");
+        let routes: HashMap<String, Reply> = routes
+            .into_iter()
+            .map(|(p, r)| (p.to_string(), r))
+            .collect();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let (h, s) = (hits.clone(), http.clone());
+        let thread = std::thread::spawn(move || {
+            for req in s.incoming_requests() {
+                let path = req.url().split('?').next().unwrap_or_default().to_string();
+                let n = {
+                    let mut hits = h.lock().unwrap();
+                    let n = hits.entry(path.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let status = |code: u16| {
+                    tiny_http::Response::from_string(format!("status {code}"))
+                        .with_status_code(code)
+                };
+                // A client that hangs up mid-body is what some tests do; ignore it.
+                let _ = match routes.get(&path) {
+                    None => req.respond(status(404)),
+                    Some(Reply::Status(code)) => req.respond(status(*code)),
+                    Some(Reply::FailThen {
+                        status: code,
+                        times,
+                        ..
+                    }) if n <= *times => req.respond(status(*code)),
+                    Some(Reply::Bytes(b)) | Some(Reply::FailThen { then: b, .. }) => {
+                        req.respond(tiny_http::Response::from_data(b.clone()))
+                    }
+                    Some(Reply::Generated { len }) => req.respond(tiny_http::Response::new(
+                        tiny_http::StatusCode(200),
+                        vec![],
+                        Generated::new(*len),
+                        Some(*len as usize),
+                        None,
+                    )),
+                };
+            }
+        });
+        Server {
+            base: format!("http://{addr}"),
+            http,
+            hits,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Requests received for `path` so far.
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    /// Stops accepting and joins the serving thread.
+    fn drop(&mut self) {
+        self.http.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const BLOCK: usize = 1 << 20;
+
+/// A deterministic pseudo-random stream: a fixed 1 MiB block whose first 8
+/// bytes are replaced by the block number, so no two blocks are equal.
+/// Holds one block in memory, whatever the length.
+pub struct Generated {
+    block: Vec<u8>,
+    pos: u64,
+    len: u64,
+}
+
+impl Generated {
+    pub fn new(len: u64) -> Self {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let block = (0..BLOCK)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        Generated { block, pos: 0, len }
+    }
+}
+
+impl Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len - self.pos;
+        if left == 0 {
+            return Ok(0);
+        }
+        let off = (self.pos % BLOCK as u64) as usize;
+        let n = buf.len().min(BLOCK - off).min(left as usize);
+        buf[..n].copy_from_slice(&self.block[off..off + n]);
+        if off < 8 {
+            let index = (self.pos / BLOCK as u64).to_le_bytes();
+            let upto = n.min(8 - off);
+            buf[..upto].copy_from_slice(&index[off..off + upto]);
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// One tar member with its name and link target written byte for byte, so
+/// hostile archives can be built (the tar crate's builder refuses `..`).
+pub enum Member<'a> {
+    File(&'a str, &'a [u8], u32),
+    Symlink(&'a str, &'a str),
+}
+
+pub fn tar_gz(members: &[Member]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for m in members {
+        let (name, link, kind, mode, data): (&str, &str, _, u32, &[u8]) = match m {
+            Member::File(n, d, mode) => (n, "", tar::EntryType::Regular, *mode, d),
+            Member::Symlink(n, t) => (n, t, tar::EntryType::Symlink, 0o777, b""),
+        };
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Peak resident memory of this process so far (VmHWM), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
+
+/// Every path under `dir`, relative and sorted.
+pub fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

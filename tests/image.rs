@@ -1,0 +1,451 @@
+//! System tests of `pgimg::image`: GPT grow checked against sgdisk, the ext
+//! superblock against dumpe2fs, and, as root, the whole image path on the
+//! Debian fixture (work copy, grow 2→4 GiB, loop attach by offset,
+//! e2fsck + resize2fs, detach, inspect, qcow2 round trip).
+
+#[path = "support/fixture.rs"]
+mod fixture;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use pgimg::image::{
+    self, convert, ext4, gpt, inspect, loopdev, rootfs, workcopy, Format, GrowOutcome,
+    ImageError, Superblock, WorkImage,
+};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn run(argv: &[&str]) -> String {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap_or_else(|e| panic!("running {argv:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{argv:?} failed: {}\n{text}", out.status);
+    text
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// An image laid out like Ubuntu's cloud image (p14 BIOS boot, p15 EFI,
+/// then p1 ext4 to the end), made with sgdisk and mke2fs; no root needed.
+fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
+    let img = dir.join("synthetic.raw");
+    File::create(&img).unwrap().set_len(size).unwrap();
+    run(&[
+        "sgdisk", "--clear", "-n", "14:2048:10239", "-t", "14:EF02", "-n", "15:10240:227327",
+        "-t", "15:EF00", "-n", "1:227328:0", "-t", "1:8300", path_str(&img),
+    ]);
+    let root = gpt::read(&mut File::open(&img).unwrap())
+        .unwrap()
+        .partition(1)
+        .unwrap();
+    let fs = dir.join("root.ext4");
+    File::create(&fs).unwrap().set_len(root.size()).unwrap();
+    let blocks = (root.size() / 4096).to_string();
+    run(&[
+        "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "synthetic", path_str(&fs), &blocks,
+    ]);
+    let seek = format!("seek={}", root.offset());
+    run(&[
+        "dd", &format!("if={}", path_str(&fs)), &format!("of={}", path_str(&img)), "bs=1M",
+        &seek, "oflag=seek_bytes", "conv=notrunc,sparse", "status=none",
+    ]);
+    std::fs::remove_file(&fs).unwrap();
+    img
+}
+
+/// A `Name: value` line of `dumpe2fs -h`.
+fn dumpe2fs_field(dump: &str, name: &str) -> String {
+    dump.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{name} missing in dumpe2fs output:\n{dump}"))
+}
+
+fn copy_of(src: &Path, dst: &Path) -> PathBuf {
+    workcopy::copy(src, dst).unwrap();
+    dst.to_path_buf()
+}
+
+fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
+    let mut f = File::open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Our grow must leave the same partition table as sgdisk moving the
+/// backup (`-e`) and recreating p1 at the same start with end `0`.
+#[test]
+fn gpt_grow_is_byte_identical_to_sgdisk() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 256 * MIB);
+    let ours = copy_of(&img, &dir.path().join("ours.raw"));
+    let theirs = copy_of(&img, &dir.path().join("theirs.raw"));
+    let guid = gpt::read(&mut File::open(&img).unwrap())
+        .unwrap()
+        .partition(1)
+        .unwrap()
+        .unique_guid
+        .to_string();
+
+    let outcome = image::grow(&ours, 512 * MIB).unwrap();
+    let GrowOutcome::Grown(report) = outcome else {
+        panic!("not grown: {outcome:?}")
+    };
+    assert_eq!(report.partition, 1);
+
+    File::options()
+        .write(true)
+        .open(&theirs)
+        .unwrap()
+        .set_len(512 * MIB)
+        .unwrap();
+    run(&["sgdisk", "-e", path_str(&theirs)]);
+    run(&[
+        "sgdisk", "-d", "1", "-n", "1:227328:0", "-t", "1:8300", "-u", &format!("1:{guid}"),
+        path_str(&theirs),
+    ]);
+
+    let sectors = 512 * MIB / 512;
+    for (what, offset, len) in [
+        ("MBR, primary header and array", 0, 34 * 512),
+        ("backup array and header", (sectors - 33) * 512, 33 * 512),
+    ] {
+        let a = read_range(&ours, offset, len);
+        let b = read_range(&theirs, offset, len);
+        let differing: Vec<u64> = (0..len)
+            .filter(|&i| a[i as usize] != b[i as usize])
+            .map(|i| offset + i)
+            .collect();
+        assert!(differing.is_empty(), "{what}: bytes differ at {differing:?}");
+    }
+    let verify = run(&["sgdisk", "-v", path_str(&ours)]);
+    assert!(verify.contains("No problems found"), "{verify}");
+}
+
+#[test]
+fn grow_refuses_shrink_and_same_size_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 256 * MIB);
+    let before = std::fs::read(&img).unwrap();
+
+    let err = image::grow(&img, 128 * MIB).unwrap_err();
+    assert!(matches!(err, ImageError::Shrink { .. }), "{err}");
+    assert!(err.to_string().contains("final size"), "{err}");
+    assert_eq!(image::grow(&img, 256 * MIB).unwrap(), GrowOutcome::Unchanged);
+    let err = image::grow(&img, 256 * MIB + 100).unwrap_err();
+    assert!(matches!(err, ImageError::Unaligned { .. }), "{err}");
+    assert!(std::fs::read(&img).unwrap() == before, "refusals changed the image");
+}
+
+#[test]
+fn grow_refuses_an_image_without_gpt() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("plain.ext4");
+    File::create(&img).unwrap().set_len(64 * MIB).unwrap();
+    run(&["mke2fs", "-q", "-F", "-t", "ext4", path_str(&img)]);
+    let err = image::grow(&img, 128 * MIB).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Gpt { source: gpt::GptError::NotGpt, .. }),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 * MIB);
+}
+
+#[test]
+fn root_partition_and_superblock_agree_with_dumpe2fs() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 256 * MIB);
+    let work = WorkImage::open(&img).unwrap();
+    assert_eq!(work.root().number, 1);
+    assert_eq!(work.root().first_lba, 227328);
+    let sb = work.root_fs();
+
+    // dumpe2fs reads the same file system from a copy of the partition.
+    let part = dir.path().join("p1.ext4");
+    run(&[
+        "dd", &format!("if={}", path_str(&img)), &format!("of={}", path_str(&part)), "bs=1M",
+        &format!("skip={}", work.root().offset()), "iflag=skip_bytes", "conv=sparse",
+        "status=none",
+    ]);
+    let dump = run(&["dumpe2fs", "-h", path_str(&part)]);
+    let field = |name: &str| dumpe2fs_field(&dump, name);
+    assert_eq!(sb.blocks_count.to_string(), field("Block count"));
+    assert_eq!(sb.free_blocks.to_string(), field("Free blocks"));
+    assert_eq!(sb.block_size.to_string(), field("Block size"));
+    assert_eq!(sb.uuid, field("Filesystem UUID"));
+    assert_eq!(sb.label, field("Filesystem volume name"));
+    assert_eq!(sb.kind, "ext4");
+}
+
+#[test]
+fn raw_copy_keeps_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 256 * MIB);
+    let copy = dir.path().join("copy.raw");
+    let done = image::copy_base(&img, &copy).unwrap();
+    assert_eq!(done.format, Format::Raw);
+    assert!(done.method.is_some());
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(&img).unwrap());
+    let allocated = workcopy::allocated_size(&copy).unwrap();
+    assert!(
+        allocated <= workcopy::allocated_size(&img).unwrap() + MIB,
+        "copy allocates {allocated} bytes"
+    );
+}
+
+struct Timer(Instant, &'static str);
+
+impl Timer {
+    fn start(what: &'static str) -> Timer {
+        Timer(Instant::now(), what)
+    }
+    fn stop(self) -> f64 {
+        let secs = self.0.elapsed().as_secs_f64();
+        eprintln!("[measure] {}: {secs:.2} s", self.1);
+        secs
+    }
+}
+
+/// The image stages end to end on the Debian fixture, with timings.
+#[test]
+fn fixture_copy_grow_attach_resize_detach() {
+    if !fixture::require_root("fixture_copy_grow_attach_resize_detach") {
+        return;
+    }
+    let t = Timer::start("fixture (build or reuse)");
+    let base = fixture::base_image();
+    t.stop();
+    eprintln!(
+        "[measure] fixture {}: apparent {} bytes, allocated {} bytes",
+        base.display(),
+        std::fs::metadata(&base).unwrap().len(),
+        workcopy::allocated_size(&base).unwrap()
+    );
+    let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
+    let work = dir.path().join("work.raw");
+
+    let t = Timer::start("work copy");
+    let copied = image::copy_base(&base, &work).unwrap();
+    t.stop();
+    eprintln!("[measure] work copy method: {:?}", copied.method);
+    assert_eq!(copied.format, Format::Raw);
+
+    let t = Timer::start("grow 2 -> 4 GiB (GPT)");
+    let GrowOutcome::Grown(report) = image::grow(&work, 4 * GIB).unwrap() else {
+        panic!("not grown")
+    };
+    let grow_secs = t.stop();
+    assert_eq!(report.new_backup_lba, 4 * GIB / 512 - 1);
+    let wi = WorkImage::open(&work).unwrap();
+    assert_eq!(wi.root().number, 1);
+    assert_eq!(wi.root().first_lba, 227328);
+    assert_eq!(wi.root().last_lba, 4 * GIB / 512 - 34);
+    let old_fs_size = wi.root_fs().size();
+    assert!(old_fs_size < 2 * GIB);
+
+    let t = Timer::start("attach + e2fsck -fp + resize2fs");
+    let guard = wi.attach_root().unwrap();
+    assert!(guard.path().to_string_lossy().starts_with("/dev/loop"));
+    assert_eq!(loopdev::attached_to(&work), vec![guard.path().to_path_buf()]);
+    ext4::check_and_resize(guard.path()).unwrap();
+    let resize_secs = t.stop();
+    eprintln!(
+        "[measure] grow total (GPT + check + resize): {:.2} s",
+        grow_secs + resize_secs
+    );
+
+    let sb = Superblock::read(&mut File::open(guard.path()).unwrap(), 0)
+        .unwrap()
+        .expect("superblock on the loop device");
+    assert_eq!(sb.size(), wi.root().size() / 4096 * 4096, "fs fills the partition");
+    assert!(sb.size() > old_fs_size + GIB + GIB / 2);
+    let dump = run(&["dumpe2fs", "-h", path_str(guard.path())]);
+    assert_eq!(dumpe2fs_field(&dump, "Block count"), sb.blocks_count.to_string());
+    ext4::check_clean(guard.path()).unwrap();
+
+    let t = Timer::start("detach");
+    guard.close().unwrap();
+    t.stop();
+    assert_eq!(loopdev::attached_to(&work), Vec::<PathBuf>::new());
+    let losetup = run(&["losetup", "-j", path_str(&work)]);
+    assert!(losetup.trim().is_empty(), "still attached: {losetup}");
+
+    let verify = run(&["sgdisk", "-v", path_str(&work)]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    // The superblock read straight from the file agrees with the device's.
+    assert_eq!(WorkImage::open(&work).unwrap().root_fs().size(), sb.size());
+
+    let report = inspect::inspect(&work).unwrap();
+    assert_eq!(report.root, Some(1));
+    let numbers: Vec<u32> = report.partitions.iter().map(|p| p.partition.number).collect();
+    assert_eq!(numbers, [1, 14, 15]);
+    assert_eq!(report.apparent_size, 4 * GIB);
+    assert!(report.allocated_size < GIB, "{}", report.allocated_size);
+    assert!(matches!(report.manifest, inspect::Manifest::Absent), "{:?}", report.manifest);
+    let text = report.to_string();
+    eprintln!("{text}");
+    for needle in [
+        "format      raw (disk 4.0 GiB)",
+        "BIOS boot",
+        "EFI system",
+        "ext4 \"cloudimg-rootfs\"  (root)",
+        "root fs     p1: ext4, 3.9 GiB",
+        "manifest    none",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing");
+    }
+    assert!(loopdev::attached_to(&work).is_empty(), "inspect left a loop device");
+
+    assert_eq!(
+        fixture::current_sha256(&base),
+        fixture::recorded_sha256(&base),
+        "the base image changed"
+    );
+}
+
+/// A built image's manifest is read by `inspect` with debugfs, no mount.
+#[test]
+fn inspect_shows_an_embedded_manifest() {
+    if !fixture::require_root("inspect_shows_an_embedded_manifest") {
+        return;
+    }
+    let base = fixture::base_image();
+    let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
+    let work = dir.path().join("work.raw");
+    image::copy_base(&base, &work).unwrap();
+    let wi = WorkImage::open(&work).unwrap();
+
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(&manifest, r#"{"recipe": "test.rhai", "stages": {"grow": 1.5}}"#).unwrap();
+    let guard = wi.attach_root().unwrap();
+    let commands = dir.path().join("debugfs.cmd");
+    std::fs::write(
+        &commands,
+        format!(
+            "mkdir /usr/share/pgimg\nwrite {} /usr/share/pgimg/manifest.json\n",
+            manifest.display()
+        ),
+    )
+    .unwrap();
+    run(&["debugfs", "-w", "-f", path_str(&commands), path_str(guard.path())]);
+    guard.close().unwrap();
+
+    let report = inspect::inspect(&work).unwrap();
+    let inspect::Manifest::Present { content } = &report.manifest else {
+        panic!("manifest not found: {:?}", report.manifest)
+    };
+    assert_eq!(content["recipe"], "test.rhai");
+    assert_eq!(content["stages"]["grow"], 1.5);
+    assert!(report.to_string().contains("\"recipe\": \"test.rhai\""));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["manifest"]["status"], "present");
+    assert_eq!(json["partitions"][0]["type_name"], "Linux filesystem");
+}
+
+/// qcow2 → (prepare) raw → qcow2 keeps every byte; inspect reads qcow2.
+#[test]
+fn qcow2_round_trip() {
+    if !fixture::require_root("qcow2_round_trip") {
+        return;
+    }
+    let base = fixture::base_image();
+    let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
+    let qcow = dir.path().join("base.qcow2");
+
+    let t = Timer::start("raw -> qcow2 (compressed)");
+    convert::to_qcow2(&base, &qcow, true).unwrap();
+    t.stop();
+    eprintln!(
+        "[measure] compressed qcow2: {} bytes",
+        std::fs::metadata(&qcow).unwrap().len()
+    );
+    let t = Timer::start("prepare from qcow2 (convert to raw)");
+    let work = image::prepare(&qcow, &dir.path().join("work.raw"), None).unwrap();
+    t.stop();
+    assert_eq!(work.root().number, 1);
+    assert_eq!(fixture::current_sha256(work.path()), fixture::recorded_sha256(&base));
+
+    let report = inspect::inspect(&qcow).unwrap();
+    assert_eq!(report.format, Format::Qcow2);
+    assert_eq!(report.virtual_size, 2 * GIB);
+    assert_eq!(report.root, Some(1));
+
+    let err = convert::to_qcow2(&base, &qcow, false).unwrap_err();
+    assert!(matches!(err, convert::ConvertError::Exists(_)), "{err}");
+}
+
+/// Close reports a device something else still holds; auto-clear then
+/// detaches it when that holder lets go. Drop alone also detaches.
+#[test]
+fn loop_guard_close_and_drop() {
+    if !fixture::require_root("loop_guard_close_and_drop") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 256 * MIB);
+    let wi = WorkImage::open(&img).unwrap();
+
+    let guard = wi.attach_root_read_only().unwrap();
+    let holder = File::open(guard.path()).unwrap();
+    let device = guard.path().to_path_buf();
+    let err = guard.close().unwrap_err();
+    assert!(matches!(err, loopdev::LoopError::StillInUse { .. }), "{err}");
+    assert_eq!(loopdev::attached_to(&img), vec![device]);
+    drop(holder);
+    wait_detached(&img);
+
+    let guard = wi.attach_root().unwrap();
+    assert_eq!(loopdev::attached_to(&img).len(), 1);
+    drop(guard);
+    wait_detached(&img);
+
+    // A range past the end of the file is refused, not silently cut short.
+    let err = loopdev::attach(&img, wi.root().offset(), wi.root().size() + MIB, true).unwrap_err();
+    assert!(matches!(err, loopdev::LoopError::SizeMismatch { .. }), "{err}");
+    wait_detached(&img);
+}
+
+fn wait_detached(img: &Path) {
+    for _ in 0..100 {
+        if loopdev::attached_to(img).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("still attached: {:?}", loopdev::attached_to(img));
+}
+
+/// The error lists the partitions when no ext4 root exists.
+#[test]
+fn no_root_partition_lists_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("empty.raw");
+    File::create(&img).unwrap().set_len(256 * MIB).unwrap();
+    run(&[
+        "sgdisk", "-n", "14:2048:10239", "-t", "14:EF02", "-n", "1:10240:0", "-t", "1:8300",
+        path_str(&img),
+    ]);
+    let err = WorkImage::open(&img).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Root { source: rootfs::RootError::None { .. }, .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("p1 ") && msg.contains("p14") && msg.contains("BIOS boot"), "{msg}");
+}
