@@ -269,11 +269,18 @@ pub fn run_test_file(path: &Path) -> Vec<TestResult> {
             }]
         }
     };
-    let tests: Vec<String> = ast
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut tests: Vec<(usize, String)> = ast
         .iter_functions()
         .filter(|f| f.name.starts_with("test_") && f.params.is_empty())
-        .map(|f| f.name.to_string())
+        .map(|f| {
+            let at = text.find(&format!("fn {}(", f.name)).unwrap_or(usize::MAX);
+            (at, f.name.to_string())
+        })
         .collect();
+    // In the order they appear in the file.
+    tests.sort();
+    let tests: Vec<String> = tests.into_iter().map(|(_, n)| n).collect();
     let top = engine.run_ast(&ast).map_err(|e| engine::render(&e, &shown));
     if tests.is_empty() || top.is_err() {
         return vec![TestResult {
