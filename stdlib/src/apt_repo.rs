@@ -111,16 +111,17 @@ impl KeyFormat {
         }
     }
 
-    /// Tells the format from the content: an armor header line, or an
-    /// OpenPGP packet tag (its top bit is always set).
+    /// Tells the format from the content: binary data starts with an OpenPGP
+    /// packet tag (its top bit is always set, which no text has); armored
+    /// text holds the armor header line, possibly after some prose.
     pub fn detect(bytes: &[u8]) -> Option<KeyFormat> {
-        if bytes
+        if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+            Some(KeyFormat::Binary)
+        } else if bytes
             .windows(ARMOR_BEGIN.len())
             .any(|w| w == ARMOR_BEGIN.as_bytes())
         {
             Some(KeyFormat::Armored)
-        } else if bytes.first().is_some_and(|b| b & 0x80 != 0) {
-            Some(KeyFormat::Binary)
         } else {
             None
         }
