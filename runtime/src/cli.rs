@@ -78,6 +78,9 @@ pub struct FakeArgs {
     /// Pretend distribution as ID:VERSION_ID:CODENAME.
     #[arg(long, default_value = "ubuntu:22.04:jammy", value_parser = parse_os)]
     pub os: (String, String, String),
+    /// Redirect a named source (e.g. `ubuntu`, `pgdg`, `releases`) to another URL; repeatable.
+    #[arg(long = "mirror", value_name = "NAME=URL", value_parser = parse_kv)]
+    pub mirror: Vec<(String, String)>,
     /// Extra asset folder searched after the recipe's own `assets/`; repeatable.
     #[arg(long = "assets", value_name = "DIR")]
     pub assets: Vec<PathBuf>,
@@ -114,6 +117,7 @@ pub fn dry_run(recipe: &Path, fake: &FakeArgs) -> Result<Journal, String> {
     let ctx = Ctx::new(Arc::new(target))
         .with_params(fake.set.iter().cloned().collect::<BTreeMap<_, _>>())
         .with_asset_dirs(testing::asset_dirs(recipe, &fake.assets))
+        .with_mirrors(fake.mirror.iter().cloned().collect())
         .with_log(Arc::new(|_, _| {}));
     let ctx = Ctx {
         journal: journal.clone(),

@@ -62,6 +62,8 @@ pub struct Ctx {
     pub params: Arc<BTreeMap<String, String>>,
     /// Folders searched in order by `copy_asset` and asset-path arguments.
     pub asset_dirs: Arc<Vec<PathBuf>>,
+    /// Source redirections from `--mirror NAME=URL`.
+    pub mirrors: Arc<BTreeMap<String, String>>,
     pub log: LogFn,
 }
 
@@ -72,6 +74,7 @@ impl Ctx {
             journal: Arc::default(),
             params: Arc::default(),
             asset_dirs: Arc::default(),
+            mirrors: Arc::default(),
             log: Arc::new(|loc, msg| eprintln!("{loc}: {msg}")),
         }
     }
@@ -83,6 +86,11 @@ impl Ctx {
 
     pub fn with_asset_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
         self.asset_dirs = Arc::new(dirs);
+        self
+    }
+
+    pub fn with_mirrors(mut self, mirrors: BTreeMap<String, String>) -> Self {
+        self.mirrors = Arc::new(mirrors);
         self
     }
 
