@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use pgimg::image::{
-    self, convert, ext4, gpt, inspect, loopdev, rootfs, workcopy, Format, GrowOutcome,
-    ImageError, Superblock, WorkImage,
+    self, convert, ext4, gpt, inspect, loopdev, rootfs, workcopy, Format, GrowOutcome, ImageError,
+    Superblock, WorkImage,
 };
 
 const MIB: u64 = 1 << 20;
@@ -31,7 +31,11 @@ fn run(argv: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{argv:?} failed: {}\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}\n{text}",
+        out.status
+    );
     text
 }
 
@@ -45,8 +49,21 @@ fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
     let img = dir.join("synthetic.raw");
     File::create(&img).unwrap().set_len(size).unwrap();
     run(&[
-        "sgdisk", "--clear", "-n", "14:2048:10239", "-t", "14:EF02", "-n", "15:10240:227327",
-        "-t", "15:EF00", "-n", "1:227328:0", "-t", "1:8300", path_str(&img),
+        "sgdisk",
+        "--clear",
+        "-n",
+        "14:2048:10239",
+        "-t",
+        "14:EF02",
+        "-n",
+        "15:10240:227327",
+        "-t",
+        "15:EF00",
+        "-n",
+        "1:227328:0",
+        "-t",
+        "1:8300",
+        path_str(&img),
     ]);
     let root = gpt::read(&mut File::open(&img).unwrap())
         .unwrap()
@@ -56,12 +73,28 @@ fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
     File::create(&fs).unwrap().set_len(root.size()).unwrap();
     let blocks = (root.size() / 4096).to_string();
     run(&[
-        "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "synthetic", path_str(&fs), &blocks,
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-L",
+        "synthetic",
+        path_str(&fs),
+        &blocks,
     ]);
     let seek = format!("seek={}", root.offset());
     run(&[
-        "dd", &format!("if={}", path_str(&fs)), &format!("of={}", path_str(&img)), "bs=1M",
-        &seek, "oflag=seek_bytes", "conv=notrunc,sparse", "status=none",
+        "dd",
+        &format!("if={}", path_str(&fs)),
+        &format!("of={}", path_str(&img)),
+        "bs=1M",
+        &seek,
+        "oflag=seek_bytes",
+        "conv=notrunc,sparse",
+        "status=none",
     ]);
     std::fs::remove_file(&fs).unwrap();
     img
@@ -117,7 +150,15 @@ fn gpt_grow_is_byte_identical_to_sgdisk() {
         .unwrap();
     run(&["sgdisk", "-e", path_str(&theirs)]);
     run(&[
-        "sgdisk", "-d", "1", "-n", "1:227328:0", "-t", "1:8300", "-u", &format!("1:{guid}"),
+        "sgdisk",
+        "-d",
+        "1",
+        "-n",
+        "1:227328:0",
+        "-t",
+        "1:8300",
+        "-u",
+        &format!("1:{guid}"),
         path_str(&theirs),
     ]);
 
@@ -132,7 +173,10 @@ fn gpt_grow_is_byte_identical_to_sgdisk() {
             .filter(|&i| a[i as usize] != b[i as usize])
             .map(|i| offset + i)
             .collect();
-        assert!(differing.is_empty(), "{what}: bytes differ at {differing:?}");
+        assert!(
+            differing.is_empty(),
+            "{what}: bytes differ at {differing:?}"
+        );
     }
     let verify = run(&["sgdisk", "-v", path_str(&ours)]);
     assert!(verify.contains("No problems found"), "{verify}");
@@ -147,10 +191,16 @@ fn grow_refuses_shrink_and_same_size_is_a_no_op() {
     let err = image::grow(&img, 128 * MIB).unwrap_err();
     assert!(matches!(err, ImageError::Shrink { .. }), "{err}");
     assert!(err.to_string().contains("final size"), "{err}");
-    assert_eq!(image::grow(&img, 256 * MIB).unwrap(), GrowOutcome::Unchanged);
+    assert_eq!(
+        image::grow(&img, 256 * MIB).unwrap(),
+        GrowOutcome::Unchanged
+    );
     let err = image::grow(&img, 256 * MIB + 100).unwrap_err();
     assert!(matches!(err, ImageError::Unaligned { .. }), "{err}");
-    assert!(std::fs::read(&img).unwrap() == before, "refusals changed the image");
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "refusals changed the image"
+    );
 }
 
 #[test]
@@ -161,7 +211,13 @@ fn grow_refuses_an_image_without_gpt() {
     run(&["mke2fs", "-q", "-F", "-t", "ext4", path_str(&img)]);
     let err = image::grow(&img, 128 * MIB).unwrap_err();
     assert!(
-        matches!(&err, ImageError::Gpt { source: gpt::GptError::NotGpt, .. }),
+        matches!(
+            &err,
+            ImageError::Gpt {
+                source: gpt::GptError::NotGpt,
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 * MIB);
@@ -179,8 +235,13 @@ fn root_partition_and_superblock_agree_with_dumpe2fs() {
     // dumpe2fs reads the same file system from a copy of the partition.
     let part = dir.path().join("p1.ext4");
     run(&[
-        "dd", &format!("if={}", path_str(&img)), &format!("of={}", path_str(&part)), "bs=1M",
-        &format!("skip={}", work.root().offset()), "iflag=skip_bytes", "conv=sparse",
+        "dd",
+        &format!("if={}", path_str(&img)),
+        &format!("of={}", path_str(&part)),
+        "bs=1M",
+        &format!("skip={}", work.root().offset()),
+        "iflag=skip_bytes",
+        "conv=sparse",
         "status=none",
     ]);
     let dump = run(&["dumpe2fs", "-h", path_str(&part)]);
@@ -262,7 +323,10 @@ fn fixture_copy_grow_attach_resize_detach() {
     let t = Timer::start("attach + e2fsck -fp + resize2fs");
     let guard = wi.attach_root().unwrap();
     assert!(guard.path().to_string_lossy().starts_with("/dev/loop"));
-    assert_eq!(loopdev::attached_to(&work), vec![guard.path().to_path_buf()]);
+    assert_eq!(
+        loopdev::attached_to(&work),
+        vec![guard.path().to_path_buf()]
+    );
     ext4::check_and_resize(guard.path()).unwrap();
     let resize_secs = t.stop();
     eprintln!(
@@ -273,10 +337,17 @@ fn fixture_copy_grow_attach_resize_detach() {
     let sb = Superblock::read(&mut File::open(guard.path()).unwrap(), 0)
         .unwrap()
         .expect("superblock on the loop device");
-    assert_eq!(sb.size(), wi.root().size() / 4096 * 4096, "fs fills the partition");
+    assert_eq!(
+        sb.size(),
+        wi.root().size() / 4096 * 4096,
+        "fs fills the partition"
+    );
     assert!(sb.size() > old_fs_size + GIB + GIB / 2);
     let dump = run(&["dumpe2fs", "-h", path_str(guard.path())]);
-    assert_eq!(dumpe2fs_field(&dump, "Block count"), sb.blocks_count.to_string());
+    assert_eq!(
+        dumpe2fs_field(&dump, "Block count"),
+        sb.blocks_count.to_string()
+    );
     ext4::check_clean(guard.path()).unwrap();
 
     let t = Timer::start("detach");
@@ -293,11 +364,19 @@ fn fixture_copy_grow_attach_resize_detach() {
 
     let report = inspect::inspect(&work).unwrap();
     assert_eq!(report.root, Some(1));
-    let numbers: Vec<u32> = report.partitions.iter().map(|p| p.partition.number).collect();
+    let numbers: Vec<u32> = report
+        .partitions
+        .iter()
+        .map(|p| p.partition.number)
+        .collect();
     assert_eq!(numbers, [1, 14, 15]);
     assert_eq!(report.apparent_size, 4 * GIB);
     assert!(report.allocated_size < GIB, "{}", report.allocated_size);
-    assert!(matches!(report.manifest, inspect::Manifest::Absent), "{:?}", report.manifest);
+    assert!(
+        matches!(report.manifest, inspect::Manifest::Absent),
+        "{:?}",
+        report.manifest
+    );
     let text = report.to_string();
     eprintln!("{text}");
     for needle in [
@@ -310,7 +389,10 @@ fn fixture_copy_grow_attach_resize_detach() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing");
     }
-    assert!(loopdev::attached_to(&work).is_empty(), "inspect left a loop device");
+    assert!(
+        loopdev::attached_to(&work).is_empty(),
+        "inspect left a loop device"
+    );
 
     assert_eq!(
         fixture::current_sha256(&base),
@@ -332,7 +414,11 @@ fn inspect_shows_an_embedded_manifest() {
     let wi = WorkImage::open(&work).unwrap();
 
     let manifest = dir.path().join("manifest.json");
-    std::fs::write(&manifest, r#"{"recipe": "test.rhai", "stages": {"grow": 1.5}}"#).unwrap();
+    std::fs::write(
+        &manifest,
+        r#"{"recipe": "test.rhai", "stages": {"grow": 1.5}}"#,
+    )
+    .unwrap();
     let guard = wi.attach_root().unwrap();
     let commands = dir.path().join("debugfs.cmd");
     std::fs::write(
@@ -343,7 +429,13 @@ fn inspect_shows_an_embedded_manifest() {
         ),
     )
     .unwrap();
-    run(&["debugfs", "-w", "-f", path_str(&commands), path_str(guard.path())]);
+    run(&[
+        "debugfs",
+        "-w",
+        "-f",
+        path_str(&commands),
+        path_str(guard.path()),
+    ]);
     guard.close().unwrap();
 
     let report = inspect::inspect(&work).unwrap();
@@ -379,7 +471,10 @@ fn qcow2_round_trip() {
     let work = image::prepare(&qcow, &dir.path().join("work.raw"), None).unwrap();
     t.stop();
     assert_eq!(work.root().number, 1);
-    assert_eq!(fixture::current_sha256(work.path()), fixture::recorded_sha256(&base));
+    assert_eq!(
+        fixture::current_sha256(work.path()),
+        fixture::recorded_sha256(&base)
+    );
 
     let report = inspect::inspect(&qcow).unwrap();
     assert_eq!(report.format, Format::Qcow2);
@@ -405,7 +500,10 @@ fn loop_guard_close_and_drop() {
     let holder = File::open(guard.path()).unwrap();
     let device = guard.path().to_path_buf();
     let err = guard.close().unwrap_err();
-    assert!(matches!(err, loopdev::LoopError::StillInUse { .. }), "{err}");
+    assert!(
+        matches!(err, loopdev::LoopError::StillInUse { .. }),
+        "{err}"
+    );
     assert_eq!(loopdev::attached_to(&img), vec![device]);
     drop(holder);
     wait_detached(&img);
@@ -417,7 +515,10 @@ fn loop_guard_close_and_drop() {
 
     // A range past the end of the file is refused, not silently cut short.
     let err = loopdev::attach(&img, wi.root().offset(), wi.root().size() + MIB, true).unwrap_err();
-    assert!(matches!(err, loopdev::LoopError::SizeMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, loopdev::LoopError::SizeMismatch { .. }),
+        "{err}"
+    );
     wait_detached(&img);
 }
 
@@ -431,6 +532,117 @@ fn wait_detached(img: &Path) {
     panic!("still attached: {:?}", loopdev::attached_to(img));
 }
 
+#[test]
+fn grow_refuses_a_root_partition_that_is_not_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 256 * MIB);
+    // Shorten the root entry and put p2 behind it; grow refuses before it
+    // looks at the (now too long) file system.
+    let guid = gpt::read(&mut File::open(&img).unwrap())
+        .unwrap()
+        .partition(1)
+        .unwrap()
+        .unique_guid
+        .to_string();
+    run(&[
+        "sgdisk",
+        "-d",
+        "1",
+        "-n",
+        "1:227328:+120M",
+        "-t",
+        "1:8300",
+        "-u",
+        &format!("1:{guid}"),
+        "-n",
+        "2:0:0",
+        path_str(&img),
+    ]);
+    let err = image::grow(&img, 512 * MIB).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::RootNotLast {
+                root: 1,
+                next: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 256 * MIB);
+}
+
+/// Writes `mib` MiB of non-zero data to `path` and syncs it.
+fn write_mib(path: &Path, mib: usize) {
+    use std::io::Write;
+    let mut f = File::create(path).unwrap();
+    let chunk = vec![0x5Au8; MIB as usize];
+    for _ in 0..mib {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+/// Freed blocks come back as holes in the image file: `fstrim` on the
+/// mounted file system (right after the delete: the wrapper must commit the
+/// journal first), `e2fsck -E discard` on the unmounted device.
+#[test]
+fn fstrim_and_discard_punch_holes_in_the_image() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    if !fixture::require_root("fstrim_and_discard_punch_holes_in_the_image") {
+        return;
+    }
+    // This test thread gets its own mount namespace: whatever happens, the
+    // mount goes away with the thread.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 512 * MIB);
+    let wi = WorkImage::open(&img).unwrap();
+    let guard = wi.attach_root().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let allocated = || workcopy::allocated_size(&img).unwrap();
+
+    mount(
+        Some(guard.path()),
+        &mnt,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    write_mib(&mnt.join("a"), 128);
+    let full = allocated();
+    std::fs::remove_file(mnt.join("a")).unwrap();
+    let trimmed = ext4::fstrim(&mnt).unwrap();
+    assert!(trimmed >= 128 * MIB, "fstrim reported {trimmed} bytes");
+    let after_trim = allocated();
+    assert!(after_trim + 100 * MIB < full, "{full} -> {after_trim}");
+
+    write_mib(&mnt.join("b"), 128);
+    std::fs::remove_file(mnt.join("b")).unwrap();
+    umount2(&mnt, MntFlags::empty()).unwrap();
+    let before_discard = allocated();
+    assert!(before_discard > after_trim + 100 * MIB);
+    ext4::discard_unused(guard.path()).unwrap();
+    let after_discard = allocated();
+    assert!(
+        after_discard + 100 * MIB < before_discard,
+        "{before_discard} -> {after_discard}"
+    );
+    ext4::check_clean(guard.path()).unwrap();
+    guard.close().unwrap();
+}
+
 /// The error lists the partitions when no ext4 root exists.
 #[test]
 fn no_root_partition_lists_partitions() {
@@ -438,14 +650,31 @@ fn no_root_partition_lists_partitions() {
     let img = dir.path().join("empty.raw");
     File::create(&img).unwrap().set_len(256 * MIB).unwrap();
     run(&[
-        "sgdisk", "-n", "14:2048:10239", "-t", "14:EF02", "-n", "1:10240:0", "-t", "1:8300",
+        "sgdisk",
+        "-n",
+        "14:2048:10239",
+        "-t",
+        "14:EF02",
+        "-n",
+        "1:10240:0",
+        "-t",
+        "1:8300",
         path_str(&img),
     ]);
     let err = WorkImage::open(&img).unwrap_err();
     assert!(
-        matches!(&err, ImageError::Root { source: rootfs::RootError::None { .. }, .. }),
+        matches!(
+            &err,
+            ImageError::Root {
+                source: rootfs::RootError::None { .. },
+                ..
+            }
+        ),
         "{err}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("p1 ") && msg.contains("p14") && msg.contains("BIOS boot"), "{msg}");
+    assert!(
+        msg.contains("p1 ") && msg.contains("p14") && msg.contains("BIOS boot"),
+        "{msg}"
+    );
 }

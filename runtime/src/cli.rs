@@ -37,6 +37,29 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Build an image: copy the base, grow it, mount it, run the recipe inside, finalize, write the output.
+    ///
+    /// Needs root (loop devices, mounts, namespaces). Without --base or --rootfs the built-in
+    /// Debian bookworm fixture image is used (built once with debootstrap and cached), so
+    /// `pgimg run recipes/examples/hello.rhai --output hello.raw` works anywhere.
+    /// The base image is never modified; nothing appears under --output unless the build succeeds.
+    Run(RunArgs),
+    /// Open an interactive shell inside an image (mounted the same way as for a build).
+    ///
+    /// Changes made in the shell are written to IMAGE. Everything is torn down on exit.
+    Shell {
+        image: PathBuf,
+        /// Run this command instead of an interactive shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Show an image's partition table, root file system, sizes and embedded manifest.
+    Inspect {
+        image: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compile recipes, resolve imports and run them on a fake root (no root, no network).
     Check {
         #[arg(required = true)]
@@ -64,6 +87,44 @@ pub enum Cmd {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+}
+
+/// Arguments of `pgimg run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The recipe to run.
+    pub recipe: PathBuf,
+    /// Base disk image (raw or qcow2, GPT with an ext4 root). Default: the built-in fixture.
+    #[arg(long, conflicts_with = "rootfs")]
+    pub base: Option<PathBuf>,
+    /// Run on this directory in place instead of an image (no output file is written).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Final image size (e.g. 8G); the root partition and file system grow to fill it.
+    #[arg(long, value_parser = crate::build::parse_size)]
+    pub size: Option<u64>,
+    /// Output image path. Default: <recipe name>-<x64|arm64>.<format> in the current folder.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub format: crate::build::Format,
+    /// Compress qcow2 output.
+    #[arg(long)]
+    pub compress: bool,
+    /// Recipe parameter, as read by `param(name)`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub set: Vec<(String, String)>,
+    /// Redirect a named source (see `mirror()` in docs/recipes.md); repeatable.
+    #[arg(long = "mirror", value_name = "NAME=URL", value_parser = parse_kv)]
+    pub mirror: Vec<(String, String)>,
+    /// Extra asset folder searched after the recipe's own `assets/`; repeatable.
+    #[arg(long = "assets", value_name = "DIR")]
+    pub assets: Vec<PathBuf>,
+    /// Host cache for downloads, git sources, apt archives and Go caches.
+    /// Default: $XDG_CACHE_HOME/pgimg (or ~/.cache/pgimg).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The fake root `check` and `plan` run on, and recipe parameters.
@@ -283,6 +344,108 @@ pub fn defs(output: Option<&Path>) -> i32 {
         None => {
             print!("{text}");
             0
+        }
+    }
+}
+
+/// `pgimg run`. Call inside the private mount namespace.
+pub fn run(args: &RunArgs) -> i32 {
+    use crate::build::{self, Base, RunOptions};
+    let base = match (&args.base, &args.rootfs) {
+        (_, Some(dir)) => Base::Rootfs(dir.clone()),
+        (Some(img), None) => Base::Image(img.clone()),
+        (None, None) => match crate::fixture::base_image() {
+            Ok(img) => {
+                eprintln!("pgimg: no --base given: using the built-in fixture {}", img.display());
+                Base::Image(img)
+            }
+            Err(e) => {
+                eprintln!("pgimg: building the built-in fixture image: {e}");
+                return EXIT_FAILED;
+            }
+        },
+    };
+    if let Base::Image(img) = &base {
+        if !img.is_file() {
+            eprintln!("pgimg: --base {}: no such file", img.display());
+            return EXIT_USAGE;
+        }
+    }
+    if !args.recipe.is_file() {
+        eprintln!("pgimg: {}: no such recipe", args.recipe.display());
+        return EXIT_USAGE;
+    }
+    let arch = pgimg_stdlib::Facts {
+        arch: pgimg_stdlib::target::host_arch().unwrap_or("amd64").to_string(),
+    };
+    let output = args.output.clone().unwrap_or_else(|| {
+        let stem = args.recipe.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let ext = match args.format {
+            build::Format::Raw => "raw",
+            build::Format::Qcow2 => "qcow2",
+        };
+        PathBuf::from(format!("{stem}-{}.{ext}", arch.image_arch()))
+    });
+    let opts = RunOptions {
+        recipe: args.recipe.clone(),
+        base: base.clone(),
+        size: args.size,
+        output,
+        format: args.format,
+        compress: args.compress,
+        params: args.set.iter().cloned().collect(),
+        mirrors: args.mirror.iter().cloned().collect(),
+        assets: args.assets.clone(),
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(pgimg_stdlib::fetch::default_cache_dir),
+        limits: Limits::default(),
+    };
+    let result = match &base {
+        Base::Rootfs(dir) => build::run_rootfs(&opts, dir),
+        Base::Image(img) => build::run_image(&opts, img),
+    };
+    match result {
+        Ok(_) => 0,
+        Err(e) => {
+            match e.downcast_ref::<build::RecipeFailed>() {
+                Some(r) => eprintln!("pgimg: build failed: {r}"),
+                None => eprintln!("pgimg: build failed: {e:#}"),
+            }
+            if let Some(sig) = crate::sandbox::interrupt::signal() {
+                eprintln!("pgimg: interrupted by {sig}; everything was torn down");
+            }
+            EXIT_FAILED
+        }
+    }
+}
+
+/// `pgimg inspect`.
+pub fn inspect(image: &Path, json: bool) -> i32 {
+    match crate::image::inspect::inspect(image) {
+        Ok(i) if json => {
+            println!("{}", serde_json::to_string_pretty(&i).expect("inspection serializes"));
+            0
+        }
+        Ok(i) => {
+            print!("{i}");
+            0
+        }
+        Err(e) => {
+            eprintln!("pgimg: inspecting {}: {e}", image.display());
+            EXIT_FAILED
+        }
+    }
+}
+
+/// `pgimg shell`. Call inside the private mount namespace.
+pub fn shell(image: &Path, command: &[String]) -> i32 {
+    match crate::build::shell(image, command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgimg: shell: {e:#}");
+            EXIT_FAILED
         }
     }
 }

@@ -144,7 +144,31 @@ pub fn build_engine(ctx: &Ctx, limits: &Limits) -> Engine {
     let log = ctx.clone();
     engine.on_print(move |msg| log.log(&pgimg_stdlib::Loc::default(), msg));
     pgimg_stdlib::register(&mut engine, ctx);
+    register_finalize(&mut engine, ctx);
     engine
+}
+
+/// `finalize(#{ item: false, ... })`: switches cleanup items of the finalize
+/// stage off. It lives here, not in the stdlib, because the items are the
+/// sandbox's; an unknown item is an error naming it.
+fn register_finalize(engine: &mut Engine, ctx: &Ctx) {
+    let c = ctx.clone();
+    rhai::FuncRegistration::new("finalize")
+        .with_comments([
+            "/// Configures the built-in finalize stage (on by default): pass `false` for an item to keep it.\n\
+             /// Items: `ssh_host_keys`, `root_password`, `apt`, `cloud_init`, `logs`, `shell_histories`,\n\
+             /// `caches`, `tmp`, `machine_id`.",
+        ])
+        .with_params_info(["opts: Map", "()"])
+        .register_into_engine(engine, move |nctx: rhai::NativeCallContext, opts: rhai::Map| {
+            pgimg_stdlib::api::primitive(&c, &nctx, "finalize", &[opts.clone().into()], |_| {
+                let chosen: crate::sandbox::FinalizeOptions = pgimg_stdlib::api::options(opts)?;
+                let value = serde_json::to_value(&chosen)
+                    .map_err(|e| pgimg_stdlib::Error::invalid(e.to_string()))?;
+                c.journal.lock().unwrap().settings.insert("finalize".into(), value);
+                Ok(())
+            })
+        });
 }
 
 /// Compiles a recipe file, naming it by its path for error locations.

@@ -6,3 +6,5 @@ pub mod engine;
 pub mod image;
 pub mod sandbox;
 pub mod testing;
+pub mod build;
+pub mod fixture;

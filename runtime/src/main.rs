@@ -2,10 +2,26 @@
 
 use clap::Parser;
 use pgimg::cli::{self, Cli, Cmd};
+use pgimg::sandbox::{interrupt, namespace};
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Run(_) | Cmd::Shell { .. }) {
+        // Before any thread exists: every mount of the build then lives in a
+        // namespace the kernel frees even if pgimg is SIGKILLed.
+        if let Err(e) = namespace::enter_private_mount_namespace() {
+            eprintln!("pgimg: {e}");
+            std::process::exit(cli::EXIT_FAILED);
+        }
+        if let Err(e) = interrupt::install_handler() {
+            eprintln!("pgimg: installing the SIGINT/SIGTERM handler: {e}");
+            std::process::exit(cli::EXIT_FAILED);
+        }
+    }
     let status = match &cli.command {
+        Cmd::Run(args) => cli::run(args),
+        Cmd::Shell { image, command } => cli::shell(image, command),
+        Cmd::Inspect { image, json } => cli::inspect(image, *json),
         Cmd::Check { recipes, fake } => cli::check(recipes, fake),
         Cmd::Plan { recipe, fake, json } => cli::plan(recipe, fake, *json),
         Cmd::Test { paths } => cli::test(paths),

@@ -49,6 +49,8 @@ pub struct Input {
 pub struct Journal {
     pub actions: Vec<Action>,
     pub inputs: Vec<Input>,
+    /// Build settings a recipe chose (e.g. `finalize` items), by name.
+    pub settings: BTreeMap<String, serde_json::Value>,
 }
 
 /// A sink for build log lines.

@@ -50,8 +50,15 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("PGIMG_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
         panic!("{test}: needs root, and PGIMG_REQUIRE_ROOT_TESTS=1 forbids skipping");
     }
-    eprintln!("\n!!!!! {test}: SKIPPED (needs root) !!!!!\n");
+    loud(&format!("\n!!!!! {test}: SKIPPED (needs root) !!!!!\n"));
     false
+}
+
+/// Writes straight to the stderr fd: libtest captures `eprintln!` of passing
+/// tests, and a skip or a minute-long build must be seen.
+fn loud(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{message}");
 }
 
 /// Path of the cached base image, building it first when missing. The image
@@ -81,11 +88,11 @@ pub fn base_image() -> PathBuf {
         return image;
     }
 
-    eprintln!(
+    loud(&format!(
         "\n===== building the fixture base image {} (about a minute, once; cached in {}) =====",
         image.display(),
         dir.display()
-    );
+    ));
     let started = Instant::now();
     let status = Command::new("bash")
         .arg(script())
@@ -95,10 +102,10 @@ pub fn base_image() -> PathBuf {
         .expect("running tests/fixtures/build-base-image.sh");
     assert!(status.success(), "build-base-image.sh failed: {status}");
     write_checksum(&image);
-    eprintln!(
+    loud(&format!(
         "===== fixture base image built in {:.1} s =====\n",
         started.elapsed().as_secs_f64()
-    );
+    ));
     image
 }
 
@@ -129,7 +136,10 @@ pub fn sha256sum(path: &Path) -> String {
         .output()
         .expect("running sha256sum");
     assert!(out.status.success(), "sha256sum {} failed", path.display());
-    String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
 }
 
 /// The hex digest recorded when the fixture was built.
@@ -140,5 +150,9 @@ pub fn recorded_sha256(image: &Path) -> String {
 
 /// The image's current hex digest.
 pub fn current_sha256(image: &Path) -> String {
-    sha256sum(image).split_whitespace().next().unwrap().to_string()
+    sha256sum(image)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

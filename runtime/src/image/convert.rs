@@ -168,10 +168,15 @@ mod tests {
             parse_info(p, vmdk).unwrap().format,
             Format::Other("vmdk".into())
         );
-        let backed = br#"{"virtual-size": 1024, "format": "qcow2", "backing-filename": "/etc/shadow"}"#;
+        let backed =
+            br#"{"virtual-size": 1024, "format": "qcow2", "backing-filename": "/etc/shadow"}"#;
         let err = parse_info(p, backed).unwrap_err().to_string();
         assert!(err.contains("backing file (/etc/shadow)"), "{err}");
-        for bad in [&b"not json"[..], br#"{"format": "raw"}"#, br#"{"virtual-size": 1}"#] {
+        for bad in [
+            &b"not json"[..],
+            br#"{"format": "raw"}"#,
+            br#"{"virtual-size": 1}"#,
+        ] {
             assert!(matches!(parse_info(p, bad), Err(ConvertError::Info { .. })));
         }
     }

@@ -14,6 +14,12 @@ pub enum Ext4Error {
     Tool(#[from] ToolError),
     #[error("`{argv}` exited with {code}: {}{}", explain_fsck(*.code), tail_suffix(.tail))]
     Fsck { argv: Argv, code: i32, tail: String },
+    #[error("syncing {mountpoint} before fstrim: {source}")]
+    Sync {
+        mountpoint: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("`{argv}` printed no trimmed byte count: {output:?}")]
     TrimOutput { argv: Argv, output: String },
 }
@@ -31,7 +37,10 @@ pub fn explain_fsck(code: i32) -> String {
     const BITS: [(i32, &str); 8] = [
         (1, "errors were corrected"),
         (2, "errors were corrected and the system should be rebooted"),
-        (4, "errors were left uncorrected (run `e2fsck -f` by hand to see them)"),
+        (
+            4,
+            "errors were left uncorrected (run `e2fsck -f` by hand to see them)",
+        ),
         (8, "operational error (device busy or unreadable?)"),
         (16, "usage error"),
         (32, "cancelled by the user"),
@@ -110,7 +119,17 @@ pub fn check_and_resize(device: &Path) -> Result<FsckOutcome, Ext4Error> {
 
 /// `fstrim -v MOUNTPOINT`: free blocks are discarded, which the loop driver
 /// turns into holes in the image file. Returns the bytes trimmed.
+///
+/// The file system is synced first: ext4 frees a deleted file's blocks only
+/// when the journal commits (every 5 s), and fstrim skips blocks still
+/// pending, so a cleanup just before would otherwise stay allocated.
 pub fn fstrim(mountpoint: &Path) -> Result<u64, Ext4Error> {
+    let sync = std::fs::File::open(mountpoint)
+        .and_then(|dir| nix::unistd::syncfs(&dir).map_err(std::io::Error::from));
+    sync.map_err(|source| Ext4Error::Sync {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    })?;
     let out = tool::run_ok(["fstrim".as_ref(), "-v".as_ref(), mountpoint.as_os_str()])?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     parse_fstrim(&text).ok_or(Ext4Error::TrimOutput {
@@ -146,16 +165,28 @@ mod tests {
         assert_eq!(explain_fsck(0), "no errors");
         assert_eq!(explain_fsck(1), "errors were corrected");
         let both = explain_fsck(12);
-        assert!(both.contains("left uncorrected") && both.contains("operational error"), "{both}");
+        assert!(
+            both.contains("left uncorrected") && both.contains("operational error"),
+            "{both}"
+        );
     }
 
     #[test]
     fn fstrim_output_parsing() {
         for (text, bytes) in [
-            ("/mnt: 1.2 GiB (1288490188 bytes) trimmed\n", Some(1288490188)),
+            (
+                "/mnt: 1.2 GiB (1288490188 bytes) trimmed\n",
+                Some(1288490188),
+            ),
             ("/: 0 B (0 bytes) trimmed\n", Some(0)),
-            ("/mnt: 4 KiB (4096 bytes) trimmed on /dev/loop0\n", Some(4096)),
-            ("fstrim: /mnt: the discard operation is not supported\n", None),
+            (
+                "/mnt: 4 KiB (4096 bytes) trimmed on /dev/loop0\n",
+                Some(4096),
+            ),
+            (
+                "fstrim: /mnt: the discard operation is not supported\n",
+                None,
+            ),
         ] {
             assert_eq!(parse_fstrim(text), bytes, "{text}");
         }
@@ -165,8 +196,14 @@ mod tests {
     fn fsck_on_a_missing_device_is_an_explained_error() {
         let err = check_preen(Path::new("/nonexistent/pgimg-device")).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, Ext4Error::Fsck { code, .. } if code & 8 != 0), "{msg}");
-        assert!(msg.contains("e2fsck -f -p /nonexistent/pgimg-device"), "{msg}");
+        assert!(
+            matches!(err, Ext4Error::Fsck { code, .. } if code & 8 != 0),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("e2fsck -f -p /nonexistent/pgimg-device"),
+            "{msg}"
+        );
         assert!(msg.contains("operational error"), "{msg}");
     }
 }

@@ -69,13 +69,22 @@ impl serde::Serialize for Guid {
 /// Partition type GUIDs pgimg names in messages and `inspect`.
 const KNOWN_TYPES: &[(&str, &str)] = &[
     ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "Linux filesystem"),
-    ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "Linux root (x86-64)"),
+    (
+        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        "Linux root (x86-64)",
+    ),
     ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "Linux root (ARM64)"),
-    ("BC13C2FF-59E6-4262-A352-B275FD6F7172", "Linux extended boot"),
+    (
+        "BC13C2FF-59E6-4262-A352-B275FD6F7172",
+        "Linux extended boot",
+    ),
     ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "Linux swap"),
     ("21686148-6449-6E6F-744E-656564454649", "BIOS boot"),
     ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EFI system"),
-    ("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "Microsoft basic data"),
+    (
+        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
+        "Microsoft basic data",
+    ),
 ];
 
 /// Human name of a partition type, or "unknown type".
@@ -152,9 +161,7 @@ pub struct PartitionTable {
 pub fn read(disk: &mut (impl Read + Seek)) -> Result<PartitionTable, GptError> {
     let gpt = GPT::find_from(disk).map_err(|e| match e {
         gptman::Error::InvalidSignature => GptError::NotGpt,
-        gptman::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            GptError::NotGpt
-        }
+        gptman::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => GptError::NotGpt,
         other => GptError::Read(other),
     })?;
     Ok(PartitionTable { gpt })
@@ -226,7 +233,7 @@ impl PartitionTable {
             return Err(GptError::UnusualLayout(self.gpt.header.partition_entry_lba));
         }
         let len = disk.seek(SeekFrom::End(0))?;
-        if len % ss != 0 {
+        if !len.is_multiple_of(ss) {
             return Err(GptError::Unaligned {
                 size: len,
                 sector_size: ss,
@@ -240,7 +247,9 @@ impl PartitionTable {
                 table: (old_backup_lba + 1) * ss,
             });
         }
-        let target = self.partition(number).ok_or(GptError::NoSuchPartition(number))?;
+        let target = self
+            .partition(number)
+            .ok_or(GptError::NoSuchPartition(number))?;
 
         let sectors = len / ss;
         let array_sectors = (u64::from(self.gpt.header.number_of_partition_entries)
@@ -386,8 +395,8 @@ pub(crate) mod tests {
     /// A disk shaped like Ubuntu's cloud image: p14, p15, then p1 to the end.
     pub(crate) fn ubuntu_like_disk(size: u64) -> Cursor<Vec<u8>> {
         let mut disk = Cursor::new(vec![0u8; size as usize]);
-        let mut gpt = GPT::new_from(&mut disk, 512, guid("11111111-2222-3333-4444-555555555555"))
-            .unwrap();
+        let mut gpt =
+            GPT::new_from(&mut disk, 512, guid("11111111-2222-3333-4444-555555555555")).unwrap();
         let last = gpt.header.last_usable_lba;
         let mut add = |n: u32, ty: &str, uniq: &str, first: u64, last: u64| {
             gpt[n] = GPTPartitionEntry {
@@ -399,9 +408,21 @@ pub(crate) mod tests {
                 partition_name: "".into(),
             };
         };
-        add(14, BIOS_BOOT, "00000000-0000-0000-0000-00000000000E", 2048, 4095);
+        add(
+            14,
+            BIOS_BOOT,
+            "00000000-0000-0000-0000-00000000000E",
+            2048,
+            4095,
+        );
         add(15, EFI, "00000000-0000-0000-0000-00000000000F", 4096, 8191);
-        add(1, LINUX_FS, "ABCDEF01-2345-6789-ABCD-EF0123456789", 8192, last);
+        add(
+            1,
+            LINUX_FS,
+            "ABCDEF01-2345-6789-ABCD-EF0123456789",
+            8192,
+            last,
+        );
         gpt.write_into(&mut disk).unwrap();
         GPT::write_protective_mbr_into(&mut disk, 512).unwrap();
         disk
@@ -418,7 +439,9 @@ pub(crate) mod tests {
         assert_eq!(&g.0, b"Hah!IdontNeedEFI");
         assert_eq!(g.to_string(), BIOS_BOOT);
         assert!("21686148-6449".parse::<Guid>().is_err());
-        assert!("ZZ686148-6449-6E6F-744E-656564454649".parse::<Guid>().is_err());
+        assert!("ZZ686148-6449-6E6F-744E-656564454649"
+            .parse::<Guid>()
+            .is_err());
     }
 
     #[test]
@@ -531,7 +554,11 @@ pub(crate) mod tests {
                 }),
                 "not a multiple",
             ),
-            ("missing partition", Box::new(|_| 7), "partition 7 does not exist"),
+            (
+                "missing partition",
+                Box::new(|_| 7),
+                "partition 7 does not exist",
+            ),
         ];
         for (name, mutate, message) in cases {
             let mut disk = ubuntu_like_disk(16 * MIB);
@@ -553,10 +580,7 @@ pub(crate) mod tests {
         mbr[446 + 4] = 0x83;
         mbr[510] = 0x55;
         mbr[511] = 0xAA;
-        assert!(matches!(
-            read(&mut Cursor::new(mbr)),
-            Err(GptError::NotGpt)
-        ));
+        assert!(matches!(read(&mut Cursor::new(mbr)), Err(GptError::NotGpt)));
     }
 
     #[test]

@@ -48,10 +48,14 @@ pub struct PartitionReport {
 #[derive(Debug, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Manifest {
-    Present { content: serde_json::Value },
+    Present {
+        content: serde_json::Value,
+    },
     Absent,
     /// It could not be read (not root, not JSON, …).
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 /// Inspects `path` (raw or anything `qemu-img` reads; non-raw images are

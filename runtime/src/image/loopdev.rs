@@ -73,7 +73,9 @@ pub enum LoopError {
     },
     #[error("no free loop device for {backing} after {ATTACH_ATTEMPTS} attempts")]
     Busy { backing: PathBuf },
-    #[error("{device} is {actual} bytes, expected {expected}: the range ends past the end of {backing}")]
+    #[error(
+        "{device} is {actual} bytes, expected {expected}: the range ends past the end of {backing}"
+    )]
     SizeMismatch {
         device: PathBuf,
         backing: PathBuf,
@@ -123,9 +125,7 @@ pub fn attach(
     let control = LoopControl::open().map_err(LoopError::Control)?;
     for _ in 0..ATTACH_ATTEMPTS {
         let device = control.next_free().map_err(LoopError::Control)?;
-        let path = device
-            .path()
-            .unwrap_or_else(|| PathBuf::from("/dev/loop?"));
+        let path = device.path().unwrap_or_else(|| PathBuf::from("/dev/loop?"));
         match configure(&device, &backing, file, offset, size, read_only) {
             Ok(()) => {
                 let guard = LoopGuard {

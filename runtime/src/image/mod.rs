@@ -60,6 +60,11 @@ pub enum ImageError {
         size: u64,
         sector_size: u64,
     },
+    #[error(
+        "{path}: the root partition p{root} cannot grow: p{next} follows it on disk \
+         (pgimg grows images whose root partition comes last, like Ubuntu's and Debian's)"
+    )]
+    RootNotLast { path: PathBuf, root: u32, next: u32 },
     #[error(transparent)]
     Convert(#[from] convert::ConvertError),
     #[error(transparent)]
@@ -139,7 +144,7 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
         path: image.to_path_buf(),
         source,
     })?;
-    if new_size % table.sector_size() != 0 {
+    if !new_size.is_multiple_of(table.sector_size()) {
         return Err(ImageError::Unaligned {
             path: image.to_path_buf(),
             size: new_size,
@@ -147,6 +152,17 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
         });
     }
     let (root, _) = find_root(image, &mut file, &table)?;
+    if let Some(next) = table
+        .partitions()
+        .into_iter()
+        .find(|p| p.first_lba > root.first_lba)
+    {
+        return Err(ImageError::RootNotLast {
+            path: image.to_path_buf(),
+            root: root.number,
+            next: next.number,
+        });
+    }
     file.set_len(new_size).map_err(io_error(image))?;
     match table.grow(&mut file, root.number) {
         Ok(report) => {

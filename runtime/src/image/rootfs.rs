@@ -155,7 +155,14 @@ mod tests {
         let table = gpt::read(&mut disk).unwrap();
         let err = find_root(&mut disk, &table).unwrap_err().to_string();
         assert!(err.starts_with("no partition holds an ext4"), "{err}");
-        for line in ["p1 ", "p14", "p15", "BIOS boot", "EFI system", "Linux filesystem"] {
+        for line in [
+            "p1 ",
+            "p14",
+            "p15",
+            "BIOS boot",
+            "EFI system",
+            "Linux filesystem",
+        ] {
             assert!(err.contains(line), "{line:?} missing in:\n{err}");
         }
     }

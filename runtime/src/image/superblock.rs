@@ -157,6 +157,9 @@ pub(crate) mod tests {
         bytes[4096 + 1024..4096 + 2048].copy_from_slice(&ext4_superblock(10, "x"));
         let mut disk = Cursor::new(bytes);
         assert_eq!(Superblock::read(&mut disk, 0).unwrap(), None);
-        assert_eq!(Superblock::read(&mut disk, 4096).unwrap().unwrap().label, "x");
+        assert_eq!(
+            Superblock::read(&mut disk, 4096).unwrap().unwrap().label,
+            "x"
+        );
     }
 }

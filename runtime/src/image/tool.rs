@@ -128,9 +128,13 @@ mod tests {
 
     #[test]
     fn failure_names_argv_status_and_stderr_tail() {
-        let err = run_ok(["sh", "-c", "echo out; for i in $(seq 1 30); do echo line$i >&2; done; exit 3"])
-            .unwrap_err()
-            .to_string();
+        let err = run_ok([
+            "sh",
+            "-c",
+            "echo out; for i in $(seq 1 30); do echo line$i >&2; done; exit 3",
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("`sh -c 'echo out;"), "{err}");
         assert!(err.contains("exit status: 3"), "{err}");
         assert!(err.contains("line30") && err.contains("line11"), "{err}");

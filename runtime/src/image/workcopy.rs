@@ -52,7 +52,8 @@ pub fn copy(base: &Path, dst: &Path) -> Result<CopyMethod, WorkCopyError> {
             path: dst.to_path_buf(),
             source,
         })?;
-    let result = reflink(&src, &out).or_else(|_| sparse_copy(&src, &out).map(|()| CopyMethod::Sparse));
+    let result =
+        reflink(&src, &out).or_else(|_| sparse_copy(&src, &out).map(|()| CopyMethod::Sparse));
     let result = result.and_then(|method| out.sync_all().map(|()| method));
     result.map_err(|source| {
         let _ = std::fs::remove_file(dst);
@@ -170,7 +171,10 @@ mod tests {
             allocated_size(&dst).unwrap()
         );
         assert_eq!(std::fs::read(&base).unwrap(), base_bytes);
-        assert_eq!(std::fs::metadata(&base).unwrap().modified().unwrap(), base_mtime);
+        assert_eq!(
+            std::fs::metadata(&base).unwrap().modified().unwrap(),
+            base_mtime
+        );
     }
 
     #[test]

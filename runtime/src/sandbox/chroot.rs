@@ -36,10 +36,10 @@ use pgimg_stdlib::fetch::Fetcher;
 use pgimg_stdlib::root::{Attrs, FileKind, FsError, ImageRoot};
 use pgimg_stdlib::target::{host_arch, tail, Command, CommandError, Facts, Output, Target};
 
-use super::exec::{self, Ending, Spec, Stdio, STDERR_KEEP};
 pub use super::exec::Stream;
+use super::exec::{self, Ending, Spec, Stdio, STDERR_KEEP};
 use super::interrupt::INTERRUPTED;
-use super::mounts::{Mount, MountError, MountStack};
+use super::mounts::{mountpoints_under, Mount, MountError, MountStack};
 
 /// Where command output lines go: `(label, stream, line)`.
 pub type LineSink = Arc<dyn Fn(&str, Stream, &str) + Send + Sync>;
@@ -48,7 +48,10 @@ pub type LineSink = Arc<dyn Fn(&str, Stream, &str) + Send + Sync>;
 pub const BASE_ENV: [(&str, &str); 4] = [
     ("DEBIAN_FRONTEND", "noninteractive"),
     ("LC_ALL", "C.UTF-8"),
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
     ("HOME", "/root"),
 ];
 
@@ -58,7 +61,8 @@ pub const APT_ARCHIVES_CACHE: &str = "apt-archives";
 const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const RESOLV_CONF: &str = "/etc/resolv.conf";
-const POLICY_RC_D_DENY: &[u8] = b"#!/bin/sh\n# Written by pgimg for the build: no package starts a service.\nexit 101\n";
+const POLICY_RC_D_DENY: &[u8] =
+    b"#!/bin/sh\n# Written by pgimg for the build: no package starts a service.\nexit 101\n";
 
 /// How to set up a [`ChrootTarget`].
 pub struct SandboxOptions {
@@ -128,7 +132,12 @@ pub enum SetupError {
 pub(crate) enum Saved {
     Absent,
     Symlink(PathBuf),
-    File { content: Vec<u8>, mode: u32, uid: u32, gid: u32 },
+    File {
+        content: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 impl Saved {
@@ -157,7 +166,12 @@ impl Saved {
         match self {
             Saved::Absent => root.remove(path).map(|_| ()),
             Saved::Symlink(target) => root.symlink(target, path),
-            Saved::File { content, mode, uid, gid } => {
+            Saved::File {
+                content,
+                mode,
+                uid,
+                gid,
+            } => {
                 // Remove first: `write` keeps the mode of a file already there.
                 root.remove(path)?;
                 root.write(
@@ -198,7 +212,9 @@ pub struct ChrootTarget {
 
 impl std::fmt::Debug for ChrootTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChrootTarget").field("dir", &self.dir).finish()
+        f.debug_struct("ChrootTarget")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -220,7 +236,9 @@ impl ChrootTarget {
         let target = ChrootTarget {
             dir: dir.to_path_buf(),
             root,
-            facts: Facts { arch: arch.to_string() },
+            facts: Facts {
+                arch: arch.to_string(),
+            },
             fetcher: opts.fetcher,
             cache_dir: opts.cache_dir,
             log: opts.log,
@@ -297,26 +315,37 @@ impl ChrootTarget {
             .map_err(file_err("creating /run/lock"))?;
         // Each command mounts its own /proc here.
         if !root.exists("/proc") {
-            root.mkdir_all("/proc", Attrs::mode(0o555)).map_err(file_err("creating /proc"))?;
+            root.mkdir_all("/proc", Attrs::mode(0o555))
+                .map_err(file_err("creating /proc"))?;
         }
         if let Some(host) = self.cache_dir(APT_ARCHIVES_CACHE) {
             prepare_apt_cache(&host)?;
-            st.apt_cache = Some(Mount::bind_in_root(root, &host, APT_ARCHIVES, "the apt archives cache")?);
+            st.apt_cache = Some(Mount::bind_in_root(
+                root,
+                &host,
+                APT_ARCHIVES,
+                "the apt archives cache",
+            )?);
         }
 
-        st.policy_rc_d = Some(Saved::capture(root, POLICY_RC_D).map_err(file_err("saving /usr/sbin/policy-rc.d"))?);
+        st.policy_rc_d = Some(
+            Saved::capture(root, POLICY_RC_D).map_err(file_err("saving /usr/sbin/policy-rc.d"))?,
+        );
         root.write(POLICY_RC_D, POLICY_RC_D_DENY, Attrs::mode(0o755))
             .map_err(file_err("writing /usr/sbin/policy-rc.d"))?;
 
-        let host_dns = std::fs::read(&self.host_resolv_conf).map_err(|source| SetupError::Host {
-            what: "reading the host's DNS configuration",
-            path: self.host_resolv_conf.clone(),
-            source,
-        })?;
-        st.resolv_conf = Some(Saved::capture(root, RESOLV_CONF).map_err(file_err("saving /etc/resolv.conf"))?);
+        let host_dns =
+            std::fs::read(&self.host_resolv_conf).map_err(|source| SetupError::Host {
+                what: "reading the host's DNS configuration",
+                path: self.host_resolv_conf.clone(),
+                source,
+            })?;
+        st.resolv_conf =
+            Some(Saved::capture(root, RESOLV_CONF).map_err(file_err("saving /etc/resolv.conf"))?);
         // Often a link to a file that exists only on a booted system (systemd-resolved):
         // remove the link itself and put a plain file in its place.
-        root.remove(RESOLV_CONF).map_err(file_err("replacing /etc/resolv.conf"))?;
+        root.remove(RESOLV_CONF)
+            .map_err(file_err("replacing /etc/resolv.conf"))?;
         root.write(RESOLV_CONF, &host_dns, Attrs::mode(0o644))
             .map_err(file_err("writing /etc/resolv.conf"))?;
         Ok(())
@@ -335,24 +364,42 @@ impl ChrootTarget {
             ("tty", 5, 0),
         ] {
             let what = || format!("creating /dev/{name}");
-            mknodat(dev.as_fd(), name, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
-                .map_err(|e| SetupError::File {
-                    what: what(),
-                    source: FsError::Io {
-                        path: format!("/dev/{name}"),
-                        source: e.into(),
-                    },
-                })?;
+            mknodat(
+                dev.as_fd(),
+                name,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            )
+            .map_err(|e| SetupError::File {
+                what: what(),
+                source: FsError::Io {
+                    path: format!("/dev/{name}"),
+                    source: e.into(),
+                },
+            })?;
             // mknod applied the umask.
-            fchmodat(dev.as_fd(), name, Mode::from_bits_truncate(0o666), FchmodatFlags::NoFollowSymlink)
-                .or_else(|_| fchmodat(dev.as_fd(), name, Mode::from_bits_truncate(0o666), FchmodatFlags::FollowSymlink))
-                .map_err(|e| SetupError::File {
-                    what: what(),
-                    source: FsError::Io {
-                        path: format!("/dev/{name}"),
-                        source: e.into(),
-                    },
-                })?;
+            fchmodat(
+                dev.as_fd(),
+                name,
+                Mode::from_bits_truncate(0o666),
+                FchmodatFlags::NoFollowSymlink,
+            )
+            .or_else(|_| {
+                fchmodat(
+                    dev.as_fd(),
+                    name,
+                    Mode::from_bits_truncate(0o666),
+                    FchmodatFlags::FollowSymlink,
+                )
+            })
+            .map_err(|e| SetupError::File {
+                what: what(),
+                source: FsError::Io {
+                    path: format!("/dev/{name}"),
+                    source: e.into(),
+                },
+            })?;
         }
         for (target, link) in [
             ("pts/ptmx", "/dev/ptmx"),
@@ -361,12 +408,28 @@ impl ChrootTarget {
             ("/proc/self/fd/1", "/dev/stdout"),
             ("/proc/self/fd/2", "/dev/stderr"),
         ] {
-            root.symlink(target, link).map_err(file_err(format!("creating {link}")))?;
+            root.symlink(target, link)
+                .map_err(file_err(format!("creating {link}")))?;
         }
         for d in ["/dev/pts", "/dev/shm"] {
-            root.mkdir_all(d, Attrs::mode(0o755)).map_err(file_err(format!("creating {d}")))?;
+            root.mkdir_all(d, Attrs::mode(0o755))
+                .map_err(file_err(format!("creating {d}")))?;
         }
         Ok(())
+    }
+
+    /// Mounts inside the image root that are not the sandbox's own (nor the
+    /// root itself): finalize refuses to delete anything while one exists,
+    /// since a recursive delete would reach into it.
+    pub fn foreign_mounts(&self) -> std::io::Result<Vec<PathBuf>> {
+        let st = self.state.lock().unwrap();
+        let mut own = st.mounts.targets();
+        own.extend(st.apt_cache.as_ref().map(|m| m.target().to_path_buf()));
+        let canonical = std::fs::canonicalize(&self.dir)?;
+        Ok(mountpoints_under(&canonical)?
+            .into_iter()
+            .filter(|m| *m != canonical && !own.contains(m))
+            .collect())
     }
 
     /// Unbinds the host's apt archives cache from the image, so `apt-get
@@ -429,18 +492,31 @@ impl ChrootTarget {
             let valid_name = !name.is_empty()
                 && name != "."
                 && name != ".."
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
             if !valid_name {
-                return Err(format!("cache name `{name}`: use letters, digits, `.`, `_`, `-`"));
+                return Err(format!(
+                    "cache name `{name}`: use letters, digits, `.`, `_`, `-`"
+                ));
             }
             if !in_image.starts_with('/') || in_image.trim_matches('/').is_empty() {
-                return Err(format!("cache `{name}`: `{in_image}` is not an absolute path below /"));
+                return Err(format!(
+                    "cache `{name}`: `{in_image}` is not an absolute path below /"
+                ));
             }
-            let Some(host) = self.cache_dir(name) else { continue };
-            std::fs::create_dir_all(&host).map_err(|e| format!("creating the host cache {}: {e}", host.display()))?;
+            let Some(host) = self.cache_dir(name) else {
+                continue;
+            };
+            std::fs::create_dir_all(&host)
+                .map_err(|e| format!("creating the host cache {}: {e}", host.display()))?;
             match self.root.stat(in_image).map(|s| s.kind) {
                 Ok(FileKind::Dir) => {}
-                Ok(_) => return Err(format!("cache `{name}`: {in_image} exists in the image and is not a directory")),
+                Ok(_) => {
+                    return Err(format!(
+                        "cache `{name}`: {in_image} exists in the image and is not a directory"
+                    ))
+                }
                 Err(e) if e.is_not_found() => self
                     .root
                     .mkdir_all(in_image, Attrs::default())
@@ -452,13 +528,21 @@ impl ChrootTarget {
         Ok(out)
     }
 
-    fn spec(&self, cmd: &Command, stdio: Stdio, extra_env: &[(&str, String)]) -> Result<Spec, CommandError> {
+    fn spec(
+        &self,
+        cmd: &Command,
+        stdio: Stdio,
+        extra_env: &[(&str, String)],
+    ) -> Result<Spec, CommandError> {
         let spawn_err = |reason: String| CommandError::Spawn {
             command: cmd.to_string(),
             reason,
         };
         if self.state.lock().unwrap().torn_down {
-            return Err(spawn_err(format!("the sandbox on {} was torn down", self.dir.display())));
+            return Err(spawn_err(format!(
+                "the sandbox on {} was torn down",
+                self.dir.display()
+            )));
         }
         if cmd.argv.is_empty() {
             return Err(spawn_err("empty argv".into()));
@@ -487,12 +571,15 @@ impl ChrootTarget {
         if self.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommandError::Interrupted);
         }
-        let term: Vec<(&str, String)> = std::env::var("TERM").map(|t| vec![("TERM", t)]).unwrap_or_default();
+        let term: Vec<(&str, String)> = std::env::var("TERM")
+            .map(|t| vec![("TERM", t)])
+            .unwrap_or_default();
         let spec = self.spec(cmd, Stdio::Inherit, &term)?;
-        let finished = exec::run(&spec, self.interrupt, &mut |_, _| {}).map_err(|e| CommandError::Spawn {
-            command: cmd.to_string(),
-            reason: e.0,
-        })?;
+        let finished =
+            exec::run(&spec, self.interrupt, &mut |_, _| {}).map_err(|e| CommandError::Spawn {
+                command: cmd.to_string(),
+                reason: e.0,
+            })?;
         match finished.ending {
             Ending::Exited(code) => Ok(code),
             Ending::Signaled(sig) => Ok(128 + sig),
@@ -556,14 +643,21 @@ impl Target for ChrootTarget {
         if self.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommandError::Interrupted);
         }
-        let spec = self.spec(cmd, Stdio::Piped { stdin: cmd.stdin.clone() }, &[])?;
+        let spec = self.spec(
+            cmd,
+            Stdio::Piped {
+                stdin: cmd.stdin.clone(),
+            },
+            &[],
+        )?;
         let label = cmd.label.as_str();
         let log = &self.log;
-        let finished = exec::run(&spec, self.interrupt, &mut |stream, line| log(label, stream, line)).map_err(|e| {
-            CommandError::Spawn {
-                command: cmd.to_string(),
-                reason: e.0,
-            }
+        let finished = exec::run(&spec, self.interrupt, &mut |stream, line| {
+            log(label, stream, line)
+        })
+        .map_err(|e| CommandError::Spawn {
+            command: cmd.to_string(),
+            reason: e.0,
         })?;
         let stderr_tail = tail(&finished.stderr, STDERR_KEEP);
         let status = match finished.ending {
@@ -612,7 +706,10 @@ impl Drop for ChrootTarget {
     /// Tears down (restores files, unmounts) if the caller did not; failures are logged.
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!("pgimg: warning: tearing down the sandbox on {}: {e}", self.dir.display());
+            eprintln!(
+                "pgimg: warning: tearing down the sandbox on {}: {e}",
+                self.dir.display()
+            );
         }
     }
 }
@@ -635,11 +732,17 @@ mod tests {
             ("absent", Box::new(|_| {})),
             (
                 "dangling link",
-                Box::new(|r| r.symlink("../run/systemd/resolve/stub-resolv.conf", RESOLV_CONF).unwrap()),
+                Box::new(|r| {
+                    r.symlink("../run/systemd/resolve/stub-resolv.conf", RESOLV_CONF)
+                        .unwrap()
+                }),
             ),
             (
                 "file 0600",
-                Box::new(|r| r.write(RESOLV_CONF, b"nameserver 10.0.0.1\n", Attrs::mode(0o600)).unwrap()),
+                Box::new(|r| {
+                    r.write(RESOLV_CONF, b"nameserver 10.0.0.1\n", Attrs::mode(0o600))
+                        .unwrap()
+                }),
             ),
         ];
         for (name, seed) in cases {
@@ -649,7 +752,8 @@ mod tests {
             let saved = Saved::capture(&r, RESOLV_CONF).unwrap();
             let before = saved.clone();
             r.remove(RESOLV_CONF).unwrap();
-            r.write(RESOLV_CONF, b"nameserver 127.0.0.1\n", Attrs::mode(0o644)).unwrap();
+            r.write(RESOLV_CONF, b"nameserver 127.0.0.1\n", Attrs::mode(0o644))
+                .unwrap();
             saved.restore(&r, RESOLV_CONF).unwrap();
             assert_eq!(Saved::capture(&r, RESOLV_CONF).unwrap(), before, "{name}");
         }
@@ -665,9 +769,15 @@ mod tests {
     #[test]
     fn recognises_a_full_disk() {
         for (tail, want) in [
-            ("dpkg: error: No space left on device\n", Some("dpkg: error: No space left on device")),
+            (
+                "dpkg: error: No space left on device\n",
+                Some("dpkg: error: No space left on device"),
+            ),
             ("write: ENOSPC\nother\n", Some("write: ENOSPC")),
-            ("E: You don't have enough free space in /var/cache/apt/archives/.\n", Some("E: You don't have enough free space in /var/cache/apt/archives/.")),
+            (
+                "E: You don't have enough free space in /var/cache/apt/archives/.\n",
+                Some("E: You don't have enough free space in /var/cache/apt/archives/."),
+            ),
             ("E: Unable to locate package nope\n", None),
         ] {
             assert_eq!(disk_full_line(tail).as_deref(), want, "{tail:?}");
@@ -681,7 +791,9 @@ mod tests {
         let t = ChrootTarget {
             dir: PathBuf::from("/nonexistent"),
             root: r,
-            facts: Facts { arch: "amd64".into() },
+            facts: Facts {
+                arch: "amd64".into(),
+            },
             fetcher: opts.fetcher,
             cache_dir: None,
             log: opts.log,
@@ -692,13 +804,20 @@ mod tests {
                 ..State::default()
             }),
         };
-        let env = t.base_env(&Command::new(["x"]).env("PATH", "/opt/bin").env("GOFLAGS", "-mod=vendor"));
+        let env = t.base_env(
+            &Command::new(["x"])
+                .env("PATH", "/opt/bin")
+                .env("GOFLAGS", "-mod=vendor"),
+        );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("PATH"), Some("/opt/bin"));
         assert_eq!(get("GOFLAGS"), Some("-mod=vendor"));
         assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
         assert_eq!(env.len(), 5);
         // A torn-down target refuses to run anything.
-        assert!(matches!(t.run(&Command::new(["true"])), Err(CommandError::Spawn { .. })));
+        assert!(matches!(
+            t.run(&Command::new(["true"])),
+            Err(CommandError::Spawn { .. })
+        ));
     }
 }

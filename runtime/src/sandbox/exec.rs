@@ -147,7 +147,11 @@ fn exec_candidates(argv0: &str, path: &str) -> Vec<String> {
     }
     path.split(':')
         .map(|dir| {
-            let dir = if dir.is_empty() { "." } else { dir.trim_end_matches('/') };
+            let dir = if dir.is_empty() {
+                "."
+            } else {
+                dir.trim_end_matches('/')
+            };
             format!("{dir}/{argv0}")
         })
         .collect()
@@ -155,7 +159,10 @@ fn exec_candidates(argv0: &str, path: &str) -> Vec<String> {
 
 impl Plan {
     fn new(spec: &Spec, fds: [c_int; 5], go: c_int) -> Result<Plan, SpawnError> {
-        let argv0 = spec.argv.first().ok_or_else(|| SpawnError("empty argv".into()))?;
+        let argv0 = spec
+            .argv
+            .first()
+            .ok_or_else(|| SpawnError("empty argv".into()))?;
         let argv = spec
             .argv
             .iter()
@@ -252,7 +259,13 @@ extern "C" fn init_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the parent's `Plan`, copied into this address space by clone.
     let plan = unsafe { &*(arg as *const Plan) };
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         // The parent writes one byte once clone returned. If it died before our
         // prctl took effect, its end is closed and the read returns 0: stop.
         let mut byte = 0u8;
@@ -282,13 +295,25 @@ extern "C" fn init_main(arg: *mut c_void) -> c_int {
                 libc::_exit(125);
             }
         }
-        if libc::syscall(libc::SYS_close_range, 5 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint) < 0 {
+        if libc::syscall(
+            libc::SYS_close_range,
+            5 as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        ) < 0
+        {
             fail(STEP_FDS, 0);
         }
         // Neither pipe may stay open in the command: exec closes them.
         libc::fcntl(FD_ERR, libc::F_SETFD, libc::FD_CLOEXEC);
         libc::fcntl(FD_STATUS, libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::prctl(libc::PR_SET_NAME, plan.init_name.as_ptr() as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_NAME,
+            plan.init_name.as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         // The mount namespace is a copy of the build's; make sure nothing
         // mounted here propagates back, whatever the build's propagation is.
         if libc::mount(
@@ -303,7 +328,14 @@ extern "C" fn init_main(arg: *mut c_void) -> c_int {
         }
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         // A raw fork: glibc's fork() would run atfork handlers and take locks.
-        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize);
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
         if pid < 0 {
             fail(STEP_FORK, 0);
         }
@@ -337,7 +369,10 @@ unsafe fn command_main(plan: &Plan) -> ! {
     // At most 64 caches per command (checked by the parent).
     let mut cache_fds = [-1 as c_int; 64];
     for (i, src) in plan.cache_sources.iter().enumerate() {
-        cache_fds[i] = libc::open(src.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        cache_fds[i] = libc::open(
+            src.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
         if cache_fds[i] < 0 {
             fail(STEP_OPEN_CACHE, i as u32);
         }
@@ -362,7 +397,14 @@ unsafe fn command_main(plan: &Plan) -> ! {
     for (i, target) in plan.cache_targets.iter().enumerate() {
         let mut buf = [0u8; 32];
         let src = fd_path(cache_fds[i], &mut buf);
-        if libc::mount(src, target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+        if libc::mount(
+            src,
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) != 0
+        {
             fail(STEP_BIND_CACHE, i as u32);
         }
         libc::close(cache_fds[i]);
@@ -372,7 +414,14 @@ unsafe fn command_main(plan: &Plan) -> ! {
     }
     // Rust ignores SIGPIPE; the command must get the default back. Handlers
     // pgimg installed are reset by execve itself.
-    for sig in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP, libc::SIGCHLD] {
+    for sig in [
+        libc::SIGPIPE,
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGCHLD,
+    ] {
         libc::signal(sig, libc::SIG_DFL);
     }
     let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -411,14 +460,18 @@ fn explain(step: u32, index: u32, err: Errno, spec: &Spec) -> String {
         STEP_SETSID => format!("starting a session: {err}"),
         STEP_OPEN_CACHE => format!(
             "opening the host cache {}: {err}",
-            cache(index).map(|c| c.0.display().to_string()).unwrap_or_default()
+            cache(index)
+                .map(|c| c.0.display().to_string())
+                .unwrap_or_default()
         ),
         STEP_CHROOT => format!("chroot into {}: {err}", spec.root.display()),
         STEP_CHDIR_ROOT => format!("entering the image root: {err}"),
         STEP_MOUNT_PROC => format!("mounting /proc in the image: {err}"),
         STEP_BIND_CACHE => format!(
             "binding the cache {} on {}: {err}",
-            cache(index).map(|c| c.0.display().to_string()).unwrap_or_default(),
+            cache(index)
+                .map(|c| c.0.display().to_string())
+                .unwrap_or_default(),
             cache(index).map(|c| c.1.as_str()).unwrap_or_default()
         ),
         STEP_CHDIR_CWD => format!("changing to the working directory {}: {err}", spec.cwd),
@@ -504,7 +557,9 @@ struct LineSplitter {
 
 impl LineSplitter {
     fn new() -> Self {
-        LineSplitter { pending: Vec::new() }
+        LineSplitter {
+            pending: Vec::new(),
+        }
     }
 
     fn push(&mut self, data: &[u8], mut emit: impl FnMut(&str)) {
@@ -535,7 +590,10 @@ pub(crate) fn run(
     on_line: &mut dyn FnMut(Stream, &str),
 ) -> Result<Finished, SpawnError> {
     if spec.caches.len() > 64 {
-        return Err(SpawnError(format!("{} caches for one command; at most 64", spec.caches.len())));
+        return Err(SpawnError(format!(
+            "{} caches for one command; at most 64",
+            spec.caches.len()
+        )));
     }
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -558,7 +616,8 @@ pub(crate) fn run(
                     ir
                 }
                 None => OwnedFd::from(
-                    std::fs::File::open("/dev/null").map_err(|e| SpawnError(format!("opening /dev/null: {e}")))?,
+                    std::fs::File::open("/dev/null")
+                        .map_err(|e| SpawnError(format!("opening /dev/null: {e}")))?,
                 ),
             };
             let fds = [
@@ -675,7 +734,11 @@ pub(crate) fn run(
         let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(4);
         let mut who: Vec<u8> = Vec::with_capacity(4);
         let mut add = |fd: RawFd, events: i16, tag: u8| {
-            pfds.push(libc::pollfd { fd, events, revents: 0 });
+            pfds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
             who.push(tag);
         };
         if let Some(fd) = &out_r {
@@ -696,7 +759,10 @@ pub(crate) fn run(
                 continue;
             }
             child.kill();
-            return Err(SpawnError(format!("waiting for the command (poll): {}", Errno::last())));
+            return Err(SpawnError(format!(
+                "waiting for the command (poll): {}",
+                Errno::last()
+            )));
         }
         for (p, tag) in pfds.iter().zip(&who) {
             if p.revents == 0 {
@@ -779,7 +845,11 @@ pub(crate) fn run(
             }
         }
     };
-    Ok(Finished { ending, stdout, stderr })
+    Ok(Finished {
+        ending,
+        stdout,
+        stderr,
+    })
 }
 
 #[cfg(test)]
@@ -789,7 +859,11 @@ mod tests {
     #[test]
     fn exec_candidates_follow_path_like_execvp() {
         for (argv0, path, want) in [
-            ("apt-get", "/usr/sbin:/usr/bin", vec!["/usr/sbin/apt-get", "/usr/bin/apt-get"]),
+            (
+                "apt-get",
+                "/usr/sbin:/usr/bin",
+                vec!["/usr/sbin/apt-get", "/usr/bin/apt-get"],
+            ),
             ("/bin/sh", "/usr/bin", vec!["/bin/sh"]),
             ("./x", "/usr/bin", vec!["./x"]),
             ("ls", ":/bin/", vec!["./ls", "/bin/ls"]),
@@ -800,7 +874,11 @@ mod tests {
 
     #[test]
     fn fd_path_formats_without_allocating() {
-        for (fd, want) in [(0, "/proc/self/fd/0"), (7, "/proc/self/fd/7"), (1234, "/proc/self/fd/1234")] {
+        for (fd, want) in [
+            (0, "/proc/self/fd/0"),
+            (7, "/proc/self/fd/7"),
+            (1234, "/proc/self/fd/1234"),
+        ] {
             let mut buf = [0u8; 32];
             let p = fd_path(fd, &mut buf);
             let s = unsafe { std::ffi::CStr::from_ptr(p) };

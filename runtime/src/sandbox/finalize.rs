@@ -23,7 +23,7 @@ use super::mounts::MountError;
 
 /// Which cleanup items run; all are on by default. A recipe switches one off
 /// by name (`#{ logs: false }`); an unknown name is an error.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FinalizeOptions {
     /// Remove `/etc/ssh/ssh_host_*` (regenerated on first boot).
@@ -128,6 +128,11 @@ fn human_bytes(n: u64) -> String {
 /// A cleanup item failed; names it.
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
+    #[error(
+        "finalize: refusing to delete files while something is mounted inside the image: {}",
+        .mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    Mounted { mounts: Vec<std::path::PathBuf> },
     #[error("finalize {item}: {source}")]
     Fs {
         item: &'static str,
@@ -151,19 +156,50 @@ pub enum FinalizeError {
 type ItemFn<'a> = dyn Fn(&mut ItemReport) -> Result<(), FinalizeError> + 'a;
 
 /// Runs the enabled cleanup items in a fixed order; stops at the first failure.
-pub fn finalize(target: &ChrootTarget, opts: &FinalizeOptions) -> Result<FinalizeReport, FinalizeError> {
+pub fn finalize(
+    target: &ChrootTarget,
+    opts: &FinalizeOptions,
+) -> Result<FinalizeReport, FinalizeError> {
+    // Nothing writes to the host's apt cache after the recipe; and with it
+    // still bound, `apt-get clean` would empty the cache instead of the image.
+    target
+        .release_apt_cache()
+        .map_err(|source| FinalizeError::Mount {
+            item: "apt",
+            source,
+        })?;
+    let foreign = target.foreign_mounts().map_err(|e| FinalizeError::Fs {
+        item: "mount check",
+        source: FsError::Io {
+            path: "/proc/thread-self/mountinfo".into(),
+            source: e,
+        },
+    })?;
+    if !foreign.is_empty() {
+        return Err(FinalizeError::Mounted { mounts: foreign });
+    }
     let root = target.root();
     let mut report = FinalizeReport::default();
     let items: [(&'static str, bool, &ItemFn); 9] = [
         ("apt", opts.apt, &|r| apt(target, r)),
         ("cloud_init", opts.cloud_init, &|r| cloud_init(target, r)),
-        ("ssh_host_keys", opts.ssh_host_keys, &|r| fs("ssh_host_keys", ssh_host_keys(root, r))),
-        ("root_password", opts.root_password, &|r| fs("root_password", root_password(root, r))),
-        ("shell_histories", opts.shell_histories, &|r| fs("shell_histories", shell_histories(root, r))),
+        ("ssh_host_keys", opts.ssh_host_keys, &|r| {
+            fs("ssh_host_keys", ssh_host_keys(root, r))
+        }),
+        ("root_password", opts.root_password, &|r| {
+            fs("root_password", root_password(root, r))
+        }),
+        ("shell_histories", opts.shell_histories, &|r| {
+            fs("shell_histories", shell_histories(root, r))
+        }),
         ("caches", opts.caches, &|r| fs("caches", caches(root, r))),
-        ("logs", opts.logs, &|r| fs("logs", logs(root, "/var/log", r))),
+        ("logs", opts.logs, &|r| {
+            fs("logs", logs(root, "/var/log", r))
+        }),
         ("tmp", opts.tmp, &|r| fs("tmp", tmp(root, r))),
-        ("machine_id", opts.machine_id, &|r| fs("machine_id", machine_id(root, r))),
+        ("machine_id", opts.machine_id, &|r| {
+            fs("machine_id", machine_id(root, r))
+        }),
     ];
     for (name, enabled, run) in items {
         let mut item = ItemReport {
@@ -192,7 +228,14 @@ fn usage(root: &ImageRoot, path: &str) -> Result<(u64, u64), FsError> {
         Err(e) => return Err(e),
     };
     if st.kind != FileKind::Dir {
-        return Ok((1, if st.kind == FileKind::File { st.size } else { 0 }));
+        return Ok((
+            1,
+            if st.kind == FileKind::File {
+                st.size
+            } else {
+                0
+            },
+        ));
     }
     let mut total = (1, 0);
     for name in root.read_dir(path)? {
@@ -214,7 +257,12 @@ fn remove_counted(root: &ImageRoot, path: &str, r: &mut ItemReport) -> Result<()
 }
 
 /// Removes the entries of the directory `dir` except those named in `keep`.
-fn empty_dir(root: &ImageRoot, dir: &str, keep: &[&str], r: &mut ItemReport) -> Result<(), FsError> {
+fn empty_dir(
+    root: &ImageRoot,
+    dir: &str,
+    keep: &[&str],
+    r: &mut ItemReport,
+) -> Result<(), FsError> {
     if root.kind(dir) != Some(FileKind::Dir) {
         return Ok(());
     }
@@ -236,10 +284,7 @@ fn in_image_command(argv: &[&str]) -> Command {
 
 fn apt(target: &ChrootTarget, r: &mut ItemReport) -> Result<(), FinalizeError> {
     const ITEM: &str = "apt";
-    // First: with the host's cache still bound there, `apt-get clean` would empty the cache.
-    target
-        .release_apt_cache()
-        .map_err(|source| FinalizeError::Mount { item: ITEM, source })?;
+    // `finalize` released the host's apt cache first.
     let root = target.root();
     if root.exists("/usr/bin/apt-get") {
         let (_, before) = fs(ITEM, usage(root, "/var/cache/apt"))?;
@@ -254,7 +299,10 @@ fn apt(target: &ChrootTarget, r: &mut ItemReport) -> Result<(), FinalizeError> {
         fs(ITEM, empty_dir(root, &format!("{dir}/partial"), &[], r))?;
     }
     // What `apt-get clean` removes, for an image without apt-get.
-    for bin in ["/var/cache/apt/pkgcache.bin", "/var/cache/apt/srcpkgcache.bin"] {
+    for bin in [
+        "/var/cache/apt/pkgcache.bin",
+        "/var/cache/apt/srcpkgcache.bin",
+    ] {
         fs(ITEM, remove_counted(root, bin, r))?;
     }
     Ok(())
@@ -307,7 +355,9 @@ fn clear_password(shadow: &str, user: &str) -> Option<(String, bool)> {
 
 fn root_password(root: &ImageRoot, r: &mut ItemReport) -> Result<(), FsError> {
     for path in ["/etc/shadow", "/etc/shadow-"] {
-        let Some(shadow) = root.read_string_opt(path)? else { continue };
+        let Some(shadow) = root.read_string_opt(path)? else {
+            continue;
+        };
         if let Some((edited, changed)) = clear_password(&shadow, "root") {
             if changed {
                 // Keeps the file's owner and mode.
@@ -325,7 +375,9 @@ fn homes(root: &ImageRoot) -> Result<Vec<String>, FsError> {
     let mut homes = vec!["/root".to_string()];
     let passwd = root.read_string_opt("/etc/passwd")?.unwrap_or_default();
     for line in passwd.lines() {
-        let Some(home) = line.split(':').nth(5) else { continue };
+        let Some(home) = line.split(':').nth(5) else {
+            continue;
+        };
         let home = home.trim_end_matches('/');
         if home.is_empty() || home == "/nonexistent" || homes.iter().any(|h| h == home) {
             continue;
@@ -365,7 +417,16 @@ fn caches(root: &ImageRoot, r: &mut ItemReport) -> Result<(), FsError> {
 
 /// A rotated, compressed or binary log: removed rather than truncated.
 fn is_rotated_log(name: &str) -> bool {
-    const SUFFIXES: [&str; 8] = [".gz", ".xz", ".bz2", ".zst", ".old", "-old", ".journal", ".journal~"];
+    const SUFFIXES: [&str; 8] = [
+        ".gz",
+        ".xz",
+        ".bz2",
+        ".zst",
+        ".old",
+        "-old",
+        ".journal",
+        ".journal~",
+    ];
     if SUFFIXES.iter().any(|s| name.ends_with(s)) {
         return true;
     }
@@ -422,17 +483,24 @@ mod tests {
 
     #[test]
     fn clears_only_the_password_field_of_the_user() {
-        let shadow = "root:$6$salt$hash:19000:0:99999:7:::\nrooty:$6$x:1::::::\nbin:*:19000:0:99999:7:::\n";
+        let shadow =
+            "root:$6$salt$hash:19000:0:99999:7:::\nrooty:$6$x:1::::::\nbin:*:19000:0:99999:7:::\n";
         let (out, changed) = clear_password(shadow, "root").unwrap();
         assert!(changed);
-        assert_eq!(out, "root::19000:0:99999:7:::\nrooty:$6$x:1::::::\nbin:*:19000:0:99999:7:::\n");
+        assert_eq!(
+            out,
+            "root::19000:0:99999:7:::\nrooty:$6$x:1::::::\nbin:*:19000:0:99999:7:::\n"
+        );
         // Already empty: nothing to change, and the text is the same.
         let (again, changed) = clear_password(&out, "root").unwrap();
         assert!(!changed);
         assert_eq!(again, out);
         assert!(clear_password("bin:*:1::::::\n", "root").is_none());
         // No trailing newline is preserved as such.
-        assert_eq!(clear_password("root:!:1::::::", "root").unwrap().0, "root::1::::::");
+        assert_eq!(
+            clear_password("root:!:1::::::", "root").unwrap().0,
+            "root::1::::::"
+        );
     }
 
     #[test]
@@ -468,15 +536,32 @@ mod tests {
     #[test]
     fn logs_are_truncated_in_place_and_rotated_ones_removed() {
         let (_d, r) = root();
-        r.write("/var/log/syslog", b"12345", Attrs::mode(0o640)).unwrap();
-        r.write("/var/log/syslog.1", b"123", Attrs::default()).unwrap();
-        r.write("/var/log/postgresql/postgresql-15-main.log", b"ab", Attrs::mode(0o600)).unwrap();
-        r.write("/var/log/journal/abc/system.journal", b"JRNL", Attrs::default()).unwrap();
+        r.write("/var/log/syslog", b"12345", Attrs::mode(0o640))
+            .unwrap();
+        r.write("/var/log/syslog.1", b"123", Attrs::default())
+            .unwrap();
+        r.write(
+            "/var/log/postgresql/postgresql-15-main.log",
+            b"ab",
+            Attrs::mode(0o600),
+        )
+        .unwrap();
+        r.write(
+            "/var/log/journal/abc/system.journal",
+            b"JRNL",
+            Attrs::default(),
+        )
+        .unwrap();
         let mut rep = ItemReport::default();
         logs(&r, "/var/log", &mut rep).unwrap();
         assert_eq!(r.stat("/var/log/syslog").unwrap().size, 0);
         assert_eq!(r.stat("/var/log/syslog").unwrap().mode, 0o640);
-        assert_eq!(r.stat("/var/log/postgresql/postgresql-15-main.log").unwrap().mode, 0o600);
+        assert_eq!(
+            r.stat("/var/log/postgresql/postgresql-15-main.log")
+                .unwrap()
+                .mode,
+            0o600
+        );
         assert!(!r.exists("/var/log/syslog.1"));
         assert!(!r.exists("/var/log/journal/abc/system.journal"));
         assert!(r.exists("/var/log/journal/abc"));

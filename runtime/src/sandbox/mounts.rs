@@ -112,8 +112,11 @@ impl Mount {
         match root.kind(in_image) {
             Some(FileKind::Dir) => {}
             // A link is resolved inside the image; what it names must be a directory.
-            Some(FileKind::Symlink) if matches!(root.stat(in_image), Ok(s) if s.kind == FileKind::Dir) => {}
-            None => root.mkdir_all(in_image, Attrs::mode(0o755)).map_err(target_err)?,
+            Some(FileKind::Symlink) if matches!(root.stat(in_image), Ok(s) if s.kind == FileKind::Dir) =>
+                {}
+            None => root
+                .mkdir_all(in_image, Attrs::mode(0o755))
+                .map_err(target_err)?,
             Some(_) => {
                 return Err(MountError::NotADirectory {
                     path: in_image.to_string(),
@@ -143,8 +146,21 @@ impl Mount {
     }
 
     /// Bind-mounts the host directory `host_dir` on `in_image`.
-    pub fn bind_in_root(root: &ImageRoot, host_dir: &Path, in_image: &str, what: &str) -> Result<Mount, MountError> {
-        Mount::in_root(root, in_image, Some(host_dir), None, MsFlags::MS_BIND, None, what)
+    pub fn bind_in_root(
+        root: &ImageRoot,
+        host_dir: &Path,
+        in_image: &str,
+        what: &str,
+    ) -> Result<Mount, MountError> {
+        Mount::in_root(
+            root,
+            in_image,
+            Some(host_dir),
+            None,
+            MsFlags::MS_BIND,
+            None,
+            what,
+        )
     }
 
     /// Where it is mounted, as a host path.
@@ -202,6 +218,43 @@ fn unmount(target: &Path, what: &str) -> Result<(), MountError> {
         attempts: UNMOUNT_ATTEMPTS,
         detached,
     })
+}
+
+/// Mount points at or below `dir` in the calling thread's mount namespace
+/// (`/proc/thread-self/mountinfo`: the namespace this thread mounted in).
+pub fn mountpoints_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
+    Ok(parse_mountpoints(&text)
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect())
+}
+
+/// The mount point column of mountinfo, with its octal escapes (`\040`) decoded.
+fn parse_mountpoints(mountinfo: &str) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| {
+            let b = m.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let octal = b[i] == b'\\'
+                    && i + 3 < b.len()
+                    && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
+                if octal {
+                    out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+                    i += 4;
+                } else {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(out))
+        })
+        .collect()
 }
 
 /// Mounts made in order, released in reverse. `Drop` releases what is left.
@@ -265,5 +318,25 @@ impl Drop for MountStack {
         if let Err(e) = self.close_all() {
             eprintln!("pgimg: warning: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_mount_points() {
+        let info = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                    90 27 0:50 / /var/tmp/a\\040b rw - tmpfs tmpfs rw\n\
+                    91 90 0:51 / /var/tmp/a\\040b/dev rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            parse_mountpoints(info),
+            [
+                PathBuf::from("/proc"),
+                PathBuf::from("/var/tmp/a b"),
+                PathBuf::from("/var/tmp/a b/dev")
+            ]
+        );
     }
 }

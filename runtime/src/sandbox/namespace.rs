@@ -66,9 +66,8 @@ pub fn private_namespace_for_calling_thread() -> Result<(), NamespaceError> {
 
 fn thread_count() -> Result<usize, NamespaceError> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(NamespaceError::Status)?;
-    parse_threads(&status).ok_or_else(|| {
-        NamespaceError::Status(std::io::Error::other("no `Threads:` line"))
-    })
+    parse_threads(&status)
+        .ok_or_else(|| NamespaceError::Status(std::io::Error::other("no `Threads:` line")))
 }
 
 fn parse_threads(status: &str) -> Option<usize> {

@@ -283,14 +283,15 @@ impl HttpFetcher {
     }
 
     /// Downloads `url` once into a temporary file in `dir`, hashing as it
-    /// goes; renames it to `dest` only when the hash is `expected`.
+    /// goes; renames it to `dir/<sha256>` only when the hash is `expected`
+    /// (any hash when `None`: the name still says what the content is).
+    /// Returns the size and the sha256.
     fn download_once(
         &self,
         url: &str,
-        expected: &str,
+        expected: Option<&str>,
         dir: &Path,
-        dest: &Path,
-    ) -> Result<u64, Failure> {
+    ) -> Result<(u64, String), Failure> {
         let resp = self.client.get(url).send().map_err(transport)?;
         let mut resp = check_status(url, resp)?;
         let total = resp.content_length();
@@ -340,21 +341,22 @@ impl HttpFetcher {
             });
         }
         let actual = hex::encode(hasher.finalize());
-        if actual != expected {
+        if let Some(expected) = expected.filter(|e| *e != actual) {
             return Err(Failure::Fatal(FetchError::ShaMismatch {
                 url: url.to_string(),
                 expected: expected.to_string(),
                 actual,
             }));
         }
+        let dest = dir.join(&actual);
         // The cache is trusted without rehashing, so the bytes must be on disk
         // before the name says they are verified.
         tmp.as_file()
             .sync_all()
             .map_err(|e| fatal_io(&format!("syncing {}", tmp.path().display()), e))?;
-        tmp.persist(dest)
+        tmp.persist(&dest)
             .map_err(|e| fatal_io(&format!("renaming into {}", dest.display()), e.error))?;
-        Ok(got)
+        Ok((got, actual))
     }
 
     fn progress_bar(&self, url: &str, total: Option<u64>) -> Option<indicatif::ProgressBar> {
@@ -411,6 +413,20 @@ impl HttpFetcher {
             reason: "the document is not UTF-8 text".into(),
         })
     }
+
+    /// Downloads `url` without a pin and returns its sha256; the file stays
+    /// in the cache under that hash, so a later pinned fetch is a cache hit.
+    /// Only for recording a first-use pin (`pgimg lock`): it trusts whatever
+    /// the server sends.
+    pub fn sha256_of_download(&self, url: &str) -> Result<String, FetchError> {
+        check_url(url)?;
+        let dir = self.cache.join("sha256");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| io_error(url, &format!("creating {}", dir.display()), e))?;
+        (self.log)(&format!("hashing {url} (no upstream checksum)"));
+        let (_, sha256) = self.retrying(url, || self.download_once(url, None, &dir))?;
+        Ok(sha256)
+    }
 }
 
 fn human_bytes(n: u64) -> String {
@@ -443,7 +459,7 @@ impl Fetcher for HttpFetcher {
             (self.log)(&format!("fetching {url}"));
         }
         let start = Instant::now();
-        let size = self.retrying(url, || self.download_once(url, &expected, &dir, &dest))?;
+        let (size, _) = self.retrying(url, || self.download_once(url, Some(&expected), &dir))?;
         // Also after a progress bar, which clears itself: the build log keeps the line.
         let secs = start.elapsed().as_secs_f64();
         (self.log)(&format!(
@@ -456,6 +472,10 @@ impl Fetcher for HttpFetcher {
 
     fn git(&self, url: &str, rev: &str) -> Result<Option<PathBuf>, FetchError> {
         self.git.tree(url, rev).map(Some)
+    }
+
+    fn fetch_text(&self, url: &str) -> Result<Option<String>, FetchError> {
+        HttpFetcher::fetch_text(self, url).map(Some)
     }
 }
 

@@ -5,9 +5,12 @@
 //! content-addressed cache); `plan` and `test` use [`RecordingFetcher`], which
 //! never touches the network and answers from fixtures when it has them.
 
+mod checksums;
 mod git;
 mod http;
 mod recording;
+
+pub use checksums::{sha256_for, ChecksumError};
 
 pub use git::GitFetcher;
 pub use http::{check_url, default_cache_dir, url_file_name, FetchLog, HttpFetcher, RetryPolicy, MAX_TEXT_BYTES};
@@ -30,6 +33,10 @@ pub enum FetchError {
     Io { url: String, reason: String },
     #[error("{url}: git: {reason}")]
     Git { url: String, reason: String },
+    #[error("{url}: {reason}")]
+    Checksums { url: String, reason: String },
+    #[error("{url}: upstream publishes no checksum, so its only pin is the one `pgimg lock` recorded in the lock file; run `pgimg lock` and build with `--locked`")]
+    OnlyInLock { url: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -67,4 +74,17 @@ pub trait Fetcher: Send + Sync {
     /// Returns a host directory holding the tree of `url` at commit `rev`
     /// (without `.git`), or `None` when this fetcher only records.
     fn git(&self, url: &str, rev: &str) -> Result<Option<PathBuf>, FetchError>;
+
+    /// Returns a small unpinned text document (an upstream checksum list,
+    /// an OpenPGP key pinned by fingerprint), or `None` when this fetcher
+    /// only records. Whatever is read from it must be checked by the caller.
+    fn fetch_text(&self, url: &str) -> Result<Option<String>, FetchError>;
+
+    /// The sha256 of `url`'s content for a file whose upstream publishes no
+    /// checksum: trust on first use, which only `pgimg lock` may do (it
+    /// records the result for review). Every other fetcher refuses, so a
+    /// build never trusts an unpinned download; a recording one returns `None`.
+    fn first_use_sha256(&self, url: &str) -> Result<Option<String>, FetchError> {
+        Err(FetchError::OnlyInLock { url: url.to_string() })
+    }
 }
