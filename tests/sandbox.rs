@@ -751,6 +751,30 @@ fn resolv_conf_and_policy_rc_d_are_replaced_during_the_build_and_restored_exactl
 }
 
 #[test]
+fn a_resolv_conf_the_build_replaced_is_kept() {
+    if !have_root("a_resolv_conf_the_build_replaced_is_kept") {
+        return;
+    }
+    let sb =
+        Sandbox::new(|r| fs::write(r.join("/etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap());
+    sb.stdout(&[
+        "ln",
+        "-sf",
+        "../run/systemd/resolve/stub-resolv.conf",
+        "/etc/resolv.conf",
+    ]);
+    let (rootfs, _cache) = sb.teardown();
+    assert_eq!(
+        host_state(&rootfs.join("/etc/resolv.conf")),
+        HostState::Link("../run/systemd/resolve/stub-resolv.conf".into())
+    );
+    assert_eq!(
+        host_state(&rootfs.join("/usr/sbin/policy-rc.d")),
+        HostState::Absent
+    );
+}
+
+#[test]
 fn run_is_a_tmpfs_left_out_of_the_image() {
     if !have_root("run_is_a_tmpfs_left_out_of_the_image") {
         return;
@@ -1062,7 +1086,7 @@ fn sigkill_leaves_no_mount_loop_device_or_process() {
     }
     let rootfs = Rootfs::new();
     let img = rootfs.path().with_extension("ext4");
-    let _img_guard = scopeguard(img.clone());
+    let _img_guard = FileGuard(img.clone());
     let ok = Process::new("truncate")
         .args(["-s", "16M"])
         .arg(&img)
@@ -1143,9 +1167,7 @@ fn helper_thread(pid: u32) -> u32 {
 
 /// Removes a file when dropped.
 struct FileGuard(PathBuf);
-fn scopeguard(p: PathBuf) -> FileGuard {
-    FileGuard(p)
-}
+
 impl Drop for FileGuard {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
@@ -1172,10 +1194,10 @@ fn overhead_of_one_command() {
     let setup = started.elapsed();
     let started = Instant::now();
     target.teardown().unwrap();
-    eprintln!(
+    loud(&format!(
         "sandbox setup: {setup:?}, teardown: {:?}",
         started.elapsed()
-    );
+    ));
     drop(target);
     drop(rootfs);
 

@@ -12,7 +12,7 @@
 //! | `/proc` | a fresh proc per command, for its PID namespace | gone with the command |
 //! | `/var/cache/apt/archives` | the host's apt archives cache, bound | unmounted (also by finalize, before `apt-get clean`) |
 //! | `/usr/sbin/policy-rc.d` | `exit 101`: no package starts a daemon | restored exactly (or removed) |
-//! | `/etc/resolv.conf` | the host's content, as a plain file | restored exactly: link target, or content and mode, or absence |
+//! | `/etc/resolv.conf` | the host's content, as a plain file | restored exactly: link target, or content and mode, or absence (unless the build replaced it: then the build's is kept) |
 //!
 //! `/dev` is a fresh tmpfs rather than a bind of the host's `/dev`: commands
 //! cannot reach host disks and loop devices, and what a package writes into
@@ -192,8 +192,9 @@ impl Saved {
 struct State {
     mounts: MountStack,
     apt_cache: Option<Mount>,
-    resolv_conf: Option<Saved>,
-    policy_rc_d: Option<Saved>,
+    /// The image's original and what pgimg wrote in its place.
+    resolv_conf: Option<(Saved, Vec<u8>)>,
+    policy_rc_d: Option<(Saved, Vec<u8>)>,
     torn_down: bool,
 }
 
@@ -328,9 +329,10 @@ impl ChrootTarget {
             )?);
         }
 
-        st.policy_rc_d = Some(
+        st.policy_rc_d = Some((
             Saved::capture(root, POLICY_RC_D).map_err(file_err("saving /usr/sbin/policy-rc.d"))?,
-        );
+            POLICY_RC_D_DENY.to_vec(),
+        ));
         root.write(POLICY_RC_D, POLICY_RC_D_DENY, Attrs::mode(0o755))
             .map_err(file_err("writing /usr/sbin/policy-rc.d"))?;
 
@@ -340,8 +342,10 @@ impl ChrootTarget {
                 path: self.host_resolv_conf.clone(),
                 source,
             })?;
-        st.resolv_conf =
-            Some(Saved::capture(root, RESOLV_CONF).map_err(file_err("saving /etc/resolv.conf"))?);
+        st.resolv_conf = Some((
+            Saved::capture(root, RESOLV_CONF).map_err(file_err("saving /etc/resolv.conf"))?,
+            host_dns.clone(),
+        ));
         // Often a link to a file that exists only on a booted system (systemd-resolved):
         // remove the link itself and put a plain file in its place.
         root.remove(RESOLV_CONF)
@@ -449,14 +453,14 @@ impl ChrootTarget {
         }
         st.torn_down = true;
         let mut errors: Vec<SetupError> = Vec::new();
-        if let Some(saved) = st.resolv_conf.take() {
-            if let Err(e) = saved.restore(&self.root, RESOLV_CONF) {
-                errors.push(file_err("restoring /etc/resolv.conf")(e));
-            }
-        }
-        if let Some(saved) = st.policy_rc_d.take() {
-            if let Err(e) = saved.restore(&self.root, POLICY_RC_D) {
-                errors.push(file_err("restoring /usr/sbin/policy-rc.d")(e));
+        for (path, saved) in [
+            (RESOLV_CONF, st.resolv_conf.take()),
+            (POLICY_RC_D, st.policy_rc_d.take()),
+        ] {
+            if let Some((original, ours)) = saved {
+                if let Err(e) = self.put_back(path, &original, &ours) {
+                    errors.push(file_err(format!("restoring {path}"))(e));
+                }
             }
         }
         if let Some(m) = st.apt_cache.take() {
@@ -473,6 +477,24 @@ impl ChrootTarget {
             eprintln!("pgimg: warning: tearing down the sandbox: {e}");
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Restores `original` at `path`, unless the build replaced what pgimg
+    /// wrote there (a recipe writing the image's own resolv.conf, a package
+    /// turning it into a link): then the build's version is kept.
+    fn put_back(&self, path: &str, original: &Saved, ours: &[u8]) -> Result<(), FsError> {
+        let untouched = match Saved::capture(&self.root, path)? {
+            Saved::File { content, .. } => content == ours,
+            Saved::Absent => true,
+            Saved::Symlink(_) => false,
+        };
+        if !untouched {
+            eprintln!(
+                "pgimg: note: the build changed {path}; keeping its version instead of the image's original"
+            );
+            return Ok(());
+        }
+        original.restore(&self.root, path)
     }
 
     fn base_env(&self, cmd: &Command) -> Vec<(String, String)> {
