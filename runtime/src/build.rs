@@ -59,6 +59,8 @@ pub struct RunOptions {
     pub assets: Vec<PathBuf>,
     pub cache_dir: PathBuf,
     pub limits: Limits,
+    /// Refuse inputs missing from (or not matching) the recipe's `pgimg.lock`.
+    pub locked: bool,
 }
 
 /// One stage and how long it took.
@@ -213,12 +215,15 @@ fn run_recipe(opts: &RunOptions, target: Arc<dyn Target>) -> Result<RecipeRun> {
         .with_mirrors(opts.mirrors.clone())
         .with_asset_dirs(crate::testing::asset_dirs(&opts.recipe, &opts.assets))
         .with_log(Arc::new(|loc, msg| eprintln!("{loc}: {msg}")));
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         journal: journal.clone(),
         ..ctx
     };
+    if opts.locked {
+        ctx = ctx.with_lock(crate::lock::load_for(&opts.recipe).map_err(anyhow::Error::msg)?);
+    }
     let engine = build_engine(&ctx, &opts.limits);
-    let result = run_file(&engine, &opts.recipe);
+    let result = run_file(&engine, &opts.recipe).and_then(|()| crate::cli::check_mirrors_used(&ctx));
     drop(engine);
     drop(ctx);
     let journal = std::mem::take(&mut *journal.lock().unwrap());
@@ -236,7 +241,8 @@ pub struct RecipeFailed(pub String);
 fn sandbox_options(opts: &RunOptions) -> Result<SandboxOptions> {
     let fetcher = HttpFetcher::new(opts.cache_dir.join("downloads"))
         .context("setting up the downloader")?
-        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_interrupt(&sandbox::interrupt::INTERRUPTED);
     let mut s = SandboxOptions::new(Box::new(fetcher));
     s.cache_dir = Some(opts.cache_dir.clone());
     Ok(s)
@@ -416,11 +422,18 @@ fn write_output(opts: &RunOptions, work: &WorkDir) -> Result<OutputRecord> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Hashing a large image takes seconds; a SIGINT/SIGTERM meanwhile must
+    // still stop the build before anything appears under the output name.
+    if sandbox::interrupt::interrupted() {
+        bail!("interrupted before the image was renamed to {}", opts.output.display());
+    }
     let sums = sidecar(&opts.output, "sha256");
     std::fs::write(&sums, format!("{sha}  {name}\n"))
         .with_context(|| format!("writing {}", sums.display()))?;
-    std::fs::rename(&produced, &opts.output)
-        .with_context(|| format!("renaming the image to {}", opts.output.display()))?;
+    if let Err(e) = std::fs::rename(&produced, &opts.output) {
+        let _ = std::fs::remove_file(&sums);
+        return Err(e).with_context(|| format!("renaming the image to {}", opts.output.display()));
+    }
     let record = OutputRecord {
         path: opts.output.display().to_string(),
         format: opts.format,
@@ -512,6 +525,9 @@ pub fn shell(image_path: &Path, command: &[String]) -> Result<i32> {
         cmd.label = "shell".into();
         let code = target.run_interactive(&cmd);
         target.teardown()?;
+        // The target holds a descriptor on the mountpoint: the unmount would
+        // be refused (EBUSY) while it lives.
+        drop(target);
         root_mount.close()?;
         Ok(code?)
     })();

@@ -76,6 +76,16 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Resolve every pin of recipes (checksum lists, first-use files) into `pgimg.lock` beside them.
+    ///
+    /// Resolves for amd64 and arm64. `pgimg run --locked` then refuses any input that is not in
+    /// the lock or does not match it.
+    Lock {
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        #[command(flatten)]
+        fake: FakeArgs,
+    },
     /// Run recipe tests (`*.test.rhai`) against fake roots.
     Test {
         /// Files or folders to search (default: recipes/ and tests/).
@@ -121,6 +131,9 @@ pub struct RunArgs {
     /// Extra asset folder searched after the recipe's own `assets/`; repeatable.
     #[arg(long = "assets", value_name = "DIR")]
     pub assets: Vec<PathBuf>,
+    /// Refuse any input missing from `pgimg.lock` beside the recipe, or not matching it.
+    #[arg(long)]
+    pub locked: bool,
     /// Host cache for downloads, git sources, apt archives and Go caches.
     /// Default: $XDG_CACHE_HOME/pgimg (or ~/.cache/pgimg).
     #[arg(long, value_name = "DIR")]
@@ -186,10 +199,26 @@ pub fn dry_run(recipe: &Path, fake: &FakeArgs) -> Result<Journal, String> {
     };
     let engine = build_engine(&ctx, &Limits::default());
     run_file(&engine, recipe)?;
+    check_mirrors_used(&ctx)?;
     drop(engine);
     drop(ctx);
     let journal = std::mem::take(&mut *journal.lock().unwrap());
     Ok(journal)
+}
+
+/// A `--mirror` name the recipe never asked for is most likely a typo that
+/// would silently leave the upstream source in place.
+pub fn check_mirrors_used(ctx: &Ctx) -> Result<(), String> {
+    let unused = pgimg_stdlib::mirror::unused_mirrors(ctx);
+    if unused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "--mirror {}: the recipe never asks for {} (see `mirror()` calls in the recipe)",
+            unused.join(", "),
+            if unused.len() == 1 { "this source" } else { "these sources" }
+        ))
+    }
 }
 
 /// `pgimg check`.
@@ -246,12 +275,15 @@ pub fn render_plan(journal: &Journal) -> String {
             out.push_str(&format!("\n{}\n", location.file));
             current = Some(location.file.as_str());
         }
+        // The commands below say the rest; keep the call itself to one line.
+        let limit = if commands.is_empty() { 240 } else { 100 };
+        let mut summary = summarize_args(args);
+        if summary.chars().count() > limit {
+            summary = summary.chars().take(limit).collect::<String>() + " …";
+        }
         out.push_str(&format!(
             "  {:>4}:{:<3} {} {}\n",
-            location.line,
-            location.col,
-            primitive,
-            summarize_args(args)
+            location.line, location.col, primitive, summary
         ));
         for c in commands {
             out.push_str(&format!("             $ {c}\n"));
@@ -260,7 +292,12 @@ pub fn render_plan(journal: &Journal) -> String {
     if !journal.inputs.is_empty() {
         out.push_str("\ninputs (every one pinned)\n");
         for i in &journal.inputs {
-            out.push_str(&format!("  {:<4} {} @ {} -> {}\n", i.kind, i.url, i.pin, i.dest));
+            let pin = match (&i.from, i.pin.is_empty()) {
+                (Some(from), true) => format!("sha256 from {from}"),
+                _ => i.pin.clone(),
+            };
+            let dest = if i.dest.is_empty() { String::new() } else { format!(" -> {}", i.dest) };
+            out.push_str(&format!("  {:<7} {} @ {pin}{dest}\n", i.kind, i.url));
         }
     }
     out.trim_start().to_string()
@@ -396,6 +433,7 @@ pub fn run(args: &RunArgs) -> i32 {
         params: args.set.iter().cloned().collect(),
         mirrors: args.mirror.iter().cloned().collect(),
         assets: args.assets.clone(),
+        locked: args.locked,
         cache_dir: args
             .cache_dir
             .clone()

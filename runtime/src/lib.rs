@@ -8,3 +8,4 @@ pub mod sandbox;
 pub mod testing;
 pub mod build;
 pub mod fixture;
+pub mod lock;

@@ -24,6 +24,7 @@ fn main() {
         Cmd::Inspect { image, json } => cli::inspect(image, *json),
         Cmd::Check { recipes, fake } => cli::check(recipes, fake),
         Cmd::Plan { recipe, fake, json } => cli::plan(recipe, fake, *json),
+        Cmd::Lock { recipes, fake } => pgimg::lock::lock(recipes, fake),
         Cmd::Test { paths } => cli::test(paths),
         Cmd::Defs { output } => cli::defs(output.as_deref()),
     };

@@ -25,6 +25,8 @@ struct FakeRootOpts {
     fixtures: Option<BTreeMap<String, String>>,
     /// Extra asset folders (relative to the test file's folder).
     assets: Option<Vec<String>>,
+    /// Source redirections, as `--mirror NAME=URL`.
+    mirrors: Option<BTreeMap<String, String>>,
 }
 
 /// The value `fake_rootfs()` returns to a test script.
@@ -34,6 +36,7 @@ pub struct FakeRoot {
     journal: Arc<Mutex<Journal>>,
     base_dir: PathBuf,
     assets: Vec<PathBuf>,
+    mirrors: BTreeMap<String, String>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -65,6 +68,7 @@ impl FakeRoot {
             journal: Arc::default(),
             base_dir: base_dir.to_path_buf(),
             assets: o.assets.unwrap_or_default().iter().map(|a| base_dir.join(a)).collect(),
+            mirrors: o.mirrors.unwrap_or_default(),
             log: Arc::default(),
         })
     }
@@ -79,6 +83,7 @@ impl FakeRoot {
         let ctx = Ctx::new(self.target.clone())
             .with_params(params)
             .with_asset_dirs(asset_dirs(&path, &self.assets))
+            .with_mirrors(self.mirrors.clone())
             .with_log(Arc::new(move |loc, msg| log.lock().unwrap().push(format!("{loc}: {msg}"))));
         let ctx = Ctx {
             journal: self.journal.clone(),
@@ -89,10 +94,20 @@ impl FakeRoot {
     }
 }
 
-/// Asset folders of a recipe: its own `assets/`, then extra ones.
+/// Asset folders of a recipe: its own `assets/`; for a flavor recipe
+/// `recipes/<flavor>.rhai`, the flavor's `flavors/<flavor>/assets/` (found
+/// beside the recipes folder, when it exists); then extra ones. The first
+/// folder holding an asset wins, so a flavor adds assets but does not
+/// silently replace the common ones.
 pub fn asset_dirs(recipe: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
     let dir = recipe.parent().unwrap_or(Path::new("."));
     let mut dirs = vec![dir.join("assets")];
+    if let Some(flavor) = recipe.file_stem() {
+        let assets = engine::normalize(&dir.join("..").join("flavors").join(flavor).join("assets"));
+        if assets.is_dir() {
+            dirs.push(assets);
+        }
+    }
     dirs.extend(extra.iter().cloned());
     dirs
 }
@@ -105,7 +120,7 @@ fn check<T>(r: pgimg_stdlib::Result<T>) -> Result<T, Box<EvalAltResult>> {
 fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
     engine.register_type_with_name::<FakeRoot>("FakeRoot");
     FuncRegistration::new("fake_rootfs")
-        .with_comments(["/// A fake root (`id`, `version_id`, `codename`, `arch`, `fixtures`, `assets`)."])
+        .with_comments(["/// A fake root (`id`, `version_id`, `codename`, `arch`, `fixtures`, `assets`, `mirrors`)."])
         .with_params_info(["opts: Map", "FakeRoot"])
         .register_into_engine(engine, {
             let base_dir = base_dir.clone();
@@ -189,6 +204,8 @@ fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
                 m.insert("sha256".into(), i.pin.clone().into());
                 m.insert("pin".into(), i.pin.clone().into());
                 m.insert("dest".into(), i.dest.clone().into());
+                m.insert("sha256_from".into(), i.from.clone().map_or(Dynamic::UNIT, Dynamic::from));
+                m.insert("upstream".into(), i.upstream.clone().map_or(Dynamic::UNIT, Dynamic::from));
                 Dynamic::from_map(m)
             })
             .collect()

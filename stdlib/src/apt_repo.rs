@@ -48,7 +48,7 @@ pub struct RepoOpts {
     pub components: Option<Strings>,
     /// The signing key: an `http(s)://` URL or an asset path.
     pub key: Option<String>,
-    /// sha256 of the key file; required for a URL.
+    /// sha256 of the key file; a URL needs it or `key_fingerprint`.
     pub key_sha256: Option<String>,
     /// OpenPGP fingerprint of the key's primary key (spaces allowed, any case).
     pub key_fingerprint: Option<String>,
@@ -68,8 +68,8 @@ pub enum RepoError {
         option: &'static str,
         reason: String,
     },
-    #[error("key {key}: a URL key needs `key_sha256` (no pin, no download)")]
-    UrlWithoutSha256 { key: String },
+    #[error("key {key}: a URL key needs `key_sha256` or `key_fingerprint` (no pin, no download)")]
+    UrlWithoutPin { key: String },
     #[error("key {key}: an asset key needs `key_sha256` or `key_fingerprint` (no pin, no key)")]
     AssetWithoutPin { key: String },
     #[error("key {key}: sha256 mismatch: expected {expected}, got {actual}")]
@@ -224,9 +224,32 @@ fn is_url(key: &str) -> bool {
     key.starts_with("https://") || key.starts_with("http://")
 }
 
+/// The key file's path for `name` in `format`.
+fn key_path(name: &str, format: KeyFormat) -> String {
+    format!("{KEYRINGS}/{name}.{}", format.extension())
+}
+
+/// The format a URL key will have, told by its name: a recording target
+/// has no bytes to look at, and the input is recorded before fetching.
+fn format_by_name(key: &str) -> KeyFormat {
+    if key.ends_with(".gpg") {
+        KeyFormat::Binary
+    } else {
+        KeyFormat::Armored
+    }
+}
+
 /// The key's bytes, or `None` when a recording fetcher only noted the URL.
+///
+/// A URL key is recorded as an input before it is fetched, so `--locked`
+/// refuses an unlocked one without touching the network: pinned by
+/// `key_sha256` it goes through the verified download cache; pinned by
+/// `key_fingerprint` alone it is fetched as text (a keyserver's answer for
+/// the same key changes as signatures are added, so no file hash could pin
+/// it) and [`verify_key`] checks the fingerprint before anything is written.
 fn load_key(
     ctx: &Ctx,
+    name: &str,
     key: &str,
     sha256: Option<&str>,
     fingerprint: Option<&str>,
@@ -238,13 +261,28 @@ fn load_key(
         })
     };
     if is_url(key) {
-        let sha256 = sha256.ok_or_else(|| RepoError::UrlWithoutSha256 {
-            key: key.to_string(),
-        })?;
-        return Ok(match ctx.target.fetcher().fetch(key, sha256)? {
-            Some(path) => Some(read(&path)?),
-            None => None,
-        });
+        let dest = key_path(name, format_by_name(key));
+        return match (sha256, fingerprint) {
+            (Some(sha256), _) => {
+                ctx.record_input("apt-key", key, sha256, &dest)?;
+                Ok(match ctx.target.fetcher().fetch(key, sha256)? {
+                    Some(path) => Some(read(&path)?),
+                    None => None,
+                })
+            }
+            (None, Some(fingerprint)) => {
+                ctx.record_input("openpgp", key, fingerprint, &dest)?;
+                Ok(ctx
+                    .target
+                    .fetcher()
+                    .fetch_text(key)?
+                    .map(String::into_bytes))
+            }
+            (None, None) => Err(RepoError::UrlWithoutPin {
+                key: key.to_string(),
+            }
+            .into()),
+        };
     }
     if sha256.is_none() && fingerprint.is_none() {
         return Err(RepoError::AssetWithoutPin {
@@ -294,7 +332,8 @@ fn verify_key(
 /// `Signed-By`, so the key is trusted for this repository only.
 ///
 /// The key is pinned: a URL by `key_sha256` (the fetcher verifies it before
-/// anything is written), an asset by `key_sha256` and/or `key_fingerprint`.
+/// anything is written) or by `key_fingerprint` alone (checked on the host
+/// before anything is written), an asset by `key_sha256` and/or `key_fingerprint`.
 /// Without a pin there is no key and no repository. The key file keeps the
 /// format it came in (`.asc` armored, `.gpg` binary); on a recording target
 /// the URL's `.gpg` suffix decides, as the key itself is not available.
@@ -349,7 +388,7 @@ pub fn apt_repo(ctx: &Ctx, name: &str, opts: RepoOpts) -> Result<String> {
         .map(normalize_fingerprint)
         .transpose()?;
 
-    let bytes = load_key(ctx, &key, sha256.as_deref(), fingerprint.as_deref())?;
+    let bytes = load_key(ctx, name, &key, sha256.as_deref(), fingerprint.as_deref())?;
     let (format, pin) = match &bytes {
         Some(b) => {
             let pin = verify_key(&key, b, sha256.as_deref(), fingerprint.as_deref())?;
@@ -359,19 +398,11 @@ pub fn apt_repo(ctx: &Ctx, name: &str, opts: RepoOpts) -> Result<String> {
             })?;
             (format, pin)
         }
-        None => {
-            let format = if key.ends_with(".gpg") {
-                KeyFormat::Binary
-            } else {
-                KeyFormat::Armored
-            };
-            // A URL always has its sha256 by now.
-            (format, sha256.clone().unwrap_or_default())
-        }
+        None => (format_by_name(&key), String::new()),
     };
 
     let root = ctx.target.root();
-    let key_path = format!("{KEYRINGS}/{name}.{}", format.extension());
+    let key_path = key_path(name, format);
     root.mkdir_all(KEYRINGS, Attrs::mode(0o755))?;
     if let Some(b) = &bytes {
         root.write(&key_path, b, Attrs::mode(0o644))?;
@@ -383,12 +414,10 @@ pub fn apt_repo(ctx: &Ctx, name: &str, opts: RepoOpts) -> Result<String> {
     };
     root.remove(format!("{KEYRINGS}/{name}.{}", other.extension()))?;
 
-    let source = if is_url(&key) {
-        key.clone()
-    } else {
-        format!("asset:{key}")
-    };
-    ctx.record_input("apt-key", &source, &pin, &key_path);
+    // A URL key was recorded before it was fetched.
+    if !is_url(&key) {
+        ctx.record_input("apt-key", &format!("asset:{key}"), &pin, &key_path)?;
+    }
 
     let sources_path = format!("{SOURCES}/{name}.sources");
     let text = sources_text(&uri, &suite, &components, &arch, &key_path);
@@ -399,7 +428,7 @@ pub fn apt_repo(ctx: &Ctx, name: &str, opts: RepoOpts) -> Result<String> {
 pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
     let c = ctx.clone();
     FuncRegistration::new("apt_repo")
-        .with_comments(["/// Adds an apt repository: `/etc/apt/sources.list.d/<name>.sources` (deb822) with\n/// `Signed-By` pointing at its key, installed under `/etc/apt/keyrings/`.\n/// Options: `uri`, `suite` (ending in `/` for a flat repository), `components`\n/// (string or array; not for a flat repository), `key` (URL or asset path), `key_sha256`\n/// (required for a URL), `key_fingerprint` (OpenPGP primary key fingerprint, verified\n/// before the key is installed), `arch` (string or array).\n/// An asset key needs `key_sha256` or `key_fingerprint`. Returns the `.sources` path."])
+        .with_comments(["/// Adds an apt repository: `/etc/apt/sources.list.d/<name>.sources` (deb822) with\n/// `Signed-By` pointing at its key, installed under `/etc/apt/keyrings/`.\n/// Options: `uri`, `suite` (ending in `/` for a flat repository), `components`\n/// (string or array; not for a flat repository), `key` (URL or asset path), `key_sha256`,\n/// `key_fingerprint` (OpenPGP primary key fingerprint, verified before the key is\n/// installed), `arch` (string or array).\n/// A key needs `key_sha256` or `key_fingerprint` (or both). Returns the `.sources` path."])
         .with_params_info(["name: &str", "opts: Map", "String"])
         .register_into_engine(engine, move |nctx: NativeCallContext, name: &str, opts: Map| {
             primitive(&c, &nctx, "apt_repo", &[name.into(), opts.clone().into()], |_| {
@@ -711,9 +740,93 @@ mod tests {
         let e = apt_repo(&c, "x", opts(url)).unwrap_err().to_string();
         assert_eq!(
             e,
-            format!("key {url}: a URL key needs `key_sha256` (no pin, no download)")
+            format!("key {url}: a URL key needs `key_sha256` or `key_fingerprint` (no pin, no download)")
         );
         assert!(!t.root().exists("/etc/apt/sources.list.d/x.sources"));
+    }
+
+    #[test]
+    fn url_keys_pinned_by_fingerprint_alone() {
+        let (t, c, _a) = setup();
+        let k = keys();
+        let url = "https://keys.example/one.asc";
+        let o = RepoOpts {
+            key_fingerprint: Some(k.fingerprint.clone()),
+            ..opts(url)
+        };
+        apt_repo(&c, "golang", o).unwrap();
+        assert_eq!(
+            t.root().read("/etc/apt/keyrings/golang.asc").unwrap(),
+            k.armored
+        );
+        {
+            let j = c.journal.lock().unwrap();
+            assert_eq!(
+                (
+                    j.inputs[0].kind.as_str(),
+                    j.inputs[0].pin.as_str(),
+                    j.inputs[0].dest.as_str()
+                ),
+                (
+                    "openpgp",
+                    k.fingerprint.as_str(),
+                    "/etc/apt/keyrings/golang.asc"
+                )
+            );
+        }
+        let o = RepoOpts {
+            key_fingerprint: Some(k.other_fingerprint.clone()),
+            ..opts(url)
+        };
+        let e = apt_repo(&c, "other", o).unwrap_err().to_string();
+        assert!(e.contains("fingerprint mismatch"), "{e}");
+        assert!(!t.root().exists("/etc/apt/keyrings/other.asc"));
+        assert!(!t.root().exists("/etc/apt/sources.list.d/other.sources"));
+
+        // No fixture: the recording fetcher has no text; the pin is still recorded.
+        let unknown = "https://keyserver.example/pks/lookup?op=get&search=0x52B59B1571A79DBC054901C0F6BC817356A3D45E";
+        let o = RepoOpts {
+            key_fingerprint: Some("52B5 9B15 71A7 9DBC 0549  01C0 F6BC 8173 56A3 D45E".into()),
+            ..opts(unknown)
+        };
+        apt_repo(&c, "ppa", o).unwrap();
+        assert!(t
+            .root()
+            .read_string("/etc/apt/sources.list.d/ppa.sources")
+            .unwrap()
+            .ends_with("Signed-By: /etc/apt/keyrings/ppa.asc\n"));
+        let j = c.journal.lock().unwrap();
+        assert_eq!(
+            j.inputs.last().unwrap().pin,
+            "52B59B1571A79DBC054901C0F6BC817356A3D45E"
+        );
+        assert_eq!(j.inputs.last().unwrap().url, unknown);
+    }
+
+    #[test]
+    fn locked_keys_are_refused_before_any_fetch() {
+        let (t, c, _a) = setup();
+        let k = keys();
+        let url = "https://keys.example/one.asc";
+        let lock = crate::lock::Lock::parse(
+            &format!("openpgp https://keys.example/other.asc {}\n", k.fingerprint),
+            "pgimg.lock",
+        )
+        .unwrap();
+        let c = c.with_lock(lock);
+        let o = RepoOpts {
+            key_fingerprint: Some(k.fingerprint.clone()),
+            ..opts(url)
+        };
+        let e = apt_repo(&c, "golang", o).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "openpgp {url} is not in the lock file; run `pgimg lock` and review the change"
+            )
+        );
+        assert!(!t.root().exists("/etc/apt/keyrings/golang.asc"));
+        assert!(c.journal.lock().unwrap().inputs.is_empty());
     }
 
     #[test]

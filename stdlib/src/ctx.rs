@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::lock::Lock;
 use crate::target::{Command, Output, Target};
 
 /// A place in a recipe: `file:line:col`.
@@ -36,12 +37,38 @@ pub struct Action {
 }
 
 /// A pinned input the recipe pulled in (URL by sha256, git by commit).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
 pub struct Input {
+    /// `url` (pin: sha256), `git` (commit), `apt-key` (sha256 of the key
+    /// file), `openpgp` (fingerprint of a key fetched by URL).
     pub kind: String,
     pub url: String,
+    /// Empty only on a recording target, when the pin comes from a
+    /// checksum list or the lock that was not available (see `from`).
     pub pin: String,
     pub dest: String,
+    /// Where the pin came from: the checksum list's URL (`sha256_from`), or
+    /// `lock` for a file upstream publishes no checksum for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The URL before `--mirror` redirected it; the lock is keyed by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+}
+
+impl Input {
+    /// The URL the lock knows this input by.
+    pub fn lock_url(&self) -> &str {
+        self.upstream.as_deref().unwrap_or(&self.url)
+    }
+}
+
+/// A `mirror(name, default)` call that `--mirror` redirected.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Redirect {
+    pub name: String,
+    pub default: String,
+    pub url: String,
 }
 
 /// Everything the recipe did, in order.
@@ -49,6 +76,10 @@ pub struct Input {
 pub struct Journal {
     pub actions: Vec<Action>,
     pub inputs: Vec<Input>,
+    /// Mirror names the recipe asked for, redirected or not.
+    pub mirrors_used: Vec<String>,
+    /// The `mirror()` calls `--mirror` redirected.
+    pub redirects: Vec<Redirect>,
     /// Build settings a recipe chose (e.g. `finalize` items), by name.
     pub settings: BTreeMap<String, serde_json::Value>,
 }
@@ -66,6 +97,8 @@ pub struct Ctx {
     pub asset_dirs: Arc<Vec<PathBuf>>,
     /// Source redirections from `--mirror NAME=URL`.
     pub mirrors: Arc<BTreeMap<String, String>>,
+    /// With `--locked`: every input must be in this lock, with the same pin.
+    pub lock: Option<Arc<Lock>>,
     pub log: LogFn,
 }
 
@@ -77,6 +110,7 @@ impl Ctx {
             params: Arc::default(),
             asset_dirs: Arc::default(),
             mirrors: Arc::default(),
+            lock: None,
             log: Arc::new(|loc, msg| eprintln!("{loc}: {msg}")),
         }
     }
@@ -93,6 +127,12 @@ impl Ctx {
 
     pub fn with_mirrors(mut self, mirrors: BTreeMap<String, String>) -> Self {
         self.mirrors = Arc::new(mirrors);
+        self
+    }
+
+    /// Makes every input checked against `lock` (`pgimg run --locked`).
+    pub fn with_lock(mut self, lock: Lock) -> Self {
+        self.lock = Some(Arc::new(lock));
         self
     }
 
@@ -118,13 +158,48 @@ impl Ctx {
         self.journal.lock().unwrap().actions.push(action);
     }
 
-    pub fn record_input(&self, kind: &str, url: &str, pin: &str, dest: &str) {
-        self.journal.lock().unwrap().inputs.push(Input {
+    /// Records an input the recipe pulls in. With a lock (`--locked`) an
+    /// input missing from it or pinned differently is refused here, before
+    /// anything is fetched, which is why every primitive calls this first.
+    pub fn record_input(&self, kind: &str, url: &str, pin: &str, dest: &str) -> Result<(), Error> {
+        let upstream = self.upstream_url(url);
+        self.record(Input {
             kind: kind.to_string(),
             url: url.to_string(),
             pin: pin.to_string(),
             dest: dest.to_string(),
-        });
+            from: None,
+            upstream: (upstream != url).then_some(upstream),
+        })
+    }
+
+    /// [`record_input`](Self::record_input) for a fully built [`Input`].
+    pub fn record(&self, input: Input) -> Result<(), Error> {
+        if let Some(lock) = &self.lock {
+            lock.check(&input).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        self.journal.lock().unwrap().inputs.push(input);
+        Ok(())
+    }
+
+    /// `url` as the recipe would have named it without `--mirror`: a prefix
+    /// a mirror redirected is put back to that mirror's default. Pins (and
+    /// the lock) are about content, so a mirror must serve the same bytes.
+    pub fn upstream_url(&self, url: &str) -> String {
+        let journal = self.journal.lock().unwrap();
+        journal
+            .redirects
+            .iter()
+            .filter_map(|r| {
+                let base = r.url.trim_end_matches('/');
+                let rest = url.strip_prefix(base)?;
+                (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+                    .then(|| (base.len(), format!("{}{rest}", r.default.trim_end_matches('/'))))
+            })
+            // The most specific redirect wins when two bases nest.
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, u)| u)
+            .unwrap_or_else(|| url.to_string())
     }
 
     /// Finds an asset by its relative path in the asset folders.

@@ -1,15 +1,23 @@
 //! The `fetch_verify` primitive: a pinned download, verified on the host, then
 //! installed into the image as a file or unpacked as an archive.
+//!
+//! The pin is a `sha256` the recipe states, or one it points at with
+//! `sha256_from`: upstream's checksum list (the entry for the file's name), or
+//! `"lock"` for files upstream publishes no checksum for, whose sha256 only
+//! `pgimg lock` records. With `--locked` both come from the lock file and the
+//! network is not asked.
 
 use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
 use serde::Deserialize;
 
 use crate::api::{options, primitive, to_array};
 use crate::ctx::Ctx;
+use crate::ctx::Input;
 use crate::error::{Error, Result};
 use crate::extract::{extract, ArchiveKind, ExtractError};
-use crate::fetch::{check_url, normalize_sha256, url_file_name};
+use crate::fetch::{check_url, normalize_sha256, sha256_for, url_file_name, FetchError};
 use crate::files::{apply, image_path};
+use crate::lock::FROM_LOCK;
 use crate::root::{Attrs, FileKind};
 
 /// `extract: true` unpacks everything, `extract: "glob"` only matching members.
@@ -25,7 +33,10 @@ pub enum Extract {
 #[serde(deny_unknown_fields)]
 pub struct FetchVerify {
     pub url: String,
-    pub sha256: String,
+    /// The file's sha256; or give `sha256_from`.
+    pub sha256: Option<String>,
+    /// An upstream checksum list URL, or `"lock"`.
+    pub sha256_from: Option<String>,
     pub dest: String,
     pub extract: Option<Extract>,
     pub strip: Option<i64>,
@@ -49,9 +60,19 @@ impl Installed {
     }
 }
 
+/// Where the pin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pin {
+    Sha256(String),
+    /// The entry for the file's name in this checksum list.
+    List(String),
+    /// Only the lock file has it.
+    Lock,
+}
+
 /// The checked form of the options, before anything is fetched.
 struct Plan {
-    sha256: String,
+    pin: Pin,
     /// The file path, or the directory to extract into.
     dest: String,
     extract: Option<Option<glob::Pattern>>,
@@ -61,7 +82,29 @@ struct Plan {
 
 fn check(opts: &FetchVerify) -> Result<Plan> {
     check_url(&opts.url)?;
-    let sha256 = normalize_sha256(&opts.sha256)?;
+    let pin = match (&opts.sha256, &opts.sha256_from) {
+        (Some(sha256), None) => Pin::Sha256(normalize_sha256(sha256)?),
+        (None, Some(from)) if from == FROM_LOCK => Pin::Lock,
+        (None, Some(list)) => {
+            check_url(list)
+                .map_err(|e| Error::invalid(format!("sha256_from: {e} (or \"{FROM_LOCK}\")")))?;
+            if url_file_name(&opts.url).is_none() {
+                return Err(Error::invalid(format!(
+                    "sha256_from: `{}` has no file name to look up in the checksum list",
+                    opts.url
+                )));
+            }
+            Pin::List(list.clone())
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "give either `sha256` or `sha256_from`, not both",
+            ))
+        }
+        (None, None) => return Err(Error::invalid(
+            "no pin: give `sha256`, or `sha256_from` (upstream's checksum list URL, or \"lock\")",
+        )),
+    };
     let dest = image_path(&opts.dest)?;
     let mode = crate::files::FileOpts {
         mode: opts.mode,
@@ -105,7 +148,7 @@ fn check(opts: &FetchVerify) -> Result<Plan> {
         dest
     };
     Ok(Plan {
-        sha256,
+        pin,
         dest,
         extract,
         strip,
@@ -113,8 +156,53 @@ fn check(opts: &FetchVerify) -> Result<Plan> {
     })
 }
 
-/// Downloads `opts.url` through the target's fetcher (verified against
-/// `opts.sha256` before anything reaches the image) and installs it.
+/// The sha256 the plan's pin stands for, or `None` when a recording
+/// fetcher cannot tell (no fixture, no lock); and where it came from.
+fn resolve(ctx: &Ctx, opts: &FetchVerify, pin: &Pin) -> Result<(Option<String>, Option<String>)> {
+    let url = opts.url.as_str();
+    let upstream = ctx.upstream_url(url);
+    let fetcher = ctx.target.fetcher();
+    let lock_error = |e: crate::lock::LockError| Error::invalid(e.to_string());
+    Ok(match pin {
+        Pin::Sha256(h) => (Some(h.clone()), None),
+        Pin::List(list) => {
+            let from = ctx.upstream_url(list);
+            let sha = match &ctx.lock {
+                Some(lock) => Some(
+                    lock.sha256_from(&upstream, &from)
+                        .map_err(lock_error)?
+                        .to_string(),
+                ),
+                None => match fetcher.fetch_text(list)? {
+                    Some(text) => {
+                        let name = url_file_name(url).unwrap_or_default();
+                        let sha = sha256_for(&text, &name).map_err(|e| FetchError::Checksums {
+                            url: list.clone(),
+                            reason: e.to_string(),
+                        })?;
+                        Some(sha)
+                    }
+                    None => None,
+                },
+            };
+            (sha, Some(from))
+        }
+        Pin::Lock => {
+            let sha = match &ctx.lock {
+                Some(lock) => Some(
+                    lock.sha256_from(&upstream, FROM_LOCK)
+                        .map_err(lock_error)?
+                        .to_string(),
+                ),
+                None => fetcher.first_use_sha256(url)?,
+            };
+            (sha, Some(FROM_LOCK.to_string()))
+        }
+    })
+}
+
+/// Downloads `opts.url` through the target's fetcher (verified against its
+/// pin before anything reaches the image) and installs it.
 ///
 /// With a recording fetcher (plan, test) nothing is written; the input is
 /// still recorded and the predicted result returned: the file path, or an
@@ -122,8 +210,21 @@ fn check(opts: &FetchVerify) -> Result<Plan> {
 pub fn fetch_verify(ctx: &Ctx, opts: &FetchVerify) -> Result<Installed> {
     let plan = check(opts)?;
     let url = opts.url.as_str();
-    ctx.record_input("url", url, &plan.sha256, &plan.dest);
-    let Some(host) = ctx.target.fetcher().fetch(url, &plan.sha256)? else {
+    let (sha256, from) = resolve(ctx, opts, &plan.pin)?;
+    let upstream = ctx.upstream_url(url);
+    ctx.record(Input {
+        kind: "url".into(),
+        url: url.to_string(),
+        pin: sha256.clone().unwrap_or_default(),
+        dest: plan.dest.clone(),
+        from,
+        upstream: (upstream != url).then_some(upstream),
+    })?;
+    let fetched = match &sha256 {
+        Some(sha) => ctx.target.fetcher().fetch(url, sha)?,
+        None => None,
+    };
+    let Some(host) = fetched else {
         return Ok(match plan.extract {
             Some(_) => Installed::Extracted(Vec::new()),
             None => Installed::File(plan.dest),
@@ -191,7 +292,9 @@ pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
         .with_comments([
             "/// Downloads `url` on the host through the cache, verifies `sha256` before anything is\n\
              /// written into the image, and installs it.\n\
-             /// Options: `url`, `sha256`, `dest` (required); `extract` (`true` or a glob of members),\n\
+             /// Options: `url`, `dest` and a pin (required): `sha256`, or `sha256_from` (the URL of\n\
+             /// upstream's checksum list, whose entry for the file's name is the pin; or `\"lock\"` when\n\
+             /// upstream publishes none and `pgimg lock` records it); `extract` (`true` or a glob of members),\n\
              /// `strip` (leading path components dropped when extracting), `mode`, `owner`.\n\
              /// Without `extract`, `dest` is a file path (ending in `/`: a directory, the URL's file\n\
              /// name is used) and the path is returned; with it, `dest` is a directory and the\n\
@@ -295,7 +398,8 @@ mod tests {
     fn opts(url: &str, sha256: &str, dest: &str) -> FetchVerify {
         FetchVerify {
             url: url.into(),
-            sha256: sha256.into(),
+            sha256: Some(sha256.into()),
+            sha256_from: None,
             dest: dest.into(),
             extract: None,
             strip: None,
@@ -510,6 +614,216 @@ mod tests {
         );
     }
 
+    const LIST_URL: &str = "https://example.org/dl/sha256sums.txt";
+
+    /// A fixture where `LIST_URL` lists the tarball (and a decoy), written
+    /// into the fixtures folder so the recording fetcher answers with it.
+    fn listed(with_tarball: bool) -> Fixture {
+        let f = fixture(with_tarball);
+        let list = format!(
+            "{}  tool-1.0.linux-arm64.tar.gz\n{}  tool-1.0.linux-amd64.tar.gz\n",
+            "0".repeat(64),
+            f.tar_sha
+        );
+        let path = f._dir.path().join("sums.txt");
+        std::fs::write(&path, list).unwrap();
+        let mut fixtures = BTreeMap::from([(LIST_URL.to_string(), path)]);
+        if with_tarball {
+            fixtures.insert(URL.to_string(), f._dir.path().join("t.tgz"));
+        }
+        let target = Arc::new(
+            FakeTarget::new(
+                &FakeOs::default(),
+                Box::new(RecordingFetcher::new(fixtures)),
+            )
+            .unwrap(),
+        );
+        Fixture {
+            ctx: Ctx::new(target.clone()),
+            target,
+            ..f
+        }
+    }
+
+    fn from_list(url: &str, list: &str, dest: &str) -> FetchVerify {
+        FetchVerify {
+            sha256: None,
+            sha256_from: Some(list.into()),
+            extract: Some(Extract::All(true)),
+            strip: Some(1),
+            ..opts(url, "", dest)
+        }
+    }
+
+    #[test]
+    fn sha256_from_a_checksum_list() {
+        let f = listed(true);
+        let got = fetch_verify(&f.ctx, &from_list(URL, LIST_URL, "/opt/tool")).unwrap();
+        assert_eq!(
+            got,
+            Installed::Extracted(vec![
+                "/opt/tool/tool".into(),
+                "/opt/tool/LICENSE".into(),
+                "/opt/tool/conf/a.yml".into(),
+                "/opt/tool/current".into(),
+            ])
+        );
+        let i = f.ctx.journal.lock().unwrap().inputs[0].clone();
+        assert_eq!(
+            (i.pin.as_str(), i.from.as_deref()),
+            (f.tar_sha.as_str(), Some(LIST_URL))
+        );
+
+        // Not listed: the error names the list and the file.
+        let e = fetch_verify(
+            &f.ctx,
+            &from_list(
+                "https://example.org/dl/tool-1.0.linux-386.tar.gz",
+                LIST_URL,
+                "/x",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            format!("{LIST_URL}: no entry for `tool-1.0.linux-386.tar.gz` in the checksum list")
+        );
+        assert!(!f.target.root().exists("/x"));
+    }
+
+    #[test]
+    fn sha256_from_without_the_list_records_the_source() {
+        let f = fixture(false);
+        let got = fetch_verify(&f.ctx, &from_list(URL, LIST_URL, "/opt/tool")).unwrap();
+        assert_eq!(got, Installed::Extracted(vec![]));
+        let o = FetchVerify {
+            sha256_from: Some("lock".into()),
+            extract: None,
+            strip: None,
+            ..from_list(BIN_URL, "", "/usr/bin/tool")
+        };
+        assert_eq!(
+            fetch_verify(&f.ctx, &o).unwrap(),
+            Installed::File("/usr/bin/tool".into())
+        );
+        let j = f.ctx.journal.lock().unwrap();
+        let got: Vec<(&str, Option<&str>)> = j
+            .inputs
+            .iter()
+            .map(|i| (i.pin.as_str(), i.from.as_deref()))
+            .collect();
+        assert_eq!(got, [("", Some(LIST_URL)), ("", Some("lock"))]);
+    }
+
+    #[test]
+    fn pin_options_are_checked() {
+        let f = fixture(false);
+        let cases = [
+            (
+                FetchVerify {
+                    sha256_from: Some(LIST_URL.into()),
+                    ..opts(BIN_URL, &f.bin_sha, "/x")
+                },
+                "either `sha256` or `sha256_from`, not both",
+            ),
+            (
+                from_list(URL, "sha256sums.txt", "/x"),
+                "sha256_from: `sha256sums.txt` is not a URL",
+            ),
+            (
+                from_list("https://example.org/", LIST_URL, "/x"),
+                "has no file name to look up",
+            ),
+        ];
+        for (o, want) in cases {
+            let e = fetch_verify(&f.ctx, &o).unwrap_err().to_string();
+            assert!(e.contains(want), "{o:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_real_fetcher_never_trusts_an_unpinned_download() {
+        struct Network;
+        impl crate::fetch::Fetcher for Network {
+            fn fetch(&self, url: &str, _: &str) -> Result<Option<PathBuf>, FetchError> {
+                panic!("{url} must not be fetched")
+            }
+            fn git(&self, url: &str, _: &str) -> Result<Option<PathBuf>, FetchError> {
+                panic!("{url} must not be fetched")
+            }
+            fn fetch_text(&self, url: &str) -> Result<Option<String>, FetchError> {
+                panic!("{url} must not be fetched")
+            }
+        }
+        let t = Arc::new(FakeTarget::new(&FakeOs::default(), Box::new(Network)).unwrap());
+        let c = Ctx::new(t);
+        let o = FetchVerify {
+            sha256_from: Some("lock".into()),
+            extract: None,
+            strip: None,
+            ..from_list(BIN_URL, "", "/usr/bin/tool")
+        };
+        let e = fetch_verify(&c, &o).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{BIN_URL}: upstream publishes no checksum")),
+            "{e}"
+        );
+        assert!(c.journal.lock().unwrap().inputs.is_empty());
+    }
+
+    #[test]
+    fn locked_pins_come_from_the_lock_and_unlocked_inputs_are_refused() {
+        let f = listed(true);
+        let lock = crate::lock::Lock::parse(
+            &format!(
+                "url {URL} {} from={LIST_URL}\nurl {BIN_URL} {} from=lock\n",
+                f.tar_sha, f.bin_sha
+            ),
+            "pgimg.lock",
+        )
+        .unwrap();
+        // The tarball is pinned by the lock: the list (a fixture here) is not read.
+        let c = f.ctx.clone().with_lock(lock);
+        fetch_verify(&c, &from_list(URL, LIST_URL, "/opt/tool")).unwrap();
+        assert!(f.target.root().exists("/opt/tool/tool"));
+        let cases = [
+            (from_list(URL, "https://example.org/other/SHA256SUMS", "/y"), "its pin comes from https://example.org/other/SHA256SUMS but the lock file's came from"),
+            (opts(URL, &f.tar_sha, "/y"), "its pin comes from the recipe but the lock file's came from"),
+            (opts(BIN_URL, &f.tar_sha, "/y"), "its pin comes from the recipe"),
+            (from_list("https://example.org/dl/new.tar.gz", LIST_URL, "/y"), "url https://example.org/dl/new.tar.gz is not in the lock file"),
+        ];
+        for (o, want) in cases {
+            let e = fetch_verify(&c, &o).unwrap_err().to_string();
+            assert!(e.contains(want), "{o:?}: {e}");
+        }
+        assert!(!f.target.root().exists("/y"));
+        assert_eq!(c.journal.lock().unwrap().inputs.len(), 1);
+    }
+
+    #[test]
+    fn mirrored_urls_are_recorded_with_their_upstream() {
+        let f = fixture(false);
+        let c = f.ctx.clone().with_mirrors(BTreeMap::from([(
+            "dl".to_string(),
+            "http://127.0.0.1:9/m".to_string(),
+        )]));
+        let base = crate::mirror::mirror(&c, "dl", "https://example.org").unwrap();
+        fetch_verify(
+            &c,
+            &from_list(
+                &format!("{base}/dl/tool-1.0.linux-amd64.tar.gz"),
+                &format!("{base}/dl/sha256sums.txt"),
+                "/opt/t",
+            ),
+        )
+        .unwrap();
+        let i = c.journal.lock().unwrap().inputs[0].clone();
+        assert_eq!(i.url, "http://127.0.0.1:9/m/dl/tool-1.0.linux-amd64.tar.gz");
+        assert_eq!(i.upstream.as_deref(), Some(URL));
+        assert_eq!(i.from.as_deref(), Some(LIST_URL));
+    }
+
     /// The message a failing primitive raised.
     fn failure(err: rhai::EvalAltResult) -> String {
         match err {
@@ -558,7 +872,10 @@ mod tests {
             *e.eval::<Dynamic>(r#"fetch_verify(#{ url: "https://h/x", dest: "/x" })"#)
                 .unwrap_err(),
         );
-        assert!(err.contains("missing field `sha256`"), "{err}");
+        assert!(
+            err.contains("fetch_verify: no pin: give `sha256`, or `sha256_from`"),
+            "{err}"
+        );
         let script = format!(
             r#"fetch_verify(#{{ url: "{URL}", sha256: "{}", dest: "/srv", extract: true, strip: 1 }})"#,
             f.tar_sha

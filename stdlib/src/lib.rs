@@ -13,8 +13,12 @@ pub mod fetch;
 pub mod fetch_verify;
 pub mod files;
 pub mod go_build;
+pub mod lock;
+pub mod mirror;
 pub mod owner;
 pub mod pgxs;
+pub mod read_asset;
+pub mod require_arch;
 pub mod root;
 pub mod run;
 pub mod source;
@@ -40,4 +44,7 @@ pub fn register(engine: &mut rhai::Engine, ctx: &Ctx) {
     fetch_verify::register(engine, ctx);
     users::register(engine, ctx);
     systemd::register(engine, ctx);
+    mirror::register(engine, ctx);
+    require_arch::register(engine, ctx);
+    read_asset::register(engine, ctx);
 }

@@ -120,9 +120,9 @@ impl<'a> BuildDir<'a> {
         root.mkdir_all(BUILD_ROOT, Attrs::mode(0o755))?;
         let host = match source {
             Source::Git { url, rev } => {
-                let tree = ctx.target.fetcher().git(url, rev)?;
-                ctx.record_input("git", url, rev, &path);
-                tree
+                // Recorded first: with `--locked` an unlocked source is refused before any fetch.
+                ctx.record_input("git", url, rev, &path)?;
+                ctx.target.fetcher().git(url, rev)?
             }
             Source::Dir(dir) => {
                 let p = ctx.asset(dir)?;

@@ -46,9 +46,14 @@ pub fn sha256_for(list: &str, name: &str) -> Result<String, ChecksumError> {
     found.sort();
     found.dedup();
     match found.len() {
-        0 => Err(ChecksumError::NotListed { name: name.to_string() }),
+        0 => Err(ChecksumError::NotListed {
+            name: name.to_string(),
+        }),
         1 => Ok(found.remove(0)),
-        count => Err(ChecksumError::Ambiguous { name: name.to_string(), count }),
+        count => Err(ChecksumError::Ambiguous {
+            name: name.to_string(),
+            count,
+        }),
     }
 }
 
@@ -76,9 +81,16 @@ mod tests {
             ("tool-1.0.windows-amd64.zip", Ok(B.to_lowercase())),
             (
                 "tool-1.0.linux-386.tar.gz",
-                Err(ChecksumError::NotListed { name: "tool-1.0.linux-386.tar.gz".into() }),
+                Err(ChecksumError::NotListed {
+                    name: "tool-1.0.linux-386.tar.gz".into(),
+                }),
             ),
-            ("linux-amd64.tar.gz", Err(ChecksumError::NotListed { name: "linux-amd64.tar.gz".into() })),
+            (
+                "linux-amd64.tar.gz",
+                Err(ChecksumError::NotListed {
+                    name: "linux-amd64.tar.gz".into(),
+                }),
+            ),
         ];
         for (name, want) in cases {
             assert_eq!(sha256_for(&list, name), want, "{name}");
@@ -91,6 +103,9 @@ mod tests {
         assert_eq!(sha256_for(&same, "x.tar.gz").unwrap(), A);
         let two = format!("{A}  x.tar.gz\n{B}  other/x.tar.gz\n");
         let e = sha256_for(&two, "x.tar.gz").unwrap_err();
-        assert_eq!(e.to_string(), "the checksum list has 2 different sha256 entries for `x.tar.gz`");
+        assert_eq!(
+            e.to_string(),
+            "the checksum list has 2 different sha256 entries for `x.tar.gz`"
+        );
     }
 }

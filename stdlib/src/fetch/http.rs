@@ -7,6 +7,7 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,6 +170,7 @@ pub struct HttpFetcher {
     log: FetchLog,
     progress: bool,
     git: GitFetcher,
+    interrupt: Option<&'static AtomicBool>,
 }
 
 impl std::fmt::Debug for HttpFetcher {
@@ -202,6 +204,7 @@ impl HttpFetcher {
             retry: RetryPolicy::default(),
             log,
             progress: std::io::stderr().is_terminal(),
+            interrupt: None,
         })
     }
 
@@ -218,6 +221,24 @@ impl HttpFetcher {
     pub fn with_progress(mut self, on: bool) -> Self {
         self.progress = on;
         self
+    }
+
+    /// Abandons a download (between two reads, or instead of a retry) once
+    /// `flag` is set: pgimg's SIGINT/SIGTERM flag, which a transfer would
+    /// otherwise ignore until it ends.
+    pub fn with_interrupt(mut self, flag: &'static AtomicBool) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
+    fn interrupted(&self, url: &str) -> Result<(), FetchError> {
+        match self.interrupt {
+            Some(f) if f.load(Ordering::SeqCst) => Err(FetchError::Http {
+                url: url.to_string(),
+                reason: "interrupted".into(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Sends log lines to `log` instead of stderr.
@@ -255,6 +276,7 @@ impl HttpFetcher {
         let attempts = self.retry.attempts.max(1);
         let mut backoff = self.retry.initial_backoff;
         for n in 1..=attempts {
+            self.interrupted(url)?;
             match attempt() {
                 Ok(v) => return Ok(v),
                 Err(Failure::Fatal(e)) => return Err(e),
@@ -312,6 +334,7 @@ impl HttpFetcher {
         let mut buf = vec![0u8; BUF_SIZE];
         let mut got: u64 = 0;
         loop {
+            self.interrupted(url).map_err(Failure::Fatal)?;
             let n = match resp.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,

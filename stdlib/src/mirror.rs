@@ -1,0 +1,193 @@
+//! `mirror(name, default)`: a source base URL that `--mirror NAME=URL` can redirect without editing recipes.
+
+use rhai::{Engine, FuncRegistration, Map, NativeCallContext};
+
+use crate::api::primitive;
+use crate::ctx::{Ctx, Redirect};
+use crate::error::{Error, Result};
+use crate::fetch::check_url;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// The base URL for the source `name`: the `--mirror` value when one was
+/// given, else `default`. A redirect keeps the default's trailing-slash
+/// style, so `${base}/path` composes the same either way, and is recorded
+/// so pins and the lock still name the upstream URL.
+pub fn mirror(ctx: &Ctx, name: &str, default: &str) -> Result<String> {
+    if !valid_name(name) {
+        return Err(Error::invalid(format!(
+            "`{name}` is not a mirror name (lowercase letters, digits, `-`, `_`)"
+        )));
+    }
+    check_url(default)?;
+    {
+        let mut j = ctx.journal.lock().unwrap();
+        if !j.mirrors_used.iter().any(|n| n == name) {
+            j.mirrors_used.push(name.to_string());
+        }
+    }
+    let Some(given) = ctx.mirrors.get(name) else {
+        return Ok(default.to_string());
+    };
+    check_url(given).map_err(|e| Error::invalid(format!("--mirror {name}={given}: {e}")))?;
+    let url = if default.ends_with('/') {
+        format!("{}/", given.trim_end_matches('/'))
+    } else {
+        given.trim_end_matches('/').to_string()
+    };
+    let mut j = ctx.journal.lock().unwrap();
+    let redirect = Redirect {
+        name: name.to_string(),
+        default: default.to_string(),
+        url: url.clone(),
+    };
+    if !j.redirects.contains(&redirect) {
+        j.redirects.push(redirect);
+    }
+    Ok(url)
+}
+
+/// `--mirror` names the recipe never asked for: most likely a typo, which
+/// would otherwise silently leave the upstream source in place.
+pub fn unused_mirrors(ctx: &Ctx) -> Vec<String> {
+    let j = ctx.journal.lock().unwrap();
+    ctx.mirrors
+        .keys()
+        .filter(|k| !j.mirrors_used.contains(k))
+        .cloned()
+        .collect()
+}
+
+pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
+    let c = ctx.clone();
+    FuncRegistration::new("mirror")
+        .with_comments(["/// The base URL of the source `name`: the value of `--mirror name=URL` when given, else\n/// `default`. Pins stay those of the upstream files, so a mirror must serve the same bytes;\n/// the lock file names the upstream URL."])
+        .with_params_info(["name: &str", "default: &str", "String"])
+        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str, default: &str| {
+            let redirected = c.mirrors.get(name).cloned();
+            let mut args = vec![name.into(), default.into()];
+            if let Some(to) = redirected {
+                let mut m = Map::new();
+                m.insert("redirected".into(), to.into());
+                args.push(m.into());
+            }
+            primitive(&c, &nctx, "mirror", &args, |_| mirror(&c, name, default))
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FakeTarget;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn ctx(mirrors: &[(&str, &str)]) -> Ctx {
+        Ctx::new(Arc::new(FakeTarget::ubuntu())).with_mirrors(
+            mirrors
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    #[test]
+    fn default_or_redirect_with_the_defaults_slash_style() {
+        let c = ctx(&[
+            ("releases", "http://127.0.0.1:8781/gh/"),
+            ("ubuntu", "http://127.0.0.1:8780/ubuntu"),
+        ]);
+        let cases = [
+            ("releases", "https://github.com", "http://127.0.0.1:8781/gh"),
+            (
+                "ubuntu",
+                "http://archive.ubuntu.com/ubuntu/",
+                "http://127.0.0.1:8780/ubuntu/",
+            ),
+            (
+                "pgdg",
+                "https://apt.postgresql.org/pub/repos/apt",
+                "https://apt.postgresql.org/pub/repos/apt",
+            ),
+        ];
+        for (name, default, want) in cases {
+            assert_eq!(mirror(&c, name, default).unwrap(), want, "{name}");
+        }
+        let j = c.journal.lock().unwrap();
+        assert_eq!(j.mirrors_used, ["releases", "ubuntu", "pgdg"]);
+        assert_eq!(j.redirects.len(), 2);
+    }
+
+    #[test]
+    fn upstream_urls_undo_the_redirect() {
+        let c = ctx(&[
+            ("releases", "http://127.0.0.1:8781/gh"),
+            ("github", "http://127.0.0.1:8781/gh/git"),
+        ]);
+        let rel = mirror(&c, "releases", "https://github.com").unwrap();
+        let git = mirror(&c, "github", "https://github.com").unwrap();
+        let cases = [
+            (
+                format!("{rel}/prometheus/prometheus/releases/x.tar.gz"),
+                "https://github.com/prometheus/prometheus/releases/x.tar.gz",
+            ),
+            (
+                format!("{git}/wal-g/wal-g.git"),
+                "https://github.com/wal-g/wal-g.git",
+            ),
+            (
+                "http://127.0.0.1:8781/ghost/x".to_string(),
+                "http://127.0.0.1:8781/ghost/x",
+            ),
+            ("https://example.org/x".to_string(), "https://example.org/x"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(c.upstream_url(&url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn bad_names_urls_and_unused_mirrors() {
+        let c = ctx(&[("releases", "ftp://x"), ("ubunut", "http://127.0.0.1/u")]);
+        assert!(mirror(&c, "Bad Name", "https://x")
+            .unwrap_err()
+            .to_string()
+            .contains("not a mirror name"));
+        assert!(mirror(&c, "pgdg", "apt.postgresql.org")
+            .unwrap_err()
+            .to_string()
+            .contains("not a URL"));
+        let e = mirror(&c, "releases", "https://github.com")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--mirror releases=ftp://x: "), "{e}");
+        assert_eq!(unused_mirrors(&c), ["ubunut"]);
+    }
+
+    #[test]
+    fn from_rhai_the_plan_shows_the_redirect() {
+        let c = ctx(&[("pgdg", "http://127.0.0.1:9/pgdg")]);
+        let mut engine = Engine::new();
+        register(&mut engine, &c);
+        let got: String = engine
+            .eval(r#"mirror("pgdg", "https://apt.postgresql.org/pub/repos/apt") + "|" + mirror("releases", "https://github.com")"#)
+            .unwrap();
+        assert_eq!(got, "http://127.0.0.1:9/pgdg|https://github.com");
+        let j = c.journal.lock().unwrap();
+        assert_eq!(j.actions.len(), 2);
+        assert_eq!(
+            j.actions[0].args,
+            serde_json::json!(["pgdg", "https://apt.postgresql.org/pub/repos/apt", { "redirected": "http://127.0.0.1:9/pgdg" }])
+        );
+        assert_eq!(
+            j.actions[1].args,
+            serde_json::json!(["releases", "https://github.com"])
+        );
+    }
+}
