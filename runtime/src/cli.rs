@@ -28,7 +28,8 @@ pub const EXIT_USAGE: i32 = 2;
         Try it without an image:\n  \
         pgimg plan recipes/examples/everything.rhai     # what the recipe would do\n  \
         pgimg test recipes                              # run the recipe tests\n\n\
-        Exit status: 0 ok, 1 build or test failed, 2 usage or recipe error."
+        Exit status: 0 ok; 1 a build or test failed (including a recipe failing during `run`); \
+        2 a usage error, or a recipe error found by `check` or `plan`."
 )]
 pub struct Cli {
     #[command(subcommand)]

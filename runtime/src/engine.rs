@@ -162,10 +162,16 @@ fn register_finalize(engine: &mut Engine, ctx: &Ctx) {
         .with_params_info(["opts: Map", "()"])
         .register_into_engine(engine, move |nctx: rhai::NativeCallContext, opts: rhai::Map| {
             pgimg_stdlib::api::primitive(&c, &nctx, "finalize", &[opts.clone().into()], |_| {
-                let chosen: crate::sandbox::FinalizeOptions = pgimg_stdlib::api::options(opts)?;
-                let value = serde_json::to_value(&chosen)
-                    .map_err(|e| pgimg_stdlib::Error::invalid(e.to_string()))?;
-                c.journal.lock().unwrap().settings.insert("finalize".into(), value);
+                // Validates the names and types; a later call changes only the items it names.
+                let _: crate::sandbox::FinalizeOptions = pgimg_stdlib::api::options(opts.clone())?;
+                let mut j = c.journal.lock().unwrap();
+                let current = j
+                    .settings
+                    .entry("finalize".into())
+                    .or_insert_with(|| serde_json::json!({}));
+                for (k, v) in opts {
+                    current[k.as_str()] = serde_json::Value::Bool(v.as_bool().unwrap_or(true));
+                }
                 Ok(())
             })
         });

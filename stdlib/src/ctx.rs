@@ -21,6 +21,10 @@ pub struct Loc {
 
 impl fmt::Display for Loc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            // print() from a script: Rhai gives no position.
+            return f.write_str(if self.file.is_empty() { "recipe" } else { &self.file });
+        }
         write!(f, "{}:{}:{}", self.file, self.line, self.col)
     }
 }

@@ -19,15 +19,29 @@ pub struct FileOpts {
 
 impl FileOpts {
     pub fn mode(&self) -> Result<Option<u32>> {
-        self.mode
-            .map(|m| {
-                u32::try_from(m)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| Error::invalid(format!("mode {m:#o} is not a file mode (0 to 0o7777)")))
-            })
-            .transpose()
+        self.mode.map(check_mode).transpose()
     }
+}
+
+/// Checks a mode from a recipe. `mode: 644` (decimal, meaning 0o1204) is a
+/// classic slip that would silently set the sticky bit and odd permissions:
+/// a decimal value whose digits all look octal and that only makes sense as
+/// octal is refused with the likely intent.
+pub fn check_mode(m: i64) -> Result<u32> {
+    let mode = u32::try_from(m)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| Error::invalid(format!("mode {m:#o} is not a file mode (0 to 0o7777)")))?;
+    let digits = m.to_string();
+    // Three octal-looking digits above 0o777 (512..=777): `mode: 644`. Four-digit
+    // values are real octal modes written as such (0o4755 is 2541).
+    let looks_octal = digits.len() == 3 && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    if looks_octal && mode > 0o777 {
+        return Err(Error::invalid(format!(
+            "mode {m} is decimal ({mode:#o}); write it in octal: `0o{digits}`"
+        )));
+    }
+    Ok(mode)
 }
 
 /// Applies `mode` and `owner` to an in-image path.
@@ -78,7 +92,12 @@ pub fn copy_asset(ctx: &Ctx, asset: &str, dest: &str, opts: &FileOpts) -> Result
         .root()
         .copy_from_host(&src, dest, Attrs { mode, ..Attrs::default() })?;
     if let Some(owner) = &opts.owner {
-        for p in &written {
+        // Never through a link: a copied link to /etc/passwd must not hand
+        // the image's passwd to the owner.
+        for p in written
+            .iter()
+            .filter(|p| ctx.target.root().kind(p.as_str()) != Some(crate::root::FileKind::Symlink))
+        {
             apply(ctx, p, None, Some(owner))?;
         }
     }
@@ -186,6 +205,29 @@ mod tests {
         assert!(write_file(&c, "relative", "a", &FileOpts::default()).is_err());
         let bad = FileOpts { mode: Some(0o17777), owner: None };
         assert!(write_file(&c, "/x", "a", &bad).unwrap_err().to_string().contains("not a file mode"));
+    }
+
+    #[test]
+    fn decimal_modes_that_meant_octal_are_refused() {
+        for (m, ok) in [(644, false), (755, false), (640, false), (600, false), (0o644, true), (0o4755, true), (511, true), (0, true)] {
+            assert_eq!(check_mode(m).is_ok(), ok, "{m}");
+        }
+        let e = check_mode(640).unwrap_err().to_string();
+        assert!(e.contains("write it in octal: `0o640`"), "{e}");
+    }
+
+    #[test]
+    fn copy_asset_owner_never_follows_a_copied_link() {
+        let (t, c) = ctx();
+        let assets = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(assets.path().join("tree")).unwrap();
+        std::fs::write(assets.path().join("tree/f"), "f").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", assets.path().join("tree/pw")).unwrap();
+        let c = c.with_asset_dirs(vec![assets.path().to_path_buf()]);
+        copy_asset(&c, "tree", "/opt/tree", &FileOpts { mode: None, owner: Some("www-data".into()) }).unwrap();
+        assert_eq!(t.owner("/opt/tree/f"), Some((33, 33)));
+        assert_eq!(t.owner("/etc/passwd"), None);
+        assert_eq!(t.owner("/opt/tree/pw"), None);
     }
 
     #[test]

@@ -345,6 +345,13 @@ impl ImageRoot {
     /// Creates `path` and its parents (`mkdir -p`); applies `attrs` to the last one.
     pub fn mkdir_all(&self, path: impl AsRef<Path>, attrs: Attrs) -> Result<(), FsError> {
         let path = path.as_ref();
+        // Parents get 0755 like `mkdir -p`; only the last component gets `mode`
+        // (pathrs would give every directory it creates the same mode).
+        if let Some(parent) = path.parent() {
+            self.root
+                .mkdir_all(parent, &Permissions::from_mode(0o755))
+                .map_err(|e| pathrs_io(parent, e))?;
+        }
         let mode = attrs.mode.unwrap_or(0o755);
         self.root
             .mkdir_all(path, &Permissions::from_mode(mode))
@@ -581,6 +588,9 @@ mod tests {
         r.write("/a/b/z", b"", Attrs::default()).unwrap();
         assert_eq!(r.read_dir("/a/b").unwrap(), vec!["c", "z"]);
         assert_eq!(r.stat("/a/b/c").unwrap().mode, 0o700);
+        // Only the last component takes the mode; new parents are 0755.
+        assert_eq!(r.stat("/a/b").unwrap().mode, 0o755);
+        assert_eq!(r.stat("/a").unwrap().mode, 0o755);
         assert_eq!(r.kind("/a/b/c"), Some(FileKind::Dir));
     }
 }
