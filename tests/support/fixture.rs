@@ -1,38 +1,19 @@
-//! The Debian bookworm fixture base image for system tests: built once by
-//! `tests/fixtures/build-base-image.sh`, cached by the script's sha256.
+//! The Debian bookworm fixture base image for system tests, and the root check
+//! every privileged test starts with.
 //!
-//! Cache folder: `$PGIMG_FIXTURE_DIR`, default `/var/tmp/pgimg-fixtures`
-//! (kept across runs and reboots, unlike `/tmp`). Editing the script changes
-//! the image's name and so rebuilds it. Use it from a test file with
+//! The image itself is built and cached by `pgimg::fixture` (the same builder
+//! `pgimg run` uses when no `--base` is given), in `$PGIMG_FIXTURE_DIR`
+//! (default `/var/tmp/pgimg-fixtures`). Use it from a test file with
 //! `#[path = "support/fixture.rs"] mod fixture;`.
 
 #![allow(dead_code)]
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
-use std::time::Instant;
-
-use sha2::{Digest, Sha256};
-
-const DEFAULT_DIR: &str = "/var/tmp/pgimg-fixtures";
 
 /// The cache folder.
 pub fn fixture_dir() -> PathBuf {
-    std::env::var_os("PGIMG_FIXTURE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build-base-image.sh")
-}
-
-fn script_key() -> String {
-    let content = std::fs::read(script()).expect("reading tests/fixtures/build-base-image.sh");
-    let digest = Sha256::digest(&content);
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    pgimg::fixture::fixture_dir()
 }
 
 /// Whether the tests run as root.
@@ -56,7 +37,7 @@ pub fn require_root(test: &str) -> bool {
 
 /// Writes straight to the stderr fd: libtest captures `eprintln!` of passing
 /// tests, and a skip or a minute-long build must be seen.
-fn loud(message: &str) {
+pub fn loud(message: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{message}");
 }
@@ -65,67 +46,7 @@ fn loud(message: &str) {
 /// is shared: tests must copy it, never write to it. Its sha256 is in
 /// `<image>.sha256` (sha256sum format) for tests that check it is unchanged.
 pub fn base_image() -> PathBuf {
-    // Threads of one test binary wait here; other processes on the flock.
-    static IN_PROCESS: Mutex<()> = Mutex::new(());
-    let _guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
-
-    let dir = fixture_dir();
-    let image = dir.join(format!("base-bookworm-{}.raw", script_key()));
-    if is_complete(&image) {
-        return image;
-    }
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".build.lock"))
-        .expect("opening the fixture lock file");
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("locking the fixture folder");
-    if is_complete(&image) {
-        return image;
-    }
-
-    loud(&format!(
-        "\n===== building the fixture base image {} (about a minute, once; cached in {}) =====",
-        image.display(),
-        dir.display()
-    ));
-    let started = Instant::now();
-    let status = Command::new("bash")
-        .arg(script())
-        .arg(&image)
-        .arg(&dir)
-        .status()
-        .expect("running tests/fixtures/build-base-image.sh");
-    assert!(status.success(), "build-base-image.sh failed: {status}");
-    write_checksum(&image);
-    loud(&format!(
-        "===== fixture base image built in {:.1} s =====\n",
-        started.elapsed().as_secs_f64()
-    ));
-    image
-}
-
-/// The image and its checksum sidecar both exist (the sidecar is written
-/// last, so an interrupted build is redone).
-fn is_complete(image: &Path) -> bool {
-    image.exists() && checksum_path(image).exists()
-}
-
-fn checksum_path(image: &Path) -> PathBuf {
-    let mut name = image.as_os_str().to_owned();
-    name.push(".sha256");
-    PathBuf::from(name)
-}
-
-fn write_checksum(image: &Path) {
-    let line = sha256sum(image);
-    let tmp = image.with_extension("sha256.tmp");
-    std::fs::write(&tmp, format!("{line}\n")).expect("writing the checksum");
-    std::fs::rename(&tmp, checksum_path(image)).expect("renaming the checksum");
+    pgimg::fixture::base_image().unwrap_or_else(|e| panic!("the fixture base image: {e}"))
 }
 
 /// `sha256sum FILE`'s output line, without the newline (the host tool is
@@ -144,7 +65,9 @@ pub fn sha256sum(path: &Path) -> String {
 
 /// The hex digest recorded when the fixture was built.
 pub fn recorded_sha256(image: &Path) -> String {
-    let line = std::fs::read_to_string(checksum_path(image)).expect("reading the checksum");
+    let sidecar = pgimg::fixture::checksum_path(image);
+    let line = std::fs::read_to_string(&sidecar)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", sidecar.display()));
     line.split_whitespace().next().unwrap().to_string()
 }
 

@@ -497,6 +497,10 @@ impl Fetcher for HttpFetcher {
         self.git.tree(url, rev).map(Some)
     }
 
+    fn git_checkout(&self, url: &str, rev: &str) -> Result<Option<PathBuf>, FetchError> {
+        self.git.checkout(url, rev).map(Some)
+    }
+
     fn fetch_text(&self, url: &str) -> Result<Option<String>, FetchError> {
         HttpFetcher::fetch_text(self, url).map(Some)
     }

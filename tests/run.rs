@@ -1,0 +1,1596 @@
+//! System tests of `pgimg run`, `pgimg shell` and `pgimg inspect` on the Debian
+//! fixture image, driving the real binary: every primitive for real (one
+//! shared build of `recipes/examples/everything.rhai`, then PostgreSQL, the Go
+//! binary, users, units and the finalize cleanup checked in the output), a
+//! no-op recipe, and the failure paths (a failing recipe, SIGINT/SIGTERM during
+//! a download, apt and finalize, SIGKILL, a full image), after each of which no
+//! mount, loop device, process or output file may remain.
+//!
+//! Needs root; run with `cargo test --test run -- --nocapture --test-threads=1`.
+//! Downloads come from the machine's Debian mirror (apt inside the image, and
+//! `apt-get download` for the test repository); everything else is served on
+//! 127.0.0.1. Host caches live in `$PGIMG_FIXTURE_DIR/run-tests-cache`.
+
+#[path = "support/fixture.rs"]
+mod fixture;
+#[path = "support/served.rs"]
+mod served;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fixture::loud;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use served::{AptRepo, Served, Trickle, REPO_VERSION_SUFFIX};
+
+const PGIMG: &str = env!("CARGO_BIN_EXE_pgimg");
+
+fn repo_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Host caches shared by the tests' builds (apt archives, Go caches): warm
+/// after the first run, so reruns do not download PostgreSQL again.
+fn cache_dir() -> PathBuf {
+    fixture::fixture_dir().join("run-tests-cache")
+}
+
+/// A folder for one test's recipes and outputs, beside the fixture (same
+/// file system as the work copies, outside the small `/tmp`).
+fn scratch() -> tempfile::TempDir {
+    let d = fixture::fixture_dir();
+    std::fs::create_dir_all(&d).unwrap();
+    tempfile::Builder::new()
+        .prefix("run-test-")
+        .tempdir_in(d)
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- pgimg ---
+
+/// Lines a process printed, and a way to wait for one.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+fn collect(stream: impl Read + Send + 'static, sink: Arc<Lines>, echo: bool) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if echo {
+                loud(&format!("  | {line}"));
+            }
+            sink.lines.lock().unwrap().push(line);
+            sink.changed.notify_all();
+        }
+    })
+}
+
+/// A running `pgimg`: stderr echoed (so a long build shows progress) and
+/// kept; stdout kept. Killed if dropped while running.
+struct Pgimg {
+    child: Child,
+    started: Instant,
+    stderr: Arc<Lines>,
+    stdout: Arc<Lines>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// How a `pgimg` run ended.
+struct Finished {
+    status: ExitStatus,
+    stderr: String,
+    stdout: String,
+    seconds: f64,
+}
+
+impl Finished {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl Pgimg {
+    fn spawn(args: &[OsString], stdin: Option<&str>) -> Pgimg {
+        loud(&format!(
+            "$ pgimg {}",
+            args.iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        let mut child = Command::new(PGIMG)
+            .args(args)
+            .current_dir(repo_dir())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting pgimg");
+        if let Some(text) = stdin {
+            let mut w = child.stdin.take().unwrap();
+            w.write_all(text.as_bytes()).expect("writing pgimg's stdin");
+        }
+        let stderr = Arc::new(Lines::default());
+        let stdout = Arc::new(Lines::default());
+        let readers = vec![
+            collect(child.stderr.take().unwrap(), stderr.clone(), true),
+            collect(child.stdout.take().unwrap(), stdout.clone(), false),
+        ];
+        Pgimg {
+            child,
+            started: Instant::now(),
+            stderr,
+            stdout,
+            readers,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits until a stderr line satisfies `pred`; returns it. Panics (the
+    /// drop kills pgimg) when pgimg exits first or `limit` passes.
+    fn wait_for_line(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + limit;
+        let mut seen = 0;
+        loop {
+            {
+                let lines = self.stderr.lines.lock().unwrap();
+                if let Some(l) = lines[seen..].iter().find(|l| pred(l)) {
+                    return l.clone();
+                }
+                seen = lines.len();
+                let (_guard, _) = self
+                    .stderr
+                    .changed
+                    .wait_timeout(lines, Duration::from_millis(100))
+                    .unwrap();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                let lines = self.stderr.lines.lock().unwrap();
+                if let Some(l) = lines.iter().find(|l| pred(l)) {
+                    return l.clone();
+                }
+                panic!(
+                    "pgimg exited ({status}) before {what}:\n{}",
+                    lines.join("\n")
+                );
+            }
+            assert!(Instant::now() < deadline, "no {what} within {limit:?}");
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        loud(&format!(
+            "----- sending {sig} to pgimg ({}) after {:.1} s -----",
+            self.pid(),
+            self.started.elapsed().as_secs_f64()
+        ));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for pgimg to exit (at most `limit`; past that it is killed and
+    /// the test fails) and returns what it printed.
+    fn finish(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "pgimg did not exit within {limit:?}:\n{}",
+                    self.stderr.lines.lock().unwrap().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        let join = |l: &Lines| l.lines.lock().unwrap().join("\n");
+        Finished {
+            status,
+            stderr: join(&self.stderr),
+            stdout: join(&self.stdout),
+            seconds,
+        }
+    }
+}
+
+impl Drop for Pgimg {
+    /// A test that panicked mid-run must not leave a build running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+/// `pgimg run RECIPE --base BASE --output OUTPUT --cache-dir ... EXTRA...`, started.
+fn start_run(recipe: &Path, base: &Path, output: &Path, extra: &[&str]) -> Pgimg {
+    let mut args: Vec<OsString> = vec!["run".into(), recipe.into()];
+    args.extend(["--base".into(), base.into()]);
+    args.extend(["--output".into(), output.into()]);
+    args.extend(["--cache-dir".into(), cache_dir().into()]);
+    args.extend(os(extra));
+    Pgimg::spawn(&args, None)
+}
+
+fn pgimg(args: &[OsString], stdin: Option<&str>, limit: Duration) -> Finished {
+    Pgimg::spawn(args, stdin).finish(limit)
+}
+
+/// `pgimg shell IMAGE -- sh -c SCRIPT`; asserts exit 0; returns stdout.
+fn shell_sh(image: &Path, script: &str) -> String {
+    let args: Vec<OsString> = vec![
+        "shell".into(),
+        image.into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+    ];
+    let f = pgimg(&args, None, Duration::from_secs(180));
+    assert_eq!(
+        f.code(),
+        Some(0),
+        "pgimg shell failed:\n{}\n{}",
+        f.stdout,
+        f.stderr
+    );
+    f.stdout
+}
+
+fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `(line, col)` of the first line containing `needle`, col of its first non-blank.
+fn position(text: &str, needle: &str) -> (usize, usize) {
+    let (i, l) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in the recipe"));
+    (i + 1, l.len() - l.trim_start().len() + 1)
+}
+
+fn sidecar(output: &Path, suffix: &str) -> PathBuf {
+    let mut s = output.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn read_json(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Prints the manifest's stage table; returns `(stage, seconds)`.
+fn print_stages(title: &str, manifest: &Value) -> Vec<(String, f64)> {
+    let stages: Vec<(String, f64)> = manifest["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["seconds"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let total: f64 = stages.iter().map(|s| s.1).sum();
+    let mut text = format!("\n===== stage durations: {title} =====\n");
+    for (s, secs) in &stages {
+        text.push_str(&format!("  {s:<13} {secs:>7.2} s\n"));
+    }
+    text.push_str(&format!("  {:<13} {total:>7.2} s", "total"));
+    if let Some(o) = manifest.get("output").filter(|o| !o.is_null()) {
+        text.push_str(&format!(
+            "\n  output: {} bytes apparent, {} bytes allocated ({:.1} MiB)",
+            o["apparent_size"],
+            o["allocated_size"],
+            o["allocated_size"].as_f64().unwrap() / 1048576.0
+        ));
+    }
+    loud(&text);
+    stages
+}
+
+// ------------------------------------------------- what a build left ---
+
+/// Mount points at or under `dir` in this process's namespace.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    mounts_in("/proc/self/mountinfo", dir)
+}
+
+fn mounts_in(mountinfo: &str, dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string(mountinfo)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(dir.as_str()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Loop devices whose backing file is under `dir`.
+fn loops_under(dir: &Path) -> Vec<String> {
+    let out = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+        .output()
+        .expect("running losetup");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(dir.to_str().unwrap()))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// A process as `/proc/PID/stat` shows it; `start` tells a recycled pid apart.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Proc {
+    pid: i32,
+    start: u64,
+    comm: String,
+}
+
+/// `(pid, ppid, start time, comm)` from `/proc/PID/stat`.
+fn stat(pid: i32) -> Option<(i32, u64, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let fields: Vec<&str> = text[close + 2..].split(' ').collect();
+    // After "pid (comm) ": state ppid ... ; starttime is field 22 overall.
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, start, comm))
+}
+
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Every live descendant of `root`.
+fn descendants(root: i32) -> BTreeSet<Proc> {
+    let table: Vec<(i32, i32, u64, String)> = all_pids()
+        .into_iter()
+        .filter_map(|p| stat(p).map(|(pp, s, c)| (p, pp, s, c)))
+        .collect();
+    let mut out = BTreeSet::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, ppid, start, comm) in &table {
+            if *ppid == parent {
+                out.insert(Proc {
+                    pid: *pid,
+                    start: *start,
+                    comm: comm.clone(),
+                });
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+/// Those of `procs` still alive (same pid and start time).
+fn alive(procs: &BTreeSet<Proc>) -> Vec<Proc> {
+    procs
+        .iter()
+        .filter(|p| matches!(stat(p.pid), Some((_, s, _)) if s == p.start))
+        .cloned()
+        .collect()
+}
+
+/// Processes whose argv is exactly `argv`.
+fn processes_with(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    all_pids()
+        .into_iter()
+        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts that a failed build left nothing: no mount or loop device under
+/// `out_dir`, none of `procs` (the build's processes seen while it ran) and
+/// no marker `sleep`, nothing at all in `out_dir` (no output, no sidecar,
+/// no `.NAME.pgimg-*` work folder), the base unchanged.
+fn assert_nothing_left(out_dir: &Path, procs: &BTreeSet<Proc>, markers: &[&[&str]], base: &Path) {
+    assert_eq!(mounts_under(out_dir), Vec::<String>::new(), "mounts left");
+    assert_eq!(
+        loops_under(out_dir),
+        Vec::<String>::new(),
+        "loop devices left"
+    );
+    // The kernel kills a PID namespace's processes as its init exits; allow
+    // it a moment to finish reaping them.
+    let gone = eventually(Duration::from_secs(5), || alive(procs).is_empty());
+    assert!(gone, "processes of the build left: {:?}", alive(procs));
+    for argv in markers {
+        assert_eq!(
+            processes_with(argv),
+            Vec::<i32>::new(),
+            "{argv:?} still runs"
+        );
+    }
+    let left: Vec<String> = std::fs::read_dir(out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "files left beside the output");
+    assert_base_unchanged(base);
+}
+
+/// What any write to a file changes: its size, modification and change times.
+type Stamp = (u64, i64, i64, i64, i64);
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// The fixture base image and its [`Stamp`] once its sha256 was checked.
+static BASE: std::sync::OnceLock<(PathBuf, Stamp)> = std::sync::OnceLock::new();
+
+/// The fixture base image. The first call in the test process checks its
+/// sha256 against the one recorded when it was built and notes its stamp;
+/// [`assert_base_unchanged`] then compares stamps, which costs nothing,
+/// where hashing 2 GiB costs seconds per build.
+fn base_image() -> PathBuf {
+    BASE.get_or_init(|| {
+        let base = fixture::base_image();
+        let before = stamp(&base);
+        assert_base_sha256_unchanged(&base);
+        assert_eq!(stamp(&base), before, "the base changed while it was hashed");
+        (base, before)
+    })
+    .0
+    .clone()
+}
+
+/// The base was not written to since [`base_image`] hashed it.
+fn assert_base_unchanged(base: &Path) {
+    let (path, first) = BASE.get().expect("base_image() gave the base");
+    assert_eq!(base, path);
+    assert_eq!(
+        stamp(base),
+        *first,
+        "the base image {} was written to",
+        base.display()
+    );
+}
+
+/// The base's sha256 is the one recorded when the fixture was built.
+fn assert_base_sha256_unchanged(base: &Path) {
+    assert_eq!(
+        fixture::current_sha256(base),
+        fixture::recorded_sha256(base),
+        "the base image {} changed",
+        base.display()
+    );
+}
+
+/// A recipe folder and an (empty) output folder.
+struct Scene {
+    _tmp: tempfile::TempDir,
+    recipes: PathBuf,
+    out: PathBuf,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let tmp = scratch();
+        let recipes = tmp.path().join("recipes");
+        let out = tmp.path().join("out");
+        std::fs::create_dir_all(&recipes).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        Scene {
+            _tmp: tmp,
+            recipes,
+            out,
+        }
+    }
+}
+
+// ------------------------------------------- the image, read-only ---
+
+/// Runs `f` on the output's root file system mounted read-only, in a
+/// private mount namespace of a thread of its own (nothing of it is visible
+/// outside that thread, and it all goes away with the thread).
+fn with_root_read_only<T: Send>(image: &Path, f: impl FnOnce(&Path) -> T + Send) -> T {
+    use pgimg::sandbox::{namespace, Mount};
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            namespace::private_namespace_for_calling_thread().expect("a private mount namespace");
+            let img = pgimg::image::WorkImage::open(image).expect("reading the image");
+            let lo = img
+                .attach_root_read_only()
+                .expect("attaching the root read-only");
+            let mnt = tempfile::Builder::new()
+                .prefix("pgimg-run-test-ro-")
+                .tempdir()
+                .unwrap()
+                .keep();
+            let m = Mount::host(
+                Some(lo.path()),
+                &mnt,
+                Some("ext4"),
+                nix::mount::MsFlags::MS_RDONLY,
+                None,
+                "the output's root (read-only)",
+            )
+            .expect("mounting the output's root read-only");
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
+            m.close().expect("unmounting");
+            let _ = std::fs::remove_dir(&mnt);
+            lo.close().expect("detaching");
+            r.unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// `e2fsck -fn` on the image's root partition (attached read-only); its output.
+fn e2fsck_clean(image: &Path) -> String {
+    let img = pgimg::image::WorkImage::open(image).unwrap();
+    let lo = img.attach_root_read_only().unwrap();
+    let out = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(lo.path())
+        .output()
+        .unwrap();
+    lo.close().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "e2fsck -fn: {}\n{text}", out.status);
+    text
+}
+
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+fn field(line: &str, n: usize) -> &str {
+    line.split(':').nth(n).unwrap_or("")
+}
+
+/// The members of `group` in `/etc/group` under `root`.
+fn group_members(root: &Path, group: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(root.join("etc/group")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| field(l, 0) == group)
+        .unwrap_or_else(|| panic!("no group {group}"));
+    field(line, 3)
+        .split(',')
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+// ------------------------------------------------------ the success path ---
+
+/// Checks the output's files with the root mounted read-only.
+fn check_finished_root(root: &Path) {
+    // Finalize.
+    let ssh: Vec<String> = names_in(&root.join("etc/ssh"))
+        .into_iter()
+        .filter(|n| n.starts_with("ssh_host_"))
+        .collect();
+    assert_eq!(ssh, Vec::<String>::new(), "SSH host keys removed");
+    let machine_id = std::fs::metadata(root.join("etc/machine-id")).unwrap();
+    assert_eq!(machine_id.len(), 0, "/etc/machine-id truncated to 0 bytes");
+    let shadow = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
+    let root_line = shadow.lines().find(|l| field(l, 0) == "root").unwrap();
+    assert_eq!(
+        field(root_line, 1),
+        "",
+        "root password removed: {root_line}"
+    );
+    let lists = root.join("var/lib/apt/lists");
+    for n in names_in(&lists) {
+        assert!(n == "lock" || n == "partial", "/var/lib/apt/lists/{n} left");
+    }
+    if lists.join("partial").exists() {
+        assert_eq!(names_in(&lists.join("partial")), Vec::<String>::new());
+    }
+    let archives: Vec<String> = names_in(&root.join("var/cache/apt/archives"))
+        .into_iter()
+        .filter(|n| n.ends_with(".deb"))
+        .collect();
+    assert_eq!(
+        archives,
+        Vec::<String>::new(),
+        "no .deb left in apt's archive cache"
+    );
+    assert_eq!(
+        names_in(&root.join("tmp")),
+        Vec::<String>::new(),
+        "/tmp emptied"
+    );
+    assert!(
+        !root.join("usr/sbin/policy-rc.d").exists(),
+        "policy-rc.d removed"
+    );
+
+    // apt_download: kept through finalize, and from the test repository.
+    let debs = names_in(&root.join("var/cache/pgimg-example/debs"));
+    assert!(
+        debs.iter().any(|d| d.starts_with("hello_")
+            && d.contains(REPO_VERSION_SUFFIX)
+            && d.ends_with(".deb")),
+        "the test repository's hello .deb is in /var/cache/pgimg-example/debs: {debs:?}"
+    );
+
+    // Users, groups, owners.
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    for user in ["greeter", "operator1"] {
+        assert!(passwd.lines().any(|l| field(l, 0) == user), "user {user}");
+    }
+    let operator = passwd.lines().find(|l| field(l, 0) == "operator1").unwrap();
+    assert_eq!(field(operator, 6), "/bin/bash", "{operator}");
+    let readers = group_members(root, "cert_readers");
+    for user in ["greeter", "operator1"] {
+        assert!(
+            readers.contains(&user.to_string()),
+            "{user} in cert_readers: {readers:?}"
+        );
+    }
+
+    // Units.
+    let unit = root.join("etc/systemd/system/hello.service");
+    assert!(
+        std::fs::read_to_string(&unit)
+            .unwrap()
+            .contains("ExecStart=/usr/local/bin/hello"),
+        "hello.service installed"
+    );
+    let link = root.join("etc/systemd/system/multi-user.target.wants/hello.service");
+    let target = std::fs::read_link(&link).expect("hello.service enabled (wants link)");
+    assert_eq!(target, Path::new("/etc/systemd/system/hello.service"));
+    assert!(
+        std::fs::read_to_string(root.join("etc/systemd/system/hello.service.d/greeting.conf"))
+            .unwrap()
+            .contains("GREETING=1")
+    );
+
+    // Files and builds.
+    assert!(
+        root.join("usr/local/bin/hello").is_file(),
+        "Go binary installed"
+    );
+    assert!(
+        root.join("opt/greeting/bin/greeting").is_file(),
+        "tarball extracted"
+    );
+    assert!(root
+        .join("usr/share/postgresql/15/extension/add_one.control")
+        .is_file());
+    assert!(root.join("usr/lib/postgresql/15/lib/add_one.so").is_file());
+    assert!(
+        root.join("usr/share/pgimg/manifest.json").is_file(),
+        "manifest embedded"
+    );
+}
+
+/// PostgreSQL 15 started in a chroot of the output (as postgres, data and
+/// socket in /tmp), the built extension created and called, then stopped;
+/// the Go binary and the fetched tool run.
+const IN_IMAGE_SCRIPT: &str = r#"set -eu
+d=$(mktemp -d /tmp/pg.XXXXXX)
+chown postgres:postgres "$d"
+bin=/usr/lib/postgresql/15/bin
+runuser -u postgres -- "$bin/initdb" -D "$d/data" -A trust -U postgres >"$d/initdb.log" 2>&1 || { cat "$d/initdb.log"; exit 1; }
+runuser -u postgres -- "$bin/pg_ctl" -D "$d/data" -l "$d/server.log" -w -t 60 \
+    -o "-k $d -c listen_addresses=''" start >/dev/null || { cat "$d/server.log"; exit 1; }
+echo "add_one: $(runuser -u postgres -- "$bin/psql" -h "$d" -qAt -c 'CREATE EXTENSION add_one' -c 'SELECT add_one(41)')"
+runuser -u postgres -- "$bin/pg_ctl" -D "$d/data" -m fast -w stop >/dev/null
+rm -rf "$d"
+echo "hello: $(/usr/local/bin/hello)"
+echo "greeting: $(greeting)"
+"#;
+
+#[test]
+fn every_primitive_for_real() {
+    if !fixture::require_root("every_primitive_for_real") {
+        return;
+    }
+    let base = base_image();
+    let tmp = scratch();
+    let dir = tmp.path();
+
+    loud("----- building the signed test apt repository -----");
+    let repo = AptRepo::build(&dir.join("repo"), &["hello"]);
+    let apt = Served::folder(&repo.root, &dir.join("apt-server.log"));
+    let downloads = Served::folder(
+        &repo_dir().join("recipes/examples/fixtures"),
+        &dir.join("download-server.log"),
+    );
+    // The tarball must come from the server, not from a previous run's cache.
+    let _ = std::fs::remove_dir_all(cache_dir().join("downloads"));
+
+    let out_dir = dir.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("everything.raw");
+    let apt_uri = format!("apt_uri={}/debian", apt.url());
+    let dl = format!("downloads={}", downloads.url());
+    let run = start_run(
+        &repo_dir().join("recipes/examples/everything.rhai"),
+        &base,
+        &out,
+        &[
+            "--size",
+            "4G",
+            "--set",
+            &apt_uri,
+            "--set",
+            &dl,
+            "--set",
+            "repo_packages=hello",
+        ],
+    )
+    .finish(Duration::from_secs(1200));
+    assert_eq!(run.code(), Some(0), "the build failed:\n{}", run.stderr);
+    loud(&format!(
+        "----- everything.rhai built in {:.1} s -----",
+        run.seconds
+    ));
+
+    // Sidecars first: everything below that mounts the output read-write
+    // (pgimg shell) changes its bytes.
+    let manifest = read_json(&sidecar(&out, "manifest.json"));
+    let stages = print_stages(
+        "recipes/examples/everything.rhai, fixture grown to 4 GiB",
+        &manifest,
+    );
+    let names: Vec<&str> = stages.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "acquire",
+            "grow",
+            "attach",
+            "check+resize",
+            "mount",
+            "recipe",
+            "finalize",
+            "output"
+        ]
+    );
+    for stage in &names {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("pgimg: stage {stage} done in "))),
+            "one log line with the duration of stage {stage}"
+        );
+    }
+    let sha = fixture::current_sha256(&out);
+    assert_eq!(
+        std::fs::read_to_string(sidecar(&out, "sha256")).unwrap(),
+        format!("{sha}  everything.raw\n"),
+        "the .sha256 sidecar in sha256sum format"
+    );
+    let check = Command::new("sha256sum")
+        .args(["--check", "--status", "everything.raw.sha256"])
+        .current_dir(&out_dir)
+        .status()
+        .unwrap();
+    assert!(check.success(), "sha256sum --check accepts the sidecar");
+    assert_eq!(manifest["output"]["sha256"], sha.as_str());
+    assert_eq!(
+        manifest["base"]["sha256"],
+        fixture::recorded_sha256(&base).as_str()
+    );
+    assert_eq!(manifest["params"]["repo_packages"], "hello");
+    assert_eq!(
+        manifest["params"]["apt_uri"],
+        apt_uri.trim_start_matches("apt_uri=")
+    );
+    assert_eq!(manifest["recipe"], "recipes/examples/everything.rhai");
+    assert!(manifest["pgimg_version"].is_string());
+    let inputs = manifest["inputs"].as_array().unwrap();
+    let input = |kind: &str, url: &str| {
+        inputs
+            .iter()
+            .find(|i| i["kind"] == kind && i["url"].as_str().unwrap().contains(url))
+            .unwrap_or_else(|| panic!("no {kind} input {url} in {inputs:?}"))
+    };
+    assert_eq!(
+        input("url", "/greeting-1.0.tar.gz")["pin"],
+        "6b9fc3ec17248e9f4bfe2c998279db15db863452858ff50b760e3363919fb665"
+    );
+    let key_pin = input("apt-key", "keys/pgimg-test-repo.asc")["pin"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(key_pin.len(), 64, "the key is pinned by its sha256");
+
+    // Sizes: free space went back as holes.
+    let apparent = std::fs::metadata(&out).unwrap().len();
+    let alloc = allocated(&out);
+    loud(&format!(
+        "everything.raw: {apparent} bytes apparent, {alloc} bytes allocated ({:.0}%)",
+        100.0 * alloc as f64 / apparent as f64
+    ));
+    assert_eq!(apparent, 4 << 30);
+    assert_eq!(manifest["output"]["apparent_size"], apparent);
+    assert!(
+        alloc < apparent * 3 / 5,
+        "allocated {alloc} not well under apparent {apparent}"
+    );
+
+    // What went over 127.0.0.1.
+    assert!(
+        apt.served("/debian/dists/stable/InRelease"),
+        "apt log:\n{}",
+        apt.log()
+    );
+    let (name, version) = &repo.versions[0];
+    // apt escapes the `+` of the version in the request.
+    let deb = format!("/debian/pool/main/{name}_{}_", version.replace('+', "%2b"));
+    assert!(
+        apt.log()
+            .lines()
+            .any(|l| l.to_ascii_lowercase().contains(&deb) && l.contains("\" 200")),
+        "apt_download got {deb}* from the test repository:\n{}",
+        apt.log()
+    );
+    assert!(
+        downloads.served("/greeting-1.0.tar.gz"),
+        "download log:\n{}",
+        downloads.log()
+    );
+
+    assert_base_unchanged(&base);
+    assert_base_sha256_unchanged(&base);
+    loud(&e2fsck_clean(&out));
+    with_root_read_only(&out, check_finished_root);
+    assert_eq!(
+        fixture::current_sha256(&out),
+        sha,
+        "read-only checks left the output as it was"
+    );
+
+    // `pgimg inspect` shows the embedded manifest.
+    let inspect = pgimg(
+        &["inspect".into(), out.clone().into()],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(inspect.code(), Some(0), "{}", inspect.stderr);
+    assert!(
+        inspect
+            .stdout
+            .contains("manifest    /usr/share/pgimg/manifest.json:"),
+        "{}",
+        inspect.stdout
+    );
+    assert!(
+        inspect.stdout.contains("recipes/examples/everything.rhai"),
+        "{}",
+        inspect.stdout
+    );
+
+    go_build_from_a_local_git_repository(dir, &out, &sha);
+
+    // Last: a shell writes to the image.
+    loud("----- PostgreSQL, the Go binary and the tarball in a chroot of the output -----");
+    let said = shell_sh(&out, IN_IMAGE_SCRIPT);
+    loud(&said);
+    assert!(said.lines().any(|l| l == "add_one: 42"), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("hello: hello from pgimg (linux/")),
+        "{said}"
+    );
+    assert!(
+        said.lines()
+            .any(|l| l == "greeting: greetings from a pinned tarball"),
+        "{said}"
+    );
+    assert_eq!(mounts_under(dir), Vec::<String>::new());
+    assert_eq!(loops_under(dir), Vec::<String>::new());
+}
+
+/// A second build on the first one's output (which has Go): `go_build` from
+/// a local git repository at a pinned commit that is not its HEAD. The
+/// base, here the first output, stays as it was.
+fn go_build_from_a_local_git_repository(dir: &Path, base: &Path, base_sha: &str) {
+    loud("----- go_build from a local git repository at a pinned commit -----");
+    let git_dir = dir.join("hello.git");
+    std::fs::create_dir_all(&git_dir).unwrap();
+    for f in ["go.mod", "main.go"] {
+        std::fs::copy(
+            repo_dir().join("recipes/examples/assets/go/hello").join(f),
+            git_dir.join(f),
+        )
+        .unwrap();
+    }
+    let git = |args: &[&str]| {
+        let mut argv = vec![
+            "git",
+            "-c",
+            "user.name=pgimg test",
+            "-c",
+            "user.email=test@pgimg.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ];
+        argv.extend_from_slice(args);
+        served::host(&argv, Some(&git_dir), &[]).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "hello"]);
+    let pinned = git(&["rev-parse", "HEAD"]);
+    let main = std::fs::read_to_string(git_dir.join("main.go")).unwrap();
+    std::fs::write(
+        git_dir.join("main.go"),
+        main.replace("hello from pgimg", "NOT THE PINNED COMMIT"),
+    )
+    .unwrap();
+    git(&["commit", "-q", "-am", "later"]);
+
+    let recipe = write_recipe(
+        dir,
+        "git-build.rhai",
+        &format!(
+            r#"let built = go_build(#{{
+    git: "file://{}",
+    rev: "{pinned}",
+    build: #{{ "bin/hello": "." }},
+    install: #{{ "bin/hello": "/usr/local/bin/hello-from-git" }},
+}});
+log(`installed ${{built}}`);
+"#,
+            git_dir.display()
+        ),
+    );
+    let out = dir.join("out/git-build.raw");
+    let run = start_run(&recipe, base, &out, &[]).finish(Duration::from_secs(600));
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let manifest = read_json(&sidecar(&out, "manifest.json"));
+    print_stages("go_build from git on the first output", &manifest);
+    let inputs = manifest["inputs"].as_array().unwrap();
+    assert!(
+        inputs.iter().any(
+            |i| i["pin"] == pinned.as_str() && i["url"].as_str().unwrap().contains("hello.git")
+        ),
+        "the git input and its commit are in the manifest: {inputs:?}"
+    );
+    assert_eq!(
+        fixture::current_sha256(base),
+        base_sha,
+        "the base (first output) is unchanged"
+    );
+    let said = shell_sh(&out, "/usr/local/bin/hello-from-git a b");
+    assert!(
+        said.starts_with("hello from pgimg (linux/") && said.contains(", 2 args)"),
+        "{said}"
+    );
+    std::fs::remove_file(&out).unwrap();
+}
+
+#[test]
+fn a_no_op_recipe_on_the_fixture_grown_to_4g() {
+    if !fixture::require_root("a_no_op_recipe_on_the_fixture_grown_to_4g") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let out = scene.out.join("hello.raw");
+    let run = start_run(
+        &repo_dir().join("recipes/examples/hello.rhai"),
+        &base,
+        &out,
+        &["--size", "4G"],
+    )
+    .finish(Duration::from_secs(300));
+    assert_eq!(run.code(), Some(0), "{}", run.stderr);
+    let manifest = read_json(&sidecar(&out, "manifest.json"));
+    print_stages(
+        "recipes/examples/hello.rhai, fixture grown to 4 GiB",
+        &manifest,
+    );
+    let apparent = std::fs::metadata(&out).unwrap().len();
+    let alloc = allocated(&out);
+    assert_eq!(apparent, 4 << 30);
+    assert!(alloc < apparent / 4, "{alloc} allocated of {apparent}");
+    assert_base_unchanged(&base);
+    e2fsck_clean(&out);
+
+    let inspect = pgimg(
+        &["inspect".into(), out.clone().into()],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(inspect.code(), Some(0), "{}", inspect.stderr);
+    loud(&inspect.stdout);
+    for want in [
+        "format      raw (disk 4.0 GiB)",
+        "ext4 \"cloudimg-rootfs\"  (root)",
+        "manifest    /usr/share/pgimg/manifest.json:",
+        "\"recipe\": \"recipes/examples/hello.rhai\"",
+    ] {
+        assert!(
+            inspect.stdout.contains(want),
+            "{want:?} in:\n{}",
+            inspect.stdout
+        );
+    }
+    let json = pgimg(
+        &["inspect".into(), "--json".into(), out.clone().into()],
+        None,
+        Duration::from_secs(60),
+    );
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["apparent_size"], apparent);
+    assert_eq!(v["root"], 1);
+    assert_eq!(v["manifest"]["status"], "present");
+    assert_eq!(
+        v["manifest"]["content"]["recipe"],
+        "recipes/examples/hello.rhai"
+    );
+    assert_eq!(
+        v["manifest"]["content"]["base"]["sha256"],
+        manifest["base"]["sha256"]
+    );
+}
+
+// ------------------------------------------------------- shell, inspect ---
+
+#[test]
+fn shell_runs_a_here_document_from_stdin() {
+    if !fixture::require_root("shell_runs_a_here_document_from_stdin") {
+        return;
+    }
+    let base = base_image();
+    let tmp = scratch();
+    // `pgimg shell` writes to the image it opens: work on a copy.
+    let copy = tmp.path().join("copy.raw");
+    served::host(
+        &[
+            "cp",
+            "--sparse=always",
+            base.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    let heredoc = r#"
+echo "debian $(cat /etc/debian_version)"
+echo "uid $(id -u) pid-of-shell $$"
+test -f /etc/ssh/ssh_host_ed25519_key && echo "host keys present"
+test -L /dev/ptmx && echo "dev is the sandbox's"
+echo "written by a here-document" > /root/from-shell
+exit 7
+"#;
+    let f = pgimg(
+        &["shell".into(), copy.clone().into()],
+        Some(heredoc),
+        Duration::from_secs(120),
+    );
+    loud(&f.stdout);
+    assert_eq!(
+        f.code(),
+        Some(7),
+        "the shell's exit code is pgimg's:\n{}",
+        f.stderr
+    );
+    assert!(f.stdout.contains("debian 12."), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("uid 0 pid-of-shell 2"),
+        "in its own PID namespace: {}",
+        f.stdout
+    );
+    assert!(f.stdout.contains("host keys present"), "{}", f.stdout);
+    assert!(f.stdout.contains("dev is the sandbox's"), "{}", f.stdout);
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    assert_eq!(loops_under(tmp.path()), Vec::<String>::new());
+
+    // The change was written to the image; the sandbox's own files were not.
+    let said = shell_sh(&copy, "cat /root/from-shell");
+    assert_eq!(said, "written by a here-document");
+    with_root_read_only(&copy, |root| {
+        assert!(
+            !root.join("usr/sbin/policy-rc.d").exists(),
+            "policy-rc.d removed"
+        );
+        assert!(
+            root.join("etc/ssh/ssh_host_ed25519_key").exists(),
+            "shell does not finalize"
+        );
+    });
+    assert_base_unchanged(&base);
+}
+
+#[test]
+fn inspect_shows_the_fixture() {
+    if !fixture::require_root("inspect_shows_the_fixture") {
+        return;
+    }
+    let base = base_image();
+    let f = pgimg(
+        &["inspect".into(), base.clone().into()],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(f.code(), Some(0), "{}", f.stderr);
+    loud(&f.stdout);
+    for want in [
+        "format      raw (disk 2.0 GiB)",
+        "table       GPT, 512-byte sectors",
+        "BIOS boot",
+        "EFI system",
+        "ext4 \"cloudimg-rootfs\"  (root)",
+        "manifest    none (/usr/share/pgimg/manifest.json absent)",
+    ] {
+        assert!(f.stdout.contains(want), "{want:?} in:\n{}", f.stdout);
+    }
+    let json = pgimg(
+        &["inspect".into(), "--json".into(), base.clone().into()],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(json.code(), Some(0), "{}", json.stderr);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    let numbers: BTreeSet<u64> = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, BTreeSet::from([1, 14, 15]));
+    assert_eq!(v["root"], 1);
+    assert_eq!(v["apparent_size"], 2u64 << 30);
+    assert_base_unchanged(&base);
+}
+
+// ------------------------------------------------------ failure paths ---
+
+#[test]
+fn a_recipe_failing_midway_reports_where_and_leaves_nothing() {
+    if !fixture::require_root("a_recipe_failing_midway_reports_where_and_leaves_nothing") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let text = r#"// Fails after some work, with a background process started earlier.
+run(["sh", "-c", "sleep 7919 >/dev/null 2>&1 &"]);
+write_file("/etc/pgimg-midway", "written before the failure\n");
+add_user("midway");
+run(["sh", "-c", "sleep 7920 >/dev/null 2>&1 & echo oops >&2; exit 3"]);
+write_file("/etc/never", "not reached\n");
+"#;
+    let recipe = write_recipe(&scene.recipes, "midway.rhai", text);
+    let out = scene.out.join("midway.raw");
+    let f = start_run(&recipe, &base, &out, &[]).finish(Duration::from_secs(300));
+    assert_eq!(
+        f.code(),
+        Some(1),
+        "exit 1 for a failed build:\n{}",
+        f.stderr
+    );
+    let (line, col) = position(text, "echo oops");
+    let at = format!("{}:{line}:{col}: run", recipe.display());
+    let msg = f
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("pgimg: build failed: "))
+        .unwrap_or_else(|| panic!("no failure line:\n{}", f.stderr));
+    assert!(msg.contains(&at), "{at:?} in {msg:?}");
+    assert!(msg.contains("exit status 3"), "{msg}");
+    let after: String = f.stderr.split(msg).nth(1).unwrap().to_string();
+    assert!(
+        after.lines().any(|l| l.trim() == "oops"),
+        "stderr tail after the message:\n{after}"
+    );
+    assert!(
+        !f.stderr.contains("stage finalize"),
+        "no finalize after a failed recipe"
+    );
+    assert_nothing_left(
+        &scene.out,
+        &BTreeSet::new(),
+        &[&["sleep", "7919"], &["sleep", "7920"]],
+        &base,
+    );
+}
+
+/// Starts a build of `text`, waits for `ready`, sends `sig`, and checks
+/// that it failed saying it was interrupted and left nothing. `attached`:
+/// the image is mounted and on a loop device at that moment (checked, so
+/// the checks afterwards are known to look at the right things).
+fn interrupt_at(
+    name: &str,
+    attached: bool,
+    text: &str,
+    extra: &[&str],
+    sig: Signal,
+    ready: &dyn Fn(&mut Pgimg) -> String,
+    markers: &[&[&str]],
+) -> Finished {
+    let base = base_image();
+    let scene = Scene::new();
+    let recipe = write_recipe(&scene.recipes, &format!("{name}.rhai"), text);
+    let out = scene.out.join(format!("{name}.raw"));
+    let mut p = start_run(&recipe, &base, &out, extra);
+    let seen = ready(&mut p);
+    loud(&format!("----- ready: {seen}"));
+    let procs = descendants(p.pid());
+    if attached {
+        let mounted = mounts_in(&format!("/proc/{}/mountinfo", p.pid()), &scene.out);
+        assert!(
+            !mounted.is_empty(),
+            "the image is mounted in pgimg's namespace while it runs"
+        );
+        assert!(
+            !loops_under(&scene.out).is_empty(),
+            "the work image is on a loop device"
+        );
+    }
+    p.signal(sig);
+    let f = p.finish(Duration::from_secs(120));
+    loud(&format!(
+        "----- pgimg exited {} after {:.1} s",
+        f.status, f.seconds
+    ));
+    assert_eq!(f.code(), Some(1), "exit 1 after {sig}:\n{}", f.stderr);
+    assert!(
+        f.stderr.contains(&format!(
+            "pgimg: interrupted by {sig}; everything was torn down"
+        )),
+        "{}",
+        f.stderr
+    );
+    assert!(!f.stderr.contains("stage output done"), "{}", f.stderr);
+    assert!(
+        !out.exists() && !sidecar(&out, "sha256").exists(),
+        "no output after {sig}"
+    );
+    assert_nothing_left(&scene.out, &procs, markers, &base);
+    f
+}
+
+#[test]
+fn sigint_and_sigterm_during_a_download_tear_everything_down() {
+    if !fixture::require_root("sigint_and_sigterm_during_a_download_tear_everything_down") {
+        return;
+    }
+    let trickle = Trickle::start();
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // The download never ends, so nothing can ever be cached under this pin.
+        let pin = "5".repeat(64);
+        let url = trickle.url(&format!("/big-{}.tar.gz", sig.as_str()));
+        let text = format!(
+            r#"write_file("/etc/pgimg-before-download", "x\n");
+fetch_verify(#{{ url: "{url}", sha256: "{pin}", dest: "/opt/big.tar.gz" }});
+"#
+        );
+        let before = trickle.sent.load(std::sync::atomic::Ordering::SeqCst);
+        interrupt_at(
+            "download",
+            true,
+            &text,
+            &[],
+            sig,
+            &|p| {
+                let line = p.wait_for_line("the download", Duration::from_secs(120), |l| {
+                    l.contains(&format!("fetching {url}"))
+                });
+                let flowing = eventually(Duration::from_secs(10), || {
+                    trickle.sent.load(std::sync::atomic::Ordering::SeqCst) > before + 4096
+                });
+                assert!(flowing, "the download is under way");
+                line
+            },
+            &[],
+        );
+        let partial: Vec<String> = std::fs::read_dir(cache_dir().join("downloads/sha256"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(".partial-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            partial,
+            Vec::<String>::new(),
+            "the abandoned download left no partial file"
+        );
+    }
+}
+
+#[test]
+fn sigint_and_sigterm_during_apt_tear_everything_down() {
+    if !fixture::require_root("sigint_and_sigterm_during_apt_tear_everything_down") {
+        return;
+    }
+    let text = r#"write_file("/etc/pgimg-before-apt", "x\n");
+apt_update();
+apt_install(["postgresql-15"]);
+"#;
+    let (line, _) = position(text, "apt_update");
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        let prefix = format!("apt.rhai:{line}:");
+        interrupt_at(
+            "apt",
+            true,
+            text,
+            &[],
+            sig,
+            &|p| {
+                let seen = p.wait_for_line("apt-get's output", Duration::from_secs(120), |l| {
+                    l.contains(&prefix)
+                });
+                let apt_runs = eventually(Duration::from_secs(10), || {
+                    descendants(p.pid())
+                        .iter()
+                        .any(|c| c.comm.starts_with("apt-get"))
+                });
+                assert!(apt_runs, "apt-get is running");
+                seen
+            },
+            &[],
+        );
+    }
+}
+
+#[test]
+fn sigint_and_sigterm_during_finalize_tear_everything_down() {
+    if !fixture::require_root("sigint_and_sigterm_during_finalize_tear_everything_down") {
+        return;
+    }
+    // Two moments in finalize: its first item runs `apt-get clean` in the
+    // chroot (the command is killed); with that item off, it starts by
+    // deleting files, here 100000 of them in /tmp (the file work finishes,
+    // and the next stage is refused).
+    let with_apt = "write_file(\"/etc/pgimg-before-finalize\", \"x\\n\");\n";
+    let files_only = r#"finalize(#{ apt: false });
+run(["sh", "-c", "mkdir -p /tmp/many && cd /tmp/many && seq 1 100000 | xargs touch"]);
+"#;
+    for (text, expect) in [
+        (with_apt, "stage finalize: finalize apt: interrupted"),
+        (files_only, "interrupted before output"),
+    ] {
+        for sig in [Signal::SIGINT, Signal::SIGTERM] {
+            let f = interrupt_at(
+                "finalize",
+                true,
+                text,
+                &[],
+                sig,
+                &|p| {
+                    p.wait_for_line("the finalize stage", Duration::from_secs(300), |l| {
+                        l == "pgimg: stage finalize ..."
+                    })
+                },
+                &[],
+            );
+            assert!(f.stderr.contains(expect), "{expect:?} in:\n{}", f.stderr);
+        }
+    }
+}
+
+#[test]
+fn sigint_and_sigterm_while_the_output_is_hashed_leave_no_output() {
+    if !fixture::require_root("sigint_and_sigterm_while_the_output_is_hashed_leave_no_output") {
+        return;
+    }
+    let text = "write_file(\"/etc/pgimg-before-output\", \"x\\n\");\n";
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        let f = interrupt_at(
+            "output",
+            false,
+            text,
+            &[],
+            sig,
+            &|p| {
+                p.wait_for_line("the output stage", Duration::from_secs(300), |l| {
+                    l == "pgimg: stage output ..."
+                })
+            },
+            &[],
+        );
+        assert!(f.stderr.contains("stage output failed"), "{}", f.stderr);
+        assert!(
+            f.stderr
+                .contains("interrupted before the image was renamed"),
+            "{}",
+            f.stderr
+        );
+    }
+}
+
+#[test]
+fn sigkill_leaves_only_the_work_file_and_the_kernel_releases_the_rest() {
+    if !fixture::require_root("sigkill_leaves_only_the_work_file_and_the_kernel_releases_the_rest")
+    {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let text = r#"write_file("/etc/pgimg-before-kill", "x\n");
+log("about to sleep");
+run(["sleep", "7921"]);
+"#;
+    let recipe = write_recipe(&scene.recipes, "kill.rhai", text);
+    let out = scene.out.join("kill.raw");
+    let mut p = start_run(&recipe, &base, &out, &[]);
+    p.wait_for_line("the recipe's sleep", Duration::from_secs(120), |l| {
+        l.ends_with("about to sleep")
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || !processes_with(&[
+            "sleep", "7921"
+        ])
+        .is_empty()),
+        "the recipe's command runs"
+    );
+    let procs = descendants(p.pid());
+    assert!(procs.iter().any(|c| c.comm == "pgimg-init"), "{procs:?}");
+    let mounted = mounts_in(&format!("/proc/{}/mountinfo", p.pid()), &scene.out);
+    assert!(
+        mounted.len() >= 5,
+        "root, /dev, /dev/pts, /dev/shm, /sys, /run: {mounted:?}"
+    );
+    assert_eq!(
+        loops_under(&scene.out).len(),
+        1,
+        "the work image on a loop device"
+    );
+    let pid = p.pid();
+    p.signal(Signal::SIGKILL);
+    let f = p.finish(Duration::from_secs(30));
+    assert_eq!(f.status.code(), None, "killed");
+
+    assert_eq!(mounts_under(&scene.out), Vec::<String>::new());
+    let started = Instant::now();
+    let cleared = eventually(Duration::from_secs(20), || {
+        loops_under(&scene.out).is_empty()
+    });
+    assert!(
+        cleared,
+        "the auto-clear loop device is still there: {:?}",
+        loops_under(&scene.out)
+    );
+    loud(&format!(
+        "----- the loop device was gone {:.2} s after pgimg was reaped -----",
+        started.elapsed().as_secs_f64()
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || alive(&procs).is_empty()),
+        "processes of the build left: {:?}",
+        alive(&procs)
+    );
+    assert_eq!(processes_with(&["sleep", "7921"]), Vec::<i32>::new());
+    assert!(!out.exists(), "nothing under the output name");
+
+    // What SIGKILL leaves, by design: the hidden work folder with the work
+    // copy (no code ran to delete it) and the empty mountpoint.
+    let work = scene.out.join(format!(".kill.raw.pgimg-{pid}"));
+    assert_eq!(
+        names_in(&scene.out),
+        [work.file_name().unwrap().to_str().unwrap()]
+    );
+    assert_eq!(names_in(&work), ["root", "work.raw"]);
+    assert_eq!(
+        names_in(&work.join("root")),
+        Vec::<String>::new(),
+        "the mountpoint is empty"
+    );
+    std::fs::remove_file(work.join("work.raw")).unwrap();
+    std::fs::remove_dir(work.join("root")).unwrap();
+    std::fs::remove_dir(&work).unwrap();
+    assert_nothing_left(&scene.out, &procs, &[], &base);
+    assert_base_sha256_unchanged(&base);
+}
+
+#[test]
+fn a_full_image_says_so_and_how_to_grow_it() {
+    if !fixture::require_root("a_full_image_says_so_and_how_to_grow_it") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    // The fixture is not grown: 4 GiB cannot fit in its 2 GiB.
+    let text = r#"run(["dd", "if=/dev/zero", "of=/var/tmp/fill", "bs=4M", "count=1024"]);
+"#;
+    let recipe = write_recipe(&scene.recipes, "full.rhai", text);
+    let out = scene.out.join("full.raw");
+    let f = start_run(&recipe, &base, &out, &[]).finish(Duration::from_secs(300));
+    assert_eq!(f.code(), Some(1), "{}", f.stderr);
+    let msg = f
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("pgimg: build failed: "))
+        .unwrap_or_else(|| panic!("no failure line:\n{}", f.stderr));
+    assert!(
+        msg.contains(&format!("{}:1:1: run", recipe.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("the image is full"), "{msg}");
+    assert!(msg.contains("No space left on device"), "{msg}");
+    assert!(msg.contains("--size"), "says how to grow it: {msg}");
+    assert_nothing_left(&scene.out, &BTreeSet::new(), &[], &base);
+}
