@@ -29,6 +29,9 @@ pub struct GoOpts {
     pub rev: Option<String>,
     /// An asset folder instead of `git`.
     pub dir: Option<String>,
+    /// Stage `git` as a checkout with its `.git` (HEAD detached at `rev`,
+    /// upstream tags at `rev`, `origin` = `git`) for builds that run git.
+    pub keep_git: Option<bool>,
     /// `make` invocations, in order; each entry is split on whitespace
     /// (`"pg_build USE_BROTLI=1"` runs `make pg_build USE_BROTLI=1`).
     pub make: Option<Dynamic>,
@@ -81,7 +84,8 @@ fn go_env(user: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
 /// the installed paths.
 ///
 /// The source (`git` at commit `rev`, or the asset folder `dir`) is copied to
-/// `/var/tmp/pgimg-build/`, then the `make` entries run in order, then the
+/// `/var/tmp/pgimg-build/` (with `keep_git`, as a git checkout with `.git`),
+/// then the `make` entries run in order, then the
 /// `build` packages are compiled, all in that folder with the host's Go
 /// caches bound in. `install` copies built files to their destinations (mode
 /// 0755) and the folder is removed, also when the build failed.
@@ -91,7 +95,7 @@ fn go_env(user: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
 /// an empty placeholder with the final mode and recipe tests can check what
 /// would be installed.
 pub fn go_build(ctx: &Ctx, loc: &Loc, opts: GoOpts) -> Result<Vec<String>> {
-    let source = Source::from_options(opts.git, opts.rev, opts.dir)?;
+    let source = Source::from_options(opts.git, opts.rev, opts.dir, opts.keep_git)?;
     let make: Vec<Vec<String>> = match &opts.make {
         Some(m) => string_list(m, "make")?
             .iter()
@@ -127,7 +131,7 @@ pub fn go_build(ctx: &Ctx, loc: &Loc, opts: GoOpts) -> Result<Vec<String>> {
     }
     let env = go_env(opts.env.unwrap_or_default())?;
 
-    with_build_dir(ctx, &source, |dir| {
+    with_build_dir(ctx, loc, &source, |dir| {
         let go = |argv: Vec<String>| -> Command {
             let mut c = command(argv)
                 .cwd(dir)
@@ -175,7 +179,7 @@ pub fn go_build(ctx: &Ctx, loc: &Loc, opts: GoOpts) -> Result<Vec<String>> {
 pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
     let c = ctx.clone();
     FuncRegistration::new("go_build")
-        .with_comments(["/// Builds a Go source inside the image with the host's Go module and build caches.\n/// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `make` (array of\n/// `make` invocations, e.g. `[\"deps\", \"pg_build\"]`); `build` (map output → package,\n/// e.g. `#{ \"bin/tool\": \"./cmd/tool\" }`); `env` (map; `GOPROXY` is `off` unless set here);\n/// `install` (map built file → destination, installed with mode 0755).\n/// Returns the installed paths. The build folder is removed afterwards."])
+        .with_comments(["/// Builds a Go source inside the image with the host's Go module and build caches.\n/// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage\n/// `git` as a checkout with `.git`, for Makefiles that run git); `make` (array of\n/// `make` invocations, e.g. `[\"deps\", \"pg_build\"]`); `build` (map output → package,\n/// e.g. `#{ \"bin/tool\": \"./cmd/tool\" }`); `env` (map; `GOPROXY` is `off` unless set here);\n/// `install` (map built file → destination, installed with mode 0755).\n/// Returns the installed paths. The build folder is removed afterwards."])
         .with_params_info(["opts: Map", "Array"])
         .register_into_engine(engine, move |nctx: NativeCallContext, opts: Map| -> Result<Array, Box<rhai::EvalAltResult>> {
             primitive(&c, &nctx, "go_build", &[opts.clone().into()], |loc| {
@@ -323,6 +327,60 @@ mod tests {
         assert_eq!(cmd.env["GOPROXY"], "http://127.0.0.1:3000");
         assert_eq!(*seen.lock().unwrap(), ["module example.org/tool\n"]);
         assert!(!t.root().exists(DIR));
+    }
+
+    #[test]
+    fn keep_git_puts_the_checkout_with_its_git_dir_where_make_runs() {
+        // The checkout as the fetcher hands it over (what WAL-G's Makefile reads).
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join(".git/refs/tags")).unwrap();
+        std::fs::write(src.path().join(".git/HEAD"), format!("{REV}\n")).unwrap();
+        std::fs::write(src.path().join(".git/refs/tags/v3.0.3"), format!("{REV}\n")).unwrap();
+        std::fs::write(src.path().join("Makefile"), "deps:\n").unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let mut scripted = Scripted::new(move |root, cmd| {
+            let cwd = cmd.cwd.clone().unwrap();
+            let head = root.read_string(format!("{cwd}/.git/HEAD")).unwrap();
+            let tag = root.exists(format!("{cwd}/.git/refs/tags/v3.0.3"));
+            s2.lock()
+                .unwrap()
+                .push(format!("{}: {} {tag}", cmd.argv.join(" "), head.trim()));
+            Ok(crate::run::scripted::stdout(&head))
+        });
+        let fixtures = BTreeMap::from([(URL.to_string(), src.path().to_path_buf())]);
+        scripted.fake = FakeTarget::new(
+            &FakeOs::default(),
+            Box::new(RecordingFetcher::new(fixtures)),
+        )
+        .unwrap();
+        let t = Arc::new(scripted);
+        let c = Ctx::new(t.clone());
+        let opts = GoOpts {
+            keep_git: Some(true),
+            make: Some(Dynamic::from("deps")),
+            install: None,
+            ..walg()
+        };
+        go_build(&c, &loc(), opts).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                format!("git rev-parse --verify HEAD: {REV} true"),
+                format!("make deps: {REV} true"),
+            ]
+        );
+        assert!(t.commands().iter().all(|c| c.cwd.as_deref() == Some(DIR)));
+        assert!(!t.root().exists(DIR));
+
+        // Without `keep_git` the same fixture is a plain source: no check runs.
+        let opts = GoOpts {
+            make: Some(Dynamic::from("deps")),
+            install: None,
+            ..walg()
+        };
+        go_build(&c, &loc(), opts).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 3);
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct PgxsOpts {
     pub rev: Option<String>,
     /// An asset folder instead of `git`.
     pub dir: Option<String>,
+    /// Stage `git` as a checkout with its `.git` (HEAD detached at `rev`,
+    /// upstream tags at `rev`, `origin` = `git`) for builds that run git.
+    pub keep_git: Option<bool>,
     /// PostgreSQL majors: `[16, 17]`, `["16", "17"]` or `"16,17"`.
     pub pg_versions: Option<Dynamic>,
     /// Extra `make` arguments: an array, or a string split on whitespace.
@@ -74,7 +77,7 @@ pub fn pg_config(version: &str) -> String {
 /// `PG_CONFIG`. A failure names the version. The build folder is removed
 /// afterwards, also on failure.
 pub fn pgxs_build(ctx: &Ctx, loc: &Loc, opts: PgxsOpts) -> Result<()> {
-    let source = Source::from_options(opts.git, opts.rev, opts.dir)?;
+    let source = Source::from_options(opts.git, opts.rev, opts.dir, opts.keep_git)?;
     let versions = pg_versions(
         &opts
             .pg_versions
@@ -99,7 +102,7 @@ pub fn pgxs_build(ctx: &Ctx, loc: &Loc, opts: PgxsOpts) -> Result<()> {
         )));
     }
 
-    with_build_dir(ctx, &source, |dir| {
+    with_build_dir(ctx, loc, &source, |dir| {
         for v in &versions {
             let per_version = |e: Error| Error::invalid(format!("PostgreSQL {v}: {e}"));
             let config = pg_config(v);
@@ -129,7 +132,7 @@ pub fn pgxs_build(ctx: &Ctx, loc: &Loc, opts: PgxsOpts) -> Result<()> {
 pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
     let c = ctx.clone();
     FuncRegistration::new("pgxs_build")
-        .with_comments(["/// Builds and installs a PostgreSQL extension for each major in `pg_versions`:\n/// `make`, `make install`, `make clean` with `USE_PGXS=1 PG_CONFIG=/usr/lib/postgresql/<v>/bin/pg_config`.\n/// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `pg_versions`\n/// (`[16, 17]` or `\"16,17\"`); `make_args` (array or string). A failure names the version."])
+        .with_comments(["/// Builds and installs a PostgreSQL extension for each major in `pg_versions`:\n/// `make`, `make install`, `make clean` with `USE_PGXS=1 PG_CONFIG=/usr/lib/postgresql/<v>/bin/pg_config`.\n/// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage\n/// `git` as a checkout with `.git`, for Makefiles that run git); `pg_versions`\n/// (`[16, 17]` or `\"16,17\"`); `make_args` (array or string). A failure names the version."])
         .with_params_info(["opts: Map", "()"])
         .register_into_engine(engine, move |nctx: NativeCallContext, opts: Map| {
             primitive(&c, &nctx, "pgxs_build", &[opts.clone().into()], |loc| pgxs_build(&c, loc, options(opts)?))
@@ -222,6 +225,43 @@ mod tests {
             .all(|c| c.label == "r.rhai:7:1" && c.timeout.is_some()));
         assert!(!t.root().exists(DIR));
         assert_eq!(c.journal.lock().unwrap().inputs[0].pin, REV);
+    }
+
+    #[test]
+    fn keep_git_checks_the_checkout_before_the_first_make() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join(".git")).unwrap();
+        std::fs::write(src.path().join(".git/HEAD"), format!("{REV}\n")).unwrap();
+        let url = "https://github.com/petere/pguint.git";
+        let fixtures =
+            std::collections::BTreeMap::from([(url.to_string(), src.path().to_path_buf())]);
+        let t = Arc::new(
+            FakeTarget::new(
+                &crate::FakeOs::default(),
+                Box::new(crate::fetch::RecordingFetcher::new(fixtures)),
+            )
+            .unwrap(),
+        );
+        let c = Ctx::new(t.clone());
+        let opts = PgxsOpts {
+            keep_git: Some(true),
+            ..pguint(Dynamic::from(16_i64))
+        };
+        pgxs_build(&c, &loc(), opts).unwrap();
+        let shown: Vec<String> = t.commands().iter().map(ToString::to_string).collect();
+        assert_eq!(shown[0], format!("cd {DIR} && git rev-parse --verify HEAD"));
+        assert_eq!(shown.len(), 4);
+        assert!(shown[1].starts_with(&format!("cd {DIR} && make USE_PGXS=1")));
+
+        let o = PgxsOpts {
+            git: None,
+            rev: None,
+            dir: Some("pguint".into()),
+            keep_git: Some(true),
+            ..pguint(Dynamic::from(16_i64))
+        };
+        let e = pgxs_build(&c, &loc(), o).unwrap_err();
+        assert_eq!(e.to_string(), "`keep_git` only applies to `git`");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Build sources for `go_build` and `pgxs_build`: a pinned git commit or an asset folder, staged in the image.
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::fetch::normalize_commit;
 use crate::root::Attrs;
+use crate::run::command;
 
 /// Where sources are built inside the image (removed after each build; the
 /// finalize stage empties `/var/tmp` anyway).
@@ -20,6 +21,14 @@ pub enum SourceError {
     NoRev,
     #[error("`rev` only applies to `git`")]
     RevWithoutGit,
+    #[error("`keep_git` only applies to `git`")]
+    KeepGitWithoutGit,
+    #[error("{path}: the image's git sees HEAD at `{head}`, not at {rev}")]
+    CheckoutHead {
+        path: String,
+        head: String,
+        rev: String,
+    },
     #[error("asset `{0}` is not a folder")]
     NotADir(String),
 }
@@ -33,24 +42,34 @@ impl From<SourceError> for Error {
 /// Where a build's source comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A git repository at a full commit id.
-    Git { url: String, rev: String },
+    /// A git repository at a full commit id; with `keep_git`, staged as a
+    /// checkout (with `.git`) for builds that run git themselves.
+    Git {
+        url: String,
+        rev: String,
+        keep_git: bool,
+    },
     /// A folder among the recipe's assets.
     Dir(String),
 }
 
 impl Source {
-    /// The source named by a primitive's `git`, `rev` and `dir` options.
+    /// The source named by a primitive's `git`, `rev`, `dir` and `keep_git` options.
     pub fn from_options(
         git: Option<String>,
         rev: Option<String>,
         dir: Option<String>,
+        keep_git: Option<bool>,
     ) -> Result<Self> {
+        if git.is_none() && dir.is_some() && keep_git.is_some() {
+            return Err(SourceError::KeepGitWithoutGit.into());
+        }
         match (git, rev, dir) {
             (Some(_), _, Some(_)) => Err(SourceError::Both.into()),
             (Some(url), Some(rev), None) => Ok(Source::Git {
                 url,
                 rev: normalize_commit(&rev)?,
+                keep_git: keep_git.unwrap_or(false),
             }),
             (Some(_), None, None) => Err(SourceError::NoRev.into()),
             (None, Some(_), _) => Err(SourceError::RevWithoutGit.into()),
@@ -80,7 +99,7 @@ impl Source {
             }
         };
         match self {
-            Source::Git { url, rev } => {
+            Source::Git { url, rev, .. } => {
                 let last = url
                     .trim_end_matches('/')
                     .rsplit(['/', ':'])
@@ -112,17 +131,26 @@ impl<'a> BuildDir<'a> {
     /// a git source through the target's fetcher (and recording it as an
     /// input). A recording fetcher has no tree to give: the folder is then
     /// created empty, so the commands that would build in it can be planned.
-    pub fn stage(ctx: &'a Ctx, source: &Source) -> Result<Self> {
+    ///
+    /// A `keep_git` checkout is then checked with the image's own git (at
+    /// `loc`): a build's `$(shell git ...)` would turn a repository git
+    /// refuses (not installed, "dubious ownership") into an empty version
+    /// string rather than an error.
+    pub fn stage(ctx: &'a Ctx, loc: &Loc, source: &Source) -> Result<Self> {
         let path = format!("{BUILD_ROOT}/{}", source.name());
         let root = ctx.target.root();
         // Left over by an interrupted build.
         root.remove(&path)?;
         root.mkdir_all(BUILD_ROOT, Attrs::mode(0o755))?;
         let host = match source {
-            Source::Git { url, rev } => {
+            Source::Git { url, rev, keep_git } => {
                 // Recorded first: with `--locked` an unlocked source is refused before any fetch.
                 ctx.record_input("git", url, rev, &path)?;
-                ctx.target.fetcher().git(url, rev)?
+                if *keep_git {
+                    ctx.target.fetcher().git_checkout(url, rev)?
+                } else {
+                    ctx.target.fetcher().git(url, rev)?
+                }
             }
             Source::Dir(dir) => {
                 let p = ctx.asset(dir)?;
@@ -142,6 +170,26 @@ impl<'a> BuildDir<'a> {
                 .copy_from_host(&tree, &dir.path, Attrs::default())
                 .map(|_| ())?,
             None => root.mkdir_all(&dir.path, Attrs::mode(0o755))?,
+        }
+        if let Source::Git {
+            rev,
+            keep_git: true,
+            ..
+        } = source
+        {
+            let out = ctx.run(
+                loc,
+                command(["git", "rev-parse", "--verify", "HEAD"]).cwd(&dir.path),
+            )?;
+            let head = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !ctx.target.records_only() && head != *rev {
+                return Err(SourceError::CheckoutHead {
+                    path: dir.path.clone(),
+                    head,
+                    rev: rev.clone(),
+                }
+                .into());
+            }
         }
         Ok(dir)
     }
@@ -173,10 +221,11 @@ impl Drop for BuildDir<'_> {
 /// whether `body` succeeded or not.
 pub fn with_build_dir<T>(
     ctx: &Ctx,
+    loc: &Loc,
     source: &Source,
     body: impl FnOnce(&str) -> Result<T>,
 ) -> Result<T> {
-    let dir = BuildDir::stage(ctx, source)?;
+    let dir = BuildDir::stage(ctx, loc, source)?;
     let out = body(dir.path());
     let closed = dir.close();
     let out = out?;
@@ -194,10 +243,23 @@ mod tests {
 
     const REV: &str = "cf1ce0f5b69048e31d740b508a79d8294707e339";
 
+    fn loc() -> Loc {
+        Loc {
+            file: "recipes/common/packages.rhai".into(),
+            line: 32,
+            col: 5,
+        }
+    }
+
     #[test]
     fn options_pick_exactly_one_source() {
         let s = |g: Option<&str>, r: Option<&str>, d: Option<&str>| {
-            Source::from_options(g.map(Into::into), r.map(Into::into), d.map(Into::into))
+            Source::from_options(
+                g.map(Into::into),
+                r.map(Into::into),
+                d.map(Into::into),
+                None,
+            )
         };
         assert_eq!(
             s(
@@ -208,9 +270,32 @@ mod tests {
             .unwrap(),
             Source::Git {
                 url: "https://github.com/wal-g/wal-g.git".into(),
-                rev: REV.into()
+                rev: REV.into(),
+                keep_git: false,
             }
         );
+        let keep = |d: Option<&str>| {
+            Source::from_options(
+                Some("u".into()),
+                Some(REV.into()),
+                d.map(Into::into),
+                Some(true),
+            )
+        };
+        assert_eq!(
+            keep(None).unwrap(),
+            Source::Git {
+                url: "u".into(),
+                rev: REV.into(),
+                keep_git: true,
+            }
+        );
+        let e = Source::from_options(None, None, Some("d".into()), Some(true)).unwrap_err();
+        assert_eq!(e.to_string(), "`keep_git` only applies to `git`");
+        assert!(keep(Some("d"))
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
         assert_eq!(
             s(None, None, Some("src/ext")).unwrap(),
             Source::Dir("src/ext".into())
@@ -237,6 +322,7 @@ mod tests {
             Source::Git {
                 url: url.into(),
                 rev: REV.into(),
+                keep_git: false,
             }
             .name()
         };
@@ -278,8 +364,9 @@ mod tests {
         let source = Source::Git {
             url: url.into(),
             rev: REV.into(),
+            keep_git: false,
         };
-        let seen = with_build_dir(&c, &source, |dir| {
+        let seen = with_build_dir(&c, &loc(), &source, |dir| {
             assert_eq!(dir, "/var/tmp/pgimg-build/pguint-cf1ce0f5b690");
             Ok(t.root().read_string(format!("{dir}/src/a.c"))?)
         })
@@ -307,7 +394,7 @@ mod tests {
         t.root()
             .write(format!("{dir}/stale.o"), b"old", Attrs::default())
             .unwrap();
-        let e = with_build_dir(&c, &Source::Dir(name.clone()), |d| -> Result<()> {
+        let e = with_build_dir(&c, &loc(), &Source::Dir(name.clone()), |d| -> Result<()> {
             assert!(t.root().exists(format!("{d}/Makefile")));
             assert!(!t.root().exists(format!("{d}/stale.o")));
             Err(Error::invalid("make failed"))
@@ -316,8 +403,10 @@ mod tests {
         assert_eq!(e.to_string(), "make failed");
         assert!(!t.root().exists(&dir));
         assert!(c.journal.lock().unwrap().inputs.is_empty());
-        let e =
-            with_build_dir(&c, &Source::Dir(format!("{name}/Makefile")), |_| Ok(())).unwrap_err();
+        let e = with_build_dir(&c, &loc(), &Source::Dir(format!("{name}/Makefile")), |_| {
+            Ok(())
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("is not a folder"), "{e}");
     }
 
@@ -328,12 +417,110 @@ mod tests {
         let source = Source::Git {
             url: "https://github.com/wal-g/wal-g".into(),
             rev: REV.into(),
+            keep_git: false,
         };
-        with_build_dir(&c, &source, |d| {
+        with_build_dir(&c, &loc(), &source, |d| {
             assert_eq!(t.root().read_dir(d)?, Vec::<String>::new());
             Ok(())
         })
         .unwrap();
         assert_eq!(c.journal.lock().unwrap().inputs.len(), 1);
+    }
+
+    /// A checkout as `GitFetcher::checkout` leaves it (the parts that matter here).
+    fn checkout() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join(".git/refs/tags")).unwrap();
+        std::fs::write(d.path().join(".git/HEAD"), format!("{REV}\n")).unwrap();
+        std::fs::write(d.path().join(".git/refs/tags/v3.0.0"), format!("{REV}\n")).unwrap();
+        std::fs::write(d.path().join("Makefile"), "pg_build:\n").unwrap();
+        d
+    }
+
+    fn keep_git(url: &str) -> Source {
+        Source::Git {
+            url: url.into(),
+            rev: REV.into(),
+            keep_git: true,
+        }
+    }
+
+    #[test]
+    fn keep_git_stages_the_checkout_with_its_git_dir_and_checks_head_in_the_image() {
+        let src = checkout();
+        let url = "https://github.com/wal-g/wal-g.git";
+        let fixtures = BTreeMap::from([(url.to_string(), src.path().to_path_buf())]);
+        let t = Arc::new(
+            FakeTarget::new(
+                &FakeOs::default(),
+                Box::new(RecordingFetcher::new(fixtures)),
+            )
+            .unwrap(),
+        );
+        let c = Ctx::new(t.clone());
+        let staged = with_build_dir(&c, &loc(), &keep_git(url), |d| {
+            Ok((
+                t.root().read_string(format!("{d}/.git/HEAD"))?,
+                t.root().read_string(format!("{d}/.git/refs/tags/v3.0.0"))?,
+                t.root().exists(format!("{d}/Makefile")),
+            ))
+        })
+        .unwrap();
+        assert_eq!(staged, (format!("{REV}\n"), format!("{REV}\n"), true));
+        let cmds: Vec<String> = t.commands().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            cmds,
+            ["cd /var/tmp/pgimg-build/wal-g-cf1ce0f5b690 && git rev-parse --verify HEAD"]
+        );
+        assert_eq!(t.commands()[0].label, "recipes/common/packages.rhai:32:5");
+        assert_eq!(c.journal.lock().unwrap().inputs[0].kind, "git");
+
+        // A plain tree where a checkout is asked for is refused, not built without git.
+        let plain = tree();
+        let fixtures = BTreeMap::from([(url.to_string(), plain.path().join("my_ext"))]);
+        let t = Arc::new(
+            FakeTarget::new(
+                &FakeOs::default(),
+                Box::new(RecordingFetcher::new(fixtures)),
+            )
+            .unwrap(),
+        );
+        let c = Ctx::new(t.clone());
+        let e = with_build_dir(&c, &loc(), &keep_git(url), |_| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("is not a git checkout"), "{e}");
+        assert!(!t.root().exists("/var/tmp/pgimg-build/wal-g-cf1ce0f5b690"));
+    }
+
+    #[test]
+    fn keep_git_fails_when_the_images_git_sees_another_head() {
+        use crate::run::scripted::{stdout, Scripted};
+        let src = checkout();
+        let url = "https://github.com/wal-g/wal-g.git";
+        // The image's git answers from the staged `.git/HEAD`, so the answer
+        // is only right if the checkout landed in the build folder.
+        let mut scripted = Scripted::new(|root, cmd| {
+            let head = root.read_string(format!("{}/.git/HEAD", cmd.cwd.as_deref().unwrap()));
+            Ok(stdout(&head.unwrap_or_default()))
+        });
+        let fixtures = BTreeMap::from([(url.to_string(), src.path().to_path_buf())]);
+        scripted.fake = FakeTarget::new(
+            &FakeOs::default(),
+            Box::new(RecordingFetcher::new(fixtures)),
+        )
+        .unwrap();
+        let t = Arc::new(scripted);
+        let c = Ctx::new(t.clone());
+        with_build_dir(&c, &loc(), &keep_git(url), |_| Ok(())).unwrap();
+
+        std::fs::write(src.path().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        let e = with_build_dir(&c, &loc(), &keep_git(url), |_| -> Result<()> {
+            panic!("the build must not start")
+        })
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("/var/tmp/pgimg-build/wal-g-cf1ce0f5b690: the image's git sees HEAD at `ref: refs/heads/main`, not at {REV}")
+        );
+        assert!(!t.root().exists("/var/tmp/pgimg-build/wal-g-cf1ce0f5b690"));
     }
 }

@@ -597,3 +597,146 @@ fn git_source_is_usable_through_the_target_fetcher() {
         .unwrap();
     assert!(dir.join("main.go").is_file());
 }
+
+/// `repo()` with tags: annotated `v1.0` and lightweight `light` on the first
+/// commit, `v2.0` on the second.
+fn tagged_repo() -> (tempfile::TempDir, String, String) {
+    let (src, first, second) = repo();
+    let p = src.path();
+    git(p, &["tag", "-a", "v1.0", "-m", "v1.0", &first]);
+    git(p, &["tag", "light", &first]);
+    git(p, &["tag", "v2.0", &second]);
+    (src, first, second)
+}
+
+#[test]
+fn git_checkout_is_a_detached_clone_with_tags_and_origin_and_is_reused_without_git() {
+    let (src, first, _) = tagged_repo();
+    let cache = tempfile::tempdir().unwrap();
+    let (f, log) = fetcher(cache.path());
+    let url = format!("file://{}", src.path().display());
+    let dir = f
+        .git_checkout(&url, &first.to_uppercase())
+        .unwrap()
+        .unwrap();
+    assert!(
+        dir.starts_with(cache.path().join("git-checkout").join(&first)),
+        "{}",
+        dir.display()
+    );
+    assert!(dir.join(".git").is_dir());
+    assert_eq!(git(&dir, &["rev-parse", "HEAD"]), first);
+    assert_eq!(
+        git(&dir, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        "HEAD",
+        "detached"
+    );
+    assert_eq!(git(&dir, &["tag", "--points-at", "HEAD"]), "light\nv1.0");
+    assert_eq!(git(&dir, &["describe", "--tags", "--exact-match"]), "v1.0");
+    assert_eq!(git(&dir, &["remote", "get-url", "origin"]), url);
+    assert_eq!(
+        git(&dir, &["status", "--porcelain"]),
+        "",
+        "a clean work tree"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("main.go")).unwrap(),
+        "package main\n"
+    );
+    // Not an export: export-ignore does not apply.
+    assert!(dir.join("secret.txt").is_file());
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains(&format!("fetching {first}"))));
+    // Copied, not hard-linked to the mirror that later fetches change.
+    use std::os::unix::fs::MetadataExt;
+    let pack_links = walk_files(&dir.join(".git/objects"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().nlink())
+        .max()
+        .unwrap();
+    assert_eq!(pack_links, 1);
+    // The plain tree of the same commit is still served without `.git`.
+    assert!(!f.git(&url, &first).unwrap().unwrap().join(".git").exists());
+
+    // With no git to run at all, the checkout is served from the cache.
+    let (offline, _) = fetcher(cache.path());
+    let offline = offline.with_git_program("/nonexistent/git");
+    assert_eq!(offline.git_checkout(&url, &first).unwrap().unwrap(), dir);
+    // Another URL for the same commit needs its own `origin`, so its own checkout.
+    let path_url = src.path().display().to_string();
+    let err = offline
+        .git_checkout(&path_url, &first)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/git"), "{err}");
+    let other = f.git_checkout(&path_url, &first).unwrap().unwrap();
+    assert_ne!(other, dir);
+    assert_eq!(git(&other, &["remote", "get-url", "origin"]), path_url);
+}
+
+#[test]
+fn git_checkout_of_an_unknown_commit_leaves_nothing_behind() {
+    let (src, _, _) = tagged_repo();
+    let cache = tempfile::tempdir().unwrap();
+    let (f, _) = fetcher(cache.path());
+    let url = src.path().display().to_string();
+    let missing = "1234567890123456789012345678901234567890";
+    let err = f.git_checkout(&url, missing).unwrap_err();
+    assert!(matches!(err, FetchError::Git { .. }), "{err}");
+    assert!(!cache.path().join("git-checkout").join(missing).exists());
+}
+
+#[test]
+fn git_checkout_lands_with_its_git_dir_in_the_build_folder() {
+    use pgimg_stdlib::ctx::Loc;
+    use pgimg_stdlib::source::{with_build_dir, Source};
+    let (src, first, _) = tagged_repo();
+    let cache = tempfile::tempdir().unwrap();
+    let (f, _) = fetcher(cache.path());
+    let (t, c) = fake(f);
+    let url = src.path().display().to_string();
+    let source = Source::Git {
+        url: url.clone(),
+        rev: first.clone(),
+        keep_git: true,
+    };
+    let loc = Loc {
+        file: "r.rhai".into(),
+        line: 1,
+        col: 1,
+    };
+    let staged = with_build_dir(&c, &loc, &source, |d| {
+        let root = t.root();
+        Ok((
+            root.read_string(format!("{d}/.git/HEAD"))?,
+            root.read_string(format!("{d}/.git/config"))?,
+            root.read_string(format!("{d}/main.go"))?,
+        ))
+    })
+    .unwrap();
+    assert_eq!(staged.0, format!("{first}\n"), "detached HEAD staged");
+    assert!(staged.1.contains(&format!("url = {url}\n")), "{}", staged.1);
+    assert_eq!(staged.2, "package main\n");
+    let cmds: Vec<String> = t.commands().iter().map(ToString::to_string).collect();
+    assert_eq!(cmds.len(), 1);
+    assert!(
+        cmds[0].ends_with("&& git rev-parse --verify HEAD"),
+        "{cmds:?}"
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

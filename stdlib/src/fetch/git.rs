@@ -1,9 +1,12 @@
 //! Git sources pinned by commit: the host's `git` fills a per-URL mirror, and the
-//! tree at the commit is exported (without `.git`) to `<cache>/git/<commit>/`.
+//! tree at the commit is exported (without `.git`) to `<cache>/git/<commit>/`,
+//! or cloned as a checkout (with `.git`) to `<cache>/git-checkout/<commit>/<url key>/`.
 //!
 //! A commit id names its content, so an exported tree is reused for every
-//! later build, whatever URL asks for it, without running git at all.
+//! later build, whatever URL asks for it, without running git at all. A
+//! checkout is reused the same way, but per URL too: its `origin` is the URL.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -107,16 +110,90 @@ impl GitFetcher {
         if dest.is_dir() {
             return Ok(dest);
         }
-        let io = |what: String, e: std::io::Error| FetchError::Io {
-            url: url.to_string(),
-            reason: format!("{what}: {e}"),
-        };
-        std::fs::create_dir_all(&trees)
-            .map_err(|e| io(format!("creating {}", trees.display()), e))?;
+        let mirror = self.mirror_with_commit(url, &rev)?;
+        let tmp = self.tempdir_in(url, &trees, &format!(".tmp-{rev}-"))?;
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir(&tree)
+            .map_err(|e| io_error(url, format!("creating {}", tree.display()), e))?;
+        // A private index, so concurrent exports from one mirror never share
+        // state, and read-tree + checkout-index rather than `git archive`,
+        // which would apply the tree's export-ignore/export-subst attributes.
+        let index = tmp.path().join("index");
+        let work_tree = format!("--work-tree={}", tree.display());
+        self.git(url, &mirror, &[&work_tree, "read-tree", &rev], Some(&index))?;
+        self.git(
+            url,
+            &mirror,
+            &[&work_tree, "checkout-index", "--all", "--force"],
+            Some(&index),
+        )?;
+        publish(url, &tree, &dest)
+    }
+
+    /// Where [`checkout`](Self::checkout) keeps the checkout of `url` at
+    /// `rev`: per URL as well as per commit, because the checkout's `origin` is that URL.
+    pub fn checkout_dir(&self, url: &str, rev: &str) -> PathBuf {
+        let url_key = hex::encode(Sha256::digest(url.as_bytes()));
+        self.cache
+            .join("git-checkout")
+            .join(rev.to_ascii_lowercase())
+            .join(&url_key[..16])
+    }
+
+    /// Returns [`checkout_dir`](Self::checkout_dir): a git checkout of `url`
+    /// with `.git`, HEAD detached at `rev`, the upstream tags that point at
+    /// `rev`, and `origin` set to `url`, for builds that run git themselves
+    /// (version strings from `git describe`, `git submodule update` with
+    /// relative URLs). Made from the mirror unless it is already there.
+    pub fn checkout(&self, url: &str, rev: &str) -> Result<PathBuf, FetchError> {
+        let rev = normalize_commit(rev)?;
+        check_git_url(url)?;
+        let dest = self.checkout_dir(url, &rev);
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let mirror = self.mirror_with_commit(url, &rev)?;
+        self.fetch_tags_at(url, &mirror, &rev)?;
+        let parent = dest.parent().expect("checkout dir has a parent");
+        let tmp = self.tempdir_in(url, parent, ".tmp-")?;
+        let repo = tmp.path().join("repo");
+        // --no-hardlinks: the checkout is copied into images and must not
+        // share inodes with the mirror, which later fetches keep changing.
+        let mut clone = self.command();
+        clone
+            .args(["clone", "--quiet", "--no-checkout", "--no-hardlinks", "--"])
+            .arg(&mirror)
+            .arg(&repo);
+        self.output(url, "git clone --no-checkout --no-hardlinks", clone)?;
+        self.git_in(
+            url,
+            &repo,
+            &[
+                "-c",
+                "advice.detachedHead=false",
+                "checkout",
+                "--quiet",
+                "--detach",
+                &rev,
+            ],
+        )?;
+        self.git_in(url, &repo, &["remote", "set-url", "origin", url])?;
+        let head = self.git_in(url, &repo, &["rev-parse", "--verify", "HEAD"])?;
+        if head.trim() != rev {
+            return Err(FetchError::Git {
+                url: url.to_string(),
+                reason: format!("the checkout's HEAD is `{}`, not {rev}", head.trim()),
+            });
+        }
+        publish(url, &repo, &dest)
+    }
+
+    /// The mirror for `url`, holding commit `rev` (fetched unless it was there).
+    fn mirror_with_commit(&self, url: &str, rev: &str) -> Result<PathBuf, FetchError> {
         let mirror = self.mirror(url)?;
-        if !self.has_commit(url, &mirror, &rev)? {
+        if !self.has_commit(url, &mirror, rev)? {
             (self.log)(&format!("git: fetching {rev} from {url}"));
-            self.fetch_commit(url, &mirror, &rev)?;
+            self.fetch_commit(url, &mirror, rev)?;
         }
         let resolved = self.git(
             url,
@@ -130,53 +207,60 @@ impl GitFetcher {
             None,
         );
         match resolved {
-            Ok(out) if out.trim() == rev => {}
-            Ok(out) => {
-                return Err(FetchError::Git {
-                    url: url.to_string(),
-                    reason: format!("{rev} resolves to `{}`, not to itself", out.trim()),
-                })
-            }
-            Err(_) => {
-                return Err(FetchError::Git {
-                    url: url.to_string(),
-                    reason: format!("{rev} is not a commit in this repository"),
-                })
-            }
+            Ok(out) if out.trim() == rev => Ok(mirror),
+            Ok(out) => Err(FetchError::Git {
+                url: url.to_string(),
+                reason: format!("{rev} resolves to `{}`, not to itself", out.trim()),
+            }),
+            Err(_) => Err(FetchError::Git {
+                url: url.to_string(),
+                reason: format!("{rev} is not a commit in this repository"),
+            }),
         }
+    }
 
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".tmp-{rev}-"))
-            .tempdir_in(&trees)
+    /// Fetches into the mirror's `refs/tags/` the upstream tags that point
+    /// at `rev`, and only those: the commit's history is already there, so
+    /// this brings only the tag objects.
+    fn fetch_tags_at(&self, url: &str, mirror: &Path, rev: &str) -> Result<(), FetchError> {
+        let listing = self.git(url, mirror, &["ls-remote", "--tags", "--", url], None)?;
+        let tags = tags_at(&listing, rev);
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let refspecs: Vec<String> = tags.iter().map(|t| format!("+{t}:{t}")).collect();
+        let mut args = vec![
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--",
+            url,
+        ];
+        args.extend(refspecs.iter().map(String::as_str));
+        self.git(url, mirror, &args, None)?;
+        Ok(())
+    }
+
+    /// A temporary directory in `parent` (created when missing), removed on drop.
+    fn tempdir_in(
+        &self,
+        url: &str,
+        parent: &Path,
+        prefix: &str,
+    ) -> Result<tempfile::TempDir, FetchError> {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| io_error(url, format!("creating {}", parent.display()), e))?;
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(parent)
             .map_err(|e| {
-                io(
-                    format!("creating a temporary directory in {}", trees.display()),
+                io_error(
+                    url,
+                    format!("creating a temporary directory in {}", parent.display()),
                     e,
                 )
-            })?;
-        let tree = tmp.path().join("tree");
-        std::fs::create_dir(&tree).map_err(|e| io(format!("creating {}", tree.display()), e))?;
-        // A private index, so concurrent exports from one mirror never share
-        // state, and read-tree + checkout-index rather than `git archive`,
-        // which would apply the tree's export-ignore/export-subst attributes.
-        let index = tmp.path().join("index");
-        let work_tree = format!("--work-tree={}", tree.display());
-        self.git(url, &mirror, &[&work_tree, "read-tree", &rev], Some(&index))?;
-        self.git(
-            url,
-            &mirror,
-            &[&work_tree, "checkout-index", "--all", "--force"],
-            Some(&index),
-        )?;
-        match std::fs::rename(&tree, &dest) {
-            Ok(()) => Ok(dest),
-            // Another build exported the same commit meanwhile; its tree is as good.
-            Err(_) if dest.is_dir() => Ok(dest),
-            Err(e) => Err(io(
-                format!("renaming {} to {}", tree.display(), dest.display()),
-                e,
-            )),
-        }
+            })
     }
 
     /// The bare mirror for `url`, created (atomically) when missing.
@@ -186,21 +270,7 @@ impl GitFetcher {
             return Ok(mirror);
         }
         let parent = mirror.parent().expect("mirror dir has a parent");
-        let io = |what: String, e: std::io::Error| FetchError::Io {
-            url: url.to_string(),
-            reason: format!("{what}: {e}"),
-        };
-        std::fs::create_dir_all(parent)
-            .map_err(|e| io(format!("creating {}", parent.display()), e))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".init-")
-            .tempdir_in(parent)
-            .map_err(|e| {
-                io(
-                    format!("creating a temporary directory in {}", parent.display()),
-                    e,
-                )
-            })?;
+        let tmp = self.tempdir_in(url, parent, ".init-")?;
         let tmp_repo = tmp.path().join("repo");
         let mut cmd = self.command();
         cmd.args(["init", "--bare", "--quiet"]).arg(&tmp_repo);
@@ -208,7 +278,8 @@ impl GitFetcher {
         match std::fs::rename(&tmp_repo, &mirror) {
             Ok(()) => Ok(mirror),
             Err(_) if mirror.join("HEAD").is_file() => Ok(mirror),
-            Err(e) => Err(io(
+            Err(e) => Err(io_error(
+                url,
                 format!("renaming {} to {}", tmp_repo.display(), mirror.display()),
                 e,
             )),
@@ -308,11 +379,22 @@ impl GitFetcher {
         index: Option<&Path>,
     ) -> Result<String, FetchError> {
         let mut cmd = self.command();
-        cmd.arg(format!("--git-dir={}", mirror.display()))
-            .args(args);
+        cmd.arg(format!("--git-dir={}", mirror.display()));
         if let Some(index) = index {
             cmd.env("GIT_INDEX_FILE", index);
         }
+        self.run_args(url, cmd, args)
+    }
+
+    /// Runs `git -C <repo> <args>` in a checkout; returns stdout.
+    fn git_in(&self, url: &str, repo: &Path, args: &[&str]) -> Result<String, FetchError> {
+        let mut cmd = self.command();
+        cmd.arg("-C").arg(repo);
+        self.run_args(url, cmd, args)
+    }
+
+    fn run_args(&self, url: &str, mut cmd: Command, args: &[&str]) -> Result<String, FetchError> {
+        cmd.args(args);
         let shown = format!(
             "git {}",
             args.iter()
@@ -350,6 +432,51 @@ impl GitFetcher {
     }
 }
 
+/// Moves a finished export from its temporary place to `dest`.
+fn publish(url: &str, from: &Path, dest: &Path) -> Result<PathBuf, FetchError> {
+    match std::fs::rename(from, dest) {
+        Ok(()) => Ok(dest.to_path_buf()),
+        // Another build made the same one meanwhile; it is as good.
+        Err(_) if dest.is_dir() => Ok(dest.to_path_buf()),
+        Err(e) => Err(io_error(
+            url,
+            format!("renaming {} to {}", from.display(), dest.display()),
+            e,
+        )),
+    }
+}
+
+fn io_error(url: &str, what: String, e: std::io::Error) -> FetchError {
+    FetchError::Io {
+        url: url.to_string(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// The tag refs in `git ls-remote --tags` output whose commit is `rev`; an
+/// annotated tag counts by its peeled (`^{}`) line.
+fn tags_at(listing: &str, rev: &str) -> Vec<String> {
+    let mut commit_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for line in listing.lines() {
+        let Some((oid, name)) = line.split_once('\t') else {
+            continue;
+        };
+        match name.strip_suffix("^{}") {
+            Some(tag) => {
+                commit_of.insert(tag, oid);
+            }
+            None => {
+                commit_of.entry(name).or_insert(oid);
+            }
+        }
+    }
+    commit_of
+        .into_iter()
+        .filter(|(_, oid)| oid.eq_ignore_ascii_case(rev))
+        .map(|(tag, _)| tag.to_string())
+        .collect()
+}
+
 fn git_reason(e: &FetchError) -> String {
     match e {
         FetchError::Git { reason, .. } => reason.clone(),
@@ -379,6 +506,26 @@ mod tests {
     }
 
     #[test]
+    fn tags_at_a_commit_count_annotated_tags_by_their_peeled_line() {
+        let rev = "2d1892b0f819be35170e530ad2b17b0729f2c522";
+        let listing = format!(
+            "{rev}\trefs/tags/light\n\
+             bbf7fcf4c99c34cb1b2b7e9ee131e63b77d36eb1\trefs/tags/v1\n\
+             {rev}\trefs/tags/v1^{{}}\n\
+             5ade3e6b3e7e166a125261fbfd3eae5a78df569c\trefs/tags/v2\n\
+             {rev}\trefs/tags/v0^{{}}\n\
+             {}\trefs/tags/v0\n\
+             garbage\n",
+            "1".repeat(40)
+        );
+        assert_eq!(
+            tags_at(&listing, &rev.to_uppercase()),
+            ["refs/tags/light", "refs/tags/v0", "refs/tags/v1"]
+        );
+        assert!(tags_at(&listing, &"0".repeat(40)).is_empty());
+    }
+
+    #[test]
     fn short_rev_is_refused_before_git_runs() {
         let cache = tempfile::tempdir().unwrap();
         let g = GitFetcher::new(cache.path()).with_program("/nonexistent/git");
@@ -386,5 +533,12 @@ mod tests {
         assert!(e.contains("not a full git commit id"), "{e}");
         let e = g.tree("ext::sh", &"a".repeat(40)).unwrap_err().to_string();
         assert!(e.contains("remote-helper"), "{e}");
+        let e = g.checkout("/srv/repo", "main").unwrap_err().to_string();
+        assert!(e.contains("not a full git commit id"), "{e}");
+        let e = g
+            .checkout("--upload-pack=x", &"a".repeat(40))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must not start with `-`"), "{e}");
     }
 }

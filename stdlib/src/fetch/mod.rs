@@ -75,6 +75,24 @@ pub trait Fetcher: Send + Sync {
     /// (without `.git`), or `None` when this fetcher only records.
     fn git(&self, url: &str, rev: &str) -> Result<Option<PathBuf>, FetchError>;
 
+    /// Returns a host directory holding a git checkout of `url` at commit
+    /// `rev`, for builds that run git themselves: the tree with its `.git`,
+    /// HEAD detached at `rev`, the upstream tags that point at `rev`, and
+    /// `origin` set to `url`; or `None` when this fetcher only records.
+    ///
+    /// A fetcher that only records answers as its [`git`](Self::git) does
+    /// (`None`) without implementing this; one that gives trees must
+    /// implement it, or a checkout is refused here.
+    fn git_checkout(&self, url: &str, rev: &str) -> Result<Option<PathBuf>, FetchError> {
+        match self.git(url, rev)? {
+            None => Ok(None),
+            Some(_) => Err(FetchError::Git {
+                url: url.to_string(),
+                reason: "this fetcher gives source trees only, not git checkouts".into(),
+            }),
+        }
+    }
+
     /// Returns a small unpinned text document (an upstream checksum list,
     /// an OpenPGP key pinned by fingerprint), or `None` when this fetcher
     /// only records. Whatever is read from it must be checked by the caller.
@@ -86,5 +104,40 @@ pub trait Fetcher: Send + Sync {
     /// build never trusts an unpinned download; a recording one returns `None`.
     fn first_use_sha256(&self, url: &str) -> Result<Option<String>, FetchError> {
         Err(FetchError::OnlyInLock { url: url.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gives a tree (or records) and leaves `git_checkout` to the default.
+    struct Trees(Option<PathBuf>);
+
+    impl Fetcher for Trees {
+        fn fetch(&self, url: &str, _: &str) -> Result<Option<PathBuf>, FetchError> {
+            panic!("{url} must not be fetched")
+        }
+        fn git(&self, _: &str, _: &str) -> Result<Option<PathBuf>, FetchError> {
+            Ok(self.0.clone())
+        }
+        fn fetch_text(&self, url: &str) -> Result<Option<String>, FetchError> {
+            panic!("{url} must not be fetched")
+        }
+    }
+
+    #[test]
+    fn a_tree_is_never_passed_off_as_a_checkout() {
+        let url = "https://h/src.git";
+        let rev = "cf1ce0f5b69048e31d740b508a79d8294707e339";
+        assert_eq!(Trees(None).git_checkout(url, rev).unwrap(), None);
+        let e = Trees(Some("/tree".into()))
+            .git_checkout(url, rev)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("{url}: git: this fetcher gives source trees only, not git checkouts")
+        );
     }
 }

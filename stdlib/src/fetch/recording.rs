@@ -47,6 +47,25 @@ impl Fetcher for RecordingFetcher {
         Ok(self.fixtures.get(url).cloned())
     }
 
+    /// The fixture must be a checkout (have `.git`), so a test of a build
+    /// that runs git cannot pass on a plain tree.
+    fn git_checkout(&self, url: &str, rev: &str) -> Result<Option<PathBuf>, FetchError> {
+        normalize_commit(rev)?;
+        let Some(dir) = self.fixtures.get(url) else {
+            return Ok(None);
+        };
+        if !dir.join(".git").exists() {
+            return Err(FetchError::Io {
+                url: url.to_string(),
+                reason: format!(
+                    "fixture {} is not a git checkout (it has no .git)",
+                    dir.display()
+                ),
+            });
+        }
+        Ok(Some(dir.clone()))
+    }
+
     fn fetch_text(&self, url: &str) -> Result<Option<String>, FetchError> {
         let Some(path) = self.fixtures.get(url) else {
             return Ok(None);
@@ -83,5 +102,33 @@ mod tests {
         )]));
         let e = missing.fetch_text("https://h/gone").unwrap_err().to_string();
         assert!(e.starts_with("https://h/gone: fixture "), "{e}");
+    }
+
+    #[test]
+    fn checkouts_come_from_fixtures_that_have_a_git_dir() {
+        let rev = "cf1ce0f5b69048e31d740b508a79d8294707e339";
+        let dir = tempfile::tempdir().unwrap();
+        let (checkout, plain) = (dir.path().join("checkout"), dir.path().join("plain"));
+        std::fs::create_dir_all(checkout.join(".git")).unwrap();
+        std::fs::create_dir_all(&plain).unwrap();
+        let f = RecordingFetcher::new(BTreeMap::from([
+            ("https://h/a.git".to_string(), checkout.clone()),
+            ("https://h/b.git".to_string(), plain),
+        ]));
+        assert_eq!(
+            f.git_checkout("https://h/a.git", rev).unwrap(),
+            Some(checkout)
+        );
+        assert_eq!(f.git_checkout("https://h/c.git", rev).unwrap(), None);
+        let e = f
+            .git_checkout("https://h/b.git", rev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a git checkout (it has no .git)"), "{e}");
+        let e = f
+            .git_checkout("https://h/a.git", "main")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a full git commit id"), "{e}");
     }
 }
