@@ -49,7 +49,10 @@ fn failing_recipe_test_fails_the_run_with_its_location() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("ok   r.test.rhai::test_good"), "{out}");
     assert!(out.contains("FAIL r.test.rhai::test_bad"), "{out}");
-    assert!(out.contains("r.test.rhai:9:2: assert_eq: left: \"1\", right: \"2\""), "{out}");
+    assert!(
+        out.contains("r.test.rhai:9:2: assert_eq: left: \"1\", right: \"2\""),
+        "{out}"
+    );
     assert!(out.trim_end().ends_with("1 passed, 1 failed"), "{out}");
 }
 
@@ -57,12 +60,20 @@ fn failing_recipe_test_fails_the_run_with_its_location() {
 fn check_exits_2_with_the_error() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("ok.rhai"), "mkdir(\"/opt/a\");\n").unwrap();
-    std::fs::write(d.path().join("bad.rhai"), "mkdir(\"/opt/a\");\nmkdir(\"rel\");\n").unwrap();
+    std::fs::write(
+        d.path().join("bad.rhai"),
+        "mkdir(\"/opt/a\");\nmkdir(\"rel\");\n",
+    )
+    .unwrap();
     let o = pgimg(&["check", "ok.rhai"], d.path());
     assert!(o.status.success(), "{}", text(&o));
     let o = pgimg(&["check", "ok.rhai", "bad.rhai"], d.path());
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o).contains("bad.rhai:2:1: mkdir: `rel` must be an absolute path"), "{}", text(&o));
+    assert!(
+        text(&o).contains("bad.rhai:2:1: mkdir: `rel` must be an absolute path"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -85,7 +96,10 @@ fn plan_json_is_one_array_with_primitive_args_location() {
     assert_eq!(a[1]["commands"][0], "true");
     let o = pgimg(&["plan", "p.rhai"], d.path());
     let out = text(&o);
-    assert!(out.contains("write_file \"/etc/a\" \"x\" {\"mode\":\"0o600\"}"), "{out}");
+    assert!(
+        out.contains("write_file \"/etc/a\" \"x\" {\"mode\":\"0o600\"}"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -94,10 +108,31 @@ fn defs_lists_every_primitive_with_docs() {
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     for f in [
-        "arch", "image_arch", "os_release", "param", "log", "apt_repo", "apt_update", "apt_install",
-        "apt_purge", "apt_download", "fetch_verify", "write_file", "append_file", "copy_asset", "mkdir",
-        "symlink", "remove", "add_group", "add_user", "add_to_group", "systemd_unit", "systemd_dropin",
-        "go_build", "pgxs_build", "run",
+        "arch",
+        "image_arch",
+        "os_release",
+        "param",
+        "log",
+        "apt_repo",
+        "apt_update",
+        "apt_install",
+        "apt_purge",
+        "apt_download",
+        "fetch_verify",
+        "write_file",
+        "append_file",
+        "copy_asset",
+        "mkdir",
+        "symlink",
+        "remove",
+        "add_group",
+        "add_user",
+        "add_to_group",
+        "systemd_unit",
+        "systemd_dropin",
+        "go_build",
+        "pgxs_build",
+        "run",
     ] {
         assert!(out.contains(&format!("fn {f}(")), "defs misses {f}:\n{out}");
     }

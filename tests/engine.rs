@@ -31,18 +31,30 @@ fn shown(dir: &Path, file: &str) -> String {
 
 #[test]
 fn primitive_error_names_file_line_col_and_primitive() {
-    let d = recipe_dir(&[("main.rhai", "let x = 1;\n  write_file(\"relative\", \"x\");\n")]);
+    let d = recipe_dir(&[(
+        "main.rhai",
+        "let x = 1;\n  write_file(\"relative\", \"x\");\n",
+    )]);
     let err = run(d.path(), "main.rhai", Limits::default()).1.unwrap_err();
     let prefix = format!("{}:2:3: write_file: ", shown(d.path(), "main.rhai"));
     assert!(err.starts_with(&prefix), "{err}");
-    assert!(err.ends_with("`relative` must be an absolute path inside the image"), "{err}");
+    assert!(
+        err.ends_with("`relative` must be an absolute path inside the image"),
+        "{err}"
+    );
 }
 
 #[test]
 fn error_inside_an_imported_module_names_the_module_file() {
     let d = recipe_dir(&[
-        ("main.rhai", "import \"common/base\" as base;\nbase::setup();\n"),
-        ("common/base.rhai", "fn setup() {\n    mkdir(\"/opt/x\", #{ mdoe: 0o755 });\n}\n"),
+        (
+            "main.rhai",
+            "import \"common/base\" as base;\nbase::setup();\n",
+        ),
+        (
+            "common/base.rhai",
+            "fn setup() {\n    mkdir(\"/opt/x\", #{ mdoe: 0o755 });\n}\n",
+        ),
     ]);
     let err = run(d.path(), "main.rhai", Limits::default()).1.unwrap_err();
     let expected = format!(
@@ -74,7 +86,10 @@ fn missing_module_is_reported_with_its_path() {
     let err = run(d.path(), "main.rhai", Limits::default()).1.unwrap_err();
     assert!(err.contains("cannot import `nope`"), "{err}");
     assert!(err.contains("nope.rhai"), "{err}");
-    assert!(err.starts_with(&format!("{}:1:", shown(d.path(), "main.rhai"))), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:1:", shown(d.path(), "main.rhai"))),
+        "{err}"
+    );
 }
 
 #[test]
@@ -111,11 +126,21 @@ fn eval_is_disabled_and_variables_are_strict() {
     ]);
     let err = run(d.path(), "eval.rhai", Limits::default()).1.unwrap_err();
     assert!(err.contains("eval"), "{err}");
-    let err = run(d.path(), "strict.rhai", Limits::default()).1.unwrap_err();
+    let err = run(d.path(), "strict.rhai", Limits::default())
+        .1
+        .unwrap_err();
     assert!(err.contains("typo_var"), "{err}");
-    assert!(err.starts_with(&format!("{}:1:", shown(d.path(), "strict.rhai"))), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:1:", shown(d.path(), "strict.rhai"))),
+        "{err}"
+    );
     let err = run(d.path(), "deep.rhai", Limits::default()).1.unwrap_err();
     assert!(err.contains("runaway recursion"), "{err}");
-    let err = run(d.path(), "throw.rhai", Limits::default()).1.unwrap_err();
-    assert_eq!(err, format!("{}:2:2: custom", shown(d.path(), "throw.rhai")));
+    let err = run(d.path(), "throw.rhai", Limits::default())
+        .1
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!("{}:2:2: custom", shown(d.path(), "throw.rhai"))
+    );
 }

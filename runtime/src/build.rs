@@ -160,7 +160,10 @@ struct WorkDir {
 
 impl WorkDir {
     fn create(output: &Path) -> Result<WorkDir> {
-        let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let name = output
             .file_name()
             .context("--output needs a file name")?
@@ -223,7 +226,8 @@ fn run_recipe(opts: &RunOptions, target: Arc<dyn Target>) -> Result<RecipeRun> {
         ctx = ctx.with_lock(crate::lock::load_for(&opts.recipe).map_err(anyhow::Error::msg)?);
     }
     let engine = build_engine(&ctx, &opts.limits);
-    let result = run_file(&engine, &opts.recipe).and_then(|()| crate::cli::check_mirrors_used(&ctx));
+    let result =
+        run_file(&engine, &opts.recipe).and_then(|()| crate::cli::check_mirrors_used(&ctx));
     drop(engine);
     drop(ctx);
     let journal = std::mem::take(&mut *journal.lock().unwrap());
@@ -248,14 +252,21 @@ fn sandbox_options(opts: &RunOptions) -> Result<SandboxOptions> {
     Ok(s)
 }
 
-fn manifest(opts: &RunOptions, base: BaseRecord, journal: &Journal, stages: &Stages) -> Result<Manifest> {
+fn manifest(
+    opts: &RunOptions,
+    base: BaseRecord,
+    journal: &Journal,
+    stages: &Stages,
+) -> Result<Manifest> {
     Ok(Manifest {
         pgimg_version: env!("CARGO_PKG_VERSION"),
         recipe: display_path(&opts.recipe),
         params: opts.params.clone(),
         mirrors: opts.mirrors.clone(),
         base,
-        arch: pgimg_stdlib::target::host_arch().map_err(anyhow::Error::msg)?.to_string(),
+        arch: pgimg_stdlib::target::host_arch()
+            .map_err(anyhow::Error::msg)?
+            .to_string(),
         inputs: journal.inputs.clone(),
         finalize: finalize_options(journal)?,
         stages: stages.done.clone(),
@@ -265,7 +276,9 @@ fn manifest(opts: &RunOptions, base: BaseRecord, journal: &Journal, stages: &Sta
 
 fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 /// `pgimg run` on a directory: the recipe and finalize, in place.
@@ -310,7 +323,8 @@ pub fn run_image(opts: &RunOptions, base: &Path) -> Result<Manifest> {
     let mut stages = Stages::default();
     let work = WorkDir::create(&opts.output)?;
     let base_sha = stages.run("acquire", || {
-        let sha = sha256_file(base).with_context(|| format!("reading the base {}", base.display()))?;
+        let sha =
+            sha256_file(base).with_context(|| format!("reading the base {}", base.display()))?;
         image::copy_base(base, &work.image())?;
         Ok(sha)
     })?;
@@ -341,7 +355,14 @@ pub fn run_image(opts: &RunOptions, base: &Path) -> Result<Manifest> {
     let mnt = work.mountpoint();
     let (root_mount, target) = stages.run("mount", || {
         std::fs::create_dir_all(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
-        let m = Mount::host(Some(lo.path()), &mnt, Some("ext4"), MsFlags::empty(), None, "root file system")?;
+        let m = Mount::host(
+            Some(lo.path()),
+            &mnt,
+            Some("ext4"),
+            MsFlags::empty(),
+            None,
+            "root file system",
+        )?;
         let t = ChrootTarget::setup(&mnt, sandbox_options(opts)?)?;
         Ok((m, Arc::new(t)))
     })?;
@@ -425,7 +446,10 @@ fn write_output(opts: &RunOptions, work: &WorkDir) -> Result<OutputRecord> {
     // Hashing a large image takes seconds; a SIGINT/SIGTERM meanwhile must
     // still stop the build before anything appears under the output name.
     if sandbox::interrupt::interrupted() {
-        bail!("interrupted before the image was renamed to {}", opts.output.display());
+        bail!(
+            "interrupted before the image was renamed to {}",
+            opts.output.display()
+        );
     }
     let sums = sidecar(&opts.output, "sha256");
     std::fs::write(&sums, format!("{sha}  {name}\n"))
@@ -513,7 +537,14 @@ pub fn shell(image_path: &Path, command: &[String]) -> Result<i32> {
     // unmount failed, that delete would walk into the image.
     let mnt_path = mnt.keep();
     let code = (|| -> Result<i32> {
-        let root_mount = Mount::host(Some(lo.path()), &mnt_path, Some("ext4"), MsFlags::empty(), None, "root file system")?;
+        let root_mount = Mount::host(
+            Some(lo.path()),
+            &mnt_path,
+            Some("ext4"),
+            MsFlags::empty(),
+            None,
+            "root file system",
+        )?;
         let fetcher = pgimg_stdlib::fetch::RecordingFetcher::default();
         let target = ChrootTarget::setup(&mnt_path, SandboxOptions::new(Box::new(fetcher)))?;
         let argv: Vec<String> = if command.is_empty() {

@@ -174,7 +174,9 @@ fn parse_os(s: &str) -> Result<(String, String, String), String> {
         [id, v, c] if !id.is_empty() && !v.is_empty() && !c.is_empty() => {
             Ok((id.to_string(), v.to_string(), c.to_string()))
         }
-        _ => Err(format!("`{s}` is not ID:VERSION_ID:CODENAME (e.g. ubuntu:22.04:jammy)")),
+        _ => Err(format!(
+            "`{s}` is not ID:VERSION_ID:CODENAME (e.g. ubuntu:22.04:jammy)"
+        )),
     }
 }
 
@@ -217,7 +219,11 @@ pub fn check_mirrors_used(ctx: &Ctx) -> Result<(), String> {
         Err(format!(
             "--mirror {}: the recipe never asks for {} (see `mirror()` calls in the recipe)",
             unused.join(", "),
-            if unused.len() == 1 { "this source" } else { "these sources" }
+            if unused.len() == 1 {
+                "this source"
+            } else {
+                "these sources"
+            }
         ))
     }
 }
@@ -297,7 +303,11 @@ pub fn render_plan(journal: &Journal) -> String {
                 (Some(from), true) => format!("sha256 from {from}"),
                 _ => i.pin.clone(),
             };
-            let dest = if i.dest.is_empty() { String::new() } else { format!(" -> {}", i.dest) };
+            let dest = if i.dest.is_empty() {
+                String::new()
+            } else {
+                format!(" -> {}", i.dest)
+            };
             out.push_str(&format!("  {:<7} {} @ {pin}{dest}\n", i.kind, i.url));
         }
     }
@@ -308,7 +318,10 @@ pub fn render_plan(journal: &Journal) -> String {
 pub fn plan(recipe: &Path, fake: &FakeArgs, json: bool) -> i32 {
     match dry_run(recipe, fake) {
         Ok(j) if json => {
-            println!("{}", serde_json::to_string_pretty(&j.actions).expect("actions serialize"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&j.actions).expect("actions serialize")
+            );
             0
         }
         Ok(j) => {
@@ -333,7 +346,11 @@ pub fn test(paths: &[PathBuf]) -> i32 {
     if files.is_empty() {
         eprintln!(
             "no *.test.rhai files under {}",
-            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         return EXIT_USAGE;
     }
@@ -347,7 +364,12 @@ pub fn test(paths: &[PathBuf]) -> i32 {
                 }
                 Some(e) => {
                     failed += 1;
-                    println!("FAIL {} ({:.2}s)\n     {}", r.name, r.seconds, e.replace('\n', "\n     "));
+                    println!(
+                        "FAIL {} ({:.2}s)\n     {}",
+                        r.name,
+                        r.seconds,
+                        e.replace('\n', "\n     ")
+                    );
                 }
             }
         }
@@ -394,7 +416,10 @@ pub fn run(args: &RunArgs) -> i32 {
         (Some(img), None) => Base::Image(img.clone()),
         (None, None) => match crate::fixture::base_image() {
             Ok(img) => {
-                eprintln!("pgimg: no --base given: using the built-in fixture {}", img.display());
+                eprintln!(
+                    "pgimg: no --base given: using the built-in fixture {}",
+                    img.display()
+                );
                 Base::Image(img)
             }
             Err(e) => {
@@ -414,10 +439,17 @@ pub fn run(args: &RunArgs) -> i32 {
         return EXIT_USAGE;
     }
     let arch = pgimg_stdlib::Facts {
-        arch: pgimg_stdlib::target::host_arch().unwrap_or("amd64").to_string(),
+        arch: pgimg_stdlib::target::host_arch()
+            .unwrap_or("amd64")
+            .to_string(),
     };
     let output = args.output.clone().unwrap_or_else(|| {
-        let stem = args.recipe.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = args
+            .recipe
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let ext = match args.format {
             build::Format::Raw => "raw",
             build::Format::Qcow2 => "qcow2",
@@ -464,7 +496,10 @@ pub fn run(args: &RunArgs) -> i32 {
 pub fn inspect(image: &Path, json: bool) -> i32 {
     match crate::image::inspect::inspect(image) {
         Ok(i) if json => {
-            println!("{}", serde_json::to_string_pretty(&i).expect("inspection serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&i).expect("inspection serializes")
+            );
             0
         }
         Ok(i) => {

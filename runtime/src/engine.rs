@@ -102,8 +102,9 @@ impl ModuleResolver for RecipeResolver {
             return Ok(m.clone());
         }
         let shown = display_path(&file);
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| EvalAltResult::ErrorRuntime(format!("cannot import `{path}`: {shown}: {e}").into(), pos))?;
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            EvalAltResult::ErrorRuntime(format!("cannot import `{path}`: {shown}: {e}").into(), pos)
+        })?;
         let mut ast = engine
             .compile(&text)
             .map_err(|e| EvalAltResult::ErrorInModule(shown.clone(), e.into(), pos))?;
@@ -240,14 +241,16 @@ pub fn render(err: &EvalAltResult, file: &str) -> String {
             "{}: calls nested too deeply and were stopped (runaway recursion?)",
             locate(&file, *pos)
         ),
-        EvalAltResult::ErrorTerminated(token, pos) => match token.read_lock::<WallClockExceeded>() {
-            Some(w) => format!(
-                "{}: the recipe ran longer than its {}s budget and was stopped",
-                locate(&file, *pos),
-                w.0.as_secs()
-            ),
-            None => format!("{}: the recipe was stopped", locate(&file, *pos)),
-        },
+        EvalAltResult::ErrorTerminated(token, pos) => {
+            match token.read_lock::<WallClockExceeded>() {
+                Some(w) => format!(
+                    "{}: the recipe ran longer than its {}s budget and was stopped",
+                    locate(&file, *pos),
+                    w.0.as_secs()
+                ),
+                None => format!("{}: the recipe was stopped", locate(&file, *pos)),
+            }
+        }
         EvalAltResult::ErrorParsing(p, pos) => format!("{}: {p}", locate(&file, *pos)),
         other => {
             let pos = other.position();

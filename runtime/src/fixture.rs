@@ -91,12 +91,13 @@ pub fn base_image() -> Result<PathBuf, FixtureError> {
         .write(true)
         .open(&lock_path)
         .map_err(io("opening", &lock_path))?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| FixtureError::Io {
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, e)| FixtureError::Io {
             what: "locking",
             path: lock_path.clone(),
             source: e.into(),
-        })?;
+        },
+    )?;
     if checksum_path(&image).exists() && image.exists() {
         return Ok(image);
     }

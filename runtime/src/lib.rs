@@ -1,11 +1,11 @@
 //! pgimg's runtime: the machine that provides a real `Target` (image, sandbox),
 //! the Rhai engine, and the command-line interface.
 
+pub mod build;
 pub mod cli;
 pub mod engine;
+pub mod fixture;
 pub mod image;
+pub mod lock;
 pub mod sandbox;
 pub mod testing;
-pub mod build;
-pub mod fixture;
-pub mod lock;

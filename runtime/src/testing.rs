@@ -8,7 +8,10 @@ use std::time::Instant;
 use pgimg_stdlib::ctx::Journal;
 use pgimg_stdlib::fetch::RecordingFetcher;
 use pgimg_stdlib::{Ctx, FakeOs, FakeTarget, Target};
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map, NativeCallContext};
+use rhai::{
+    Array, Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map,
+    NativeCallContext,
+};
 use serde::Deserialize;
 
 use crate::engine::{self, build_engine, display_path, Limits};
@@ -67,7 +70,12 @@ impl FakeRoot {
             target: Arc::new(target),
             journal: Arc::default(),
             base_dir: base_dir.to_path_buf(),
-            assets: o.assets.unwrap_or_default().iter().map(|a| base_dir.join(a)).collect(),
+            assets: o
+                .assets
+                .unwrap_or_default()
+                .iter()
+                .map(|a| base_dir.join(a))
+                .collect(),
             mirrors: o.mirrors.unwrap_or_default(),
             log: Arc::default(),
         })
@@ -84,7 +92,9 @@ impl FakeRoot {
             .with_params(params)
             .with_asset_dirs(asset_dirs(&path, &self.assets))
             .with_mirrors(self.mirrors.clone())
-            .with_log(Arc::new(move |loc, msg| log.lock().unwrap().push(format!("{loc}: {msg}"))));
+            .with_log(Arc::new(move |loc, msg| {
+                log.lock().unwrap().push(format!("{loc}: {msg}"))
+            }));
         let ctx = Ctx {
             journal: self.journal.clone(),
             ..ctx
@@ -127,15 +137,21 @@ fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
             move |opts: Map| FakeRoot::new(&base_dir, opts)
         });
     engine.register_fn("fake_rootfs", move || FakeRoot::new(&base_dir, Map::new()));
-    engine.register_fn("run", |t: &mut FakeRoot, recipe: &str, params: Map| t.run(recipe, params));
-    engine.register_fn("run", |t: &mut FakeRoot, recipe: &str| t.run(recipe, Map::new()));
+    engine.register_fn("run", |t: &mut FakeRoot, recipe: &str, params: Map| {
+        t.run(recipe, params)
+    });
+    engine.register_fn("run", |t: &mut FakeRoot, recipe: &str| {
+        t.run(recipe, Map::new())
+    });
     engine.register_fn("file", |t: &mut FakeRoot, path: &str| -> Dynamic {
         match t.target.root().read(path) {
             Ok(b) => String::from_utf8_lossy(&b).into_owned().into(),
             Err(_) => Dynamic::UNIT,
         }
     });
-    engine.register_fn("exists", |t: &mut FakeRoot, path: &str| t.target.root().exists(path));
+    engine.register_fn("exists", |t: &mut FakeRoot, path: &str| {
+        t.target.root().exists(path)
+    });
     engine.register_fn("is_symlink", |t: &mut FakeRoot, path: &str| {
         t.target.root().kind(path) == Some(pgimg_stdlib::root::FileKind::Symlink)
     });
@@ -189,7 +205,11 @@ fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
         check(pgimg_stdlib::systemd::unit_enabled(t.target.root(), unit))
     });
     engine.register_fn("commands", |t: &mut FakeRoot| -> Array {
-        t.target.commands().iter().map(|c| Dynamic::from(c.to_string())).collect()
+        t.target
+            .commands()
+            .iter()
+            .map(|c| Dynamic::from(c.to_string()))
+            .collect()
     });
     engine.register_fn("fetches", |t: &mut FakeRoot| -> Array {
         t.journal
@@ -204,8 +224,14 @@ fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
                 m.insert("sha256".into(), i.pin.clone().into());
                 m.insert("pin".into(), i.pin.clone().into());
                 m.insert("dest".into(), i.dest.clone().into());
-                m.insert("sha256_from".into(), i.from.clone().map_or(Dynamic::UNIT, Dynamic::from));
-                m.insert("upstream".into(), i.upstream.clone().map_or(Dynamic::UNIT, Dynamic::from));
+                m.insert(
+                    "sha256_from".into(),
+                    i.from.clone().map_or(Dynamic::UNIT, Dynamic::from),
+                );
+                m.insert(
+                    "upstream".into(),
+                    i.upstream.clone().map_or(Dynamic::UNIT, Dynamic::from),
+                );
                 Dynamic::from_map(m)
             })
             .collect()
@@ -220,21 +246,30 @@ fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
             .collect()
     });
     engine.register_fn("logs", |t: &mut FakeRoot| -> Array {
-        t.log.lock().unwrap().iter().cloned().map(Dynamic::from).collect()
+        t.log
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .map(Dynamic::from)
+            .collect()
     });
     FuncRegistration::new("assert")
         .with_comments(["/// Fails the test with `msg` unless `cond` is true."])
-        .register_into_engine(engine, |nctx: NativeCallContext, cond: bool, msg: ImmutableString| {
-            if cond {
-                Ok(())
-            } else {
-                Err(pgimg_stdlib::api::failure(
-                    &pgimg_stdlib::api::location(&nctx),
-                    "assert",
-                    format!("assertion failed: {msg}"),
-                ))
-            }
-        });
+        .register_into_engine(
+            engine,
+            |nctx: NativeCallContext, cond: bool, msg: ImmutableString| {
+                if cond {
+                    Ok(())
+                } else {
+                    Err(pgimg_stdlib::api::failure(
+                        &pgimg_stdlib::api::location(&nctx),
+                        "assert",
+                        format!("assertion failed: {msg}"),
+                    ))
+                }
+            },
+        );
     FuncRegistration::new("assert_eq")
         .with_comments(["/// Fails the test unless `a == b` (compared by value and type)."])
         .register_into_engine(engine, |nctx: NativeCallContext, a: Dynamic, b: Dynamic| {

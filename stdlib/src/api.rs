@@ -25,7 +25,10 @@ pub fn location(nctx: &NativeCallContext) -> Loc {
 pub fn failure(loc: &Loc, name: &str, err: impl std::fmt::Display) -> Box<EvalAltResult> {
     let line = loc.line;
     let pos = if line > 0 {
-        rhai::Position::new(line.min(u16::MAX as usize) as u16, loc.col.min(u16::MAX as usize) as u16)
+        rhai::Position::new(
+            line.min(u16::MAX as usize) as u16,
+            loc.col.min(u16::MAX as usize) as u16,
+        )
     } else {
         rhai::Position::NONE
     };
@@ -39,7 +42,9 @@ pub fn failure(loc: &Loc, name: &str, err: impl std::fmt::Display) -> Box<EvalAl
 fn to_json(args: &[Dynamic]) -> serde_json::Value {
     serde_json::Value::Array(
         args.iter()
-            .map(|a| serde_json::to_value(a).unwrap_or_else(|_| serde_json::Value::String(a.to_string())))
+            .map(|a| {
+                serde_json::to_value(a).unwrap_or_else(|_| serde_json::Value::String(a.to_string()))
+            })
             .collect(),
     )
 }
@@ -139,7 +144,10 @@ mod tests {
     fn string_list_takes_one_or_many() {
         assert_eq!(string_list(&Dynamic::from("a"), "pkgs").unwrap(), vec!["a"]);
         let arr: rhai::Array = vec![Dynamic::from("a"), Dynamic::from("b")];
-        assert_eq!(string_list(&Dynamic::from(arr), "pkgs").unwrap(), vec!["a", "b"]);
+        assert_eq!(
+            string_list(&Dynamic::from(arr), "pkgs").unwrap(),
+            vec!["a", "b"]
+        );
         assert!(string_list(&Dynamic::from(1_i64), "pkgs").is_err());
     }
 }

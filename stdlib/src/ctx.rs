@@ -23,7 +23,11 @@ impl fmt::Display for Loc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
             // print() from a script: Rhai gives no position.
-            return f.write_str(if self.file.is_empty() { "recipe" } else { &self.file });
+            return f.write_str(if self.file.is_empty() {
+                "recipe"
+            } else {
+                &self.file
+            });
         }
         write!(f, "{}:{}:{}", self.file, self.line, self.col)
     }
@@ -180,7 +184,8 @@ impl Ctx {
     /// [`record_input`](Self::record_input) for a fully built [`Input`].
     pub fn record(&self, input: Input) -> Result<(), Error> {
         if let Some(lock) = &self.lock {
-            lock.check(&input).map_err(|e| Error::Invalid(e.to_string()))?;
+            lock.check(&input)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
         }
         self.journal.lock().unwrap().inputs.push(input);
         Ok(())
@@ -197,8 +202,12 @@ impl Ctx {
             .filter_map(|r| {
                 let base = r.url.trim_end_matches('/');
                 let rest = url.strip_prefix(base)?;
-                (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
-                    .then(|| (base.len(), format!("{}{rest}", r.default.trim_end_matches('/'))))
+                (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')).then(|| {
+                    (
+                        base.len(),
+                        format!("{}{rest}", r.default.trim_end_matches('/')),
+                    )
+                })
             })
             // The most specific redirect wins when two bases nest.
             .max_by_key(|(len, _)| *len)
@@ -209,7 +218,11 @@ impl Ctx {
     /// Finds an asset by its relative path in the asset folders.
     pub fn asset(&self, rel: &str) -> Result<PathBuf, Error> {
         let relp = Path::new(rel);
-        if relp.is_absolute() || relp.components().any(|c| c == std::path::Component::ParentDir) {
+        if relp.is_absolute()
+            || relp
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
             return Err(Error::Invalid(format!(
                 "asset `{rel}` must be a relative path inside an assets folder"
             )));
@@ -219,11 +232,18 @@ impl Ctx {
             .map(|d| d.join(relp))
             .find(|p| p.exists())
             .ok_or_else(|| {
-                let searched: Vec<String> =
-                    self.asset_dirs.iter().map(|d| d.display().to_string()).collect();
+                let searched: Vec<String> = self
+                    .asset_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
                 Error::Invalid(format!(
                     "asset `{rel}` not found (searched: {})",
-                    if searched.is_empty() { "no asset folders".into() } else { searched.join(", ") }
+                    if searched.is_empty() {
+                        "no asset folders".into()
+                    } else {
+                        searched.join(", ")
+                    }
                 ))
             })
     }

@@ -108,13 +108,33 @@ impl FakeTarget {
         };
         root.write("/etc/passwd", PASSWD.as_bytes(), Attrs::mode(0o644))?;
         root.write("/etc/group", GROUP.as_bytes(), Attrs::mode(0o644))?;
-        root.write("/etc/shadow", shadow_of(PASSWD, false).as_bytes(), Attrs::mode(0o640))?;
-        root.write("/etc/gshadow", shadow_of(GROUP, true).as_bytes(), Attrs::mode(0o640))?;
-        root.write("/usr/lib/os-release", os.os_release().as_bytes(), Attrs::mode(0o644))?;
+        root.write(
+            "/etc/shadow",
+            shadow_of(PASSWD, false).as_bytes(),
+            Attrs::mode(0o640),
+        )?;
+        root.write(
+            "/etc/gshadow",
+            shadow_of(GROUP, true).as_bytes(),
+            Attrs::mode(0o640),
+        )?;
+        root.write(
+            "/usr/lib/os-release",
+            os.os_release().as_bytes(),
+            Attrs::mode(0o644),
+        )?;
         root.symlink("../usr/lib/os-release", "/etc/os-release")?;
         root.write("/etc/skel/.bashrc", b"# ~/.bashrc\n", Attrs::mode(0o644))?;
         root.write("/etc/skel/.profile", b"# ~/.profile\n", Attrs::mode(0o644))?;
-        for d in ["/root", "/tmp", "/var/tmp", "/etc/apt/sources.list.d", "/etc/systemd/system", "/usr/bin", "/home"] {
+        for d in [
+            "/root",
+            "/tmp",
+            "/var/tmp",
+            "/etc/apt/sources.list.d",
+            "/etc/systemd/system",
+            "/usr/bin",
+            "/home",
+        ] {
             root.mkdir_all(d, Attrs::default())?;
         }
         Ok(FakeTarget {
@@ -185,8 +205,16 @@ mod tests {
     #[test]
     fn seeds_etc_and_records_commands() {
         let t = FakeTarget::ubuntu();
-        assert!(t.root().read_string("/etc/os-release").unwrap().contains("VERSION_CODENAME=jammy"));
-        assert!(t.root().read_string("/etc/shadow").unwrap().starts_with("root:*:"));
+        assert!(t
+            .root()
+            .read_string("/etc/os-release")
+            .unwrap()
+            .contains("VERSION_CODENAME=jammy"));
+        assert!(t
+            .root()
+            .read_string("/etc/shadow")
+            .unwrap()
+            .starts_with("root:*:"));
         t.run(&Command::new(["apt-get", "update"])).unwrap();
         assert_eq!(t.commands()[0].to_string(), "apt-get update");
         t.chown("/etc/passwd", 5, 6).unwrap();

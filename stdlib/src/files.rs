@@ -61,24 +61,41 @@ pub fn image_path(path: &str) -> Result<&str> {
     if path.starts_with('/') {
         Ok(path)
     } else {
-        Err(Error::invalid(format!("`{path}` must be an absolute path inside the image")))
+        Err(Error::invalid(format!(
+            "`{path}` must be an absolute path inside the image"
+        )))
     }
 }
 
 pub fn write_file(ctx: &Ctx, path: &str, content: &str, opts: &FileOpts) -> Result<()> {
     let path = image_path(path)?;
-    ctx.target.root().write(path, content.as_bytes(), Attrs { mode: opts.mode()?, ..Attrs::default() })?;
+    ctx.target.root().write(
+        path,
+        content.as_bytes(),
+        Attrs {
+            mode: opts.mode()?,
+            ..Attrs::default()
+        },
+    )?;
     apply(ctx, path, None, opts.owner.as_deref())
 }
 
 pub fn append_file(ctx: &Ctx, path: &str, content: &str) -> Result<()> {
-    ctx.target.root().append(image_path(path)?, content.as_bytes())?;
+    ctx.target
+        .root()
+        .append(image_path(path)?, content.as_bytes())?;
     Ok(())
 }
 
 pub fn mkdir(ctx: &Ctx, path: &str, opts: &FileOpts) -> Result<()> {
     let path = image_path(path)?;
-    ctx.target.root().mkdir_all(path, Attrs { mode: opts.mode()?, ..Attrs::default() })?;
+    ctx.target.root().mkdir_all(
+        path,
+        Attrs {
+            mode: opts.mode()?,
+            ..Attrs::default()
+        },
+    )?;
     apply(ctx, path, None, opts.owner.as_deref())
 }
 
@@ -87,10 +104,14 @@ pub fn copy_asset(ctx: &Ctx, asset: &str, dest: &str, opts: &FileOpts) -> Result
     let dest = image_path(dest)?;
     let src = ctx.asset(asset)?;
     let mode = opts.mode()?;
-    let written = ctx
-        .target
-        .root()
-        .copy_from_host(&src, dest, Attrs { mode, ..Attrs::default() })?;
+    let written = ctx.target.root().copy_from_host(
+        &src,
+        dest,
+        Attrs {
+            mode,
+            ..Attrs::default()
+        },
+    )?;
     if let Some(owner) = &opts.owner {
         // Never through a link: a copied link to /etc/passwd must not hand
         // the image's passwd to the owner.
@@ -107,9 +128,13 @@ pub fn copy_asset(ctx: &Ctx, asset: &str, dest: &str, opts: &FileOpts) -> Result
 pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
     let c = ctx.clone();
     let write = move |nctx: NativeCallContext, path: &str, content: &str, opts: Map| {
-        primitive(&c, &nctx, "write_file", &[path.into(), content.into(), opts.clone().into()], |_| {
-            write_file(&c, path, content, &options(opts)?)
-        })
+        primitive(
+            &c,
+            &nctx,
+            "write_file",
+            &[path.into(), content.into(), opts.clone().into()],
+            |_| write_file(&c, path, content, &options(opts)?),
+        )
     };
     let w2 = write.clone();
     FuncRegistration::new("write_file")
@@ -119,37 +144,63 @@ pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
     FuncRegistration::new("write_file")
         .with_comments(["/// Writes `content` to `path` in the image atomically."])
         .with_params_info(["path: &str", "content: &str", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str, content: &str| {
-            w2(nctx, path, content, Map::new())
-        });
+        .register_into_engine(
+            engine,
+            move |nctx: NativeCallContext, path: &str, content: &str| {
+                w2(nctx, path, content, Map::new())
+            },
+        );
 
     let c = ctx.clone();
     FuncRegistration::new("append_file")
         .with_comments(["/// Appends `content` to `path` in the image, creating it when missing."])
         .with_params_info(["path: &str", "content: &str", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str, content: &str| {
-            primitive(&c, &nctx, "append_file", &[path.into(), content.into()], |_| append_file(&c, path, content))
-        });
+        .register_into_engine(
+            engine,
+            move |nctx: NativeCallContext, path: &str, content: &str| {
+                primitive(
+                    &c,
+                    &nctx,
+                    "append_file",
+                    &[path.into(), content.into()],
+                    |_| append_file(&c, path, content),
+                )
+            },
+        );
 
     let c = ctx.clone();
     let mk = move |nctx: NativeCallContext, path: &str, opts: Map| {
-        primitive(&c, &nctx, "mkdir", &[path.into(), opts.clone().into()], |_| mkdir(&c, path, &options(opts)?))
+        primitive(
+            &c,
+            &nctx,
+            "mkdir",
+            &[path.into(), opts.clone().into()],
+            |_| mkdir(&c, path, &options(opts)?),
+        )
     };
     let mk2 = mk.clone();
     FuncRegistration::new("mkdir")
-        .with_comments(["/// Creates a directory and its parents (`mkdir -p`). Options: `mode`, `owner`."])
+        .with_comments([
+            "/// Creates a directory and its parents (`mkdir -p`). Options: `mode`, `owner`.",
+        ])
         .with_params_info(["path: &str", "opts: Map", "()"])
         .register_into_engine(engine, mk);
     FuncRegistration::new("mkdir")
         .with_comments(["/// Creates a directory and its parents (`mkdir -p`)."])
         .with_params_info(["path: &str", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str| mk2(nctx, path, Map::new()));
+        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str| {
+            mk2(nctx, path, Map::new())
+        });
 
     let c = ctx.clone();
     let cp = move |nctx: NativeCallContext, asset: &str, dest: &str, opts: Map| {
-        primitive(&c, &nctx, "copy_asset", &[asset.into(), dest.into(), opts.clone().into()], |_| {
-            copy_asset(&c, asset, dest, &options(opts)?).map(to_array)
-        })
+        primitive(
+            &c,
+            &nctx,
+            "copy_asset",
+            &[asset.into(), dest.into(), opts.clone().into()],
+            |_| copy_asset(&c, asset, dest, &options(opts)?).map(to_array),
+        )
     };
     let cp2 = cp.clone();
     FuncRegistration::new("copy_asset")
@@ -157,30 +208,44 @@ pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
         .with_params_info(["asset: &str", "dest: &str", "opts: Map", "Array"])
         .register_into_engine(engine, cp);
     FuncRegistration::new("copy_asset")
-        .with_comments(["/// Copies a file or folder from the recipe's (or flavor's) `assets/` into the image."])
+        .with_comments([
+            "/// Copies a file or folder from the recipe's (or flavor's) `assets/` into the image.",
+        ])
         .with_params_info(["asset: &str", "dest: &str", "Array"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, asset: &str, dest: &str| {
-            cp2(nctx, asset, dest, Map::new())
-        });
+        .register_into_engine(
+            engine,
+            move |nctx: NativeCallContext, asset: &str, dest: &str| {
+                cp2(nctx, asset, dest, Map::new())
+            },
+        );
 
     let c = ctx.clone();
     FuncRegistration::new("symlink")
         .with_comments(["/// Creates (or replaces) the symlink `link` pointing at `target`."])
         .with_params_info(["target: &str", "link: &str", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, target: &str, link: &str| {
-            primitive(&c, &nctx, "symlink", &[target.into(), link.into()], |_| {
-                Ok(c.target.root().symlink(target, image_path(link)?)?)
-            })
-        });
+        .register_into_engine(
+            engine,
+            move |nctx: NativeCallContext, target: &str, link: &str| {
+                primitive(&c, &nctx, "symlink", &[target.into(), link.into()], |_| {
+                    Ok(c.target.root().symlink(target, image_path(link)?)?)
+                })
+            },
+        );
 
     let c = ctx.clone();
     FuncRegistration::new("remove")
-        .with_comments(["/// Removes a file, link or directory tree; returns whether anything was there."])
+        .with_comments([
+            "/// Removes a file, link or directory tree; returns whether anything was there.",
+        ])
         .with_params_info(["path: &str", "bool"])
         .register_into_engine(engine, move |nctx: NativeCallContext, path: &str| {
-            primitive(&c, &nctx, "remove", &[Dynamic::from(path.to_string())], |_| {
-                Ok(c.target.root().remove(image_path(path)?)?)
-            })
+            primitive(
+                &c,
+                &nctx,
+                "remove",
+                &[Dynamic::from(path.to_string())],
+                |_| Ok(c.target.root().remove(image_path(path)?)?),
+            )
         });
 }
 
@@ -198,18 +263,36 @@ mod tests {
     #[test]
     fn write_with_mode_and_owner() {
         let (t, c) = ctx();
-        let opts = FileOpts { mode: Some(0o600), owner: Some("www-data".into()) };
+        let opts = FileOpts {
+            mode: Some(0o600),
+            owner: Some("www-data".into()),
+        };
         write_file(&c, "/etc/x.conf", "a", &opts).unwrap();
         assert_eq!(t.root().stat("/etc/x.conf").unwrap().mode, 0o600);
         assert_eq!(t.owner("/etc/x.conf"), Some((33, 33)));
         assert!(write_file(&c, "relative", "a", &FileOpts::default()).is_err());
-        let bad = FileOpts { mode: Some(0o17777), owner: None };
-        assert!(write_file(&c, "/x", "a", &bad).unwrap_err().to_string().contains("not a file mode"));
+        let bad = FileOpts {
+            mode: Some(0o17777),
+            owner: None,
+        };
+        assert!(write_file(&c, "/x", "a", &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not a file mode"));
     }
 
     #[test]
     fn decimal_modes_that_meant_octal_are_refused() {
-        for (m, ok) in [(644, false), (755, false), (640, false), (600, false), (0o644, true), (0o4755, true), (511, true), (0, true)] {
+        for (m, ok) in [
+            (644, false),
+            (755, false),
+            (640, false),
+            (600, false),
+            (0o644, true),
+            (0o4755, true),
+            (511, true),
+            (0, true),
+        ] {
             assert_eq!(check_mode(m).is_ok(), ok, "{m}");
         }
         let e = check_mode(640).unwrap_err().to_string();
@@ -224,7 +307,16 @@ mod tests {
         std::fs::write(assets.path().join("tree/f"), "f").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", assets.path().join("tree/pw")).unwrap();
         let c = c.with_asset_dirs(vec![assets.path().to_path_buf()]);
-        copy_asset(&c, "tree", "/opt/tree", &FileOpts { mode: None, owner: Some("www-data".into()) }).unwrap();
+        copy_asset(
+            &c,
+            "tree",
+            "/opt/tree",
+            &FileOpts {
+                mode: None,
+                owner: Some("www-data".into()),
+            },
+        )
+        .unwrap();
         assert_eq!(t.owner("/opt/tree/f"), Some((33, 33)));
         assert_eq!(t.owner("/etc/passwd"), None);
         assert_eq!(t.owner("/opt/tree/pw"), None);
@@ -236,7 +328,15 @@ mod tests {
         append_file(&c, "/etc/motd", "one\n").unwrap();
         append_file(&c, "/etc/motd", "two\n").unwrap();
         assert_eq!(t.root().read_string("/etc/motd").unwrap(), "one\ntwo\n");
-        mkdir(&c, "/opt/a/b", &FileOpts { mode: Some(0o750), owner: None }).unwrap();
+        mkdir(
+            &c,
+            "/opt/a/b",
+            &FileOpts {
+                mode: Some(0o750),
+                owner: None,
+            },
+        )
+        .unwrap();
         assert_eq!(t.root().stat("/opt/a/b").unwrap().mode, 0o750);
     }
 
@@ -249,7 +349,10 @@ mod tests {
         std::fs::write(assets.path().join("units/sub/b"), "b").unwrap();
         let c = c.with_asset_dirs(vec![assets.path().to_path_buf()]);
         let w = copy_asset(&c, "units", "/etc/u", &FileOpts::default()).unwrap();
-        assert_eq!(w, vec!["/etc/u", "/etc/u/a.service", "/etc/u/sub", "/etc/u/sub/b"]);
+        assert_eq!(
+            w,
+            vec!["/etc/u", "/etc/u/a.service", "/etc/u/sub", "/etc/u/sub/b"]
+        );
         assert_eq!(t.root().read_string("/etc/u/sub/b").unwrap(), "b");
         let e = copy_asset(&c, "../etc/passwd", "/x", &FileOpts::default()).unwrap_err();
         assert!(e.to_string().contains("relative path inside"), "{e}");

@@ -8,8 +8,13 @@ fn lookup(root: &ImageRoot, db: &str, name: &str) -> Result<Option<(u32, Option<
     for line in text.lines() {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() >= 3 && f[0] == name {
-            let id = f[2].parse().map_err(|_| Error::invalid(format!("{db}: bad id in line `{line}`")))?;
-            let primary = f.get(3).and_then(|g| g.parse().ok()).filter(|_| db == "/etc/passwd");
+            let id = f[2]
+                .parse()
+                .map_err(|_| Error::invalid(format!("{db}: bad id in line `{line}`")))?;
+            let primary = f
+                .get(3)
+                .and_then(|g| g.parse().ok())
+                .filter(|_| db == "/etc/passwd");
             return Ok(Some((id, primary)));
         }
     }
@@ -25,15 +30,24 @@ pub fn resolve_owner(root: &ImageRoot, spec: &str) -> Result<(u32, u32)> {
     };
     let (uid, primary) = match user.parse::<u32>() {
         Ok(n) => (n, None),
-        Err(_) => lookup(root, "/etc/passwd", user)?
-            .ok_or_else(|| Error::invalid(format!("owner `{spec}`: no user `{user}` in the image's /etc/passwd")))?,
+        Err(_) => lookup(root, "/etc/passwd", user)?.ok_or_else(|| {
+            Error::invalid(format!(
+                "owner `{spec}`: no user `{user}` in the image's /etc/passwd"
+            ))
+        })?,
     };
     let gid = match group {
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => lookup(root, "/etc/group", g)?
-                .ok_or_else(|| Error::invalid(format!("owner `{spec}`: no group `{g}` in the image's /etc/group")))?
-                .0,
+            Err(_) => {
+                lookup(root, "/etc/group", g)?
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "owner `{spec}`: no group `{g}` in the image's /etc/group"
+                        ))
+                    })?
+                    .0
+            }
         },
         None => primary.unwrap_or(uid),
     };

@@ -157,7 +157,9 @@ impl ImageRoot {
                 .mkdir_all(parent, &Permissions::from_mode(0o755))
                 .map_err(|e| pathrs_io(parent, e))?
         } else {
-            self.root.resolve(parent).map_err(|e| pathrs_io(parent, e))?
+            self.root
+                .resolve(parent)
+                .map_err(|e| pathrs_io(parent, e))?
         };
         Ok(handle.into())
     }
@@ -251,7 +253,12 @@ impl ImageRoot {
     /// Writes `content` to `path` atomically (temporary file + rename in the
     /// same directory), creating parent directories. Without an explicit mode
     /// or owner, an existing regular file keeps its own; a new one gets 0644.
-    pub fn write(&self, path: impl AsRef<Path>, content: &[u8], attrs: Attrs) -> Result<(), FsError> {
+    pub fn write(
+        &self,
+        path: impl AsRef<Path>,
+        content: &[u8],
+        attrs: Attrs,
+    ) -> Result<(), FsError> {
         self.write_from(path, &mut &content[..], attrs).map(|_| ())
     }
 
@@ -265,10 +272,15 @@ impl ImageRoot {
         let path = path.as_ref();
         let (parent, name) = split(path)?;
         let dir = self.parent_dir(&parent, true)?;
-        let existing = nix::sys::stat::fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .ok()
-            .filter(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG);
-        if let Ok(st) = nix::sys::stat::fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let existing =
+            nix::sys::stat::fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .ok()
+                .filter(|st| {
+                    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+                });
+        if let Ok(st) =
+            nix::sys::stat::fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+        {
             if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
                 return Err(FsError::Invalid {
                     path: path.display().to_string(),
@@ -324,7 +336,11 @@ impl ImageRoot {
         let fd = nix::fcntl::openat(
             &dir,
             name.as_os_str(),
-            OFlag::O_CREAT | OFlag::O_APPEND | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            OFlag::O_CREAT
+                | OFlag::O_APPEND
+                | OFlag::O_WRONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o644),
         );
         let fd = match fd {
@@ -332,7 +348,10 @@ impl ImageRoot {
             // A symlink at the name: append to what it points at, resolved in the root.
             Err(nix::errno::Errno::ELOOP) => self
                 .root
-                .open_subpath(path, OpenFlags::O_WRONLY | OpenFlags::O_APPEND | OpenFlags::O_CLOEXEC)
+                .open_subpath(
+                    path,
+                    OpenFlags::O_WRONLY | OpenFlags::O_APPEND | OpenFlags::O_CLOEXEC,
+                )
                 .map_err(|e| pathrs_io(path, e))?
                 .into(),
             Err(e) => return Err(errno_io(path, e)),
@@ -375,7 +394,8 @@ impl ImageRoot {
                 .map_err(|e| errno_io(link, e))?,
             Err(_) => {}
         }
-        nix::unistd::symlinkat(target.as_ref(), &dir, name.as_os_str()).map_err(|e| errno_io(link, e))
+        nix::unistd::symlinkat(target.as_ref(), &dir, name.as_os_str())
+            .map_err(|e| errno_io(link, e))
     }
 
     /// Removes `path` recursively; returns whether anything was there.
@@ -423,14 +443,25 @@ impl ImageRoot {
 
     /// Copies a host file or directory tree into the root at `dest`.
     /// Symlinks are copied as links; special files are refused.
-    pub fn copy_from_host(&self, src: &Path, dest: impl AsRef<Path>, attrs: Attrs) -> Result<Vec<String>, FsError> {
+    pub fn copy_from_host(
+        &self,
+        src: &Path,
+        dest: impl AsRef<Path>,
+        attrs: Attrs,
+    ) -> Result<Vec<String>, FsError> {
         let dest = dest.as_ref();
         let mut written = Vec::new();
         self.copy_tree(src, dest, attrs, &mut written)?;
         Ok(written)
     }
 
-    fn copy_tree(&self, src: &Path, dest: &Path, attrs: Attrs, written: &mut Vec<String>) -> Result<(), FsError> {
+    fn copy_tree(
+        &self,
+        src: &Path,
+        dest: &Path,
+        attrs: Attrs,
+        written: &mut Vec<String>,
+    ) -> Result<(), FsError> {
         let meta = std::fs::symlink_metadata(src).map_err(|e| FsError::io(src, e))?;
         let ft = meta.file_type();
         if ft.is_symlink() {
@@ -438,7 +469,10 @@ impl ImageRoot {
             self.symlink(target, dest)?;
         } else if ft.is_dir() {
             let dir_attrs = Attrs {
-                mode: attrs.mode.map(|_| 0o755).or(Some(meta.permissions().mode() & 0o7777)),
+                mode: attrs
+                    .mode
+                    .map(|_| 0o755)
+                    .or(Some(meta.permissions().mode() & 0o7777)),
                 ..attrs
             };
             self.mkdir_all(dest, dir_attrs)?;
@@ -471,8 +505,12 @@ impl ImageRoot {
 }
 
 fn stat_fd(path: &Path, fd: std::os::fd::BorrowedFd<'_>) -> Result<Stat, FsError> {
-    let st = nix::sys::stat::fstatat(fd, "", AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(|e| errno_io(path, e))?;
+    let st = nix::sys::stat::fstatat(
+        fd,
+        "",
+        AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| errno_io(path, e))?;
     let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     let kind = if fmt == SFlag::S_IFREG {
         FileKind::File
@@ -510,11 +548,13 @@ mod tests {
     #[test]
     fn write_read_roundtrip_creates_parents() {
         let (_d, r) = root();
-        r.write("/etc/a/b.conf", b"x=1\n", Attrs::mode(0o640)).unwrap();
+        r.write("/etc/a/b.conf", b"x=1\n", Attrs::mode(0o640))
+            .unwrap();
         assert_eq!(r.read_string("/etc/a/b.conf").unwrap(), "x=1\n");
         assert_eq!(r.stat("/etc/a/b.conf").unwrap().mode, 0o640);
         // Rewriting without a mode keeps the existing one.
-        r.write("/etc/a/b.conf", b"x=2\n", Attrs::default()).unwrap();
+        r.write("/etc/a/b.conf", b"x=2\n", Attrs::default())
+            .unwrap();
         assert_eq!(r.stat("/etc/a/b.conf").unwrap().mode, 0o640);
     }
 
@@ -546,9 +586,13 @@ mod tests {
         std::os::unix::fs::symlink(host.path().join("secret"), d.path().join("link")).unwrap();
         assert!(r.read("/link").unwrap_err().is_not_found());
         std::fs::create_dir(d.path().join("etc")).unwrap();
-        assert!(r.read("/etc/../../../../../etc/hostname").unwrap_err().is_not_found());
+        assert!(r
+            .read("/etc/../../../../../etc/hostname")
+            .unwrap_err()
+            .is_not_found());
         std::os::unix::fs::symlink("/", d.path().join("etc/up")).unwrap();
-        r.write("/etc/up/etc/inside", b"1", Attrs::default()).unwrap();
+        r.write("/etc/up/etc/inside", b"1", Attrs::default())
+            .unwrap();
         assert!(d.path().join("etc/inside").exists());
     }
 

@@ -13,7 +13,9 @@ mod recording;
 pub use checksums::{sha256_for, ChecksumError};
 
 pub use git::GitFetcher;
-pub use http::{check_url, default_cache_dir, url_file_name, FetchLog, HttpFetcher, RetryPolicy, MAX_TEXT_BYTES};
+pub use http::{
+    check_url, default_cache_dir, url_file_name, FetchLog, HttpFetcher, RetryPolicy, MAX_TEXT_BYTES,
+};
 pub use recording::RecordingFetcher;
 
 use std::path::PathBuf;
@@ -103,7 +105,9 @@ pub trait Fetcher: Send + Sync {
     /// records the result for review). Every other fetcher refuses, so a
     /// build never trusts an unpinned download; a recording one returns `None`.
     fn first_use_sha256(&self, url: &str) -> Result<Option<String>, FetchError> {
-        Err(FetchError::OnlyInLock { url: url.to_string() })
+        Err(FetchError::OnlyInLock {
+            url: url.to_string(),
+        })
     }
 }
 

@@ -70,10 +70,12 @@ impl Fetcher for RecordingFetcher {
         let Some(path) = self.fixtures.get(url) else {
             return Ok(None);
         };
-        std::fs::read_to_string(path).map(Some).map_err(|e| FetchError::Io {
-            url: url.to_string(),
-            reason: format!("fixture {}: {e}", path.display()),
-        })
+        std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| FetchError::Io {
+                url: url.to_string(),
+                reason: format!("fixture {}: {e}", path.display()),
+            })
     }
 
     /// Plans and tests show such a file as pinned by the lock; they never
@@ -93,14 +95,20 @@ mod tests {
         let list = dir.path().join("sums.txt");
         std::fs::write(&list, "abc  x.tar.gz\n").unwrap();
         let f = RecordingFetcher::new(BTreeMap::from([("https://h/sums.txt".to_string(), list)]));
-        assert_eq!(f.fetch_text("https://h/sums.txt").unwrap().as_deref(), Some("abc  x.tar.gz\n"));
+        assert_eq!(
+            f.fetch_text("https://h/sums.txt").unwrap().as_deref(),
+            Some("abc  x.tar.gz\n")
+        );
         assert_eq!(f.fetch_text("https://h/other.txt").unwrap(), None);
         assert_eq!(f.first_use_sha256("https://h/x.deb").unwrap(), None);
         let missing = RecordingFetcher::new(BTreeMap::from([(
             "https://h/gone".to_string(),
             dir.path().join("gone"),
         )]));
-        let e = missing.fetch_text("https://h/gone").unwrap_err().to_string();
+        let e = missing
+            .fetch_text("https://h/gone")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("https://h/gone: fixture "), "{e}");
     }
 
