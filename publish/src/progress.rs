@@ -17,6 +17,8 @@ pub trait Progress: Sync {
     fn set(&self, position: u64);
     /// The current phase ended.
     fn finish(&self);
+    /// The current phase ended without finishing (an error or an interrupt).
+    fn stop(&self) {}
     /// A one-line message for the user (e.g. "already uploaded; nothing to do").
     fn note(&self, message: &str);
 }
@@ -39,8 +41,9 @@ impl Progress for Quiet {
     fn note(&self, _: &str) {}
 }
 
-/// Progress on stderr: an indicatif bar on a terminal, otherwise one plain line
-/// per 10 % (CI logs show no bars, and a line per part would drown them).
+/// Progress on stderr: an indicatif bar on a terminal, otherwise a plain line
+/// per 10 %, at most one a second (CI logs show no bars, and a line per part
+/// would drown them).
 pub struct Bar {
     state: Mutex<BarState>,
     terminal: bool,
@@ -54,6 +57,7 @@ struct BarState {
     unit: Unit,
     next_report: u64,
     started: Instant,
+    last_line: Instant,
 }
 
 impl Default for Bar {
@@ -73,6 +77,7 @@ impl Bar {
                 unit: Unit::Bytes,
                 next_report: 0,
                 started: Instant::now(),
+                last_line: Instant::now(),
             }),
             terminal: std::io::stderr().is_terminal(),
         }
@@ -95,9 +100,12 @@ impl Progress for Bar {
         s.unit = unit;
         s.next_report = total / 10;
         s.started = Instant::now();
+        s.last_line = Instant::now();
         if self.terminal {
             let template = match unit {
-                Unit::Bytes => "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                Unit::Bytes => {
+                    "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+                }
                 Unit::Percent => "{msg:>12} [{bar:40}] {pos}% elapsed {elapsed}",
             };
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -124,7 +132,11 @@ impl Progress for Bar {
         s.position = position;
         if let Some(bar) = &s.bar {
             bar.set_position(position);
-        } else if s.total > 0 && position >= s.next_report && position < s.total {
+        } else if s.total > 0
+            && position >= s.next_report
+            && position < s.total
+            && s.last_line.elapsed() >= Duration::from_secs(1)
+        {
             let percent = position * 100 / s.total;
             Self::line(&format!(
                 "{}: {percent}% ({} of {})",
@@ -133,6 +145,7 @@ impl Progress for Bar {
                 amount(s.total, s.unit)
             ));
             s.next_report = (percent / 10 + 1) * s.total / 10;
+            s.last_line = Instant::now();
         }
     }
 
@@ -149,7 +162,26 @@ impl Progress for Bar {
             ),
             _ => String::new(),
         };
-        Self::line(&format!("{}: done in {:.1} s{rate}", s.label, elapsed.as_secs_f64()));
+        Self::line(&format!(
+            "{}: done in {:.1} s{rate}",
+            s.label,
+            elapsed.as_secs_f64()
+        ));
+    }
+
+    fn stop(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match s.bar.take() {
+            Some(bar) => bar.abandon(),
+            None if !s.label.is_empty() => Self::line(&format!(
+                "{}: stopped at {} of {}",
+                s.label,
+                amount(s.position, s.unit),
+                amount(s.total, s.unit)
+            )),
+            None => {}
+        }
+        s.label.clear();
     }
 
     fn note(&self, message: &str) {

@@ -1,0 +1,471 @@
+//! Snapshot by EBS direct APIs: StartSnapshot, PutSnapshotBlock for each non-zero 512 KiB block, CompleteSnapshot.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use aws_sdk_ebs::primitives::ByteStream;
+use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Status, Tag};
+use aws_sdk_ec2::types::SnapshotState;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{register, Ctx, Error};
+use crate::conn::data_plane;
+use crate::hash;
+use crate::progress::{Progress, Unit};
+use crate::retry::{retry, sdk_retryable, Backoff};
+use crate::rt::Interrupt;
+
+/// EBS's only block size.
+pub(super) const BLOCK: u64 = 512 * 1024;
+/// How long AWS keeps a started snapshot pending without a new block before
+/// failing it; bounds what a killed run leaves behind.
+const SNAPSHOT_TIMEOUT_MINUTES: i32 = 60;
+
+/// Writes the image into a new snapshot and returns its id once EC2 reports
+/// it completed. On any failure or interrupt the snapshot is deleted.
+pub(super) async fn snapshot(
+    ctx: &Ctx<'_>,
+    progress: &dyn Progress,
+    interrupt: Interrupt,
+) -> Result<String, Error> {
+    let ebs = aws_sdk_ebs::Client::new(&ctx.home);
+    let ec2 = aws_sdk_ec2::Client::new(&ctx.home);
+    let tags = ctx
+        .tags()
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    let started = ebs
+        .start_snapshot()
+        .volume_size(ctx.volume_gib() as i64)
+        .description(ctx.description())
+        .set_tags(Some(tags))
+        .timeout(SNAPSHOT_TIMEOUT_MINUTES)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::api(
+                "StartSnapshot",
+                format!("{} GiB for {:?}", ctx.volume_gib(), ctx.opts.name),
+                &e,
+            )
+        })?;
+    let id = started.snapshot_id().unwrap_or_default().to_string();
+    if id.is_empty() {
+        return Err(Error::Api {
+            op: "StartSnapshot",
+            target: ctx.opts.name.clone(),
+            message: "the response has no snapshot id".into(),
+        });
+    }
+    // EBS has one block size; the response's BlockSize is not trusted over it
+    // (moto reports 512, which would mean a thousand times the requests).
+    if let Some(reported) = started.block_size().filter(|&b| b as u64 != BLOCK) {
+        progress.note(&format!(
+            "StartSnapshot reported block size {reported}; using EBS's {BLOCK}"
+        ));
+    }
+    let block = BLOCK;
+    progress.note(&format!("writing snapshot {id} with the EBS direct APIs"));
+    let mut stop = interrupt.clone();
+    let result = async {
+        let written = tokio::select! {
+            r = put_blocks(ctx, &ebs, &id, block, progress) => r?,
+            signal = stop.wait() => return Err(Error::Interrupted { signal }),
+        };
+        complete(&ebs, &id, &written).await?;
+        wait_completed(ctx, &ec2, &id, progress, interrupt).await
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(id),
+        Err(e) => {
+            let cleanup = register::delete_snapshot(&ec2, &id).await.err();
+            Err(e.with_cleanup(cleanup))
+        }
+    }
+}
+
+/// The blocks written: index → raw SHA-256, in index order.
+#[derive(Default)]
+pub(super) struct Written {
+    pub digests: BTreeMap<i32, [u8; 32]>,
+}
+
+impl Written {
+    /// EBS's "linear" aggregate: SHA-256 over the blocks' raw digests in
+    /// ascending index order, base64 (as awslabs/coldsnap computes it).
+    pub(super) fn linear_checksum(&self) -> String {
+        let mut h = Sha256::new();
+        for d in self.digests.values() {
+            h.update(d);
+        }
+        aws_smithy_types::base64::encode(h.finalize())
+    }
+}
+
+enum Msg {
+    Block {
+        index: i32,
+        data: bytes::Bytes,
+        len: u64,
+    },
+    Skipped(u64),
+    Failed(std::io::Error),
+}
+
+/// A reader thread scans the file's data extents and sends non-zero blocks;
+/// up to `block_concurrency` PutSnapshotBlock requests run at once.
+async fn put_blocks(
+    ctx: &Ctx<'_>,
+    ebs: &aws_sdk_ebs::Client,
+    id: &str,
+    block: u64,
+    progress: &dyn Progress,
+) -> Result<Written, Error> {
+    let io = |source| Error::Io {
+        path: ctx.image.to_path_buf(),
+        source,
+    };
+    let ranges = data_ranges(&ctx.file, ctx.size, block).map_err(io)?;
+    let concurrency = ctx.opts.block_concurrency;
+    let (tx, mut rx) = mpsc::channel(concurrency * 2);
+    let (file, size) = (ctx.file.clone(), ctx.size);
+    let reader = tokio::task::spawn_blocking(move || read_blocks(&file, size, block, &ranges, &tx));
+    progress.start("writing blocks", ctx.size, Unit::Bytes);
+    let mut running = JoinSet::new();
+    let mut written = Written::default();
+    let mut input_done = false;
+    while !(input_done && running.is_empty()) {
+        let take = !input_done && running.len() < concurrency;
+        tokio::select! {
+            msg = rx.recv(), if take => match msg {
+                Some(Msg::Block { index, data, len }) => {
+                    running.spawn(put_block(ebs.clone(), id.to_string(), index, data, len, ctx.backoff));
+                }
+                Some(Msg::Skipped(n)) => progress.advance(n),
+                Some(Msg::Failed(e)) => return Err(io(e)),
+                None => input_done = true,
+            },
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                let (index, digest, len) = joined.map_err(|e| Error::Task {
+                    what: format!("block upload to {id}"),
+                    message: e.to_string(),
+                })??;
+                written.digests.insert(index, digest);
+                progress.advance(len);
+            }
+        }
+    }
+    reader.await.map_err(|e| Error::Task {
+        what: "reading blocks".into(),
+        message: e.to_string(),
+    })?;
+    progress.finish();
+    Ok(written)
+}
+
+async fn put_block(
+    ebs: aws_sdk_ebs::Client,
+    id: String,
+    index: i32,
+    data: bytes::Bytes,
+    len: u64,
+    backoff: Backoff,
+) -> Result<(i32, [u8; 32], u64), Error> {
+    let digest = hash::digest(&data);
+    let checksum = aws_smithy_types::base64::encode(digest);
+    // A just-started snapshot can briefly be unknown to the block API
+    // (coldsnap retries for minutes on that), so not-found is transient here.
+    let retryable = |e: &aws_sdk_ebs::error::SdkError<_, _>| {
+        sdk_retryable(e)
+            || matches!(
+                e.as_service_error(),
+                Some(aws_sdk_ebs::operation::put_snapshot_block::PutSnapshotBlockError::ResourceNotFoundException(_))
+            )
+    };
+    retry(backoff, retryable, |_| {
+        ebs.put_snapshot_block()
+            .snapshot_id(&id)
+            .block_index(index)
+            .block_data(ByteStream::from(data.clone()))
+            .data_length(data.len() as i32)
+            .checksum(&checksum)
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .customize()
+            .config_override({
+                let (retries, timeouts) = data_plane(BLOCK);
+                aws_sdk_ebs::config::Builder::default()
+                    .retry_config(retries)
+                    .timeout_config(timeouts)
+            })
+            .send()
+    })
+    .await
+    .map_err(|e| Error::api("PutSnapshotBlock", format!("{id} block {index}"), &e))?;
+    Ok((index, digest, len))
+}
+
+async fn complete(ebs: &aws_sdk_ebs::Client, id: &str, written: &Written) -> Result<(), Error> {
+    let done = ebs
+        .complete_snapshot()
+        .snapshot_id(id)
+        .changed_blocks_count(written.digests.len() as i32)
+        .checksum(written.linear_checksum())
+        .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+        .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
+        .send()
+        .await
+        .map_err(|e| Error::api("CompleteSnapshot", id, &e))?;
+    if done.status() == Some(&Status::Error) {
+        return Err(Error::SnapshotFailed {
+            snapshot: id.to_string(),
+            state: "error".into(),
+            message: "CompleteSnapshot reported an error".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Polls EC2 until the snapshot leaves `pending` (bounded by `available_timeout_secs`).
+async fn wait_completed(
+    ctx: &Ctx<'_>,
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    progress: &dyn Progress,
+    mut interrupt: Interrupt,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let timeout = ctx.opts.available_timeout_secs;
+    progress.start("sealing snapshot", 100, Unit::Percent);
+    loop {
+        let described = ec2
+            .describe_snapshots()
+            .snapshot_ids(id)
+            .send()
+            .await
+            .map_err(|e| Error::api("DescribeSnapshots", id, &e))?;
+        let snap = described.snapshots().first();
+        match snap.and_then(|s| s.state()) {
+            Some(SnapshotState::Completed) => {
+                progress.set(100);
+                progress.finish();
+                return Ok(());
+            }
+            Some(SnapshotState::Error) => {
+                return Err(Error::SnapshotFailed {
+                    snapshot: id.to_string(),
+                    state: "error".into(),
+                    message: snap
+                        .and_then(|s| s.state_message())
+                        .unwrap_or("no message")
+                        .to_string(),
+                })
+            }
+            _ => {
+                if let Some(pct) = snap
+                    .and_then(|s| s.progress())
+                    .and_then(|p| p.trim_end_matches('%').parse::<u64>().ok())
+                {
+                    progress.set(pct.min(100));
+                }
+            }
+        }
+        if started.elapsed().as_secs() >= timeout {
+            return Err(Error::Timeout {
+                what: format!("snapshot {id} to complete"),
+                secs: timeout,
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.poll()) => {}
+            signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
+        }
+    }
+}
+
+/// Block-aligned `[start, end)` ranges that may hold data, from SEEK_DATA /
+/// SEEK_HOLE: holes of a sparse image are never read. File systems without
+/// hole reporting give one range over the whole file.
+pub(super) fn data_ranges(file: &File, size: u64, block: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let end_of_file = size.div_ceil(block) * block;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut offset = 0u64;
+    while offset < size {
+        // SAFETY: lseek on a valid descriptor we own; reads go through pread,
+        // so moving the file position does not disturb them.
+        let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENXIO) => Ok(ranges),
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(vec![(0, end_of_file)]),
+                _ => Err(err),
+            };
+        }
+        let data = data as u64;
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
+        let start = data / block * block;
+        let end = (hole.div_ceil(block) * block).min(end_of_file);
+        match ranges.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => ranges.push((start, end)),
+        }
+        offset = hole.max(data + 1);
+    }
+    Ok(ranges)
+}
+
+/// Sends each block of `ranges` that is not all zeros (the last one padded
+/// to a full block, as EBS requires), and the byte count of everything skipped.
+fn read_blocks(file: &File, size: u64, block: u64, ranges: &[(u64, u64)], tx: &mpsc::Sender<Msg>) {
+    let mut position = 0u64;
+    for &(start, end) in ranges {
+        if start > position && tx.blocking_send(Msg::Skipped(start - position)).is_err() {
+            return;
+        }
+        let mut offset = start;
+        while offset < end.min(size) {
+            let len = block.min(size - offset);
+            let mut buf = vec![0u8; block as usize];
+            if let Err(e) = hash::read_exact_at(file, &mut buf[..len as usize], offset) {
+                let _ = tx.blocking_send(Msg::Failed(e));
+                return;
+            }
+            let msg = if is_zero(&buf) {
+                Msg::Skipped(len)
+            } else {
+                Msg::Block {
+                    index: (offset / block) as i32,
+                    data: bytes::Bytes::from(buf),
+                    len,
+                }
+            };
+            if tx.blocking_send(msg).is_err() {
+                return;
+            }
+            offset += block;
+        }
+        position = end.min(size);
+    }
+    if position < size {
+        let _ = tx.blocking_send(Msg::Skipped(size - position));
+    }
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    let words = buf.chunks_exact(16);
+    let rest = words.remainder();
+    words
+        .map(|w| u128::from_ne_bytes(w.try_into().unwrap_or([1; 16])))
+        .all(|w| w == 0)
+        && rest.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn data_ranges_cover_written_data_and_skip_holes() {
+        let f = tempfile::tempfile().unwrap();
+        let size = 64 * BLOCK;
+        f.set_len(size).unwrap();
+        f.write_all_at(b"x", 3 * BLOCK + 10).unwrap();
+        f.write_all_at(&vec![7u8; BLOCK as usize], 40 * BLOCK)
+            .unwrap();
+        let ranges = data_ranges(&f, size, BLOCK).unwrap();
+        let covered = |off: u64| ranges.iter().any(|&(s, e)| s <= off && off < e);
+        assert!(
+            covered(3 * BLOCK + 10) && covered(40 * BLOCK) && covered(41 * BLOCK - 1),
+            "{ranges:?}"
+        );
+        for &(s, e) in &ranges {
+            assert!(
+                s % BLOCK == 0 && e % BLOCK == 0 && s < e && e <= size,
+                "{ranges:?}"
+            );
+        }
+        // The file system may round extents up, but a 32 MiB file with two
+        // small writes must not be reported as all data.
+        let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+        assert!(total < size / 2, "{ranges:?}");
+    }
+
+    #[test]
+    fn read_blocks_sends_non_zero_blocks_padded_and_counts_the_rest() {
+        let f = tempfile::tempfile().unwrap();
+        // 5.5 blocks: data in block 1, zeros written in block 2, data in the half last block.
+        let size = 5 * BLOCK + BLOCK / 2;
+        f.set_len(size).unwrap();
+        f.write_all_at(&[1, 2, 3], BLOCK + 5).unwrap();
+        f.write_all_at(&vec![0u8; BLOCK as usize], 2 * BLOCK)
+            .unwrap();
+        f.write_all_at(&[9], size - 1).unwrap();
+        let ranges = data_ranges(&f, size, BLOCK).unwrap();
+        let (tx, mut rx) = mpsc::channel(100);
+        read_blocks(&f, size, BLOCK, &ranges, &tx);
+        drop(tx);
+        let (mut blocks, mut skipped, mut sent) = (Vec::new(), 0, 0);
+        while let Some(m) = rx.blocking_recv() {
+            match m {
+                Msg::Block { index, data, len } => {
+                    assert_eq!(
+                        data.len() as u64,
+                        BLOCK,
+                        "block {index} padded to full size"
+                    );
+                    sent += len;
+                    blocks.push((index, data));
+                }
+                Msg::Skipped(n) => skipped += n,
+                Msg::Failed(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(blocks.iter().map(|b| b.0).collect::<Vec<_>>(), vec![1, 5]);
+        assert_eq!(&blocks[0].1[5..8], &[1, 2, 3]);
+        assert_eq!(blocks[1].1[(BLOCK / 2 - 1) as usize], 9);
+        assert!(blocks[1].1[(BLOCK / 2) as usize..].iter().all(|&b| b == 0));
+        assert_eq!(sent + skipped, size, "every byte accounted for once");
+    }
+
+    #[test]
+    fn linear_checksum_hashes_raw_digests_in_index_order() {
+        let mut w = Written::default();
+        let (a, b) = (hash::digest(b"a"), hash::digest(b"b"));
+        w.digests.insert(7, b);
+        w.digests.insert(2, a);
+        let mut cat = a.to_vec();
+        cat.extend(b);
+        assert_eq!(
+            w.linear_checksum(),
+            aws_smithy_types::base64::encode(hash::digest(&cat))
+        );
+    }
+
+    #[test]
+    fn is_zero_checks_every_byte_whatever_the_alignment() {
+        let mut buf = vec![0u8; 4099];
+        assert!(is_zero(&buf) && is_zero(&buf[1..]) && is_zero(&[]));
+        for i in [0, 1, 17, 2048, 4098] {
+            buf[i] = 1;
+            assert!(
+                !is_zero(&buf) && (i == 0 || !is_zero(&buf[1..])),
+                "byte {i}"
+            );
+            buf[i] = 0;
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! EC2 image steps: find by name, register a snapshot, tag, copy across regions, wait, share.
+
+use std::time::Instant;
+
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, EbsBlockDevice, Filter, ImageState, LaunchPermission,
+    LaunchPermissionModifications, PermissionGroup, Tag, VolumeType,
+};
+use aws_sdk_ec2::Client;
+
+use super::{Arch, Ctx, Error, RegionImage};
+use crate::progress::{Progress, Unit};
+use crate::rt::Interrupt;
+
+/// The root device every AMI gets, as the old workflow registered them.
+pub(super) const ROOT_DEVICE: &str = "/dev/sda1";
+
+/// This account's AMI named `name` in the client's region, if any. One that
+/// failed (or is otherwise unusable) is an error: it must be deregistered by
+/// hand before the name can be used again.
+pub(super) async fn find_by_name(
+    ec2: &Client,
+    region: &str,
+    name: &str,
+) -> Result<Option<RegionImage>, Error> {
+    let found = ec2
+        .describe_images()
+        .owners("self")
+        .filters(Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .map_err(|e| Error::api("DescribeImages", format!("name {name:?} in {region}"), &e))?;
+    let Some(image) = found.images().first() else {
+        return Ok(None);
+    };
+    let ami = image.image_id().unwrap_or_default().to_string();
+    match image.state() {
+        Some(ImageState::Available) | Some(ImageState::Pending) | None => Ok(Some(RegionImage {
+            snapshot: root_snapshot(image),
+            ami,
+            existing: true,
+        })),
+        Some(state) => Err(Error::ImageFailed {
+            ami,
+            region: region.to_string(),
+            state: state.as_str().to_string(),
+            reason: format!(
+                "an AMI named {name:?} exists but is unusable ({}); deregister it first",
+                image
+                    .state_reason()
+                    .and_then(|r| r.message())
+                    .unwrap_or("no reason given")
+            ),
+        }),
+    }
+}
+
+fn root_snapshot(image: &aws_sdk_ec2::types::Image) -> Option<String> {
+    let root = image.root_device_name().unwrap_or(ROOT_DEVICE);
+    image
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some(root))
+        .or_else(|| image.block_device_mappings().first())
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.snapshot_id())
+        .map(str::to_string)
+}
+
+/// RegisterImage: HVM, ENA, root `/dev/sda1` on a gp3 volume of the image's
+/// size (whole GiB) from `snapshot`; then the tags.
+pub(super) async fn register(ctx: &Ctx<'_>, ec2: &Client, snapshot: &str) -> Result<String, Error> {
+    let opts = ctx.opts;
+    let registered = ec2
+        .register_image()
+        .name(&opts.name)
+        .description(ctx.description())
+        .architecture(match opts.arch {
+            Arch::X86_64 => ArchitectureValues::X8664,
+            Arch::Arm64 => ArchitectureValues::Arm64,
+        })
+        .virtualization_type("hvm")
+        .ena_support(true)
+        .root_device_name(ROOT_DEVICE)
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name(ROOT_DEVICE)
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .snapshot_id(snapshot)
+                        .volume_size(ctx.volume_gib())
+                        .volume_type(VolumeType::Gp3)
+                        .delete_on_termination(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            Error::api(
+                "RegisterImage",
+                format!("{:?} from {snapshot}", opts.name),
+                &e,
+            )
+        })?;
+    let ami = registered.image_id().unwrap_or_default().to_string();
+    if ami.is_empty() {
+        return Err(Error::Api {
+            op: "RegisterImage",
+            target: opts.name.clone(),
+            message: "the response has no image id".into(),
+        });
+    }
+    tag(ctx, ec2, &[ami.as_str(), snapshot]).await?;
+    Ok(ami)
+}
+
+/// CreateTags with `Name`, `Source`, `Architecture` on `resources`.
+pub(super) async fn tag(ctx: &Ctx<'_>, ec2: &Client, resources: &[&str]) -> Result<(), Error> {
+    let tags = ctx
+        .tags()
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    ec2.create_tags()
+        .set_resources(Some(resources.iter().map(|r| r.to_string()).collect()))
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .map_err(|e| Error::api("CreateTags", resources.join(","), &e))?;
+    Ok(())
+}
+
+/// CopyImage of `source_ami` (in the home region) into the client's region, tagged alike.
+pub(super) async fn copy(
+    ctx: &Ctx<'_>,
+    dest: &Client,
+    region: &str,
+    source_ami: &str,
+) -> Result<String, Error> {
+    let opts = ctx.opts;
+    let copied = dest
+        .copy_image()
+        .source_image_id(source_ami)
+        .source_region(&opts.region)
+        .name(&opts.name)
+        .description(ctx.description())
+        .send()
+        .await
+        .map_err(|e| Error::api("CopyImage", format!("{source_ami} to {region}"), &e))?;
+    let ami = copied.image_id().unwrap_or_default().to_string();
+    if ami.is_empty() {
+        return Err(Error::Api {
+            op: "CopyImage",
+            target: format!("{source_ami} to {region}"),
+            message: "the response has no image id".into(),
+        });
+    }
+    tag(ctx, dest, &[ami.as_str()]).await?;
+    Ok(ami)
+}
+
+/// Polls every AMI until all are available (bounded by
+/// `available_timeout_secs`); returns each one's root snapshot.
+pub(super) async fn wait_available(
+    ctx: &Ctx<'_>,
+    images: &[(String, Client, RegionImage)],
+    progress: &dyn Progress,
+    mut interrupt: Interrupt,
+) -> Result<Vec<Option<String>>, Error> {
+    if images.is_empty() {
+        return Ok(Vec::new());
+    }
+    let started = Instant::now();
+    let timeout = ctx.opts.available_timeout_secs;
+    let mut snapshots: Vec<Option<Option<String>>> = vec![None; images.len()];
+    progress.start("waiting for AMIs", images.len() as u64, Unit::Percent);
+    loop {
+        for (i, (region, ec2, img)) in images.iter().enumerate() {
+            if snapshots[i].is_some() {
+                continue;
+            }
+            let described = ec2
+                .describe_images()
+                .image_ids(&img.ami)
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::api("DescribeImages", format!("{} in {region}", img.ami), &e)
+                })?;
+            let Some(image) = described.images().first() else {
+                // Freshly copied AMIs can take a moment to be listed.
+                continue;
+            };
+            match image.state() {
+                Some(ImageState::Available) => snapshots[i] = Some(root_snapshot(image)),
+                Some(ImageState::Pending) | None => {}
+                Some(state) => {
+                    return Err(Error::ImageFailed {
+                        ami: img.ami.clone(),
+                        region: region.clone(),
+                        state: state.as_str().to_string(),
+                        reason: image
+                            .state_reason()
+                            .and_then(|r| r.message())
+                            .unwrap_or("no reason given")
+                            .to_string(),
+                    })
+                }
+            }
+        }
+        let done = snapshots.iter().filter(|s| s.is_some()).count();
+        progress.set((done * 100 / images.len().max(1)) as u64);
+        if done == images.len() {
+            progress.finish();
+            return Ok(snapshots.into_iter().map(Option::flatten).collect());
+        }
+        if started.elapsed().as_secs() >= timeout {
+            let waiting: Vec<String> = images
+                .iter()
+                .zip(&snapshots)
+                .filter(|(_, s)| s.is_none())
+                .map(|((r, _, img), _)| format!("{} in {r}", img.ami))
+                .collect();
+            return Err(Error::Timeout {
+                what: format!("AMIs to become available: {}", waiting.join(", ")),
+                secs: timeout,
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.poll()) => {}
+            signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
+        }
+    }
+}
+
+/// Launch permission for everyone (`Group=all`).
+pub(super) async fn make_public(ec2: &Client, region: &str, ami: &str) -> Result<(), Error> {
+    ec2.modify_image_attribute()
+        .image_id(ami)
+        .launch_permission(
+            LaunchPermissionModifications::builder()
+                .add(
+                    LaunchPermission::builder()
+                        .group(PermissionGroup::All)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            Error::api(
+                "ModifyImageAttribute",
+                format!("{ami} in {region} (make public)"),
+                &e,
+            )
+        })?;
+    Ok(())
+}
+
+/// Best effort; the error text is for a message, not for control flow.
+pub(super) async fn delete_snapshot(ec2: &Client, snapshot: &str) -> Result<(), String> {
+    ec2.delete_snapshot()
+        .snapshot_id(snapshot)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "deleting snapshot {snapshot} failed: {}",
+                crate::retry::sdk_message(&e)
+            )
+        })
+}

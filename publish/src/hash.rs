@@ -1,0 +1,138 @@
+//! SHA-256 of image files, and the `sha256sum` sidecar format.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use sha2::{Digest, Sha256};
+
+use crate::progress::{Progress, Unit};
+
+const CHUNK: usize = 8 << 20;
+
+/// Lower-case hex SHA-256 of the first `size` bytes of `file`.
+pub(crate) fn sha256_file(
+    file: &File,
+    size: u64,
+    progress: &dyn Progress,
+) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    progress.start("hashing", size, Unit::Bytes);
+    while offset < size {
+        let want = ((size - offset) as usize).min(CHUNK);
+        read_exact_at(file, &mut buf[..want], offset)?;
+        hasher.update(&buf[..want]);
+        offset += want as u64;
+        progress.advance(want as u64);
+    }
+    progress.finish();
+    Ok(hex(&hasher.finalize()))
+}
+
+/// `pread` until `buf` is full; a file that ends early is an `UnexpectedEof`
+/// (it shrank since its size was read).
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file ended at byte {} while reading {} bytes at offset {offset}",
+                        offset + done as u64,
+                        buf.len()
+                    ),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Raw SHA-256 digest of `data`.
+pub(crate) fn digest(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Base64 of the SHA-256 of `data`: the form S3 and EBS take checksums in.
+pub(crate) fn base64_sha256(data: &[u8]) -> String {
+    aws_smithy_types::base64::encode(digest(data))
+}
+
+/// One `sha256sum` line: `<hex>  <name>\n`.
+pub(crate) fn sidecar_line(sha256_hex: &str, name: &str) -> String {
+    format!("{sha256_hex}  {name}\n")
+}
+
+/// The digest of a `sha256sum` file's first line, if it has one.
+pub(crate) fn parse_sidecar(text: &str) -> Option<String> {
+    let first = text.lines().next()?.split_whitespace().next()?;
+    let valid = first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then(|| first.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Quiet;
+    use std::io::Write;
+
+    #[test]
+    fn sha256_file_matches_known_digest_across_chunk_boundaries() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..(CHUNK + 12345)).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let got = sha256_file(f.as_file(), data.len() as u64, &Quiet).unwrap();
+        assert_eq!(got, hex(&Sha256::digest(&data)));
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(
+            sha256_file(empty.as_file(), 0, &Quiet).unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn sha256_file_reports_a_file_shorter_than_announced() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"short").unwrap();
+        let err = sha256_file(f.as_file(), 10, &Quiet).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("file ended at byte 5"), "{err}");
+    }
+
+    #[test]
+    fn sidecar_round_trips_in_sha256sum_format() {
+        let sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let line = sidecar_line(sha, "postgres-ubuntu-2204-x64-1.raw");
+        assert_eq!(line, format!("{sha}  postgres-ubuntu-2204-x64-1.raw\n"));
+        assert_eq!(parse_sidecar(&line).as_deref(), Some(sha));
+        assert_eq!(parse_sidecar(&sha.to_uppercase()).as_deref(), Some(sha));
+        for bad in ["", "\n", "abc  file\n", &format!("{}  x", &sha[..63])] {
+            assert_eq!(parse_sidecar(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn base64_sha256_is_what_s3_expects() {
+        // `printf abc | openssl dgst -sha256 -binary | base64`
+        assert_eq!(
+            base64_sha256(b"abc"),
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
+    }
+}
