@@ -13,28 +13,29 @@
 
 #[path = "support/fixture.rs"]
 mod fixture;
+#[path = "support/output.rs"]
+mod output;
+#[path = "support/pgimg.rs"]
+mod pgimg_bin;
 #[path = "support/served.rs"]
 mod served;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fixture::loud;
+use fixture::{
+    assert_base_sha256_unchanged, assert_base_unchanged, checked_base_image as base_image, loud,
+};
 use nix::sys::signal::Signal;
+use output::{allocated, e2fsck_clean, field, group_members, names_in, with_root_read_only};
+use pgimg_bin::{
+    os, pgimg, print_stages, read_json, repo_dir, scratch, shell_sh, sidecar, Finished, Pgimg,
+};
 use serde_json::Value;
 use served::{AptRepo, Served, Trickle, REPO_VERSION_SUFFIX};
-
-const PGIMG: &str = env!("CARGO_BIN_EXE_pgimg");
-
-fn repo_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Host caches shared by the tests' builds (apt archives, Go caches): warm
 /// after the first run, so reruns do not download PostgreSQL again.
@@ -42,199 +43,7 @@ fn cache_dir() -> PathBuf {
     fixture::fixture_dir().join("run-tests-cache")
 }
 
-/// A folder for one test's recipes and outputs, beside the fixture (same
-/// file system as the work copies, outside the small `/tmp`).
-fn scratch() -> tempfile::TempDir {
-    let d = fixture::fixture_dir();
-    std::fs::create_dir_all(&d).unwrap();
-    tempfile::Builder::new()
-        .prefix("run-test-")
-        .tempdir_in(d)
-        .unwrap()
-}
-
 // ---------------------------------------------------------------- pgimg ---
-
-/// Lines a process printed, and a way to wait for one.
-#[derive(Default)]
-struct Lines {
-    lines: Mutex<Vec<String>>,
-    changed: Condvar,
-}
-
-fn collect(stream: impl Read + Send + 'static, sink: Arc<Lines>, echo: bool) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if echo {
-                loud(&format!("  | {line}"));
-            }
-            sink.lines.lock().unwrap().push(line);
-            sink.changed.notify_all();
-        }
-    })
-}
-
-/// A running `pgimg`: stderr echoed (so a long build shows progress) and
-/// kept; stdout kept. Killed if dropped while running.
-struct Pgimg {
-    child: Child,
-    started: Instant,
-    stderr: Arc<Lines>,
-    stdout: Arc<Lines>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-/// How a `pgimg` run ended.
-struct Finished {
-    status: ExitStatus,
-    stderr: String,
-    stdout: String,
-    seconds: f64,
-}
-
-impl Finished {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
-
-impl Pgimg {
-    fn spawn(args: &[OsString], stdin: Option<&str>) -> Pgimg {
-        loud(&format!(
-            "$ pgimg {}",
-            args.iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-        let mut child = Command::new(PGIMG)
-            .args(args)
-            .current_dir(repo_dir())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting pgimg");
-        if let Some(text) = stdin {
-            let mut w = child.stdin.take().unwrap();
-            w.write_all(text.as_bytes()).expect("writing pgimg's stdin");
-        }
-        let stderr = Arc::new(Lines::default());
-        let stdout = Arc::new(Lines::default());
-        let readers = vec![
-            collect(child.stderr.take().unwrap(), stderr.clone(), true),
-            collect(child.stdout.take().unwrap(), stdout.clone(), false),
-        ];
-        Pgimg {
-            child,
-            started: Instant::now(),
-            stderr,
-            stdout,
-            readers,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Waits until a stderr line satisfies `pred`; returns it. Panics (the
-    /// drop kills pgimg) when pgimg exits first or `limit` passes.
-    fn wait_for_line(
-        &mut self,
-        what: &str,
-        limit: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = Instant::now() + limit;
-        let mut seen = 0;
-        loop {
-            {
-                let lines = self.stderr.lines.lock().unwrap();
-                if let Some(l) = lines[seen..].iter().find(|l| pred(l)) {
-                    return l.clone();
-                }
-                seen = lines.len();
-                let (_guard, _) = self
-                    .stderr
-                    .changed
-                    .wait_timeout(lines, Duration::from_millis(100))
-                    .unwrap();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(200));
-                let lines = self.stderr.lines.lock().unwrap();
-                if let Some(l) = lines.iter().find(|l| pred(l)) {
-                    return l.clone();
-                }
-                panic!(
-                    "pgimg exited ({status}) before {what}:\n{}",
-                    lines.join("\n")
-                );
-            }
-            assert!(Instant::now() < deadline, "no {what} within {limit:?}");
-        }
-    }
-
-    fn signal(&self, sig: Signal) {
-        loud(&format!(
-            "----- sending {sig} to pgimg ({}) after {:.1} s -----",
-            self.pid(),
-            self.started.elapsed().as_secs_f64()
-        ));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
-    }
-
-    /// Waits for pgimg to exit (at most `limit`; past that it is killed and
-    /// the test fails) and returns what it printed.
-    fn finish(mut self, limit: Duration) -> Finished {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "pgimg did not exit within {limit:?}:\n{}",
-                    self.stderr.lines.lock().unwrap().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        let seconds = self.started.elapsed().as_secs_f64();
-        let join = |l: &Lines| l.lines.lock().unwrap().join("\n");
-        Finished {
-            status,
-            stderr: join(&self.stderr),
-            stdout: join(&self.stdout),
-            seconds,
-        }
-    }
-}
-
-impl Drop for Pgimg {
-    /// A test that panicked mid-run must not leave a build running.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn os(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
-}
 
 /// `pgimg run RECIPE --base BASE --output OUTPUT --cache-dir ... EXTRA...`, started.
 fn start_run(recipe: &Path, base: &Path, output: &Path, extra: &[&str]) -> Pgimg {
@@ -244,31 +53,6 @@ fn start_run(recipe: &Path, base: &Path, output: &Path, extra: &[&str]) -> Pgimg
     args.extend(["--cache-dir".into(), cache_dir().into()]);
     args.extend(os(extra));
     Pgimg::spawn(&args, None)
-}
-
-fn pgimg(args: &[OsString], stdin: Option<&str>, limit: Duration) -> Finished {
-    Pgimg::spawn(args, stdin).finish(limit)
-}
-
-/// `pgimg shell IMAGE -- sh -c SCRIPT`; asserts exit 0; returns stdout.
-fn shell_sh(image: &Path, script: &str) -> String {
-    let args: Vec<OsString> = vec![
-        "shell".into(),
-        image.into(),
-        "--".into(),
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-    ];
-    let f = pgimg(&args, None, Duration::from_secs(180));
-    assert_eq!(
-        f.code(),
-        Some(0),
-        "pgimg shell failed:\n{}\n{}",
-        f.stdout,
-        f.stderr
-    );
-    f.stdout
 }
 
 fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -285,50 +69,6 @@ fn position(text: &str, needle: &str) -> (usize, usize) {
         .find(|(_, l)| l.contains(needle))
         .unwrap_or_else(|| panic!("{needle:?} not in the recipe"));
     (i + 1, l.len() - l.trim_start().len() + 1)
-}
-
-fn sidecar(output: &Path, suffix: &str) -> PathBuf {
-    let mut s = output.as_os_str().to_owned();
-    s.push(".");
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-fn read_json(path: &Path) -> Value {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Prints the manifest's stage table; returns `(stage, seconds)`.
-fn print_stages(title: &str, manifest: &Value) -> Vec<(String, f64)> {
-    let stages: Vec<(String, f64)> = manifest["stages"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .map(|s| {
-            (
-                s["stage"].as_str().unwrap().to_string(),
-                s["seconds"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    let total: f64 = stages.iter().map(|s| s.1).sum();
-    let mut text = format!("\n===== stage durations: {title} =====\n");
-    for (s, secs) in &stages {
-        text.push_str(&format!("  {s:<13} {secs:>7.2} s\n"));
-    }
-    text.push_str(&format!("  {:<13} {total:>7.2} s", "total"));
-    if let Some(o) = manifest.get("output").filter(|o| !o.is_null()) {
-        text.push_str(&format!(
-            "\n  output: {} bytes apparent, {} bytes allocated ({:.1} MiB)",
-            o["apparent_size"],
-            o["allocated_size"],
-            o["allocated_size"].as_f64().unwrap() / 1048576.0
-        ));
-    }
-    loud(&text);
-    stages
 }
 
 // ------------------------------------------------- what a build left ---
@@ -478,62 +218,6 @@ fn assert_nothing_left(out_dir: &Path, procs: &BTreeSet<Proc>, markers: &[&[&str
     assert_base_unchanged(base);
 }
 
-/// What any write to a file changes: its size, modification and change times.
-type Stamp = (u64, i64, i64, i64, i64);
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).unwrap();
-    (
-        m.len(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-    )
-}
-
-/// The fixture base image and its [`Stamp`] once its sha256 was checked.
-static BASE: std::sync::OnceLock<(PathBuf, Stamp)> = std::sync::OnceLock::new();
-
-/// The fixture base image. The first call in the test process checks its
-/// sha256 against the one recorded when it was built and notes its stamp;
-/// [`assert_base_unchanged`] then compares stamps, which costs nothing,
-/// where hashing 2 GiB costs seconds per build.
-fn base_image() -> PathBuf {
-    BASE.get_or_init(|| {
-        let base = fixture::base_image();
-        let before = stamp(&base);
-        assert_base_sha256_unchanged(&base);
-        assert_eq!(stamp(&base), before, "the base changed while it was hashed");
-        (base, before)
-    })
-    .0
-    .clone()
-}
-
-/// The base was not written to since [`base_image`] hashed it.
-fn assert_base_unchanged(base: &Path) {
-    let (path, first) = BASE.get().expect("base_image() gave the base");
-    assert_eq!(base, path);
-    assert_eq!(
-        stamp(base),
-        *first,
-        "the base image {} was written to",
-        base.display()
-    );
-}
-
-/// The base's sha256 is the one recorded when the fixture was built.
-fn assert_base_sha256_unchanged(base: &Path) {
-    assert_eq!(
-        fixture::current_sha256(base),
-        fixture::recorded_sha256(base),
-        "the base image {} changed",
-        base.display()
-    );
-}
-
 /// A recipe folder and an (empty) output folder.
 struct Scene {
     _tmp: tempfile::TempDir,
@@ -558,138 +242,11 @@ impl Scene {
 
 // ------------------------------------------- the image, read-only ---
 
-/// Runs `f` on the output's root file system mounted read-only, in a
-/// private mount namespace of a thread of its own (nothing of it is visible
-/// outside that thread, and it all goes away with the thread).
-fn with_root_read_only<T: Send>(image: &Path, f: impl FnOnce(&Path) -> T + Send) -> T {
-    use pgimg::sandbox::{namespace, Mount};
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            namespace::private_namespace_for_calling_thread().expect("a private mount namespace");
-            let img = pgimg::image::WorkImage::open(image).expect("reading the image");
-            let lo = img
-                .attach_root_read_only()
-                .expect("attaching the root read-only");
-            let mnt = tempfile::Builder::new()
-                .prefix("pgimg-run-test-ro-")
-                .tempdir()
-                .unwrap()
-                .keep();
-            let m = Mount::host(
-                Some(lo.path()),
-                &mnt,
-                Some("ext4"),
-                nix::mount::MsFlags::MS_RDONLY,
-                None,
-                "the output's root (read-only)",
-            )
-            .expect("mounting the output's root read-only");
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
-            m.close().expect("unmounting");
-            let _ = std::fs::remove_dir(&mnt);
-            lo.close().expect("detaching");
-            r.unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
-/// `e2fsck -fn` on the image's root partition (attached read-only); its output.
-fn e2fsck_clean(image: &Path) -> String {
-    let img = pgimg::image::WorkImage::open(image).unwrap();
-    let lo = img.attach_root_read_only().unwrap();
-    let out = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(lo.path())
-        .output()
-        .unwrap();
-    lo.close().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "e2fsck -fn: {}\n{text}", out.status);
-    text
-}
-
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).unwrap().blocks() * 512
-}
-
-fn field(line: &str, n: usize) -> &str {
-    line.split(':').nth(n).unwrap_or("")
-}
-
-/// The members of `group` in `/etc/group` under `root`.
-fn group_members(root: &Path, group: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(root.join("etc/group")).unwrap();
-    let line = text
-        .lines()
-        .find(|l| field(l, 0) == group)
-        .unwrap_or_else(|| panic!("no group {group}"));
-    field(line, 3)
-        .split(',')
-        .filter(|m| !m.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 // ------------------------------------------------------ the success path ---
 
 /// Checks the output's files with the root mounted read-only.
 fn check_finished_root(root: &Path) {
-    // Finalize.
-    let ssh: Vec<String> = names_in(&root.join("etc/ssh"))
-        .into_iter()
-        .filter(|n| n.starts_with("ssh_host_"))
-        .collect();
-    assert_eq!(ssh, Vec::<String>::new(), "SSH host keys removed");
-    let machine_id = std::fs::metadata(root.join("etc/machine-id")).unwrap();
-    assert_eq!(machine_id.len(), 0, "/etc/machine-id truncated to 0 bytes");
-    let shadow = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
-    let root_line = shadow.lines().find(|l| field(l, 0) == "root").unwrap();
-    assert_eq!(
-        field(root_line, 1),
-        "",
-        "root password removed: {root_line}"
-    );
-    let lists = root.join("var/lib/apt/lists");
-    for n in names_in(&lists) {
-        assert!(n == "lock" || n == "partial", "/var/lib/apt/lists/{n} left");
-    }
-    if lists.join("partial").exists() {
-        assert_eq!(names_in(&lists.join("partial")), Vec::<String>::new());
-    }
-    let archives: Vec<String> = names_in(&root.join("var/cache/apt/archives"))
-        .into_iter()
-        .filter(|n| n.ends_with(".deb"))
-        .collect();
-    assert_eq!(
-        archives,
-        Vec::<String>::new(),
-        "no .deb left in apt's archive cache"
-    );
-    assert_eq!(
-        names_in(&root.join("tmp")),
-        Vec::<String>::new(),
-        "/tmp emptied"
-    );
-    assert!(
-        !root.join("usr/sbin/policy-rc.d").exists(),
-        "policy-rc.d removed"
-    );
+    output::check_finalized(root);
 
     // apt_download: kept through finalize, and from the test repository.
     let debs = names_in(&root.join("var/cache/pgimg-example/debs"));

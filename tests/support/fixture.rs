@@ -79,3 +79,59 @@ pub fn current_sha256(image: &Path) -> String {
         .unwrap()
         .to_string()
 }
+
+/// What any write to a file changes: its size, modification and change times.
+pub type Stamp = (u64, i64, i64, i64, i64);
+
+pub fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// The fixture base image and its [`Stamp`] once its sha256 was checked.
+static BASE: std::sync::OnceLock<(PathBuf, Stamp)> = std::sync::OnceLock::new();
+
+/// The fixture base image. The first call in the test process checks its
+/// sha256 against the one recorded when it was built and notes its stamp;
+/// [`assert_base_unchanged`] then compares stamps, which costs nothing,
+/// where hashing 2 GiB costs seconds per build.
+pub fn checked_base_image() -> PathBuf {
+    BASE.get_or_init(|| {
+        let base = base_image();
+        let before = stamp(&base);
+        assert_base_sha256_unchanged(&base);
+        assert_eq!(stamp(&base), before, "the base changed while it was hashed");
+        (base, before)
+    })
+    .0
+    .clone()
+}
+
+/// The base was not written to since [`checked_base_image`] hashed it.
+pub fn assert_base_unchanged(base: &Path) {
+    let (path, first) = BASE.get().expect("checked_base_image() gave the base");
+    assert_eq!(base, path);
+    assert_eq!(
+        stamp(base),
+        *first,
+        "the base image {} was written to",
+        base.display()
+    );
+}
+
+/// The base's sha256 is the one recorded when the fixture was built.
+pub fn assert_base_sha256_unchanged(base: &Path) {
+    assert_eq!(
+        current_sha256(base),
+        recorded_sha256(base),
+        "the base image {} changed",
+        base.display()
+    );
+}
