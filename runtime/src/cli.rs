@@ -180,16 +180,29 @@ fn parse_os(s: &str) -> Result<(String, String, String), String> {
     }
 }
 
-/// Runs a recipe on a fake root; returns the journal or the error message.
-pub fn dry_run(recipe: &Path, fake: &FakeArgs) -> Result<Journal, String> {
+/// What one run on a fake root left: the recipe's result, its journal
+/// (also when it failed) and the `--mirror` names it never asked for.
+pub struct Run {
+    pub result: Result<(), String>,
+    pub journal: Journal,
+    pub unused_mirrors: Vec<String>,
+}
+
+/// Runs `recipe` on a fake `arch` root whose fetches go to `fetcher`: the
+/// one dry run behind `check`, `plan` and `lock`.
+pub fn run_on(
+    recipe: &Path,
+    fake: &FakeArgs,
+    arch: &str,
+    fetcher: Box<dyn pgimg_stdlib::fetch::Fetcher>,
+) -> Result<Run, String> {
     let os = FakeOs {
         id: fake.os.0.clone(),
         version_id: fake.os.1.clone(),
         codename: fake.os.2.clone(),
-        arch: fake.arch.clone(),
+        arch: arch.to_string(),
     };
-    let target = FakeTarget::new(&os, Box::new(RecordingFetcher::default()))
-        .map_err(|e| format!("creating a fake root: {e}"))?;
+    let target = FakeTarget::new(&os, fetcher).map_err(|e| format!("creating a fake root: {e}"))?;
     let journal = Arc::new(Mutex::new(Journal::default()));
     let ctx = Ctx::new(Arc::new(target))
         .with_params(fake.set.iter().cloned().collect::<BTreeMap<_, _>>())
@@ -201,18 +214,38 @@ pub fn dry_run(recipe: &Path, fake: &FakeArgs) -> Result<Journal, String> {
         ..ctx
     };
     let engine = build_engine(&ctx, &Limits::default());
-    run_file(&engine, recipe)?;
-    check_mirrors_used(&ctx)?;
+    let result = run_file(&engine, recipe);
+    let unused_mirrors = pgimg_stdlib::mirror::unused_mirrors(&ctx);
     drop(engine);
     drop(ctx);
     let journal = std::mem::take(&mut *journal.lock().unwrap());
-    Ok(journal)
+    Ok(Run {
+        result,
+        journal,
+        unused_mirrors,
+    })
+}
+
+/// Runs a recipe on a fake root; returns the journal or the error message.
+pub fn dry_run(recipe: &Path, fake: &FakeArgs) -> Result<Journal, String> {
+    let run = run_on(
+        recipe,
+        fake,
+        &fake.arch,
+        Box::new(RecordingFetcher::default()),
+    )?;
+    run.result?;
+    unused_mirrors_error(&run.unused_mirrors)?;
+    Ok(run.journal)
 }
 
 /// A `--mirror` name the recipe never asked for is most likely a typo that
 /// would silently leave the upstream source in place.
 pub fn check_mirrors_used(ctx: &Ctx) -> Result<(), String> {
-    let unused = pgimg_stdlib::mirror::unused_mirrors(ctx);
+    unused_mirrors_error(&pgimg_stdlib::mirror::unused_mirrors(ctx))
+}
+
+fn unused_mirrors_error(unused: &[String]) -> Result<(), String> {
     if unused.is_empty() {
         Ok(())
     } else {

@@ -7,18 +7,14 @@
 //! the lock's lines, keyed by upstream URL (a `--mirror` only changes where
 //! they are read from). Entries of other recipes already in the file stay.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use pgimg_stdlib::ctx::{Input, Journal};
+use pgimg_stdlib::ctx::Input;
 use pgimg_stdlib::fetch::{normalize_commit, normalize_sha256, FetchError, Fetcher, HttpFetcher};
 use pgimg_stdlib::lock::{Lock, LockEntry, LOCK_FILE};
-use pgimg_stdlib::{Ctx, FakeOs, FakeTarget};
 
 use crate::cli::{FakeArgs, EXIT_FAILED, EXIT_USAGE};
-use crate::engine::{build_engine, display_path, run_file, Limits};
-use crate::testing;
+use crate::engine::display_path;
 
 /// The architectures a lock covers: images are built natively on both.
 pub const ARCHES: [&str; 2] = ["amd64", "arm64"];
@@ -64,50 +60,7 @@ pub enum Resolved {
     Unsupported(String),
 }
 
-/// What one run on a fake root left: the recipe's result, its journal
-/// (also when it failed) and the `--mirror` names it never asked for.
-struct Run {
-    result: Result<(), String>,
-    journal: Journal,
-    unused_mirrors: Vec<String>,
-}
-
-/// Runs `recipe` on a fake `arch` root whose fetches go to `fetcher`.
-fn run_on(
-    recipe: &Path,
-    fake: &FakeArgs,
-    arch: &str,
-    fetcher: Box<dyn Fetcher>,
-) -> Result<Run, String> {
-    let os = FakeOs {
-        id: fake.os.0.clone(),
-        version_id: fake.os.1.clone(),
-        codename: fake.os.2.clone(),
-        arch: arch.to_string(),
-    };
-    let target = FakeTarget::new(&os, fetcher).map_err(|e| format!("creating a fake root: {e}"))?;
-    let journal = Arc::new(Mutex::new(Journal::default()));
-    let ctx = Ctx::new(Arc::new(target))
-        .with_params(fake.set.iter().cloned().collect::<BTreeMap<_, _>>())
-        .with_asset_dirs(testing::asset_dirs(recipe, &fake.assets))
-        .with_mirrors(fake.mirror.iter().cloned().collect())
-        .with_log(Arc::new(|_, _| {}));
-    let ctx = Ctx {
-        journal: journal.clone(),
-        ..ctx
-    };
-    let engine = build_engine(&ctx, &Limits::default());
-    let result = run_file(&engine, recipe);
-    let unused = pgimg_stdlib::mirror::unused_mirrors(&ctx);
-    drop(engine);
-    drop(ctx);
-    let journal = std::mem::take(&mut *journal.lock().unwrap());
-    Ok(Run {
-        result,
-        journal,
-        unused_mirrors: unused,
-    })
-}
+use crate::cli::run_on;
 
 /// Resolves the inputs of `recipe` on `arch`.
 pub fn resolve(
@@ -292,10 +245,13 @@ pub fn lock(recipes: &[PathBuf], fake: &FakeArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{build_engine, run_file, Limits};
     use pgimg_stdlib::fetch::RetryPolicy;
     use pgimg_stdlib::Target;
+    use pgimg_stdlib::{Ctx, FakeOs, FakeTarget};
     use sha2::{Digest, Sha256};
     use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     /// A static file server on 127.0.0.1 that counts requests per path.
