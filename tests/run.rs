@@ -986,9 +986,16 @@ fn sigint_and_sigterm_during_finalize_tear_everything_down() {
     let files_only = r#"finalize(#{ apt: false });
 run(["sh", "-c", "mkdir -p /tmp/many && cd /tmp/many && seq 1 100000 | xargs touch"]);
 "#;
+    // Where the signal lands depends on the machine's speed: inside `apt-get
+    // clean`, or after the stage's work when the next stage is refused. Both
+    // must end the build with everything torn down (interrupt_at checks that).
+    let in_apt_or_after = [
+        "stage finalize: finalize apt: interrupted",
+        "interrupted before output",
+    ];
     for (text, expect) in [
-        (with_apt, "stage finalize: finalize apt: interrupted"),
-        (files_only, "interrupted before output"),
+        (with_apt, &in_apt_or_after[..]),
+        (files_only, &in_apt_or_after[1..]),
     ] {
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
             let f = interrupt_at(
@@ -1004,7 +1011,11 @@ run(["sh", "-c", "mkdir -p /tmp/many && cd /tmp/many && seq 1 100000 | xargs tou
                 },
                 &[],
             );
-            assert!(f.stderr.contains(expect), "{expect:?} in:\n{}", f.stderr);
+            assert!(
+                expect.iter().any(|e| f.stderr.contains(e)),
+                "one of {expect:?} in:\n{}",
+                f.stderr
+            );
         }
     }
 }
