@@ -54,6 +54,9 @@ pub enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Publish an image: S3-compatible upload, or AWS AMIs.
+    #[command(subcommand)]
+    Publish(crate::publish_cli::PublishCmd),
     /// Show an image's partition table, root file system, sizes and embedded manifest.
     Inspect {
         image: PathBuf,

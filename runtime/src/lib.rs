@@ -9,3 +9,4 @@ pub mod image;
 pub mod lock;
 pub mod sandbox;
 pub mod testing;
+pub mod publish_cli;

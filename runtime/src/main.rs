@@ -22,6 +22,7 @@ fn main() {
         Cmd::Run(args) => cli::run(args),
         Cmd::Shell { image, command } => cli::shell(image, command),
         Cmd::Inspect { image, json } => cli::inspect(image, *json),
+        Cmd::Publish(cmd) => pgimg::publish_cli::publish(cmd),
         Cmd::Check { recipes, fake } => cli::check(recipes, fake),
         Cmd::Plan { recipe, fake, json } => cli::plan(recipe, fake, *json),
         Cmd::Lock { recipes, fake } => pgimg::lock::lock(recipes, fake),

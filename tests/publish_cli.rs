@@ -1,0 +1,130 @@
+//! `pgimg publish s3` as a user runs it, against a real S3 emulator (moto) on 127.0.0.1.
+//! The library's own tests (publish/tests/) cover multipart, aborts and the AMI flow.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CANARY: &str = "pgimg-cli-canary-secret-0c1d2e3f";
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server is not installed (pip install 'moto[server]'; .ci/publish-deps.sh does)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Moto { child, port }
+    }
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn aws(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", CANARY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env_remove("GITHUB_STEP_SUMMARY")
+}
+
+fn publish(endpoint: &str, image: &Path, summary: &Path) -> Output {
+    aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
+        .args(["publish", "s3"])
+        .arg(image)
+        .args([
+            "--endpoint",
+            endpoint,
+            "--bucket",
+            "images",
+            "--path-style",
+            "--quiet",
+        ])
+        .args(["--part-size-mib", "5", "--step-summary"])
+        .arg(summary)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn publish_s3_uploads_once_with_a_sidecar_and_never_shows_the_secret() {
+    let moto = Moto::start();
+    let made = aws(&mut Command::new("python3"))
+        .args([
+            "-c",
+            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket='images')",
+            &moto.endpoint(),
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "creating the bucket with boto3");
+
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("img.raw");
+    let data: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(&image, &data).unwrap();
+    let summary = dir.path().join("summary.md");
+
+    let first = publish(&moto.endpoint(), &image, &summary);
+    let out = String::from_utf8_lossy(&first.stdout);
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["uploaded"], true, "{out}");
+    assert_eq!(v["key"], "img.raw");
+    assert_eq!(v["sidecar_key"], "img.raw.sha256");
+    assert!(v["parts"].as_u64().unwrap() >= 3, "multipart: {out}");
+
+    let second = publish(&moto.endpoint(), &image, &summary);
+    let out2 = String::from_utf8_lossy(&second.stdout);
+    let err2 = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{err2}");
+    let v2: serde_json::Value = serde_json::from_str(&out2).unwrap();
+    assert_eq!(v2["uploaded"], false, "the re-run uploads nothing: {out2}");
+    assert_eq!(v2["sha256"], v["sha256"]);
+
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.contains(v["sha256"].as_str().unwrap()), "{md}");
+    for text in [&*out, &*err, &*out2, &*err2, &md] {
+        assert!(!text.contains(CANARY), "the secret leaked: {text}");
+    }
+}
+
+#[test]
+fn publish_s3_missing_image_is_a_usage_error() {
+    let o = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
+        .args(["publish", "s3", "/nonexistent.raw", "--bucket", "b"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such image file"));
+}
