@@ -7,6 +7,6 @@ pub mod engine;
 pub mod fixture;
 pub mod image;
 pub mod lock;
+pub mod publish_cli;
 pub mod sandbox;
 pub mod testing;
-pub mod publish_cli;

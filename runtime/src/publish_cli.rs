@@ -117,7 +117,10 @@ pub struct AmiArgs {
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("outcome serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("outcome serializes")
+    );
 }
 
 fn exists(image: &Path) -> bool {
