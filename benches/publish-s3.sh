@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark, not a test: `pgimg publish s3` against `aws s3 cp` (PyPI awscli) on
 # the same file and the same moto server on 127.0.0.1. Until the CLI is wired,
-# the publish example (publish/examples/publish.rs) stands in for
-# `pgimg publish s3`; it runs the same library call.
+# the `pgimg-publish` binary (publish/src/bin/pgimg-publish.rs) stands in for
+# `pgimg publish s3`; it makes the same library call.
 #
 #   benches/publish-s3.sh [SIZE_MIB] [RUNS]      (defaults: 1024 MiB, 3 runs)
 #
 # Prints a Markdown table of median wall times. Both tools upload random
-# (incompressible) data with their own defaults, plus pgimg with the AWS CLI's
-# part size and concurrency (8 MiB, 10) for a like-for-like row. pgimg's time
+# (incompressible) data with their defaults (the same: 8 MiB parts, 10 at
+# once), plus pgimg with 16 MiB parts, 8 at once. pgimg's time
 # includes hashing the whole file (for the sidecar and the skip check), the
 # HEAD request and the sidecar upload.
 set -euo pipefail
@@ -19,8 +19,8 @@ runs="${2:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgimg-target}"
 
 bash .ci/publish-deps.sh
-cargo build --release --quiet -p pgimg-publish --example publish
-pgimg="$CARGO_TARGET_DIR/release/examples/publish"
+cargo build --release --quiet -p pgimg-publish --bin pgimg-publish
+pgimg="$CARGO_TARGET_DIR/release/pgimg-publish"
 
 work="$(mktemp -d /var/tmp/pgimg-bench.XXXXXX)"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -65,7 +65,7 @@ delete() {
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-declare -a aws_t pg_t pg8_t skip_t
+declare -a aws_t pg_t pg16_t skip_t
 for i in $(seq 1 "$runs"); do
   aws_t+=("$(seconds aws --endpoint-url "$endpoint" s3 cp --only-show-errors "$image" "s3://bench/aws-$i.raw")")
   delete
@@ -76,8 +76,8 @@ for i in $(seq 1 "$runs"); do
     --endpoint "$endpoint" --region us-east-1 --path-style)")
   grep -q '"uploaded":false' "$work/out" || { echo "re-run uploaded again" >&2; exit 1; }
   delete
-  pg8_t+=("$(seconds "$pgimg" s3 "$image" --quiet --bucket bench --key "pgimg8-$i.raw" \
-    --endpoint "$endpoint" --region us-east-1 --path-style --part-size-mib 8 --concurrency 10)")
+  pg16_t+=("$(seconds "$pgimg" s3 "$image" --quiet --bucket bench --key "pgimg16-$i.raw" \
+    --endpoint "$endpoint" --region us-east-1 --path-style --part-size-mib 16 --concurrency 8)")
   delete
 done
 
@@ -92,6 +92,6 @@ echo
 echo "| tool | runs (s) | median (s) | MiB/s |"
 echo "|---|---|---|---|"
 row "aws s3 cp (awscli $(aws --version 2>&1 | cut -d' ' -f1 | cut -d/ -f2); 8 MiB parts, 10 at once)" "${aws_t[@]}"
-row "pgimg publish s3 (16 MiB parts, 8 at once)" "${pg_t[@]}"
-row "pgimg publish s3 (8 MiB parts, 10 at once)" "${pg8_t[@]}"
-row "pgimg publish s3, re-run (nothing uploaded)" "${skip_t[@]}"
+row "pgimg publish s3 (defaults: 8 MiB parts, 10 at once)" "${pg_t[@]}"
+row "pgimg publish s3 (16 MiB parts, 8 at once)" "${pg16_t[@]}"
+row "pgimg publish s3, re-run (hash + HEAD + sidecar check, nothing uploaded)" "${skip_t[@]}"

@@ -26,7 +26,9 @@ pub trait Progress: Sync {
 /// What a phase counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
+    /// Bytes of the image.
     Bytes,
+    /// Percent done, as AWS reports it.
     Percent,
 }
 
@@ -67,6 +69,7 @@ impl Default for Bar {
 }
 
 impl Bar {
+    /// A bar on stderr; plain lines when stderr is not a terminal.
     pub fn new() -> Self {
         Bar {
             state: Mutex::new(BarState {

@@ -46,6 +46,7 @@ fn multipart_upload_of_300_mib_round_trips_with_its_sidecar_and_reruns_upload_no
     let image = sparse_image(dir.path(), name, 300 * MIB, 40, 7);
     let sha = sha256_file_hex(&image);
     let mut opts = options(&moto, "images");
+    opts.part_size = 16 * MIB;
     opts.step_summary = Some(dir.path().join("summary.md"));
 
     let first = s3::publish(&opts, &image, &Quiet).expect("first upload");
@@ -218,54 +219,14 @@ fn an_image_that_shrinks_mid_upload_aborts_and_leaves_no_multipart_upload() {
     assert!(get_object(&moto.endpoint(), "shrink", "shrink.raw.sha256").is_none());
 }
 
-/// The example binary stands in for `pgimg publish` until the CLI is wired.
-/// `cargo test` builds examples along with the tests, but `cargo test --test
-/// s3_moto` does not: an example older than the newest build of the library
-/// is rebuilt here rather than run stale. (Not rebuilt unconditionally: after
-/// `cargo test --workspace` a `-p` build resolves features differently and
-/// would recompile the SDK.)
-fn example_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap();
-            let path = profile_dir.join("examples/publish");
-            let mtime = |p: &std::path::Path| p.metadata().and_then(|m| m.modified()).ok();
-            let newest_lib = std::fs::read_dir(profile_dir.join("deps"))
-                .unwrap()
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    let name = p.file_name().unwrap().to_string_lossy();
-                    name.starts_with("libpgimg_publish-") && name.ends_with(".rlib")
-                })
-                .filter_map(|p| mtime(&p))
-                .max();
-            let fresh = matches!((mtime(&path), newest_lib), (Some(e), Some(l)) if e >= l);
-            if !fresh {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let status = Command::new(cargo)
-                    .args([
-                        "build",
-                        "--quiet",
-                        "-p",
-                        "pgimg-publish",
-                        "--example",
-                        "publish",
-                    ])
-                    .current_dir(env!("CARGO_MANIFEST_DIR"))
-                    .status()
-                    .expect("running cargo to build the publish example");
-                assert!(status.success(), "building the publish example failed");
-            }
-            assert!(path.is_file(), "{} is missing", path.display());
-            path
-        })
-        .clone()
+/// `pgimg-publish` (publish/src/bin) stands in for `pgimg publish` until the
+/// CLI is wired; cargo builds it for these tests.
+fn stand_in() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgimg-publish"))
 }
 
-fn example(args: &[&str], secret: &str) -> Command {
-    let mut cmd = Command::new(example_binary());
+fn stand_in_cmd(args: &[&str], secret: &str) -> Command {
+    let mut cmd = Command::new(stand_in());
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -282,7 +243,7 @@ fn sigint_mid_upload_aborts_the_multipart_upload_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let image = sparse_image(dir.path(), "sigint.raw", 300 * MIB, 30, 5);
     let endpoint = moto.endpoint();
-    let mut child = example(
+    let mut child = stand_in_cmd(
         &[
             "s3",
             image.to_str().unwrap(),
@@ -415,7 +376,7 @@ fn a_canary_secret_appears_in_no_output_error_or_written_file() {
         ),
     ];
     for (what, args, ok) in runs {
-        let out = example(&args, SECRET)
+        let out = stand_in_cmd(&args, SECRET)
             .env("AWS_SESSION_TOKEN", TOKEN)
             .output()
             .unwrap();

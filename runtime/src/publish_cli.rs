@@ -9,6 +9,9 @@ use pgimg_publish::Connection;
 
 use crate::cli::{EXIT_FAILED, EXIT_USAGE};
 
+/// Exit status after SIGINT/SIGTERM (the multipart upload was aborted first).
+const EXIT_INTERRUPTED: i32 = 130;
+
 #[derive(Subcommand, Debug)]
 pub enum PublishCmd {
     /// Upload an image and its `<name>.sha256` sidecar to MinIO, Cloudflare R2 or AWS S3.
@@ -153,7 +156,11 @@ pub fn publish(cmd: &PublishCmd) -> i32 {
                 }
                 Err(e) => {
                     eprintln!("pgimg: publishing {} to S3: {e}", a.image.display());
-                    EXIT_FAILED
+                    if e.is_interrupted() {
+                        EXIT_INTERRUPTED
+                    } else {
+                        EXIT_FAILED
+                    }
                 }
             }
         }
@@ -177,7 +184,11 @@ pub fn publish(cmd: &PublishCmd) -> i32 {
                 }
                 Err(e) => {
                     eprintln!("pgimg: publishing {} as an AMI: {e}", a.image.display());
-                    EXIT_FAILED
+                    if e.is_interrupted() {
+                        EXIT_INTERRUPTED
+                    } else {
+                        EXIT_FAILED
+                    }
                 }
             }
         }

@@ -27,8 +27,10 @@ const GIB: u64 = 1 << 30;
 /// CPU architecture of an image, as EC2 names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Arch {
+    /// 64-bit x86 (`x86_64`).
     #[serde(rename = "x86_64")]
     X86_64,
+    /// 64-bit Arm (`arm64`).
     #[serde(rename = "arm64")]
     Arm64,
 }
@@ -177,6 +179,7 @@ impl AmiOptions {
 /// One region's AMI.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RegionImage {
+    /// The AMI id (`ami-...`).
     pub ami: String,
     /// Root volume snapshot, when EC2 reports one.
     pub snapshot: Option<String>,
@@ -189,6 +192,7 @@ pub struct RegionImage {
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 #[serde(transparent)]
 pub struct AmiOutcome {
+    /// Region name → its AMI.
     pub regions: BTreeMap<String, RegionImage>,
 }
 
@@ -222,34 +226,41 @@ impl AmiOutcome {
 /// Everything that can go wrong publishing an AMI.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The options cannot work (no bucket for import, a bad name, ...).
     #[error("invalid option: {0}")]
     Invalid(String),
+    /// Reading the image or writing the summary failed.
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The upload for `import` failed (its multipart upload was aborted).
     #[error("uploading for import: {0}")]
     Upload(#[from] s3::Error),
+    /// An AWS call failed: operation, what it was about, the service's message.
     #[error("{op} {target}: {message}")]
     Api {
         op: &'static str,
         target: String,
         message: String,
     },
+    /// The import task ended in a state other than `completed`.
     #[error("import-snapshot task {task} ended with status {status:?}: {message}")]
     ImportFailed {
         task: String,
         status: String,
         message: String,
     },
+    /// The snapshot went to state `error`.
     #[error("snapshot {snapshot} is in state {state:?}: {message}")]
     SnapshotFailed {
         snapshot: String,
         state: String,
         message: String,
     },
+    /// An AMI is unusable (failed, deregistered, ...).
     #[error("AMI {ami} in {region} is in state {state:?}: {reason}")]
     ImageFailed {
         ami: String,
@@ -257,14 +268,19 @@ pub enum Error {
         state: String,
         reason: String,
     },
+    /// A bounded wait ran out.
     #[error("gave up after {secs} s waiting for {what}")]
     Timeout { what: String, secs: u64 },
+    /// SIGINT or SIGTERM arrived; what had been started was cleaned up.
     #[error("interrupted by {signal}")]
     Interrupted { signal: &'static str },
+    /// Everything worked but removing a temporary resource (the import object).
     #[error("{0}")]
     CleanupFailed(String),
+    /// A step failed, and cleaning up after it failed too.
     #[error("{cause}; also, {cleanup}")]
     Cleanup { cause: Box<Error>, cleanup: String },
+    /// A worker task panicked or was cancelled.
     #[error("{what} task failed: {message}")]
     Task { what: String, message: String },
 }

@@ -1,9 +1,12 @@
 //! Stand-in for `pgimg publish` until the CLI is wired: drives the library the way the CLI will.
+//! The tests run it as a separate process (signals, canary secrets) and the
+//! benchmark times it; a binary target rather than an example because cargo
+//! builds binaries, with the tests' own features, before integration tests.
 //!
 //! ```text
-//! publish s3  IMAGE --bucket B [--key K] [--endpoint URL] [--region R] [--path-style]
+//! pgimg-publish s3  IMAGE --bucket B [--key K] [--endpoint URL] [--region R] [--path-style]
 //!             [--part-size-mib N] [--concurrency N] [--attempts N] [--step-summary FILE] [--quiet]
-//! publish ami IMAGE --region R --name NAME --arch x86_64|arm64 [--via import|ebs-direct]
+//! pgimg-publish ami IMAGE --region R --name NAME --arch x86_64|arm64 [--via import|ebs-direct]
 //!             [--bucket B] [--copy-to r1,r2] [--public] [--endpoint URL] [--path-style]
 //!             [--concurrency N] [--block-concurrency N] [--poll-secs N] [--import-timeout-secs N] [--available-timeout-secs N]
 //!             [--step-summary FILE] [--quiet]
