@@ -1,4 +1,4 @@
-//! Publishing built images: S3-compatible object stores and AWS AMIs.
+//! Publishing built images (S3-compatible object stores, AWS AMIs) and pruning old ones.
 //!
 //! The CLI is synchronous; every entry point here builds its own tokio runtime,
 //! runs to completion and returns a serde-serializable outcome. Credentials come
@@ -11,6 +11,7 @@ pub mod ami;
 pub mod conn;
 pub mod hash;
 pub mod progress;
+pub mod prune;
 mod retry;
 mod rt;
 pub mod s3;

@@ -59,3 +59,61 @@ impl Interrupt {
         }
     }
 }
+
+/// Runs `futures` concurrently within the current task and returns their
+/// outputs in order. For futures that borrow (a region's copy borrows the
+/// run's context), which `tokio::spawn` cannot take.
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(v) => *output = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    // Every slot is filled: the poll above only ends when none is pending.
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_all_runs_the_futures_together_and_keeps_their_order() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let out = rt.block_on(join_all(
+            [300u64, 100, 200]
+                .into_iter()
+                .map(|ms| async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    ms
+                })
+                .collect(),
+        ));
+        assert_eq!(out, [300, 100, 200]);
+        // One after the other would take 600 ms.
+        assert!(
+            started.elapsed().as_millis() < 550,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

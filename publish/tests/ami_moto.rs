@@ -461,8 +461,9 @@ fn the_import_wait_is_bounded_and_cancels_the_task() {
     );
 }
 
-/// A sparse image over two volume GiB: data in blocks 0, 100-103 (unaligned),
-/// a block of written zeros at 700, and the short last block.
+/// A sparse image over two volume GiB: (c) data in blocks 0, 100-103
+/// (unaligned) and the short last block; (b) an allocated block of written
+/// zeros at 700, as a file full of zeros leaves it; (a) holes everywhere else.
 fn ebs_image(dir: &Path, name: &str) -> (std::path::PathBuf, u64) {
     let size = (1 << 30) + 3 * MIB + 1000;
     let path = dir.join(name);
@@ -479,20 +480,59 @@ fn ebs_image(dir: &Path, name: &str) -> (std::path::PathBuf, u64) {
     (path, size)
 }
 
-/// Each 512 KiB block of the file that is not all zeros, padded.
-fn non_zero_blocks(path: &Path, size: u64) -> Vec<(i32, Vec<u8>)> {
+/// The written-zeros block of [`ebs_image`].
+const ZERO_BLOCK: i32 = 700;
+
+/// The 512 KiB blocks `indices` of the file, padded.
+fn blocks_of(path: &Path, size: u64, indices: &[i32]) -> Vec<(i32, Vec<u8>)> {
     let f = std::fs::File::open(path).unwrap();
     let mut out = Vec::new();
-    let mut buf = vec![0u8; BLOCK as usize];
-    for i in 0..size.div_ceil(BLOCK) {
-        buf.fill(0);
-        let len = BLOCK.min(size - i * BLOCK) as usize;
-        f.read_exact_at(&mut buf[..len], i * BLOCK).unwrap();
-        if buf.iter().any(|&b| b != 0) {
-            out.push((i as i32, buf.clone()));
+    for &i in indices {
+        let mut buf = vec![0u8; BLOCK as usize];
+        let offset = i as u64 * BLOCK;
+        if offset < size {
+            let len = BLOCK.min(size - offset) as usize;
+            f.read_exact_at(&mut buf[..len], offset).unwrap();
         }
+        out.push((i, buf));
     }
     out
+}
+
+/// Block indices of PutSnapshotBlock requests to `snapshot` (all when `None`), sorted.
+fn put_indices(rec: &Recorder, snapshot: Option<&str>) -> Vec<i32> {
+    let mut sent: Vec<i32> = rec
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path().contains("/blocks/"))
+        .filter(|r| snapshot.is_none_or(|s| r.path().starts_with(&format!("/snapshots/{s}/"))))
+        .map(|r| r.path().rsplit('/').next().unwrap().parse().unwrap())
+        .collect();
+    sent.sort();
+    sent
+}
+
+/// Block indices moto holds for `snapshot` (ListSnapshotBlocks), sorted.
+fn stored_indices(moto: &Moto, region: &str, snapshot: &str) -> Vec<i32> {
+    let listed = block_on(
+        ebs(&moto.endpoint(), region)
+            .list_snapshot_blocks()
+            .snapshot_id(snapshot)
+            .send(),
+    )
+    .unwrap();
+    let mut stored: Vec<i32> = listed
+        .blocks()
+        .iter()
+        .filter_map(|b| b.block_index())
+        .collect();
+    stored.sort();
+    stored
+}
+
+/// The idempotency token pgimg derives (publish/src/ami/mod.rs `client_token`).
+fn token(op: &str, image: &Path, name: &str, region: &str) -> String {
+    sha256_hex(format!("pgimg/{op}/{}/{name}/{region}", sha256_file_hex(image)).as_bytes())
 }
 
 fn b64_sha256(data: &[u8]) -> String {
@@ -501,17 +541,17 @@ fn b64_sha256(data: &[u8]) -> String {
 }
 
 #[test]
-fn ebs_direct_writes_only_non_zero_blocks_with_checksums_and_registers_the_snapshot() {
+fn ebs_direct_writes_allocated_blocks_zeros_included_skips_holes_and_registers_the_snapshot() {
     let moto = Moto::start();
     let rec = Recorder::start(moto.port);
     let dir = tempfile::tempdir().unwrap();
     let (image, size) = ebs_image(dir.path(), "postgres-ubuntu-2204-arm64-t.raw");
-    let expected = non_zero_blocks(&image, size);
-    let indices: Vec<i32> = expected.iter().map(|b| b.0).collect();
-    assert_eq!(
-        indices,
-        vec![0, 100, 101, 102, 103, (size / BLOCK) as i32],
-        "fixture"
+    // (c) data and (b) the allocated zeros; never (a) the holes.
+    let indices = vec![0, 100, 101, 102, 103, ZERO_BLOCK, (size / BLOCK) as i32];
+    let expected = blocks_of(&image, size, &indices);
+    assert!(
+        expected[5].1.iter().all(|&b| b == 0),
+        "fixture: block {ZERO_BLOCK} is zeros"
     );
     let name = "postgres-ubuntu-2204-arm64-t";
     let o = options(&rec, "ap-southeast-2", name, Arch::Arm64, Via::EbsDirect);
@@ -527,6 +567,14 @@ fn ebs_direct_writes_only_non_zero_blocks_with_checksums_and_registers_the_snaps
     let start: serde_json::Value = serde_json::from_slice(&start.body).unwrap();
     assert_eq!(start["VolumeSize"], 2, "1 GiB + 3 MiB rounds up to 2 GiB");
     assert_eq!(start["Timeout"], 60);
+    assert_eq!(
+        start["ClientToken"],
+        token("StartSnapshot", &image, name, "ap-southeast-2").as_str()
+    );
+    assert!(
+        start.get("Encrypted").is_none() && start.get("ParentSnapshotId").is_none(),
+        "{start}"
+    );
     let tags: HashMap<String, String> = start["Tags"]
         .as_array()
         .unwrap()
@@ -541,17 +589,12 @@ fn ebs_direct_writes_only_non_zero_blocks_with_checksums_and_registers_the_snaps
     assert_eq!(tags.get("Architecture").map(String::as_str), Some("arm64"));
     assert_eq!(tags.get("Name").map(String::as_str), Some(name));
 
-    // Every non-zero block once, nothing else, each with its own checksum.
+    // Every allocated block once, nothing else, each with its own checksum.
     let puts: Vec<_> = reqs
         .iter()
         .filter(|r| r.method == "PUT" && r.path().contains("/blocks/"))
         .collect();
-    let mut sent: Vec<i32> = puts
-        .iter()
-        .map(|r| r.path().rsplit('/').next().unwrap().parse().unwrap())
-        .collect();
-    sent.sort();
-    assert_eq!(sent, indices);
+    assert_eq!(put_indices(&rec, None), indices);
     for r in &puts {
         assert!(
             r.path().starts_with(&format!("/snapshots/{snap}/blocks/")),
@@ -571,14 +614,7 @@ fn ebs_direct_writes_only_non_zero_blocks_with_checksums_and_registers_the_snaps
     }
     // moto's copy of the blocks, read back through the EBS API.
     let client = ebs(&moto.endpoint(), "ap-southeast-2");
-    let listed = block_on(client.list_snapshot_blocks().snapshot_id(&snap).send()).unwrap();
-    let mut stored: Vec<i32> = listed
-        .blocks()
-        .iter()
-        .filter_map(|b| b.block_index())
-        .collect();
-    stored.sort();
-    assert_eq!(stored, indices);
+    assert_eq!(stored_indices(&moto, "ap-southeast-2", &snap), indices);
     for (idx, want) in &expected {
         let got = block_on(async {
             let b = client
@@ -701,4 +737,329 @@ fn an_ebs_block_failure_deletes_the_half_written_snapshot_and_registers_nothing(
     );
     assert!(rec.ec2_calls("RegisterImage").is_empty());
     assert!(images_named(&moto, "us-east-1", "broken-image").is_empty());
+}
+
+#[test]
+fn skip_zero_blocks_leaves_out_the_written_zeros_too() {
+    let moto = Moto::start();
+    let rec = Recorder::start(moto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let (image, size) = ebs_image(dir.path(), "zeros-skipped.raw");
+    let mut o = options(
+        &rec,
+        "us-east-1",
+        "zeros-skipped",
+        Arch::X86_64,
+        Via::EbsDirect,
+    );
+    o.skip_zero_blocks = true;
+    let out = ami::publish(&o, &image, &Recording::default()).expect("publish");
+    let snap = out.regions["us-east-1"].snapshot.clone().unwrap();
+    let indices = vec![0, 100, 101, 102, 103, (size / BLOCK) as i32];
+    assert_eq!(put_indices(&rec, Some(&snap)), indices);
+    assert_eq!(stored_indices(&moto, "us-east-1", &snap), indices);
+}
+
+/// AWS's EnableImageDeprecation response (moto 5.2 lacks the call).
+fn deprecation_response() -> Canned {
+    Canned::xml(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<EnableImageDeprecationResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+    <requestId>11111111-2222-3333-4444-555555555555</requestId>
+    <return>true</return>
+</EnableImageDeprecationResponse>"#,
+    )
+}
+
+#[test]
+fn a_parent_snapshot_is_linked_and_its_blocks_the_image_leaves_empty_are_zeroed() {
+    let moto = Moto::start();
+    let rec = Recorder::start(moto.port);
+    let dir = tempfile::tempdir().unwrap();
+    let (first, size) = ebs_image(dir.path(), "release-1.raw");
+    let o = options(
+        &rec,
+        "eu-central-1",
+        "release-1",
+        Arch::X86_64,
+        Via::EbsDirect,
+    );
+    let parent = ami::publish(&o, &first, &Recording::default())
+        .expect("first")
+        .regions["eu-central-1"]
+        .snapshot
+        .clone()
+        .unwrap();
+    // The next release: block 100-103's data is gone (a hole), block 5 is new.
+    let second = dir.path().join("release-2.raw");
+    let f = std::fs::File::create(&second).unwrap();
+    f.set_len(size).unwrap();
+    let mut data = vec![0u8; 4096];
+    Noise::new(5).fill(&mut data);
+    f.write_all_at(&data, 0).unwrap();
+    f.write_all_at(&data, 5 * BLOCK).unwrap();
+    f.write_all_at(b"tail", size - 4).unwrap();
+    drop(f);
+    let mut o = options(
+        &rec,
+        "eu-central-1",
+        "release-2",
+        Arch::X86_64,
+        Via::EbsDirect,
+    );
+    o.parent_snapshot = Some(parent.clone());
+    let out = ami::publish(&o, &second, &Recording::default()).expect("second");
+    let snap = out.regions["eu-central-1"].snapshot.clone().unwrap();
+
+    let start: serde_json::Value = serde_json::from_slice(
+        &rec.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path() == "/snapshots")
+            .nth(1)
+            .expect("second StartSnapshot")
+            .body,
+    )
+    .unwrap();
+    assert_eq!(start["ParentSnapshotId"], parent.as_str());
+    // The parent's blocks are read to find what must be overwritten.
+    assert!(rec
+        .requests()
+        .iter()
+        .any(|r| r.method == "GET" && r.path() == format!("/snapshots/{parent}/blocks")));
+    let last = (size / BLOCK) as i32;
+    // Data (0, 5, last), and the parent's blocks 100-103 and 700 as zeros.
+    let want = vec![0, 5, 100, 101, 102, 103, ZERO_BLOCK, last];
+    assert_eq!(put_indices(&rec, Some(&snap)), want);
+    for r in rec.requests().iter().filter(|r| {
+        r.method == "PUT" && r.path().starts_with(&format!("/snapshots/{snap}/blocks/"))
+    }) {
+        let idx: i32 = r.path().rsplit('/').next().unwrap().parse().unwrap();
+        let zeros = r.body.iter().all(|&b| b == 0);
+        assert_eq!(
+            zeros,
+            [100, 101, 102, 103, ZERO_BLOCK].contains(&idx),
+            "block {idx}"
+        );
+    }
+}
+
+const KEY_HOME: &str =
+    "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555";
+const KEY_EU: &str = "arn:aws:kms:eu-west-1:123456789012:key/66666666-7777-8888-9999-000000000000";
+const ORG: &str = "arn:aws:organizations::123456789012:organization/o-abcdefghij";
+const ACCOUNT: &str = "111122223333";
+
+#[test]
+fn ami_options_encrypt_share_deprecate_and_every_region_gets_them() {
+    let moto = Moto::start();
+    let rec = Recorder::start(moto.port);
+    rec.answer(
+        ec2_action("EnableImageDeprecation"),
+        vec![deprecation_response()],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = ebs_image(dir.path(), "secure.raw");
+    let name = "postgres-secure-20260115";
+    let mut o = options(&rec, "us-east-1", name, Arch::X86_64, Via::EbsDirect);
+    o.copy_to = vec!["eu-west-1".into(), "us-west-2".into()];
+    o.kms_key_id = Some(KEY_HOME.into());
+    o.kms_keys.insert("eu-west-1".into(), KEY_EU.into());
+    o.share_with = vec![ACCOUNT.into()];
+    o.share_with_org = vec![ORG.into()];
+    o.deprecate_at = Some("2027-01-15T00:00:00Z".into());
+    o.imds_support = Some(ami::ImdsSupport::V2_0);
+    o.boot_mode = Some(ami::BootMode::Uefi);
+    o.tpm_support = Some(ami::TpmSupport::V2_0);
+    let out = ami::publish(&o, &image, &Recording::default()).expect("publish");
+    assert_eq!(out.regions.len(), 3);
+
+    // Recorded: what moto ignores.
+    let start: serde_json::Value = serde_json::from_slice(
+        &rec.requests()
+            .iter()
+            .find(|r| r.method == "POST" && r.path() == "/snapshots")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(start["Encrypted"], true);
+    assert_eq!(start["KmsKeyArn"], KEY_HOME);
+    let reg = &rec.ec2_calls("RegisterImage")[0];
+    for (k, v) in [
+        ("BootMode", "uefi"),
+        ("ImdsSupport", "v2.0"),
+        ("TpmSupport", "v2.0"),
+    ] {
+        assert_eq!(reg.get(k).map(String::as_str), Some(v), "{k}: {reg:?}");
+    }
+    let copies = rec.ec2_calls("CopyImage");
+    assert_eq!(copies.len(), 2);
+    for c in &copies {
+        let region = if c.get("KmsKeyId").map(String::as_str) == Some(KEY_EU) {
+            "eu-west-1"
+        } else {
+            assert_eq!(c.get("KmsKeyId").map(String::as_str), Some(KEY_HOME));
+            "us-west-2"
+        };
+        assert_eq!(c.get("Encrypted").map(String::as_str), Some("true"));
+        assert_eq!(
+            c.get("ClientToken"),
+            Some(&token("CopyImage", &image, name, region)),
+            "{region}"
+        );
+    }
+    let deprecations = rec.ec2_calls("EnableImageDeprecation");
+    assert_eq!(deprecations.len(), 3);
+    let deprecated: BTreeSet<_> = deprecations
+        .iter()
+        .map(|d| {
+            assert_eq!(
+                d.get("DeprecateAt").map(String::as_str),
+                Some("2027-01-15T00:00:00Z")
+            );
+            d["ImageId"].clone()
+        })
+        .collect();
+    let amis: BTreeSet<_> = out.regions.values().map(|r| r.ami.clone()).collect();
+    assert_eq!(deprecated, amis);
+
+    // Kept by moto: launch permissions and snapshot permissions, per region.
+    for (region, img) in &out.regions {
+        let c = ec2(&moto.endpoint(), region);
+        let perms = block_on(
+            c.describe_image_attribute()
+                .image_id(&img.ami)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+                .send(),
+        )
+        .unwrap();
+        let perms = perms.launch_permissions();
+        assert!(
+            perms.iter().any(|p| p.user_id() == Some(ACCOUNT)),
+            "{region}: {perms:?}"
+        );
+        assert!(
+            perms.iter().any(|p| p.organization_arn() == Some(ORG)),
+            "{region}: {perms:?}"
+        );
+        assert!(
+            !perms
+                .iter()
+                .any(|p| p.group() == Some(&aws_sdk_ec2::types::PermissionGroup::All)),
+            "{region}: public"
+        );
+        let snap = img.snapshot.as_deref().expect("snapshot");
+        let volume_perms = block_on(
+            c.describe_snapshot_attribute()
+                .snapshot_id(snap)
+                .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+                .send(),
+        )
+        .unwrap();
+        assert!(
+            volume_perms
+                .create_volume_permissions()
+                .iter()
+                .any(|p| p.user_id() == Some(ACCOUNT)),
+            "{region}: snapshot {snap} not shared"
+        );
+    }
+}
+
+#[test]
+fn a_rerun_after_a_failed_copy_resumes_with_the_same_tokens_and_duplicates_nothing() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = ebs_image(dir.path(), "resume.raw");
+    let name = "postgres-resume-20260115";
+    let in_region = |region: &'static str| {
+        move |r: &Recorded| {
+            r.action().as_deref() == Some("CopyImage")
+                && r.header("authorization")
+                    .is_some_and(|a| a.contains(&format!("/{region}/ec2/")))
+        }
+    };
+    let first = {
+        let rec = Recorder::start(moto.port);
+        rec.answer(
+            in_region("ap-northeast-1"),
+            vec![Canned {
+                status: 400,
+                headers: vec![("Content-Type".into(), "text/xml".into())],
+                body: "<Response><Errors><Error><Code>InvalidParameterValue</Code>\
+                       <Message>copy refused for the test</Message></Error></Errors>\
+                       <RequestID>r</RequestID></Response>"
+                    .into(),
+            }],
+        );
+        let mut o = options(&rec, "us-east-2", name, Arch::X86_64, Via::EbsDirect);
+        o.copy_to = vec!["ap-northeast-1".into(), "sa-east-1".into()];
+        let err = ami::publish(&o, &image, &Recording::default()).expect_err("copy fails");
+        assert!(
+            err.to_string().contains("copy refused for the test"),
+            "{err}"
+        );
+        rec.ec2_calls("CopyImage")
+    };
+    let rec = Recorder::start(moto.port);
+    let mut o = options(&rec, "us-east-2", name, Arch::X86_64, Via::EbsDirect);
+    o.copy_to = vec!["ap-northeast-1".into(), "sa-east-1".into()];
+    let out = ami::publish(&o, &image, &Recording::default()).expect("re-run");
+    assert!(out.regions["us-east-2"].existing, "home AMI reused");
+    assert!(
+        !rec.requests().iter().any(|r| r.path() == "/snapshots"),
+        "no second snapshot"
+    );
+    let second = rec.ec2_calls("CopyImage");
+    let token_of = |calls: &[HashMap<String, String>], region: &str| {
+        calls
+            .iter()
+            .map(|c| c["ClientToken"].clone())
+            .find(|t| *t == token("CopyImage", &image, name, region))
+    };
+    // The failed region is copied now with the token it was first asked
+    // with; the region that had succeeded is found by name, not copied again.
+    assert!(token_of(&first, "ap-northeast-1").is_some());
+    assert!(token_of(&second, "ap-northeast-1").is_some());
+    assert!(token_of(&second, "sa-east-1").is_none(), "{second:?}");
+    for region in ["us-east-2", "ap-northeast-1", "sa-east-1"] {
+        assert_eq!(images_named(&moto, region, name).len(), 1, "{region}");
+    }
+}
+
+#[test]
+fn public_with_a_kms_key_and_tpm_without_uefi_are_refused_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), "x.raw", MIB, 1, 1);
+    let mut o = AmiOptions::new("us-east-1", "refused-image", Arch::X86_64);
+    o.via = Via::EbsDirect;
+    o.conn.endpoint = Some("http://127.0.0.1:9".into());
+    o.public = true;
+    o.kms_key_id = Some(KEY_HOME.into());
+    let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
+    assert!(
+        matches!(err, ami::Error::Invalid(ref m) if m.contains("public")),
+        "{err}"
+    );
+    o.public = false;
+    o.skip_zero_blocks = true;
+    let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
+    assert!(
+        matches!(err, ami::Error::Invalid(ref m) if m.contains("corrupt")),
+        "{err}"
+    );
+    o.skip_zero_blocks = false;
+    o.tpm_support = Some(ami::TpmSupport::V2_0);
+    let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
+    assert!(
+        matches!(err, ami::Error::Invalid(ref m) if m.contains("uefi")),
+        "{err}"
+    );
+    o.tpm_support = None;
+    o.share_with = vec!["12345".into()];
+    let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
+    assert!(
+        matches!(err, ami::Error::Invalid(ref m) if m.contains("12-digit")),
+        "{err}"
+    );
 }

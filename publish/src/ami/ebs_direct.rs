@@ -1,4 +1,9 @@
-//! Snapshot by EBS direct APIs: StartSnapshot, PutSnapshotBlock for each non-zero 512 KiB block, CompleteSnapshot.
+//! Snapshot by EBS direct APIs: StartSnapshot, PutSnapshotBlock for each allocated 512 KiB block, CompleteSnapshot.
+//!
+//! Only the holes of the image file are left out. A block of zeros that a
+//! file really contains is written: in an encrypted snapshot a block never
+//! written does not read back as zeros (awslabs/coldsnap#395), so skipping
+//! by content is the explicit opt-in `skip_zero_blocks`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -34,26 +39,30 @@ pub(super) async fn snapshot(
 ) -> Result<String, Error> {
     let ebs = aws_sdk_ebs::Client::new(&ctx.home);
     let ec2 = aws_sdk_ec2::Client::new(&ctx.home);
-    let tags = ctx
+    let tags: Vec<Tag> = ctx
         .tags()
         .into_iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect();
-    let started = ebs
-        .start_snapshot()
-        .volume_size(ctx.volume_gib() as i64)
-        .description(ctx.description())
-        .set_tags(Some(tags))
-        .timeout(SNAPSHOT_TIMEOUT_MINUTES)
-        .send()
-        .await
-        .map_err(|e| {
-            Error::api(
-                "StartSnapshot",
-                format!("{} GiB for {:?}", ctx.volume_gib(), ctx.opts.name),
-                &e,
-            )
-        })?;
+    let parent = match &ctx.opts.parent_snapshot {
+        Some(parent) => Some(parent_blocks(&ebs, parent).await?),
+        None => None,
+    };
+    let token = ctx
+        .token("StartSnapshot", &ctx.opts.region, progress)
+        .await?;
+    let mut started = start(ctx, &ebs, tags.clone(), &token).await?;
+    if started.status() != Some(&Status::Pending) {
+        // The token names a snapshot an earlier run completed or gave up on
+        // (and deleted); only a pending one can take blocks, so start afresh.
+        let retry_token = client_token_again(&token);
+        progress.note(&format!(
+            "snapshot {} of an earlier run is {:?}; starting a new one",
+            started.snapshot_id().unwrap_or_default(),
+            started.status().map(|s| s.as_str()).unwrap_or("unknown")
+        ));
+        started = start(ctx, &ebs, tags, &retry_token).await?;
+    }
     let id = started.snapshot_id().unwrap_or_default().to_string();
     if id.is_empty() {
         return Err(Error::Api {
@@ -74,7 +83,7 @@ pub(super) async fn snapshot(
     let mut stop = interrupt.clone();
     let result = async {
         let written = tokio::select! {
-            r = put_blocks(ctx, &ebs, &id, block, progress) => r?,
+            r = put_blocks(ctx, &ebs, &id, block, parent.as_ref(), progress) => r?,
             signal = stop.wait() => return Err(Error::Interrupted { signal }),
         };
         complete(&ebs, &id, &written).await?;
@@ -86,6 +95,75 @@ pub(super) async fn snapshot(
         Err(e) => {
             let cleanup = register::delete_snapshot(&ec2, &id).await.err();
             Err(e.with_cleanup(cleanup))
+        }
+    }
+}
+
+/// StartSnapshot for the image's volume: tagged, bounded, encrypted with the
+/// home region's KMS key when one is set, continuing `parent_snapshot` when
+/// given, idempotent under `token`.
+async fn start(
+    ctx: &Ctx<'_>,
+    ebs: &aws_sdk_ebs::Client,
+    tags: Vec<Tag>,
+    token: &str,
+) -> Result<aws_sdk_ebs::operation::start_snapshot::StartSnapshotOutput, Error> {
+    let key = ctx.opts.kms_key_for(&ctx.opts.region);
+    ebs.start_snapshot()
+        .volume_size(ctx.volume_gib() as i64)
+        .description(ctx.description())
+        .set_tags(Some(tags))
+        .timeout(SNAPSHOT_TIMEOUT_MINUTES)
+        .client_token(token)
+        .set_parent_snapshot_id(ctx.opts.parent_snapshot.clone())
+        .set_encrypted(key.map(|_| true))
+        .set_kms_key_arn(key.map(str::to_string))
+        .send()
+        .await
+        .map_err(|e| {
+            Error::api(
+                "StartSnapshot",
+                format!("{} GiB for {:?}", ctx.volume_gib(), ctx.opts.name),
+                &e,
+            )
+        })
+}
+
+/// A token for a second start: distinct from `token`, and from every
+/// earlier second start (the time is part of it).
+fn client_token_again(token: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hash::hex(&hash::digest(format!("{token}/again/{now}").as_bytes()))
+}
+
+/// Indices of the blocks `parent` holds (ListSnapshotBlocks, every page).
+async fn parent_blocks(
+    ebs: &aws_sdk_ebs::Client,
+    parent: &str,
+) -> Result<std::collections::BTreeSet<u64>, Error> {
+    let mut blocks = std::collections::BTreeSet::new();
+    let mut next: Option<String> = None;
+    loop {
+        let page = ebs
+            .list_snapshot_blocks()
+            .snapshot_id(parent)
+            .max_results(10_000)
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| Error::api("ListSnapshotBlocks", format!("parent {parent}"), &e))?;
+        blocks.extend(
+            page.blocks()
+                .iter()
+                .filter_map(|b| b.block_index())
+                .map(|i| i as u64),
+        );
+        match page.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => return Ok(blocks),
         }
     }
 }
@@ -118,13 +196,14 @@ enum Msg {
     Failed(std::io::Error),
 }
 
-/// A reader thread scans the file's data extents and sends non-zero blocks;
-/// up to `block_concurrency` PutSnapshotBlock requests run at once.
+/// A reader thread scans the file's data extents and sends the blocks to
+/// write; up to `block_concurrency` PutSnapshotBlock requests run at once.
 async fn put_blocks(
     ctx: &Ctx<'_>,
     ebs: &aws_sdk_ebs::Client,
     id: &str,
     block: u64,
+    parent: Option<&std::collections::BTreeSet<u64>>,
     progress: &dyn Progress,
 ) -> Result<Written, Error> {
     let io = |source| Error::Io {
@@ -134,8 +213,16 @@ async fn put_blocks(
     let ranges = data_ranges(&ctx.file, ctx.size, block).map_err(io)?;
     let concurrency = ctx.opts.block_concurrency;
     let (tx, mut rx) = mpsc::channel(concurrency * 2);
-    let (file, size) = (ctx.file.clone(), ctx.size);
-    let reader = tokio::task::spawn_blocking(move || read_blocks(&file, size, block, &ranges, &tx));
+    let plan = Plan {
+        size: ctx.size,
+        block,
+        volume_blocks: ctx.volume_gib() as u64 * super::GIB / block,
+        ranges,
+        skip_zero: ctx.opts.skip_zero_blocks,
+        parent: parent.cloned().unwrap_or_default(),
+    };
+    let file = ctx.file.clone();
+    let reader = tokio::task::spawn_blocking(move || read_blocks(&file, &plan, &tx));
     progress.start("writing blocks", ctx.size, Unit::Bytes);
     let mut running = JoinSet::new();
     let mut written = Written::default();
@@ -327,40 +414,84 @@ pub(super) fn data_ranges(file: &File, size: u64, block: u64) -> std::io::Result
     Ok(ranges)
 }
 
-/// Sends each block of `ranges` that is not all zeros (the last one padded
-/// to a full block, as EBS requires), and the byte count of everything skipped.
-fn read_blocks(file: &File, size: u64, block: u64, ranges: &[(u64, u64)], tx: &mpsc::Sender<Msg>) {
-    let mut position = 0u64;
-    for &(start, end) in ranges {
-        if start > position && tx.blocking_send(Msg::Skipped(start - position)).is_err() {
-            return;
+/// What to write of the image.
+pub(super) struct Plan {
+    /// Image size in bytes.
+    pub size: u64,
+    /// Snapshot block size.
+    pub block: u64,
+    /// Blocks in the snapshot's volume (whole GiB, at least the image).
+    pub volume_blocks: u64,
+    /// Block-aligned ranges that may hold data ([`data_ranges`]).
+    pub ranges: Vec<(u64, u64)>,
+    /// Also leave out blocks of zeros (unsafe for encrypted snapshots).
+    pub skip_zero: bool,
+    /// Blocks the parent snapshot holds: each is written, as zeros where the
+    /// image has nothing, or the parent's content would show through.
+    pub parent: std::collections::BTreeSet<u64>,
+}
+
+/// Sends every block of the plan's ranges (the last one padded to a full
+/// block, as EBS requires), zeros for the parent's blocks outside them, and
+/// the byte count of everything left out.
+fn read_blocks(file: &File, plan: &Plan, tx: &mpsc::Sender<Msg>) {
+    let Plan {
+        size,
+        block,
+        volume_blocks,
+        ..
+    } = *plan;
+    let file_blocks = size.div_ceil(block);
+    let last_parent = plan.parent.last().map_or(0, |&i| i + 1);
+    let blocks = file_blocks.max(last_parent.min(volume_blocks));
+    let mut range = 0;
+    let mut skipped = 0u64;
+    for index in 0..blocks {
+        let offset = index * block;
+        while range < plan.ranges.len() && plan.ranges[range].1 <= offset {
+            range += 1;
         }
-        let mut offset = start;
-        while offset < end.min(size) {
-            let len = block.min(size - offset);
-            let mut buf = vec![0u8; block as usize];
+        let allocated = range < plan.ranges.len() && plan.ranges[range].0 <= offset;
+        let in_parent = plan.parent.contains(&index);
+        // Bytes of the image this block stands for (none past its end).
+        let len = if offset < size {
+            block.min(size - offset)
+        } else {
+            0
+        };
+        if !allocated && !in_parent {
+            skipped += len;
+            continue;
+        }
+        let mut buf = vec![0u8; block as usize];
+        if allocated && len > 0 {
             if let Err(e) = hash::read_exact_at(file, &mut buf[..len as usize], offset) {
                 let _ = tx.blocking_send(Msg::Failed(e));
                 return;
             }
-            let msg = if is_zero(&buf) {
-                Msg::Skipped(len)
-            } else {
-                Msg::Block {
-                    index: (offset / block) as i32,
-                    data: bytes::Bytes::from(buf),
-                    len,
-                }
-            };
-            if tx.blocking_send(msg).is_err() {
-                return;
-            }
-            offset += block;
         }
-        position = end.min(size);
+        if plan.skip_zero && !in_parent && is_zero(&buf) {
+            skipped += len;
+            continue;
+        }
+        if skipped > 0
+            && tx
+                .blocking_send(Msg::Skipped(std::mem::take(&mut skipped)))
+                .is_err()
+        {
+            return;
+        }
+        let msg = Msg::Block {
+            index: index as i32,
+            data: bytes::Bytes::from(buf),
+            len,
+        };
+        if tx.blocking_send(msg).is_err() {
+            return;
+        }
     }
-    if position < size {
-        let _ = tx.blocking_send(Msg::Skipped(size - position));
+    if skipped > 0 {
+        let _ = tx.blocking_send(Msg::Skipped(skipped));
     }
 }
 
@@ -404,29 +535,40 @@ mod tests {
         assert!(total < size / 2, "{ranges:?}");
     }
 
-    #[test]
-    fn read_blocks_sends_non_zero_blocks_padded_and_counts_the_rest() {
+    /// 5.5 blocks: data in block 1, zeros written in block 2, holes in
+    /// blocks 0, 3 and 4, data at the end of the half last block 5.
+    fn fixture() -> (File, u64) {
         let f = tempfile::tempfile().unwrap();
-        // 5.5 blocks: data in block 1, zeros written in block 2, data in the half last block.
         let size = 5 * BLOCK + BLOCK / 2;
         f.set_len(size).unwrap();
         f.write_all_at(&[1, 2, 3], BLOCK + 5).unwrap();
         f.write_all_at(&vec![0u8; BLOCK as usize], 2 * BLOCK)
             .unwrap();
         f.write_all_at(&[9], size - 1).unwrap();
-        let ranges = data_ranges(&f, size, BLOCK).unwrap();
+        (f, size)
+    }
+
+    fn plan(f: &File, size: u64, skip_zero: bool, parent: &[u64]) -> Plan {
+        Plan {
+            size,
+            block: BLOCK,
+            volume_blocks: 16,
+            ranges: data_ranges(f, size, BLOCK).unwrap(),
+            skip_zero,
+            parent: parent.iter().copied().collect(),
+        }
+    }
+
+    /// Runs `read_blocks`: the blocks sent (index, data) and the bytes skipped.
+    fn run(f: &File, plan: &Plan) -> (Vec<(i32, bytes::Bytes)>, u64, u64) {
         let (tx, mut rx) = mpsc::channel(100);
-        read_blocks(&f, size, BLOCK, &ranges, &tx);
+        read_blocks(f, plan, &tx);
         drop(tx);
         let (mut blocks, mut skipped, mut sent) = (Vec::new(), 0, 0);
         while let Some(m) = rx.blocking_recv() {
             match m {
                 Msg::Block { index, data, len } => {
-                    assert_eq!(
-                        data.len() as u64,
-                        BLOCK,
-                        "block {index} padded to full size"
-                    );
+                    assert_eq!(data.len() as u64, BLOCK, "block {index} padded");
                     sent += len;
                     blocks.push((index, data));
                 }
@@ -434,11 +576,56 @@ mod tests {
                 Msg::Failed(e) => panic!("{e}"),
             }
         }
-        assert_eq!(blocks.iter().map(|b| b.0).collect::<Vec<_>>(), vec![1, 5]);
-        assert_eq!(&blocks[0].1[5..8], &[1, 2, 3]);
-        assert_eq!(blocks[1].1[(BLOCK / 2 - 1) as usize], 9);
-        assert!(blocks[1].1[(BLOCK / 2) as usize..].iter().all(|&b| b == 0));
+        (blocks, skipped, sent)
+    }
+
+    #[test]
+    fn read_blocks_writes_allocated_zero_blocks_and_skips_only_holes() {
+        let (f, size) = fixture();
+        let (blocks, skipped, sent) = run(&f, &plan(&f, size, false, &[]));
+        let indices: Vec<i32> = blocks.iter().map(|b| b.0).collect();
+        // tmpfs and ext4 allocate in pages, so a file system may report the
+        // block next to written data as data too; never a block that is a
+        // hole from end to end (0, 3, 4).
+        assert!(
+            indices.contains(&1) && indices.contains(&2) && indices.contains(&5),
+            "{indices:?}"
+        );
+        assert!(
+            !indices.iter().any(|i| [0, 3, 4].contains(i)),
+            "{indices:?}"
+        );
+        let one = &blocks.iter().find(|b| b.0 == 1).unwrap().1;
+        assert_eq!(&one[5..8], &[1, 2, 3]);
+        assert!(is_zero(&blocks.iter().find(|b| b.0 == 2).unwrap().1));
+        let last = &blocks.iter().find(|b| b.0 == 5).unwrap().1;
+        assert_eq!(last[(BLOCK / 2 - 1) as usize], 9);
+        assert!(last[(BLOCK / 2) as usize..].iter().all(|&b| b == 0));
         assert_eq!(sent + skipped, size, "every byte accounted for once");
+    }
+
+    #[test]
+    fn skip_zero_blocks_also_leaves_out_written_zeros() {
+        let (f, size) = fixture();
+        let (blocks, skipped, sent) = run(&f, &plan(&f, size, true, &[]));
+        let indices: Vec<i32> = blocks.iter().map(|b| b.0).collect();
+        assert_eq!(indices, vec![1, 5]);
+        assert_eq!(sent + skipped, size);
+    }
+
+    #[test]
+    fn a_parent_block_the_image_leaves_empty_is_overwritten_with_zeros() {
+        let (f, size) = fixture();
+        // Parent blocks: 1 (data here), 2 (zeros here: written even when
+        // skipping zeros), 3 (a hole here), 9 (past the file, in the volume),
+        // 40 (past the volume: cannot exist in it, so not written).
+        let (blocks, skipped, sent) = run(&f, &plan(&f, size, true, &[1, 2, 3, 9, 40]));
+        let indices: Vec<i32> = blocks.iter().map(|b| b.0).collect();
+        assert_eq!(indices, vec![1, 2, 3, 5, 9]);
+        for (i, data) in &blocks {
+            assert_eq!(is_zero(data), [2, 3, 9].contains(i), "block {i}");
+        }
+        assert_eq!(sent + skipped, size);
     }
 
     #[test]

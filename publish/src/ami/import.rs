@@ -89,6 +89,9 @@ async fn start(ctx: &Ctx<'_>, ec2: &Client, upload: &Upload) -> Result<String, E
     if let Some(role) = &ctx.opts.import_role {
         request = request.role_name(role);
     }
+    if let Some(key) = ctx.opts.kms_key_for(&ctx.opts.region) {
+        request = request.encrypted(true).kms_key_id(key);
+    }
     let started = request
         .send()
         .await

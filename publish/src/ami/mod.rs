@@ -68,8 +68,8 @@ impl FromStr for Arch {
 pub enum Via {
     /// Upload to S3, then EC2 ImportSnapshot (format raw); 10-60 minutes.
     Import,
-    /// Write the image's non-zero blocks straight into a snapshot with the EBS
-    /// direct APIs; no bucket needed, and seconds to minutes.
+    /// Write the image's allocated blocks straight into a snapshot with the
+    /// EBS direct APIs; no bucket needed, and seconds to minutes.
     EbsDirect,
 }
 
@@ -95,6 +95,65 @@ impl fmt::Display for Via {
     }
 }
 
+/// Firmware an AMI boots with (RegisterImage `BootMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootMode {
+    /// BIOS (`legacy-bios`).
+    LegacyBios,
+    /// UEFI only (`uefi`).
+    Uefi,
+    /// UEFI where the instance type supports it, else BIOS (`uefi-preferred`).
+    UefiPreferred,
+}
+
+impl FromStr for BootMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "legacy-bios" => Ok(BootMode::LegacyBios),
+            "uefi" => Ok(BootMode::Uefi),
+            "uefi-preferred" => Ok(BootMode::UefiPreferred),
+            other => Err(format!(
+                "unknown boot mode {other:?} (legacy-bios, uefi or uefi-preferred)"
+            )),
+        }
+    }
+}
+
+/// Instance metadata service an AMI requires (RegisterImage `ImdsSupport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImdsSupport {
+    /// IMDSv2 only: instances launched from the AMI require session tokens.
+    V2_0,
+}
+
+impl FromStr for ImdsSupport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "v2.0" => Ok(ImdsSupport::V2_0),
+            other => Err(format!("unknown IMDS support {other:?} (v2.0)")),
+        }
+    }
+}
+
+/// NitroTPM an AMI offers (RegisterImage `TpmSupport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TpmSupport {
+    /// TPM 2.0 (needs `--boot-mode uefi`).
+    V2_0,
+}
+
+impl FromStr for TpmSupport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "v2.0" => Ok(TpmSupport::V2_0),
+            other => Err(format!("unknown TPM support {other:?} (v2.0)")),
+        }
+    }
+}
+
 /// What `pgimg publish ami` needs besides the image path.
 #[derive(Debug, Clone)]
 pub struct AmiOptions {
@@ -117,6 +176,37 @@ pub struct AmiOptions {
     pub copy_to: Vec<String>,
     /// Make every AMI public (launch permission for everyone).
     pub public: bool,
+    /// AWS account ids (12 digits) given launch permission on every AMI and
+    /// create-volume permission on its snapshot.
+    pub share_with: Vec<String>,
+    /// AWS Organizations (or organizational unit) ARNs given launch
+    /// permission on every AMI.
+    pub share_with_org: Vec<String>,
+    /// Encrypt the snapshot and every regional copy with this KMS key (key id,
+    /// ARN or `alias/...`; `ebs-direct` needs an ARN). [`AmiOptions::kms_keys`]
+    /// overrides it per region: KMS keys are regional.
+    pub kms_key_id: Option<String>,
+    /// Region → KMS key, for the regions whose key differs from `kms_key_id`.
+    pub kms_keys: BTreeMap<String, String>,
+    /// RFC 3339 time at which every AMI is deprecated (EnableImageDeprecation).
+    pub deprecate_at: Option<String>,
+    /// Instance metadata service version required by instances of the AMI.
+    pub imds_support: Option<ImdsSupport>,
+    /// Firmware the AMI boots with.
+    pub boot_mode: Option<BootMode>,
+    /// NitroTPM version offered to instances of the AMI.
+    pub tpm_support: Option<TpmSupport>,
+    /// `ebs-direct`: also skip blocks whose content is all zeros, not only
+    /// the holes of the file. Only safe for snapshots that stay unencrypted:
+    /// a block missing from an encrypted snapshot does not read back as zeros.
+    pub skip_zero_blocks: bool,
+    /// `ebs-direct`: the new snapshot continues this one (ParentSnapshotId);
+    /// blocks the parent has and the image leaves empty are overwritten with
+    /// zeros, so the result is exactly the image.
+    pub parent_snapshot: Option<String>,
+    /// Hex SHA-256 of the image, the seed of the idempotency tokens; default:
+    /// the `<image>.sha256` sidecar when there is one, else computed.
+    pub image_sha256: Option<String>,
     /// AMI and snapshot description; default: the name.
     pub description: Option<String>,
     /// Value of the `Source` tag; default: the image's file name.
@@ -160,6 +250,17 @@ impl AmiOptions {
             key: None,
             copy_to: Vec::new(),
             public: false,
+            share_with: Vec::new(),
+            share_with_org: Vec::new(),
+            kms_key_id: None,
+            kms_keys: BTreeMap::new(),
+            deprecate_at: None,
+            imds_support: None,
+            boot_mode: None,
+            tpm_support: None,
+            skip_zero_blocks: false,
+            parent_snapshot: None,
+            image_sha256: None,
             description: None,
             source: None,
             import_role: None,
@@ -173,6 +274,21 @@ impl AmiOptions {
             attempts: s3::DEFAULT_ATTEMPTS,
             step_summary: None,
         }
+    }
+}
+
+impl AmiOptions {
+    /// The KMS key for snapshots and copies in `region`, if encrypting.
+    pub fn kms_key_for(&self, region: &str) -> Option<&str> {
+        self.kms_keys
+            .get(region)
+            .or(self.kms_key_id.as_ref())
+            .map(String::as_str)
+    }
+
+    /// Whether anything is encrypted with a chosen key.
+    pub fn encrypts(&self) -> bool {
+        self.kms_key_id.is_some() || !self.kms_keys.is_empty()
     }
 }
 
@@ -389,6 +505,57 @@ fn validate(opts: &AmiOptions) -> Result<(), Error> {
     if opts.via == Via::Import && opts.bucket.as_deref().unwrap_or("").is_empty() {
         return Err(Error::Invalid("--via import needs a bucket".into()));
     }
+    if let Some(at) = &opts.deprecate_at {
+        aws_smithy_types::DateTime::from_str(at, aws_smithy_types::date_time::Format::DateTime)
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "--deprecate-at {at:?} is not an RFC 3339 time like 2027-01-31T00:00:00Z: {e}"
+                ))
+            })?;
+    }
+    if let Some(bad) = opts
+        .share_with
+        .iter()
+        .find(|a| a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(Error::Invalid(format!(
+            "--share-with {bad:?} is not a 12-digit AWS account id"
+        )));
+    }
+    if let Some(bad) = opts
+        .share_with_org
+        .iter()
+        .find(|a| !a.starts_with("arn:aws") || !a.contains(":organization"))
+    {
+        return Err(Error::Invalid(format!(
+            "--share-with-org {bad:?} is not an organization or OU ARN \
+             (arn:aws:organizations::ACCOUNT:organization/o-... or .../ou/o-.../ou-...)"
+        )));
+    }
+    if opts.public && opts.encrypts() {
+        return Err(Error::Invalid(
+            "an AMI with KMS-encrypted snapshots cannot be public; \
+             drop --public or --kms-key-id (share with --share-with instead)"
+                .into(),
+        ));
+    }
+    if opts.tpm_support.is_some() && opts.boot_mode != Some(BootMode::Uefi) {
+        return Err(Error::Invalid(
+            "--tpm-support v2.0 needs --boot-mode uefi".into(),
+        ));
+    }
+    if opts.via == Via::Import && (opts.skip_zero_blocks || opts.parent_snapshot.is_some()) {
+        return Err(Error::Invalid(
+            "--skip-zero-blocks and --parent-snapshot-id apply to --via ebs-direct only".into(),
+        ));
+    }
+    if opts.skip_zero_blocks && opts.encrypts() {
+        return Err(Error::Invalid(
+            "--skip-zero-blocks with --kms-key-id would corrupt the image: a block missing \
+             from an encrypted snapshot does not read back as zeros"
+                .into(),
+        ));
+    }
     if opts.concurrency == 0
         || opts.block_concurrency == 0
         || opts.attempts == 0
@@ -409,6 +576,7 @@ struct Ctx<'a> {
     size: u64,
     home: SdkConfig,
     backoff: Backoff,
+    sha256: tokio::sync::OnceCell<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -420,7 +588,51 @@ impl<'a> Ctx<'a> {
             size,
             home: sdk_config(&opts.conn, Some(&opts.region), opts.attempts).await,
             backoff: Backoff::new(opts.attempts),
+            sha256: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The image's hex SHA-256: given, from the `<image>.sha256` sidecar the
+    /// build wrote, or computed (once, and only when a token is needed).
+    async fn image_sha256(&self, progress: &dyn Progress) -> Result<&str, Error> {
+        self.sha256
+            .get_or_try_init(|| async {
+                if let Some(given) = &self.opts.image_sha256 {
+                    return Ok(given.to_ascii_lowercase());
+                }
+                let mut sidecar = self.image.as_os_str().to_owned();
+                sidecar.push(".sha256");
+                if let Some(sha) = std::fs::read_to_string(&sidecar)
+                    .ok()
+                    .and_then(|t| crate::hash::parse_sidecar(&t))
+                {
+                    return Ok(sha);
+                }
+                // The runtime is multi-threaded: hashing here blocks one worker only.
+                tokio::task::block_in_place(|| {
+                    crate::hash::sha256_file(&self.file, self.size, progress)
+                })
+                .map_err(|source| Error::Io {
+                    path: self.image.to_path_buf(),
+                    source,
+                })
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// Idempotency token for `op` in `region`: the same image, name and
+    /// region always give the same token, so a request retried (by the SDK
+    /// or by a re-run) returns what the first one started instead of a
+    /// duplicate. 64 hex characters, within every EC2/EBS token limit.
+    async fn token(
+        &self,
+        op: &str,
+        region: &str,
+        progress: &dyn Progress,
+    ) -> Result<String, Error> {
+        let sha = self.image_sha256(progress).await?;
+        Ok(client_token(op, sha, &self.opts.name, region))
     }
 
     async fn config_for(&self, region: &str) -> SdkConfig {
@@ -465,6 +677,13 @@ impl<'a> Ctx<'a> {
     fn poll(&self) -> Duration {
         Duration::from_secs(self.opts.poll_secs)
     }
+}
+
+/// `hex(sha256("pgimg/<op>/<image sha256>/<name>/<region>"))`.
+pub(crate) fn client_token(op: &str, image_sha256: &str, name: &str, region: &str) -> String {
+    crate::hash::hex(&crate::hash::digest(
+        format!("pgimg/{op}/{image_sha256}/{name}/{region}").as_bytes(),
+    ))
 }
 
 async fn flow(
@@ -518,33 +737,27 @@ async fn flow(
         home.snapshot.get_or_insert(snapshot);
     }
 
-    let mut copies = Vec::new();
+    // Copies start together: CopyImage returns at once and AWS copies the
+    // regions in parallel, so the wait below covers them all.
+    let mut regions: Vec<&String> = Vec::new();
     for region in &opts.copy_to {
-        if region == &opts.region || copies.iter().any(|(r, _, _)| r == region) {
-            continue;
+        if region != &opts.region && !regions.contains(&region) {
+            regions.push(region);
         }
-        let client = aws_sdk_ec2::Client::new(&ctx.config_for(region).await);
-        let img = match register::find_by_name(&client, region, &opts.name).await? {
-            Some(found) => {
-                progress.note(&format!(
-                    "AMI {:?} already exists in {region}: {}; not copying",
-                    opts.name, found.ami
-                ));
-                found
-            }
-            None => {
-                let ami = register::copy(ctx, &client, region, &home.ami).await?;
-                progress.note(&format!("copying {} to {region} as {ami}", home.ami));
-                RegionImage {
-                    ami,
-                    snapshot: None,
-                    existing: false,
-                }
-            }
-        };
-        copies.push((region.clone(), client, img));
     }
+    // Every region is tried even when one fails, so a re-run finds the
+    // others under way instead of starting them late.
+    let copies = rt::join_all(
+        regions
+            .into_iter()
+            .map(|region| start_copy(ctx, region, &home.ami, progress))
+            .collect(),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, Error>>()?;
     let snapshots = register::wait_available(ctx, &copies, progress, interrupt).await?;
+    let mut all = Vec::new();
     for ((region, client, mut img), snapshot) in copies.into_iter().zip(snapshots) {
         if img.snapshot.is_none() {
             img.snapshot = snapshot;
@@ -555,16 +768,52 @@ async fn flow(
                 register::tag(ctx, &client, &[snap.as_str()]).await?;
             }
         }
-        if opts.public {
-            register::make_public(&client, &region, &img.ami).await?;
-        }
+        all.push((region, client, img));
+    }
+    all.push((opts.region.clone(), ec2, home));
+    rt::join_all(
+        all.iter()
+            .map(|(region, client, img)| register::finish(ctx, client, region, img))
+            .collect(),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<()>, Error>>()?;
+    for (region, _, img) in all {
         outcome.regions.insert(region, img);
     }
-    if opts.public {
-        register::make_public(&ec2, &opts.region, &home.ami).await?;
-    }
-    outcome.regions.insert(opts.region.clone(), home);
     Ok(outcome)
+}
+
+/// The AMI named `opts.name` in `region`: found, or copied from `source_ami`
+/// (not yet available).
+async fn start_copy(
+    ctx: &Ctx<'_>,
+    region: &str,
+    source_ami: &str,
+    progress: &dyn Progress,
+) -> Result<(String, aws_sdk_ec2::Client, RegionImage), Error> {
+    let client = aws_sdk_ec2::Client::new(&ctx.config_for(region).await);
+    let img = match register::find_by_name(&client, region, &ctx.opts.name).await? {
+        Some(found) => {
+            progress.note(&format!(
+                "AMI {:?} already exists in {region}: {}; not copying",
+                ctx.opts.name, found.ami
+            ));
+            found
+        }
+        None => {
+            let token = ctx.token("CopyImage", region, progress).await?;
+            let ami = register::copy(ctx, &client, region, source_ami, &token).await?;
+            progress.note(&format!("copying {source_ami} to {region} as {ami}"));
+            RegionImage {
+                ami,
+                snapshot: None,
+                existing: false,
+            }
+        }
+    };
+    Ok((region.to_string(), client, img))
 }
 
 #[cfg(test)]

@@ -3,12 +3,13 @@
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, EbsBlockDevice, Filter, ImageState, LaunchPermission,
-    LaunchPermissionModifications, PermissionGroup, Tag, VolumeType,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageState,
+    ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, OperationType,
+    PermissionGroup, SnapshotAttributeName, Tag, TpmSupportValues, VolumeType,
 };
 use aws_sdk_ec2::Client;
 
-use super::{Arch, Ctx, Error, RegionImage};
+use super::{Arch, BootMode, Ctx, Error, ImdsSupport, RegionImage, TpmSupport};
 use crate::progress::{Progress, Unit};
 use crate::rt::Interrupt;
 
@@ -81,6 +82,19 @@ pub(super) async fn register(ctx: &Ctx<'_>, ec2: &Client, snapshot: &str) -> Res
         })
         .virtualization_type("hvm")
         .ena_support(true)
+        .set_boot_mode(opts.boot_mode.map(|m| match m {
+            BootMode::LegacyBios => BootModeValues::LegacyBios,
+            BootMode::Uefi => BootModeValues::Uefi,
+            BootMode::UefiPreferred => BootModeValues::UefiPreferred,
+        }))
+        .set_imds_support(
+            opts.imds_support
+                .map(|ImdsSupport::V2_0| ImdsSupportValues::V20),
+        )
+        .set_tpm_support(
+            opts.tpm_support
+                .map(|TpmSupport::V2_0| TpmSupportValues::V20),
+        )
         .root_device_name(ROOT_DEVICE)
         .block_device_mappings(
             BlockDeviceMapping::builder()
@@ -132,20 +146,27 @@ pub(super) async fn tag(ctx: &Ctx<'_>, ec2: &Client, resources: &[&str]) -> Resu
     Ok(())
 }
 
-/// CopyImage of `source_ami` (in the home region) into the client's region, tagged alike.
+/// CopyImage of `source_ami` (in the home region) into the client's region,
+/// tagged alike, encrypted with the region's KMS key when one is set.
+/// `token` makes a repeated request return the first copy.
 pub(super) async fn copy(
     ctx: &Ctx<'_>,
     dest: &Client,
     region: &str,
     source_ami: &str,
+    token: &str,
 ) -> Result<String, Error> {
     let opts = ctx.opts;
+    let key = opts.kms_key_for(region);
     let copied = dest
         .copy_image()
         .source_image_id(source_ami)
         .source_region(&opts.region)
         .name(&opts.name)
         .description(ctx.description())
+        .client_token(token)
+        .set_encrypted(key.map(|_| true))
+        .set_kms_key_id(key.map(str::to_string))
         .send()
         .await
         .map_err(|e| Error::api("CopyImage", format!("{source_ami} to {region}"), &e))?;
@@ -235,28 +256,84 @@ pub(super) async fn wait_available(
     }
 }
 
-/// Launch permission for everyone (`Group=all`).
-pub(super) async fn make_public(ec2: &Client, region: &str, ami: &str) -> Result<(), Error> {
-    ec2.modify_image_attribute()
-        .image_id(ami)
-        .launch_permission(
-            LaunchPermissionModifications::builder()
-                .add(
-                    LaunchPermission::builder()
-                        .group(PermissionGroup::All)
-                        .build(),
-                )
+/// Sharing and deprecation of one region's available AMI: launch permission
+/// for everyone (`--public`), accounts and organizations; create-volume
+/// permission on its snapshot for the accounts (so they can copy it);
+/// EnableImageDeprecation. Each call is idempotent, so a re-run repeats them.
+pub(super) async fn finish(
+    ctx: &Ctx<'_>,
+    ec2: &Client,
+    region: &str,
+    img: &RegionImage,
+) -> Result<(), Error> {
+    let opts = ctx.opts;
+    let ami = img.ami.as_str();
+    let mut grants = Vec::new();
+    if opts.public {
+        grants.push(
+            LaunchPermission::builder()
+                .group(PermissionGroup::All)
                 .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| {
-            Error::api(
-                "ModifyImageAttribute",
-                format!("{ami} in {region} (make public)"),
-                &e,
+        );
+    }
+    for account in &opts.share_with {
+        grants.push(LaunchPermission::builder().user_id(account).build());
+    }
+    for arn in &opts.share_with_org {
+        let grant = if arn.contains(":ou/") {
+            LaunchPermission::builder().organizational_unit_arn(arn)
+        } else {
+            LaunchPermission::builder().organization_arn(arn)
+        };
+        grants.push(grant.build());
+    }
+    if !grants.is_empty() {
+        ec2.modify_image_attribute()
+            .image_id(ami)
+            .launch_permission(
+                LaunchPermissionModifications::builder()
+                    .set_add(Some(grants))
+                    .build(),
             )
-        })?;
+            .send()
+            .await
+            .map_err(|e| {
+                Error::api(
+                    "ModifyImageAttribute",
+                    format!("{ami} in {region} (launch permission)"),
+                    &e,
+                )
+            })?;
+    }
+    if let (false, Some(snapshot)) = (opts.share_with.is_empty(), &img.snapshot) {
+        // The flat form (OperationType + UserIds) is the one every EC2
+        // implementation reads, the AWS CLI's `--user-ids` included.
+        ec2.modify_snapshot_attribute()
+            .snapshot_id(snapshot)
+            .attribute(SnapshotAttributeName::CreateVolumePermission)
+            .operation_type(OperationType::Add)
+            .set_user_ids(Some(opts.share_with.clone()))
+            .send()
+            .await
+            .map_err(|e| {
+                Error::api(
+                    "ModifySnapshotAttribute",
+                    format!("{snapshot} in {region} (create-volume permission)"),
+                    &e,
+                )
+            })?;
+    }
+    if let Some(at) = &opts.deprecate_at {
+        let at =
+            aws_smithy_types::DateTime::from_str(at, aws_smithy_types::date_time::Format::DateTime)
+                .map_err(|e| Error::Invalid(format!("--deprecate-at {at:?}: {e}")))?;
+        ec2.enable_image_deprecation()
+            .image_id(ami)
+            .deprecate_at(at)
+            .send()
+            .await
+            .map_err(|e| Error::api("EnableImageDeprecation", format!("{ami} in {region}"), &e))?;
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod defs;
 pub mod inspect;
 pub mod lock;
 pub mod plan;
+pub mod prune;
 pub mod publish;
 pub mod run;
 pub mod shell;
@@ -54,6 +55,8 @@ pub enum Cmd {
     /// Publish an image: S3-compatible upload, or AWS AMIs.
     #[command(subcommand)]
     Publish(publish::PublishCmd),
+    /// Delete old published releases (AMIs with snapshots, objects with sidecars); dry run by default.
+    Prune(prune::PruneArgs),
     /// Show an image's partition table, root file system, sizes and embedded manifest.
     Inspect(inspect::InspectArgs),
     /// Compile recipes, resolve imports and run them on a fake root (no root, no network).
@@ -78,6 +81,7 @@ impl Cmd {
             Cmd::Run(a) => run::run(a),
             Cmd::Shell(a) => shell::shell(a),
             Cmd::Publish(a) => publish::publish(a),
+            Cmd::Prune(a) => prune::prune(a),
             Cmd::Inspect(a) => inspect::inspect(a),
             Cmd::Check(a) => check::check(a),
             Cmd::Plan(a) => plan::plan(a),

@@ -14,18 +14,51 @@ use crate::error::{Interrupted, UsageError};
 #[derive(Subcommand, Debug)]
 pub enum PublishCmd {
     /// Upload an image and its `<name>.sha256` sidecar to MinIO, Cloudflare R2 or AWS S3.
-    ///
-    /// Multipart with parts in parallel and per-part SHA-256 checksums; a re-run for an object
-    /// already there with the same sha256 uploads nothing. Any failure or Ctrl-C aborts the
-    /// multipart upload. Credentials come from the standard AWS chain (environment, profile).
-    /// Prints one JSON object with the outcome on stdout.
+    #[command(long_about = S3_ABOUT)]
     S3(S3Args),
     /// Make AWS AMIs from a raw image: snapshot (import or EBS direct), register, tag, copy, share.
-    ///
-    /// Prints one JSON object mapping region → AMI id and snapshot id on stdout.
     #[cfg(feature = "ami")]
+    #[command(long_about = AMI_ABOUT)]
     Ami(AmiArgs),
 }
+
+#[cfg(feature = "ami")]
+const AMI_ABOUT: &str = "\
+Make AWS AMIs from a raw image: snapshot, register, tag, copy to regions, share, deprecate.
+
+The snapshot is made by `--via import` (S3 upload + ImportSnapshot; 10-60 min; needs --bucket \
+and the vmimport role) or `--via ebs-direct` (EBS direct APIs: seconds to minutes, no bucket). \
+EBS direct writes every allocated block of the image, zero blocks included, and leaves out only \
+the holes of the (sparse) file: a block missing from an encrypted snapshot does not read back \
+as zeros. --skip-zero-blocks also leaves out blocks of zeros; only for snapshots that stay \
+unencrypted. --parent-snapshot-id makes the snapshot an increment of an earlier one.
+
+Everything is idempotent: an AMI of that name already in a region is reused, CopyImage and \
+StartSnapshot carry client tokens derived from the image's sha256, name and region, so a re-run \
+after a failure resumes instead of duplicating. Copies run in parallel. Sharing, \
+create-volume permissions and deprecation are applied in every region.
+
+Credentials come from the standard AWS chain (environment, profile, web identity for OIDC roles).
+Prints one JSON object mapping region → AMI id and snapshot id on stdout.
+
+Example (the release workflow's publishing):
+  pgimg publish ami postgres-ubuntu-2204-x64-20260115.raw --region us-east-1 \\
+    --name postgres-ubuntu-2204-x64-20260115 --arch x86_64 --via ebs-direct \\
+    --copy-to us-west-2,eu-west-1 --kms-key-id alias/images \\
+    --share-with 123456789012,210987654321 --deprecate-at 2027-01-15T00:00:00Z \\
+    --imds-support v2.0 --boot-mode uefi-preferred";
+
+const S3_ABOUT: &str = "\
+Upload an image and its `<name>.sha256` sidecar to MinIO, Cloudflare R2 or AWS S3.
+
+Multipart with parts in parallel and per-part SHA-256 checksums; a re-run for an object already \
+there with the same sha256 uploads nothing. Any failure or Ctrl-C aborts the multipart upload. \
+Credentials come from the standard AWS chain (environment, profile). Prints one JSON object \
+with the outcome on stdout.
+
+Example (Cloudflare R2):
+  pgimg publish s3 postgres-ubuntu-2204-x64-20260115.raw --bucket images --key images/ \\
+    --endpoint https://<account>.r2.cloudflarestorage.com --region auto";
 
 /// Endpoint and credentials shared by both targets.
 #[derive(Args, Debug, Clone)]
@@ -48,7 +81,7 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    fn conn(&self) -> Connection {
+    pub(crate) fn conn(&self) -> Connection {
         Connection {
             endpoint: self.endpoint.clone(),
             path_style: self.path_style,
@@ -56,7 +89,7 @@ impl ConnArgs {
         }
     }
 
-    fn progress(&self) -> Box<dyn Progress> {
+    pub(crate) fn progress(&self) -> Box<dyn Progress> {
         if self.quiet {
             Box::new(Quiet)
         } else {
@@ -111,23 +144,52 @@ pub struct AmiArgs {
     /// Regions to copy the AMI to, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub copy_to: Vec<String>,
-    /// Make every AMI public.
+    /// Make every AMI public (not with --kms-key-id).
     #[arg(long)]
     pub public: bool,
+    /// AWS account ids given launch permission and the snapshots' create-volume permission.
+    #[arg(long, value_delimiter = ',', value_name = "ACCOUNT,...")]
+    pub share_with: Vec<String>,
+    /// AWS Organizations or OU ARN given launch permission; repeatable.
+    #[arg(long, value_name = "ARN")]
+    pub share_with_org: Vec<String>,
+    /// Encrypt the snapshot and every copy with this KMS key (id, ARN or alias/NAME; ebs-direct
+    /// needs an ARN). KMS keys are regional: REGION=KEY sets one region's key; repeatable.
+    #[arg(long, value_name = "[REGION=]KEY")]
+    pub kms_key_id: Vec<String>,
+    /// Deprecate every AMI at this RFC 3339 time (e.g. 2027-01-31T00:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub deprecate_at: Option<String>,
+    /// Require IMDSv2 on instances of the AMI: v2.0.
+    #[arg(long, value_name = "v2.0")]
+    pub imds_support: Option<pgimg_publish::ami::ImdsSupport>,
+    /// Firmware: legacy-bios, uefi or uefi-preferred.
+    #[arg(long)]
+    pub boot_mode: Option<pgimg_publish::ami::BootMode>,
+    /// NitroTPM: v2.0 (needs --boot-mode uefi).
+    #[arg(long, value_name = "v2.0")]
+    pub tpm_support: Option<pgimg_publish::ami::TpmSupport>,
     /// How to make the snapshot: import (S3 + ImportSnapshot) or ebs-direct (EBS direct APIs).
     #[arg(long, default_value = "import")]
     pub via: pgimg_publish::ami::Via,
+    /// ebs-direct: also skip blocks of zeros, not only holes. Corrupts files holding zero
+    /// blocks if the snapshot is ever encrypted (a copy, EBS encryption by default).
+    #[arg(long)]
+    pub skip_zero_blocks: bool,
+    /// ebs-direct: make the snapshot an increment of this one (ParentSnapshotId).
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent_snapshot_id: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 /// A publication error in `doing`; one the user interrupted exits 130.
-fn failed(
+pub(crate) fn failed(
     e: impl std::error::Error + Send + Sync + 'static,
     interrupted: bool,
     doing: String,
@@ -181,10 +243,34 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             opts.bucket = a.bucket.clone();
             opts.copy_to = a.copy_to.clone();
             opts.public = a.public;
+            opts.share_with = a.share_with.clone();
+            opts.share_with_org = a.share_with_org.clone();
+            for k in &a.kms_key_id {
+                match k.split_once('=') {
+                    Some((region, key)) if !region.is_empty() && !key.is_empty() => {
+                        opts.kms_keys.insert(region.to_string(), key.to_string());
+                    }
+                    Some(_) => {
+                        return Err(
+                            UsageError(format!("--kms-key-id {k:?} is not REGION=KEY")).into()
+                        )
+                    }
+                    None => opts.kms_key_id = Some(k.clone()),
+                }
+            }
+            opts.deprecate_at = a.deprecate_at.clone();
+            opts.imds_support = a.imds_support;
+            opts.boot_mode = a.boot_mode;
+            opts.tpm_support = a.tpm_support;
+            opts.skip_zero_blocks = a.skip_zero_blocks;
+            opts.parent_snapshot = a.parent_snapshot_id.clone();
             opts.conn = a.conn.conn();
             opts.step_summary = a.conn.step_summary.clone();
             let outcome =
                 ami::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
+                    if let ami::Error::Invalid(m) = &e {
+                        return UsageError(m.clone()).into();
+                    }
                     let interrupted = e.is_interrupted();
                     failed(
                         e,
