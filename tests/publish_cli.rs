@@ -254,3 +254,169 @@ fn failed_publications_report_the_failure_and_never_show_the_secret() {
         assert!(!text.contains(CANARY), "{what}: secret in output:\n{text}");
     }
 }
+
+/// Object keys in `bucket`.
+fn object_keys(moto: &Moto, bucket: &str) -> Vec<String> {
+    let out = aws(&mut Command::new("python3"))
+        .args([
+            "-c",
+            "import boto3,sys\n\
+             c = boto3.client('s3', endpoint_url=sys.argv[1])\n\
+             print('\\n'.join(sorted(o['Key'] for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []))))",
+            &moto.endpoint(),
+            bucket,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn prune_cli(moto: &Moto, extra: &[&str]) -> (serde_json::Value, String) {
+    let out = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
+        .args([
+            "prune", "--prefix", "pg-x64-", "--keep", "2", "--bucket", "rel",
+        ])
+        .args(["--endpoint", &moto.endpoint(), "--path-style", "--quiet"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (serde_json::from_str(&stdout).unwrap(), stderr)
+}
+
+#[test]
+fn prune_cli_lists_by_default_and_deletes_only_with_yes() {
+    let moto = Moto::start();
+    bucket(&moto, "rel");
+    let made = aws(&mut Command::new("python3"))
+        .args([
+            "-c",
+            "import boto3,sys\n\
+             c = boto3.client('s3', endpoint_url=sys.argv[1])\n\
+             for i in range(1, 6):\n\
+             \x20   c.put_object(Bucket='rel', Key=f'pg-x64-2026010{i}.raw', Body=b'img')\n\
+             \x20   c.put_object(Bucket='rel', Key=f'pg-x64-2026010{i}.raw.sha256', Body=b'sum')\n\
+             c.put_object(Bucket='rel', Key='pg-arm64-20260101.raw', Body=b'other')",
+            &moto.endpoint(),
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before = object_keys(&moto, "rel");
+    assert_eq!(before.len(), 11);
+
+    let (dry, _) = prune_cli(&moto, &[]);
+    assert_eq!(dry["dry_run"], true);
+    let listed: Vec<&str> = dry["delete"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "pg-x64-20260103.raw",
+            "pg-x64-20260102.raw",
+            "pg-x64-20260101.raw"
+        ]
+    );
+    assert_eq!(
+        object_keys(&moto, "rel"),
+        before,
+        "the dry run deleted something"
+    );
+
+    let (done, _) = prune_cli(&moto, &["--yes"]);
+    assert_eq!(done["dry_run"], false);
+    assert_eq!(done["delete"], dry["delete"]);
+    assert_eq!(
+        object_keys(&moto, "rel"),
+        [
+            "pg-arm64-20260101.raw",
+            "pg-x64-20260104.raw",
+            "pg-x64-20260104.raw.sha256",
+            "pg-x64-20260105.raw",
+            "pg-x64-20260105.raw.sha256",
+        ]
+    );
+}
+
+#[test]
+fn prune_without_a_rule_or_with_an_empty_prefix_is_a_usage_error() {
+    for args in [
+        &["prune", "--prefix", "pg-", "--bucket", "b"][..],
+        &["prune", "--prefix", "", "--keep", "1", "--bucket", "b"][..],
+        &[
+            "prune",
+            "--prefix",
+            "pg-",
+            "--keep",
+            "1",
+            "--bucket",
+            "b",
+            "--yes",
+            "--dry-run",
+        ][..],
+    ] {
+        let o = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn publish_help_teaches_each_targets_flags_with_an_example() {
+    for (target, flags) in [
+        (
+            "s3",
+            &["--bucket", "--endpoint", "--path-style", "Example"][..],
+        ),
+        (
+            "ami",
+            &[
+                "--kms-key-id",
+                "--share-with",
+                "--share-with-org",
+                "--deprecate-at",
+                "--imds-support",
+                "--boot-mode",
+                "--tpm-support",
+                "--skip-zero-blocks",
+                "--parent-snapshot-id",
+                "encrypted",
+                "Example",
+            ][..],
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_pgimg"))
+            .args(["publish", target, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{target}: {help}");
+        for flag in flags {
+            assert!(
+                help.contains(flag),
+                "`publish {target} --help` lacks {flag}:\n{help}"
+            );
+        }
+    }
+}

@@ -888,6 +888,6 @@ mod tests {
             md.contains("| eu-west-1 | `ami-2` | `-` | already existed |"),
             "{md}"
         );
-        assert!(md.contains("2.0 GiB (2147483648 bytes)"), "{md}");
+        assert!(md.contains("2.00 GiB (2147483648 bytes)"), "{md}");
     }
 }
