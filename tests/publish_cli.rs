@@ -419,4 +419,18 @@ fn publish_help_teaches_each_targets_flags_with_an_example() {
             );
         }
     }
+    let o = Command::new(env!("CARGO_BIN_EXE_pgimg"))
+        .args(["prune", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for text in [
+        "--keep",
+        "--older-than",
+        "--yes",
+        "never touched",
+        "Example",
+    ] {
+        assert!(help.contains(text), "`prune --help` lacks {text}:\n{help}");
+    }
 }

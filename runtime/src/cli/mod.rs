@@ -56,6 +56,7 @@ pub enum Cmd {
     #[command(subcommand)]
     Publish(publish::PublishCmd),
     /// Delete old published releases (AMIs with snapshots, objects with sidecars); dry run by default.
+    #[command(long_about = prune::ABOUT)]
     Prune(prune::PruneArgs),
     /// Show an image's partition table, root file system, sizes and embedded manifest.
     Inspect(inspect::InspectArgs),

@@ -7,7 +7,8 @@ use pgimg_publish::prune::{self, PruneOptions};
 use super::publish::{failed, print_json, ConnArgs};
 use crate::error::UsageError;
 
-const ABOUT: &str = "\
+/// `pgimg prune --help`.
+pub const ABOUT: &str = "\
 Delete old releases: AMIs (and their snapshots) in the regions given, objects (and their \
 `.sha256` sidecars) in the bucket given.
 
@@ -22,7 +23,6 @@ Example (keep the newest five of each region and the bucket):
   pgimg prune ... --yes                             # delete";
 
 #[derive(Args, Debug)]
-#[command(long_about = ABOUT)]
 pub struct PruneArgs {
     /// Only AMI names and object names (below --key-prefix) starting with this.
     #[arg(long)]

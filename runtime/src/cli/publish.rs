@@ -44,7 +44,9 @@ Prints one JSON object mapping region → AMI id and snapshot id on stdout.
 Example (the release workflow's publishing):
   pgimg publish ami postgres-ubuntu-2204-x64-20260115.raw --region us-east-1 \\
     --name postgres-ubuntu-2204-x64-20260115 --arch x86_64 --via ebs-direct \\
-    --copy-to us-west-2,eu-west-1 --kms-key-id alias/images \\
+    --copy-to us-west-2,eu-west-1 --kms-key-id arn:aws:kms:us-east-1:111122223333:key/mrk-1 \\
+    --kms-key-id us-west-2=arn:aws:kms:us-west-2:111122223333:key/mrk-1 \\
+    --kms-key-id eu-west-1=arn:aws:kms:eu-west-1:111122223333:key/mrk-1 \\
     --share-with 123456789012,210987654321 --deprecate-at 2027-01-15T00:00:00Z \\
     --imds-support v2.0 --boot-mode uefi-preferred";
 
