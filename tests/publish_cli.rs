@@ -428,7 +428,7 @@ fn publish_help_teaches_each_targets_flags_with_an_example() {
         "--keep",
         "--older-than",
         "--yes",
-        "never touched",
+        "Nothing else is ever touched",
         "Example",
     ] {
         assert!(help.contains(text), "`prune --help` lacks {text}:\n{help}");
