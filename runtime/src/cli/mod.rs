@@ -31,7 +31,8 @@ use crate::host::RecipeInputs;
         pgimg plan recipes/examples/everything.rhai     # what the recipe would do\n  \
         pgimg test recipes                              # run the recipe tests\n\n\
         Exit status: 0 ok; 1 a build or test failed (including a recipe failing during `run`); \
-        2 a usage error, or a recipe error found by `check` or `plan`."
+        2 a usage error, or a recipe error found by `check` or `plan`; \
+        130 interrupted by SIGINT or SIGTERM (after everything was torn down)."
 )]
 pub struct Cli {
     #[command(subcommand)]
