@@ -46,6 +46,10 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 struct WallClockExceeded(Duration);
 
+/// Marks a termination by SIGINT or SIGTERM.
+#[derive(Debug, Clone)]
+struct StoppedBySignal;
+
 /// Normalises `a/./b/../c` to `a/c` without touching the file system, so
 /// locations read the same whatever the import path looked like.
 pub fn normalize(path: &Path) -> PathBuf {
@@ -138,7 +142,13 @@ pub fn build_engine(ctx: &Ctx, limits: &Limits) -> Engine {
     let start = Instant::now();
     let budget = limits.wall_clock;
     engine.on_progress(move |ops| {
-        if ops % 1024 == 0 && start.elapsed() > budget {
+        if ops % 256 != 0 {
+            None
+        } else if crate::sandbox::interrupt::interrupted() {
+            // A script busy in primitives or loops stops at the next
+            // operation, not when its operation budget runs out.
+            Some(Dynamic::from(StoppedBySignal))
+        } else if start.elapsed() > budget {
             Some(Dynamic::from(WallClockExceeded(budget)))
         } else {
             None
@@ -244,6 +254,9 @@ pub fn render(err: &EvalAltResult, file: &str) -> String {
             locate(&file, *pos)
         ),
         EvalAltResult::ErrorTerminated(token, pos) => {
+            if token.is::<StoppedBySignal>() {
+                return format!("{}: interrupted", locate(&file, *pos));
+            }
             match token.read_lock::<WallClockExceeded>() {
                 Some(w) => format!(
                     "{}: the recipe ran longer than its {}s budget and was stopped",

@@ -60,9 +60,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     };
     if let Some(img) = &base {
-        if !img.is_file() {
-            return Err(UsageError(format!("--base {}: no such file", img.display())).into());
-        }
+        not_a_file(img).map_err(|why| UsageError(format!("--base {}: {why}", img.display())))?;
     }
     if !args.recipe.is_file() {
         return Err(UsageError(format!("{}: no such recipe", args.recipe.display())).into());
