@@ -380,6 +380,7 @@ fn the_environment_is_clean_plus_the_commands_own() {
         "LC_ALL=C.UTF-8",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME=/root",
+        "SYSTEMD_OFFLINE=1",
         "GOFLAGS=-trimpath",
     ]
     .into();

@@ -45,7 +45,11 @@ use super::mounts::{mountpoints_under, Mount, MountError, MountStack};
 pub type LineSink = Arc<dyn Fn(&str, Stream, &str) + Send + Sync>;
 
 /// The environment every command starts from; the command's own `env` is added on top.
-pub const BASE_ENV: [(&str, &str); 4] = [
+///
+/// `SYSTEMD_OFFLINE=1`: the command's init lives inside the image, so
+/// systemd's tools would not detect a chroot; this keeps `systemctl` from
+/// trying to reach a service manager (`start` is a no-op, `enable` edits links).
+pub const BASE_ENV: [(&str, &str); 5] = [
     ("DEBIAN_FRONTEND", "noninteractive"),
     ("LC_ALL", "C.UTF-8"),
     (
@@ -53,6 +57,7 @@ pub const BASE_ENV: [(&str, &str); 4] = [
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     ),
     ("HOME", "/root"),
+    ("SYSTEMD_OFFLINE", "1"),
 ];
 
 /// The name of the host cache bound on `/var/cache/apt/archives` (the same
@@ -835,7 +840,7 @@ mod tests {
         assert_eq!(get("PATH"), Some("/opt/bin"));
         assert_eq!(get("GOFLAGS"), Some("-mod=vendor"));
         assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
-        assert_eq!(env.len(), 5);
+        assert_eq!(env.len(), 6);
         // A torn-down target refuses to run anything.
         assert!(matches!(
             t.run(&Command::new(["true"])),
