@@ -1058,6 +1058,37 @@ fn a_resolv_conf_the_build_replaced_is_kept() {
     );
 }
 
+/// Debian's policy-rcd-declarative provides /usr/sbin/policy-rc.d through
+/// update-alternatives, which refuses to replace a regular file: pgimg's own
+/// must give way, and the package's link must be in the image afterwards.
+#[test]
+fn a_policy_rc_d_a_package_provides_through_alternatives_survives() {
+    if !have_root("a_policy_rc_d_a_package_provides_through_alternatives_survives") {
+        return;
+    }
+    let sb = Sandbox::new(|_| {});
+    sb.stdout(&["apt-get", "update"]);
+    let install = cmd(&[
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "policy-rcd-declarative",
+        "policy-rcd-declarative-allow-all",
+    ])
+    .cache("apt-archives", "/var/cache/apt/archives");
+    sb.target.run(&install).unwrap();
+    let (rootfs, _cache) = sb.teardown();
+    assert_eq!(
+        host_state(&rootfs.join("/usr/sbin/policy-rc.d")),
+        HostState::Link("/etc/alternatives/policy-rc.d".into())
+    );
+    let alternative = fs::read_link(rootfs.join("/etc/alternatives/policy-rc.d")).unwrap();
+    let provided = rootfs.join(alternative.to_str().unwrap());
+    assert!(provided.is_file(), "{}", provided.display());
+    assert!(!rootfs.join("/run/pgimg").exists());
+}
+
 #[test]
 fn run_is_a_tmpfs_left_out_of_the_image() {
     if !have_root("run_is_a_tmpfs_left_out_of_the_image") {
