@@ -4,6 +4,7 @@
 pub mod api;
 pub mod apt;
 pub mod apt_repo;
+pub mod borrow;
 pub mod ctx;
 pub mod error;
 pub mod extract;
@@ -47,4 +48,5 @@ pub fn register(engine: &mut rhai::Engine, ctx: &Ctx) {
     mirror::register(engine, ctx);
     require_arch::register(engine, ctx);
     read_asset::register(engine, ctx);
+    borrow::register(engine, ctx);
 }
