@@ -307,3 +307,103 @@ fn importing_a_host_file_names_the_import_and_echoes_nothing_from_it() {
         "{err}"
     );
 }
+
+// ---- assets ----
+
+/// A recipe folder with `assets/`, and a host folder outside it holding a
+/// secret file and a secret unit.
+struct AssetCase {
+    dir: tempfile::TempDir,
+}
+
+impl AssetCase {
+    fn new() -> AssetCase {
+        let dir = recipe_dir(&[
+            ("host/secret", "HOST-SECRET-a1b2c3\n"),
+            ("host/dir/file", "HOST-SECRET-a1b2c3\n"),
+            (
+                "host/unit",
+                "[Unit]\nDescription=HOST-SECRET-a1b2c3\n[Service]\nExecStart=/bin/true\n",
+            ),
+            ("recipe/assets/real.txt", "inside\n"),
+        ]);
+        AssetCase { dir }
+    }
+
+    fn link(&self, target: &str, link: &str) {
+        std::os::unix::fs::symlink(
+            self.dir.path().join(target),
+            self.dir.path().join("recipe/assets").join(link),
+        )
+        .unwrap();
+    }
+
+    /// Runs `text` as recipe/main.rhai: (target, result, log lines).
+    fn run(&self, text: &str) -> (Arc<FakeTarget>, Result<(), String>, String) {
+        let main = self.dir.path().join("recipe/main.rhai");
+        std::fs::write(&main, text).unwrap();
+        let target = Arc::new(FakeTarget::ubuntu());
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let ctx = Ctx::new(target.clone())
+            .with_asset_dirs(vec![self.dir.path().join("recipe/assets")])
+            .with_log(Arc::new(move |_, msg| sink.lock().unwrap().push_str(msg)));
+        let engine = build_engine(&ctx, &Limits::default());
+        let r = run_file(&engine, &main);
+        let log = log.lock().unwrap().clone();
+        (target, r, log)
+    }
+}
+
+fn assert_refused_escape(r: &Result<(), String>, log: &str) {
+    let err = r.as_ref().expect_err("the escaping asset must be refused");
+    assert!(err.contains("leads out of"), "{err}");
+    assert!(
+        !err.contains("HOST-SECRET") && !log.contains("HOST-SECRET"),
+        "{err}\n{log}"
+    );
+}
+
+#[test]
+fn read_asset_refuses_a_link_out_of_the_assets_folder() {
+    let case = AssetCase::new();
+    case.link("host/secret", "leak");
+    let (_, r, log) = case.run("log(read_asset(\"leak\"));\n");
+    assert_refused_escape(&r, &log);
+}
+
+#[test]
+fn copy_asset_refuses_a_file_under_a_linked_folder() {
+    let case = AssetCase::new();
+    case.link("host/dir", "linked");
+    let (target, r, log) = case.run("copy_asset(\"linked/file\", \"/etc/copied\");\n");
+    assert_refused_escape(&r, &log);
+    assert!(!target.root().exists("/etc/copied"));
+}
+
+#[test]
+fn copy_asset_refuses_a_link_out_of_the_assets_folder() {
+    let case = AssetCase::new();
+    case.link("host/dir", "linked");
+    let (target, r, log) = case.run("copy_asset(\"linked\", \"/etc/copied\");\n");
+    assert_refused_escape(&r, &log);
+    assert!(!target.root().exists("/etc/copied"));
+}
+
+#[test]
+fn systemd_unit_refuses_an_asset_link_out_of_the_assets_folder() {
+    let case = AssetCase::new();
+    case.link("host/unit", "leakunit");
+    let (target, r, log) = case.run("systemd_unit(\"x.service\", \"leakunit\");\n");
+    assert_refused_escape(&r, &log);
+    assert!(!target.root().exists("/etc/systemd/system/x.service"));
+}
+
+#[test]
+fn asset_links_that_stay_inside_the_assets_folder_are_followed() {
+    let case = AssetCase::new();
+    std::os::unix::fs::symlink("real.txt", case.dir.path().join("recipe/assets/current")).unwrap();
+    let (_, r, log) = case.run("log(read_asset(\"current\"));\n");
+    r.unwrap();
+    assert_eq!(log, "inside\n");
+}
