@@ -10,3 +10,4 @@ pub mod lock;
 pub mod publish_cli;
 pub mod sandbox;
 pub mod testing;
+pub mod vm;
