@@ -12,6 +12,9 @@ use pgimg_stdlib::{Ctx, FakeOs, FakeTarget};
 use crate::engine::{build_engine, display_path, run_file, Limits};
 use crate::testing;
 
+pub mod boot;
+pub mod verify;
+
 /// Exit status: the build (or a test) failed.
 pub const EXIT_FAILED: i32 = 1;
 /// Exit status: bad usage or a recipe error.
@@ -54,6 +57,9 @@ pub enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    // `about` and `long_about` (with examples) come from the Args structs.
+    Boot(boot::BootArgs),
+    Verify(verify::VerifyArgs),
     /// Publish an image: S3-compatible upload, or AWS AMIs.
     #[command(subcommand)]
     Publish(crate::publish_cli::PublishCmd),

@@ -6,7 +6,10 @@ use pgimg::sandbox::{interrupt, namespace};
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(cli.command, Cmd::Run(_) | Cmd::Shell { .. }) {
+    if matches!(
+        cli.command,
+        Cmd::Run(_) | Cmd::Shell { .. } | Cmd::Boot(_) | Cmd::Verify(_)
+    ) {
         // Before any thread exists: every mount of the build then lives in a
         // namespace the kernel frees even if pgimg is SIGKILLed.
         if let Err(e) = namespace::enter_private_mount_namespace() {
@@ -21,6 +24,8 @@ fn main() {
     let status = match &cli.command {
         Cmd::Run(args) => cli::run(args),
         Cmd::Shell { image, command } => cli::shell(image, command),
+        Cmd::Boot(args) => cli::verify::exit_status(cli::boot::boot(args)),
+        Cmd::Verify(args) => cli::verify::exit_status(cli::verify::verify(args)),
         Cmd::Inspect { image, json } => cli::inspect(image, *json),
         Cmd::Publish(cmd) => pgimg::publish_cli::publish(cmd),
         Cmd::Check { recipes, fake } => cli::check(recipes, fake),
