@@ -7,6 +7,8 @@
 # entered multi-user.target, on the host's clock.
 #
 #   sudo benches/boot.sh [RUNS]        (default 3; FIRMWARE=bios|uefi, CPUS, MEMORY)
+#   PGIMG=/path/to/pgimg skips the release build (QEMU's time dominates;
+#   a debug pgimg measures the same).
 #
 # Prints one line per run and a Markdown table row per accelerator (median, min, max).
 set -euo pipefail
@@ -19,8 +21,12 @@ memory="${MEMORY:-1024}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgimg-target}"
 
 bash tests/setup-boot.sh
-cargo build --release --quiet --bin pgimg
-pgimg="$CARGO_TARGET_DIR/release/pgimg"
+if [ -n "${PGIMG:-}" ]; then
+    pgimg="$PGIMG"
+else
+    cargo build --release --quiet --bin pgimg
+    pgimg="$CARGO_TARGET_DIR/release/pgimg"
+fi
 
 work="$(mktemp -d /var/tmp/pgimg-bench-boot.XXXXXX)"
 trap 'rm -rf -- "$work"' EXIT

@@ -102,9 +102,10 @@ fn hello() -> &'static Hello {
             &["--size", "3G"],
         );
         let sha256_before = sha256sum(&image);
-        let limit = Duration::from_secs(600);
-        let bios = verify(&image, &[], limit);
-        let uefi = verify(&image, &["--firmware", "uefi"], limit);
+        // TCG on a loaded two-core host has taken 220 s to multi-user.
+        let limit = Duration::from_secs(1000);
+        let bios = verify(&image, &["--timeout", "900"], limit);
+        let uefi = verify(&image, &["--firmware", "uefi", "--timeout", "900"], limit);
         Hello {
             image,
             sha256_before,
@@ -241,7 +242,11 @@ WantedBy=multi-user.target
 "#,
     );
     let image = build("broken-unit", &recipe, &[]);
-    let f = verify(&image, &["--no-recipe-checks"], Duration::from_secs(600));
+    let f = verify(
+        &image,
+        &["--no-recipe-checks", "--timeout", "900"],
+        Duration::from_secs(1000),
+    );
     assert_eq!(f.code(), Some(1), "{}\n{}", f.stdout, f.stderr);
     assert!(
         f.stdout

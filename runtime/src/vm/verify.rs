@@ -195,6 +195,47 @@ pub fn verify(image: &Path, opts: &VerifyOptions, log: &dyn Fn(&str)) -> Result<
         }
     }
     let agent = Arc::new(Mutex::new(agent));
+    if let Err(e) = checks_inside(
+        &agent,
+        started,
+        deadline,
+        checks_file.as_deref(),
+        &mut report,
+    ) {
+        // The guest stopped answering (hung unit, crash, deadline): a failed
+        // check with the console's last lines, not an error without them.
+        report.checks.push(CheckResult {
+            name: "the guest answers the checks".to_string(),
+            ok: false,
+            detail: e.to_string(),
+        });
+        report.console_tail = Some(console_tail(&console, 40));
+    }
+
+    // Power off, so the guest's shutdown path runs too; the overlay goes anyway.
+    let _ = agent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send("systemctl poweroff --no-block");
+    let off_by = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < off_by {
+        if !matches!(child.0.try_wait(), Ok(None)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(child);
+    Ok(report)
+}
+
+/// The built-in checks and the checks file, over the agent.
+fn checks_inside(
+    agent: &Arc<Mutex<Agent>>,
+    started: Instant,
+    deadline: Instant,
+    checks_file: Option<&Path>,
+    report: &mut Report,
+) -> Result<(), VmError> {
     let run = |cmd: &str| -> Result<super::agent::Output, VmError> {
         agent
             .lock()
@@ -206,10 +247,12 @@ pub fn verify(image: &Path, opts: &VerifyOptions, log: &dyn Fn(&str)) -> Result<
     // clock: the guest's monotonic clock starts with its kernel, after the
     // firmware and boot loader).
     let state = run("systemctl is-system-running --wait; systemctl is-active multi-user.target")?;
-    let answered = started.elapsed().as_secs_f64();
     let timing = run(
         "systemctl show -p ActiveEnterTimestampMonotonic --value multi-user.target; cut -d' ' -f1 /proc/uptime",
     )?;
+    // The uptime was read a moment before this: the estimate errs late by
+    // one round trip over the channel (milliseconds).
+    let answered = started.elapsed().as_secs_f64();
     let mut t = timing.out.split_whitespace();
     let entered_us: f64 = t.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let uptime: f64 = t.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
@@ -258,26 +301,13 @@ pub fn verify(image: &Path, opts: &VerifyOptions, log: &dyn Fn(&str)) -> Result<
         detail: detail.trim_end().to_string(),
     });
 
-    if let Some(file) = &checks_file {
+    if let Some(file) = checks_file {
         let (results, notes) = checks::run_file(file, agent.clone(), deadline)?;
         report.checks.extend(results);
         report.notes = notes;
     }
 
-    // Power off, so the guest's shutdown path runs too; the overlay goes anyway.
-    let _ = agent
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send("systemctl poweroff --no-block");
-    let off_by = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < off_by {
-        if !matches!(child.0.try_wait(), Ok(None)) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    drop(child);
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
