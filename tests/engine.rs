@@ -21,7 +21,7 @@ fn run(dir: &Path, main: &str, limits: Limits) -> (Arc<FakeTarget>, Result<(), S
     let target = Arc::new(FakeTarget::ubuntu());
     let ctx = Ctx::new(target.clone()).with_log(Arc::new(|_, _| {}));
     let engine = build_engine(&ctx, &limits);
-    let r = run_file(&engine, &dir.join(main));
+    let r = run_file(&engine, &dir.join(main)).map_err(|e| e.0);
     (target, r)
 }
 

@@ -128,3 +128,129 @@ fn publish_s3_missing_image_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no such image file"));
 }
+
+fn bucket(moto: &Moto, name: &str) {
+    let made = aws(&mut Command::new("python3"))
+        .args([
+            "-c",
+            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket=sys.argv[2])",
+            &moto.endpoint(),
+            name,
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "creating the bucket with boto3");
+}
+
+/// Keys of the multipart uploads still open in `bucket`, and whether `key` exists.
+fn leftovers(moto: &Moto, bucket: &str, key: &str) -> String {
+    let out = aws(&mut Command::new("python3"))
+        .args([
+            "-c",
+            "import boto3,sys\n\
+             c = boto3.client('s3', endpoint_url=sys.argv[1])\n\
+             ups = c.list_multipart_uploads(Bucket=sys.argv[2]).get('Uploads', [])\n\
+             objs = [o['Key'] for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []) if o['Key'] == sys.argv[3]]\n\
+             print(len(ups), len(objs))",
+            &moto.endpoint(),
+            bucket,
+            key,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn noise_image(path: &Path, size: usize) {
+    let data: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn sigint_mid_upload_aborts_the_multipart_upload_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    let moto = Moto::start();
+    bucket(&moto, "sigint");
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("sigint.raw");
+    noise_image(&image, 200 << 20);
+    let mut child = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
+        .args(["publish", "s3"])
+        .arg(&image)
+        .args(["--bucket", "sigint", "--endpoint", &moto.endpoint()])
+        .args(["--path-style", "--part-size-mib", "5", "--concurrency", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut seen, mut line, mut signalled) = (String::new(), String::new(), false);
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        // Plain progress lines (stderr is not a terminal): "uploading: 10% (...)".
+        if !signalled && line.starts_with("uploading: ") && line.contains('%') {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )
+            .unwrap();
+            signalled = true;
+        }
+        line.clear();
+    }
+    let status = child.wait().unwrap();
+    assert!(signalled, "never saw upload progress:\n{seen}");
+    assert_eq!(status.code(), Some(130), "stderr:\n{seen}");
+    assert!(
+        seen.contains("interrupted by SIGINT") && seen.contains("aborted"),
+        "{seen}"
+    );
+    assert_eq!(
+        leftovers(&moto, "sigint", "sigint.raw"),
+        "0 0",
+        "no multipart upload and no object left behind"
+    );
+}
+
+#[test]
+fn failed_publications_report_the_failure_and_never_show_the_secret() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("canary.raw");
+    noise_image(&image, 1 << 20);
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    for (what, endpoint) in [
+        ("missing bucket", moto.endpoint()),
+        ("nothing listening", closed),
+    ] {
+        let out = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
+            .env("AWS_SESSION_TOKEN", CANARY)
+            .args(["publish", "s3"])
+            .arg(&image)
+            .args(["--bucket", "nope", "--endpoint", &endpoint])
+            .args(["--path-style", "--quiet", "--attempts", "2"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{what}: {text}");
+        assert!(
+            text.contains("pgimg: publishing"),
+            "{what}: the failure is reported: {text}"
+        );
+        assert!(!text.contains(CANARY), "{what}: secret in output:\n{text}");
+    }
+}

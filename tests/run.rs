@@ -872,7 +872,7 @@ fn interrupt_at(
         "----- pgimg exited {} after {:.1} s",
         f.status, f.seconds
     ));
-    assert_eq!(f.code(), Some(1), "exit 1 after {sig}:\n{}", f.stderr);
+    assert_eq!(f.code(), Some(130), "exit 130 after {sig}:\n{}", f.stderr);
     assert!(
         f.stderr.contains(&format!(
             "pgimg: interrupted by {sig}; everything was torn down"

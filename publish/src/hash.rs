@@ -9,12 +9,16 @@ use crate::progress::{Progress, Unit};
 
 const CHUNK: usize = 8 << 20;
 
+/// Lower-case hex SHA-256 of the file at `path`, with progress: the one
+/// whole-file hash of the workspace (build output, fixture, publication).
+pub fn sha256_path(path: &std::path::Path, progress: &dyn Progress) -> std::io::Result<String> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    sha256_file(&file, size, progress)
+}
+
 /// Lower-case hex SHA-256 of the first `size` bytes of `file`.
-pub(crate) fn sha256_file(
-    file: &File,
-    size: u64,
-    progress: &dyn Progress,
-) -> std::io::Result<String> {
+pub fn sha256_file(file: &File, size: u64, progress: &dyn Progress) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0u64;

@@ -9,7 +9,7 @@
 #[cfg(feature = "ami")]
 pub mod ami;
 pub mod conn;
-mod hash;
+pub mod hash;
 pub mod progress;
 mod retry;
 mod rt;

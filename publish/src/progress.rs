@@ -198,41 +198,20 @@ impl Progress for Bar {
 
 fn amount(n: u64, unit: Unit) -> String {
     match unit {
-        Unit::Bytes => human_bytes(n),
+        Unit::Bytes => indicatif::HumanBytes(n).to_string(),
         Unit::Percent => format!("{n}%"),
     }
 }
 
-/// `1536` → "1.5 KiB"; used in progress lines and summaries.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
+/// Runs `f`; when it fails, stops `progress` (the bar abandoned, a "stopped
+/// at" line) so the error is not printed under a bar still drawn.
+pub fn stop_on_error<T, E>(
+    progress: &dyn Progress,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    let result = f();
+    if result.is_err() {
+        progress.stop();
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_bytes_picks_the_largest_unit_below_1024() {
-        for (n, want) in [
-            (0, "0 B"),
-            (1023, "1023 B"),
-            (1536, "1.5 KiB"),
-            (300 * 1024 * 1024, "300.0 MiB"),
-            (8 * 1024 * 1024 * 1024, "8.0 GiB"),
-        ] {
-            assert_eq!(human_bytes(n), want, "{n}");
-        }
-    }
+    result
 }

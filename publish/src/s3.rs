@@ -19,7 +19,7 @@ use crate::hash;
 use crate::progress::{Progress, Unit};
 use crate::retry::{retry, sdk_message, sdk_retryable, Backoff};
 use crate::rt::{self, Interrupt};
-use crate::summary;
+use crate::summary::{self, escape, heading, size_cell};
 
 const MIB: u64 = 1 << 20;
 /// Default multipart part size (the AWS CLI's; measured faster than 16 MiB
@@ -197,11 +197,7 @@ pub fn publish(
     image: &Path,
     progress: &dyn Progress,
 ) -> Result<S3Outcome, Error> {
-    let result = publish_inner(opts, image, progress);
-    if result.is_err() {
-        progress.stop();
-    }
-    result
+    crate::progress::stop_on_error(progress, || publish_inner(opts, image, progress))
 }
 
 fn publish_inner(
@@ -239,11 +235,9 @@ fn publish_inner(
         source,
     })??;
     if let Some(path) = &opts.step_summary {
-        summary::append(path, &summary::s3_markdown(image, &outcome)).map_err(|source| {
-            Error::Io {
-                path: path.clone(),
-                source,
-            }
+        summary::append(path, &outcome.markdown(image)).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
         })?;
     }
     Ok(outcome)
@@ -817,9 +811,71 @@ pub(crate) async fn read_part(
     })
 }
 
+impl S3Outcome {
+    /// The step summary: object, size, sha256, whether it was uploaded.
+    pub fn markdown(&self, image: &Path) -> String {
+        let o = self;
+        let mut md = heading("Published", image);
+        md.push_str("| | |\n|---|---|\n");
+        md.push_str(&format!("| object | `{}` |\n", escape(&o.url)));
+        md.push_str(&format!(
+            "| sidecar | `s3://{}/{}` |\n",
+            escape(&o.bucket),
+            escape(&o.sidecar_key)
+        ));
+        md.push_str(&format!("| size | {} |\n", size_cell(o.size)));
+        md.push_str(&format!("| sha256 | `{}` |\n", o.sha256));
+        let upload = if o.uploaded {
+            let rate = if o.seconds > 0.0 {
+                format!(", {:.1} MiB/s", o.size as f64 / 1_048_576.0 / o.seconds)
+            } else {
+                String::new()
+            };
+            format!("{} part(s) in {:.1} s{rate}", o.parts, o.seconds)
+        } else {
+            "already there with the same sha256; nothing uploaded".to_string()
+        };
+        md.push_str(&format!("| upload | {upload} |\n\n"));
+        md
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outcome(uploaded: bool) -> S3Outcome {
+        S3Outcome {
+            url: "s3://images/a|b.raw".into(),
+            bucket: "images".into(),
+            key: "a|b.raw".into(),
+            sidecar_key: "a|b.raw.sha256".into(),
+            size: 3 << 30,
+            sha256: "ab".repeat(32),
+            uploaded,
+            sidecar_uploaded: uploaded,
+            parts: 192,
+            seconds: 12.0,
+        }
+    }
+
+    #[test]
+    fn s3_summary_lists_size_sha256_and_what_happened() {
+        let md = outcome(true).markdown(Path::new("/x/a|b.raw"));
+        assert!(md.starts_with("### Published `a\\|b.raw`\n"), "{md}");
+        assert!(md.contains("| object | `s3://images/a\\|b.raw` |"), "{md}");
+        assert!(
+            md.contains("| size | 3.00 GiB (3221225472 bytes) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!("| sha256 | `{}` |", "ab".repeat(32))),
+            "{md}"
+        );
+        assert!(md.contains("192 part(s) in 12.0 s, 256.0 MiB/s"), "{md}");
+        let skipped = outcome(false).markdown(Path::new("a.raw"));
+        assert!(skipped.contains("nothing uploaded"), "{skipped}");
+    }
 
     #[test]
     fn object_key_defaults_to_the_file_name_and_appends_it_to_prefixes() {

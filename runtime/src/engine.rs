@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use pgimg_stdlib::api::PrimitiveFailure;
 use pgimg_stdlib::Ctx;
+
+use crate::error::RecipeError;
 use rhai::{Dynamic, Engine, EvalAltResult, Module, ModuleResolver, Position, Scope, Shared, AST};
 
 type SharedModule = Shared<Module>;
@@ -179,22 +181,22 @@ fn register_finalize(engine: &mut Engine, ctx: &Ctx) {
 }
 
 /// Compiles a recipe file, naming it by its path for error locations.
-pub fn compile(engine: &Engine, path: &Path) -> Result<AST, String> {
+pub fn compile(engine: &Engine, path: &Path) -> Result<AST, RecipeError> {
     let shown = display_path(path);
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| RecipeError(format!("{shown}: {e}")))?;
     let mut ast = engine
         .compile(&text)
-        .map_err(|e| render(&EvalAltResult::from(e), &shown))?;
+        .map_err(|e| RecipeError(render(&EvalAltResult::from(e), &shown)))?;
     ast.set_source(normalize(path).display().to_string());
     Ok(ast)
 }
 
 /// Compiles and runs a recipe; the error is the message the user sees.
-pub fn run_file(engine: &Engine, path: &Path) -> Result<(), String> {
+pub fn run_file(engine: &Engine, path: &Path) -> Result<(), RecipeError> {
     let ast = compile(engine, path)?;
     engine
         .run_ast(&ast)
-        .map_err(|e| render(&e, &display_path(path)))
+        .map_err(|e| RecipeError(render(&e, &display_path(path))))
 }
 
 fn locate(file: &str, pos: Position) -> String {

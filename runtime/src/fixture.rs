@@ -118,7 +118,8 @@ pub fn base_image() -> Result<PathBuf, FixtureError> {
     if !status.success() {
         return Err(FixtureError::Script { status });
     }
-    let sum = crate::build::sha256_file(&image).map_err(io("hashing", &image))?;
+    let sum = pgimg_publish::hash::sha256_path(&image, &pgimg_publish::progress::Quiet)
+        .map_err(io("hashing", &image))?;
     let sidecar = checksum_path(&image);
     let tmp = sidecar.with_extension("tmp");
     std::fs::write(&tmp, format!("{sum}  {}\n", image.display())).map_err(io("writing", &tmp))?;

@@ -13,8 +13,11 @@ use pgimg_stdlib::ctx::Input;
 use pgimg_stdlib::fetch::{normalize_commit, normalize_sha256, FetchError, Fetcher, HttpFetcher};
 use pgimg_stdlib::lock::{Lock, LockEntry, LOCK_FILE};
 
-use crate::cli::{FakeArgs, EXIT_FAILED, EXIT_USAGE};
+use pgimg_stdlib::FakeOs;
+
 use crate::engine::display_path;
+use crate::error::UsageError;
+use crate::host::{self, RecipeInputs};
 
 /// The architectures a lock covers: images are built natively on both.
 pub const ARCHES: [&str; 2] = ["amd64", "arm64"];
@@ -60,16 +63,14 @@ pub enum Resolved {
     Unsupported(String),
 }
 
-use crate::cli::run_on;
-
-/// Resolves the inputs of `recipe` on `arch`.
+/// Resolves the inputs of `recipe` on a fake root of `os`.
 pub fn resolve(
     recipe: &Path,
-    fake: &FakeArgs,
-    arch: &str,
+    inputs: &RecipeInputs,
+    os: &FakeOs,
     fetcher: Box<dyn Fetcher>,
-) -> Result<(Resolved, Vec<String>), String> {
-    let run = run_on(recipe, fake, arch, fetcher)?;
+) -> anyhow::Result<(Resolved, Vec<String>)> {
+    let run = host::dry_run(recipe, inputs, os, fetcher)?;
     match run.result {
         Ok(()) => Ok((Resolved::Inputs(run.journal.inputs), run.unused_mirrors)),
         // The failing primitive is the last action recorded.
@@ -77,9 +78,9 @@ pub fn resolve(
             if run.journal.actions.last().map(|a| a.primitive.as_str())
                 == Some(pgimg_stdlib::require_arch::NAME) =>
         {
-            Ok((Resolved::Unsupported(e), run.unused_mirrors))
+            Ok((Resolved::Unsupported(e.0), run.unused_mirrors))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -89,16 +90,17 @@ pub fn lock_path(recipe: &Path) -> PathBuf {
 }
 
 /// The lock for `pgimg run --locked RECIPE`.
-pub fn load_for(recipe: &Path) -> Result<Lock, String> {
+pub fn load_for(recipe: &Path) -> anyhow::Result<Lock> {
     let path = lock_path(recipe);
     if !path.exists() {
-        return Err(format!(
+        return Err(UsageError(format!(
             "{}: no lock file; run `pgimg lock {}` first",
             display_path(&path),
             display_path(recipe)
-        ));
+        ))
+        .into());
     }
-    Lock::load(&path).map_err(|e| e.to_string())
+    Ok(Lock::load(&path)?)
 }
 
 /// What `pgimg lock` did.
@@ -112,30 +114,40 @@ pub struct Summary {
     pub skipped: Vec<(String, String, String)>,
 }
 
-/// Resolves `recipes` on `arches` (each run gets a fetcher from `fetcher`)
-/// and merges the result into the lock file beside them.
+/// Resolves `recipes` on fake roots of `os` for each of `arches` (each run
+/// gets a fetcher from `fetcher`) and merges the result into the lock file
+/// beside them. Mistakes in the call (recipes in different folders, a
+/// `--mirror` no recipe asks for) are [`UsageError`]s.
 pub fn lock_with(
     recipes: &[PathBuf],
-    fake: &FakeArgs,
+    inputs: &RecipeInputs,
+    os: &FakeOs,
     arches: &[&str],
-    fetcher: &dyn Fn() -> Result<Box<dyn Fetcher>, String>,
-) -> Result<Summary, String> {
-    let first = recipes.first().ok_or("no recipe given")?;
+    fetcher: &dyn Fn() -> anyhow::Result<Box<dyn Fetcher>>,
+) -> anyhow::Result<Summary> {
+    let first = recipes
+        .first()
+        .ok_or_else(|| UsageError("no recipe given".into()))?;
     let path = lock_path(first);
     if let Some(other) = recipes.iter().find(|r| lock_path(r) != path) {
-        return Err(format!(
+        return Err(UsageError(format!(
             "{} and {} are in different folders; one lock file covers the recipes of one folder",
             display_path(first),
             display_path(other)
-        ));
+        ))
+        .into());
     }
     let mut fresh = Lock::default();
     let mut skipped = Vec::new();
     let mut unused: Option<Vec<String>> = None;
     for recipe in recipes {
         for arch in arches {
-            let (resolved, not_used) = resolve(recipe, fake, arch, fetcher()?)
-                .map_err(|e| format!("{} ({arch}): {e}", display_path(recipe)))?;
+            let os = FakeOs {
+                arch: arch.to_string(),
+                ..os.clone()
+            };
+            let (resolved, not_used) = resolve(recipe, inputs, &os, fetcher()?)
+                .map_err(|e| anyhow::anyhow!("{} ({arch}): {e:#}", display_path(recipe)))?;
             unused = Some(match unused {
                 None => not_used,
                 Some(u) => u.into_iter().filter(|m| not_used.contains(m)).collect(),
@@ -145,7 +157,9 @@ pub fn lock_with(
                     for i in &inputs {
                         LockEntry::from_input(i)
                             .and_then(|e| fresh.insert(e))
-                            .map_err(|e| format!("{} ({arch}): {e}", display_path(recipe)))?;
+                            .map_err(|e| {
+                                anyhow::anyhow!("{} ({arch}): {e}", display_path(recipe))
+                            })?;
                     }
                 }
                 Resolved::Unsupported(why) => {
@@ -155,7 +169,7 @@ pub fn lock_with(
         }
     }
     if let Some(names) = unused.filter(|u| !u.is_empty()) {
-        return Err(format!(
+        return Err(UsageError(format!(
             "--mirror {}: no recipe asks for {}",
             names.join(", "),
             if names.len() == 1 {
@@ -163,10 +177,11 @@ pub fn lock_with(
             } else {
                 "these sources"
             }
-        ));
+        ))
+        .into());
     }
     let mut lock = if path.exists() {
-        Lock::load(&path).map_err(|e| e.to_string())?
+        Lock::load(&path)?
     } else {
         Lock::default()
     };
@@ -188,58 +203,17 @@ pub fn lock_with(
     Ok(summary)
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let shown = display_path(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{shown}: {e}"))?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(|e| format!("{shown}: {e}"))?;
-    tmp.persist(path)
-        .map_err(|e| format!("{shown}: {}", e.error))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| shown.clone())?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).with_context(|| shown.clone())?;
+    tmp.persist(path).map_err(|e| e.error).context(shown)?;
     Ok(())
-}
-
-/// `pgimg lock RECIPE...`: every architecture in [`ARCHES`]; `fake.arch` is
-/// not used, since a lock missing one architecture's inputs would make
-/// `--locked` builds fail there.
-pub fn lock(recipes: &[PathBuf], fake: &FakeArgs) -> i32 {
-    let cache = pgimg_stdlib::fetch::default_cache_dir().join("downloads");
-    let fetcher = || -> Result<Box<dyn Fetcher>, String> {
-        let http =
-            HttpFetcher::new(&cache).map_err(|e| format!("setting up the downloader: {e}"))?;
-        Ok(Box::new(ResolvingFetcher::new(http)))
-    };
-    match lock_with(recipes, fake, &ARCHES, &fetcher) {
-        Ok(s) => {
-            for (recipe, arch, why) in &s.skipped {
-                eprintln!("{recipe}: {arch} skipped: {why}");
-            }
-            for a in &s.added {
-                println!("added   {a}");
-            }
-            for c in &s.changed {
-                println!("changed {c}");
-            }
-            println!(
-                "{}: {} inputs ({} added, {} changed)",
-                display_path(&s.path),
-                s.entries,
-                s.added.len(),
-                s.changed.len()
-            );
-            0
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            if e.contains(": no recipe asks for") || e.contains("different folders") {
-                EXIT_USAGE
-            } else {
-                EXIT_FAILED
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -373,16 +347,13 @@ pgxs_build(#{ git: `${mirror("github", "https://github.com")}/petere/pguint.git`
         }
     }
 
-    fn fake(mirrors: &[(&str, String)]) -> FakeArgs {
-        FakeArgs {
-            set: vec![],
-            arch: "amd64".into(),
-            os: ("ubuntu".into(), "22.04".into(), "jammy".into()),
-            mirror: mirrors
+    fn inputs(mirrors: &[(&str, String)]) -> RecipeInputs {
+        RecipeInputs {
+            mirrors: mirrors
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
-            assets: vec![],
+            ..RecipeInputs::default()
         }
     }
 
@@ -402,10 +373,12 @@ pgxs_build(#{ git: `${mirror("github", "https://github.com")}/petere/pguint.git`
         let cache = s.cache.path().to_path_buf();
         lock_with(
             std::slice::from_ref(&s.recipe),
-            &fake(mirrors),
+            &inputs(mirrors),
+            &FakeOs::default(),
             &ARCHES,
             &|| Ok(Box::new(ResolvingFetcher::new(http(&cache)))),
         )
+        .map_err(|e| format!("{e:#}"))
     }
 
     #[test]
@@ -484,7 +457,7 @@ pgxs_build(#{ git: `${mirror("github", "https://github.com")}/petere/pguint.git`
             .with_lock(lock)
             .with_log(Arc::new(|_, _| {}));
         let engine = build_engine(&ctx, &Limits::default());
-        (run_file(&engine, &s.recipe), target)
+        (run_file(&engine, &s.recipe).map_err(|e| e.0), target)
     }
 
     #[test]
@@ -558,7 +531,7 @@ fetch_verify(#{ url: `${base}/tool-1.0.linux-${arch()}.tar.gz`, sha256_from: `${
             .with_mirrors(gh.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
             .with_log(Arc::new(|_, _| {}));
         let engine = build_engine(&ctx, &Limits::default());
-        let e = run_file(&engine, &s.recipe).unwrap_err();
+        let e = run_file(&engine, &s.recipe).unwrap_err().0;
         // The tarball came in, pinned by the list; the .deb has no pin outside the lock.
         assert_eq!(target.root().read("/usr/bin/tool").unwrap(), s.amd64);
         assert_eq!(
@@ -609,7 +582,11 @@ fetch_verify(#{ url: `${mirror("releases", "https://github.com")}/acme/ext/relea
         for recipe in &recipes {
             for arch in ARCHES {
                 let fetcher = Box::new(pgimg_stdlib::fetch::RecordingFetcher::default());
-                let (resolved, _) = resolve(recipe, &fake(&[]), arch, fetcher).unwrap();
+                let os = FakeOs {
+                    arch: arch.to_string(),
+                    ..FakeOs::default()
+                };
+                let (resolved, _) = resolve(recipe, &inputs(&[]), &os, fetcher).unwrap();
                 let Resolved::Inputs(inputs) = resolved else {
                     continue;
                 };

@@ -1,38 +1,53 @@
-//! `pgimg`: parses arguments and dispatches; the work lives in the library.
+//! `pgimg`: parses arguments, dispatches, and maps errors to exit statuses
+//! (0 ok, 1 failed, 2 usage or recipe error, 130 interrupted) in one place.
 
 use clap::Parser;
-use pgimg::cli::{self, Cli, Cmd};
+use pgimg::cli::Cli;
+use pgimg::error::{
+    Interrupted, RecipeError, Reported, UsageError, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE,
+};
 use pgimg::sandbox::{interrupt, namespace};
 
 fn main() {
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Cmd::Run(_) | Cmd::Shell { .. } | Cmd::Boot(_) | Cmd::Verify(_)
-    ) {
+    if cli.command.mounts() {
         // Before any thread exists: every mount of the build then lives in a
         // namespace the kernel frees even if pgimg is SIGKILLed.
         if let Err(e) = namespace::enter_private_mount_namespace() {
             eprintln!("pgimg: {e}");
-            std::process::exit(cli::EXIT_FAILED);
+            std::process::exit(EXIT_FAILED);
         }
         if let Err(e) = interrupt::install_handler() {
             eprintln!("pgimg: installing the SIGINT/SIGTERM handler: {e}");
-            std::process::exit(cli::EXIT_FAILED);
+            std::process::exit(EXIT_FAILED);
         }
     }
-    let status = match &cli.command {
-        Cmd::Run(args) => cli::run(args),
-        Cmd::Shell { image, command } => cli::shell(image, command),
-        Cmd::Boot(args) => cli::verify::exit_status(cli::boot::boot(args)),
-        Cmd::Verify(args) => cli::verify::exit_status(cli::verify::verify(args)),
-        Cmd::Inspect { image, json } => cli::inspect(image, *json),
-        Cmd::Publish(cmd) => pgimg::publish_cli::publish(cmd),
-        Cmd::Check { recipes, fake } => cli::check(recipes, fake),
-        Cmd::Plan { recipe, fake, json } => cli::plan(recipe, fake, *json),
-        Cmd::Lock { recipes, fake } => pgimg::lock::lock(recipes, fake),
-        Cmd::Test { paths } => cli::test(paths),
-        Cmd::Defs { output } => cli::defs(output.as_deref()),
+    let status = match cli.command.run() {
+        Ok(()) => 0,
+        Err(e) => report(&e),
     };
     std::process::exit(status);
+}
+
+/// Prints `e` the way its kind calls for and returns the exit status.
+fn report(e: &anyhow::Error) -> i32 {
+    if let Some(r) = e.downcast_ref::<Reported>() {
+        return r.code;
+    }
+    if let Some(r) = e.downcast_ref::<RecipeError>() {
+        eprintln!("{r}");
+        return EXIT_USAGE;
+    }
+    eprintln!("pgimg: {e:#}");
+    if let Some(sig) = interrupt::signal() {
+        eprintln!("pgimg: interrupted by {sig}; everything was torn down");
+        return EXIT_INTERRUPTED;
+    }
+    if e.downcast_ref::<Interrupted>().is_some() {
+        return EXIT_INTERRUPTED;
+    }
+    if e.downcast_ref::<UsageError>().is_some() {
+        return EXIT_USAGE;
+    }
+    EXIT_FAILED
 }

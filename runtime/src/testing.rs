@@ -15,6 +15,7 @@ use rhai::{
 use serde::Deserialize;
 
 use crate::engine::{self, build_engine, display_path, Limits};
+use crate::host::{self, RecipeInputs};
 
 /// Options of `fake_rootfs(#{ ... })`.
 #[derive(Debug, Default, Deserialize)]
@@ -88,46 +89,32 @@ impl FakeRoot {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let log = self.log.clone();
-        let ctx = Ctx::new(self.target.clone())
-            .with_params(params)
-            .with_asset_dirs(asset_dirs(&path, &self.assets))
-            .with_mirrors(self.mirrors.clone())
-            .with_log(Arc::new(move |loc, msg| {
-                log.lock().unwrap().push(format!("{loc}: {msg}"))
-            }));
-        let ctx = Ctx {
-            journal: self.journal.clone(),
-            ..ctx
+        let inputs = RecipeInputs {
+            params,
+            mirrors: self.mirrors.clone(),
+            assets: self.assets.clone(),
+            lock: None,
         };
+        let ctx = host::recipe_ctx(
+            &path,
+            &inputs,
+            self.target.clone(),
+            self.journal.clone(),
+            Arc::new(move |loc, msg| log.lock().unwrap().push(format!("{loc}: {msg}"))),
+        );
         let engine = build_engine(&ctx, &Limits::default());
-        engine::run_file(&engine, &path).map_err(err)
+        engine::run_file(&engine, &path).map_err(|e| err(e.0))
     }
-}
-
-/// Asset folders of a recipe: its own `assets/`; for a flavor recipe
-/// `recipes/<flavor>.rhai`, the flavor's `flavors/<flavor>/assets/` (found
-/// beside the recipes folder, when it exists); then extra ones. The first
-/// folder holding an asset wins, so a flavor adds assets but does not
-/// silently replace the common ones.
-pub fn asset_dirs(recipe: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
-    let dir = recipe.parent().unwrap_or(Path::new("."));
-    let mut dirs = vec![dir.join("assets")];
-    if let Some(flavor) = recipe.file_stem() {
-        let assets = engine::normalize(&dir.join("..").join("flavors").join(flavor).join("assets"));
-        if assets.is_dir() {
-            dirs.push(assets);
-        }
-    }
-    dirs.extend(extra.iter().cloned());
-    dirs
 }
 
 fn check<T>(r: pgimg_stdlib::Result<T>) -> Result<T, Box<EvalAltResult>> {
     r.map_err(|e| err(e.to_string()))
 }
 
-/// Registers `fake_rootfs`, the fake root's methods, `assert` and `assert_eq`.
-fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
+/// Registers the test API: `fake_rootfs`, the fake root's methods, `assert`
+/// and `assert_eq`. `base_dir` is the test file's folder (fixtures and
+/// recipes are named relative to it).
+pub fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
     engine.register_type_with_name::<FakeRoot>("FakeRoot");
     FuncRegistration::new("fake_rootfs")
         .with_comments(["/// A fake root (`id`, `version_id`, `codename`, `arch`, `fixtures`, `assets`, `mirrors`)."])
@@ -316,7 +303,7 @@ pub fn run_test_file(path: &Path) -> Vec<TestResult> {
         Err(e) => {
             return vec![TestResult {
                 name: shown,
-                error: Some(e),
+                error: Some(e.0),
                 seconds: start.elapsed().as_secs_f64(),
             }]
         }

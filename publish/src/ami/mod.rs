@@ -334,11 +334,7 @@ pub fn publish(
     image: &Path,
     progress: &dyn Progress,
 ) -> Result<AmiOutcome, Error> {
-    let result = publish_inner(opts, image, progress);
-    if result.is_err() {
-        progress.stop();
-    }
-    result
+    crate::progress::stop_on_error(progress, || publish_inner(opts, image, progress))
 }
 
 fn publish_inner(

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use crate::error::Reported;
 use crate::vm::{self, Accel, BootOptions, Firmware, KernelChoice};
 
 /// Arguments of `pgimg boot`.
@@ -69,8 +70,13 @@ impl BootArgs {
     }
 }
 
-/// Runs `pgimg boot`; returns QEMU's exit status.
-pub fn boot(args: &BootArgs) -> anyhow::Result<i32> {
-    vm::boot(&args.image, &args.options())
-        .with_context(|| format!("booting {}", args.image.display()))
+/// `pgimg boot`: exits with QEMU's status. Call inside the private mount
+/// namespace (the FUSE view of the disk lives there).
+pub fn boot(args: &BootArgs) -> anyhow::Result<()> {
+    match vm::boot(&args.image, &args.options()) {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(Reported { code }.into()),
+        Err(e) => Err(super::verify::classify(e))
+            .with_context(|| format!("booting {}", args.image.display())),
+    }
 }

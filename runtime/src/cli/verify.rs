@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::boot::BootArgs;
+use crate::error::{Interrupted, Reported, UsageError, EXIT_FAILED};
 use crate::vm::{self, VerifyOptions};
 
 /// Arguments of `pgimg verify`.
@@ -52,10 +53,14 @@ pub struct VerifyArgs {
     pub timeout: u64,
 }
 
-/// Runs `pgimg verify`; returns the exit status (0 all passed, 1 a failure).
-pub fn verify(args: &VerifyArgs) -> anyhow::Result<i32> {
+/// `pgimg verify`: exit status 0 when every check passed, 1 when one failed
+/// (after printing them). Call inside the private mount namespace.
+pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     if args.boot.persist {
-        anyhow::bail!("--persist does not apply to verify: it always boots through an overlay");
+        return Err(UsageError(
+            "--persist does not apply to verify: it always boots through an overlay".into(),
+        )
+        .into());
     }
     let opts = VerifyOptions {
         boot: args.boot.options(),
@@ -65,6 +70,7 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<i32> {
     };
     let image = &args.boot.image;
     let report = vm::verify(image, &opts, &|line| eprintln!("pgimg verify: {line}"))
+        .map_err(classify)
         .with_context(|| format!("verifying {}", image.display()))?;
     for check in &report.checks {
         println!("{} {}", if check.ok { "ok  " } else { "FAIL" }, check.name);
@@ -82,21 +88,19 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<i32> {
         }
     }
     println!("{} passed, {} failed", report.passed(), report.failed());
-    Ok(if report.failed() == 0 { 0 } else { 1 })
+    if report.failed() == 0 {
+        Ok(())
+    } else {
+        Err(Reported { code: EXIT_FAILED }.into())
+    }
 }
 
-/// Maps a command's result to pgimg's exit status, printing the error:
-/// 2 for a bad checks file, 130 when interrupted, 1 for any other failure.
-pub fn exit_status(result: anyhow::Result<i32>) -> i32 {
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("pgimg: {e:#}");
-            match e.downcast_ref::<vm::VmError>() {
-                Some(vm::VmError::Checks { .. }) => super::EXIT_USAGE,
-                Some(vm::VmError::Interrupted) => 130,
-                _ => super::EXIT_FAILED,
-            }
-        }
+/// The error as `main` maps it: a bad checks file is a usage error (2), an
+/// interruption exits 130, anything else 1.
+pub fn classify(e: vm::VmError) -> anyhow::Error {
+    match e {
+        vm::VmError::Checks { .. } => UsageError(e.to_string()).into(),
+        vm::VmError::Interrupted => Interrupted(anyhow::Error::new(e)).into(),
+        other => other.into(),
     }
 }

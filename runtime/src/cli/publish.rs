@@ -2,15 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Result;
+
 use clap::{Args, Subcommand};
 use pgimg_publish::progress::{Bar, Progress, Quiet};
 use pgimg_publish::s3::{self, S3Options};
 use pgimg_publish::Connection;
 
-use crate::cli::{EXIT_FAILED, EXIT_USAGE};
-
-/// Exit status after SIGINT/SIGTERM (the multipart upload was aborted first).
-const EXIT_INTERRUPTED: i32 = 130;
+use crate::error::{Interrupted, UsageError};
 
 #[derive(Subcommand, Debug)]
 pub enum PublishCmd {
@@ -85,6 +84,9 @@ pub struct S3Args {
     /// Parts uploaded at once.
     #[arg(long, default_value_t = s3::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+    /// Attempts per request before giving up (with exponential backoff between them).
+    #[arg(long, default_value_t = s3::DEFAULT_ATTEMPTS)]
+    pub attempts: u32,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -119,57 +121,61 @@ pub struct AmiArgs {
     pub conn: ConnArgs,
 }
 
-fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("outcome serializes")
-    );
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
-fn exists(image: &Path) -> bool {
-    if image.is_file() {
-        true
+/// A publication error in `doing`; one the user interrupted exits 130.
+fn failed(
+    e: impl std::error::Error + Send + Sync + 'static,
+    interrupted: bool,
+    doing: String,
+) -> anyhow::Error {
+    let e = anyhow::Error::new(e).context(doing);
+    if interrupted {
+        Interrupted(e).into()
     } else {
-        eprintln!("pgimg: {}: no such image file", image.display());
-        false
+        e
     }
 }
 
-/// Runs `pgimg publish ...`.
-pub fn publish(cmd: &PublishCmd) -> i32 {
+fn ensure_exists(image: &Path) -> Result<()> {
+    if image.is_file() {
+        Ok(())
+    } else {
+        Err(UsageError(format!("{}: no such image file", image.display())).into())
+    }
+}
+
+/// Runs `pgimg publish ...`; prints the outcome as JSON on stdout.
+pub fn publish(cmd: &PublishCmd) -> Result<()> {
     match cmd {
         PublishCmd::S3(a) => {
-            if !exists(&a.image) {
-                return EXIT_USAGE;
-            }
+            ensure_exists(&a.image)?;
             let mut opts = S3Options::new(a.bucket.clone());
             opts.key = a.key.clone();
             opts.region = a.region.clone();
             opts.conn = a.conn.conn();
             opts.part_size = a.part_size_mib << 20;
             opts.concurrency = a.concurrency;
+            opts.attempts = a.attempts;
             opts.step_summary = a.conn.step_summary.clone();
-            match s3::publish(&opts, &a.image, a.conn.progress().as_ref()) {
-                Ok(o) => {
-                    print_json(&o);
-                    0
-                }
-                Err(e) => {
-                    eprintln!("pgimg: publishing {} to S3: {e}", a.image.display());
-                    if e.is_interrupted() {
-                        EXIT_INTERRUPTED
-                    } else {
-                        EXIT_FAILED
-                    }
-                }
-            }
+            let outcome =
+                s3::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
+                    let interrupted = e.is_interrupted();
+                    failed(
+                        e,
+                        interrupted,
+                        format!("publishing {} to S3", a.image.display()),
+                    )
+                })?;
+            print_json(&outcome)
         }
         #[cfg(feature = "ami")]
         PublishCmd::Ami(a) => {
             use pgimg_publish::ami::{self, AmiOptions};
-            if !exists(&a.image) {
-                return EXIT_USAGE;
-            }
+            ensure_exists(&a.image)?;
             let mut opts = AmiOptions::new(a.region.clone(), a.name.clone(), a.arch);
             opts.via = a.via;
             opts.bucket = a.bucket.clone();
@@ -177,20 +183,16 @@ pub fn publish(cmd: &PublishCmd) -> i32 {
             opts.public = a.public;
             opts.conn = a.conn.conn();
             opts.step_summary = a.conn.step_summary.clone();
-            match ami::publish(&opts, &a.image, a.conn.progress().as_ref()) {
-                Ok(o) => {
-                    print_json(&o);
-                    0
-                }
-                Err(e) => {
-                    eprintln!("pgimg: publishing {} as an AMI: {e}", a.image.display());
-                    if e.is_interrupted() {
-                        EXIT_INTERRUPTED
-                    } else {
-                        EXIT_FAILED
-                    }
-                }
-            }
+            let outcome =
+                ami::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
+                    let interrupted = e.is_interrupted();
+                    failed(
+                        e,
+                        interrupted,
+                        format!("publishing {} as an AMI", a.image.display()),
+                    )
+                })?;
+            print_json(&outcome)
         }
     }
 }

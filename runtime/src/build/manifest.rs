@@ -1,0 +1,59 @@
+//! `<output>.manifest.json`: what an image was built from and how, also
+//! embedded in the image at [`MANIFEST_PATH`](crate::image::inspect::MANIFEST_PATH).
+
+use std::collections::BTreeMap;
+
+use pgimg_stdlib::ctx::{Input, Journal};
+use serde::Serialize;
+
+use super::Format;
+use crate::sandbox::FinalizeOptions;
+
+/// One stage and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTime {
+    pub stage: &'static str,
+    pub seconds: f64,
+}
+
+/// The base the image was built from.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseRecord {
+    pub path: String,
+    pub sha256: Option<String>,
+}
+
+/// The manifest of one build.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub pgimg_version: &'static str,
+    pub recipe: String,
+    pub params: BTreeMap<String, String>,
+    pub mirrors: BTreeMap<String, String>,
+    pub base: BaseRecord,
+    pub arch: String,
+    /// Every input fetched or built, with its pin.
+    pub inputs: Vec<Input>,
+    pub finalize: FinalizeOptions,
+    pub stages: Vec<StageTime>,
+    pub output: Option<OutputRecord>,
+}
+
+/// The written image.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputRecord {
+    pub path: String,
+    pub format: Format,
+    pub sha256: String,
+    pub apparent_size: u64,
+    pub allocated_size: u64,
+}
+
+/// The journal's `finalize` setting (from the recipe's `finalize(#{...})`).
+pub fn finalize_options(journal: &Journal) -> anyhow::Result<FinalizeOptions> {
+    use anyhow::Context;
+    match journal.settings.get("finalize") {
+        None => Ok(FinalizeOptions::default()),
+        Some(v) => serde_json::from_value(v.clone()).context("finalize options"),
+    }
+}

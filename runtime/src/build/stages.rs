@@ -1,0 +1,47 @@
+//! The stage timer: one log line when a stage starts and one when it ends,
+//! with its duration; a stage does not start after SIGINT/SIGTERM.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use super::manifest::StageTime;
+use crate::sandbox::interrupt;
+
+/// Stages run so far and their durations.
+#[derive(Default)]
+pub struct StageTimer {
+    pub done: Vec<StageTime>,
+}
+
+impl StageTimer {
+    /// Runs `f` as `stage`: refused once interrupted, logged, timed, and its
+    /// error given the stage's name.
+    pub fn run<T>(&mut self, stage: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if interrupt::interrupted() {
+            bail!("interrupted before {stage}");
+        }
+        log(&format!("stage {stage} ..."));
+        let start = Instant::now();
+        let r = f().with_context(|| format!("stage {stage}"));
+        let seconds = start.elapsed().as_secs_f64();
+        log(&format!(
+            "stage {stage} {} in {seconds:.1} s",
+            if r.is_ok() { "done" } else { "failed" }
+        ));
+        self.done.push(StageTime { stage, seconds });
+        r
+    }
+
+    /// Logs the table of stage durations.
+    pub fn log_summary(&self) {
+        for s in &self.done {
+            log(&format!("  {:<13} {:>7.1} s", s.stage, s.seconds));
+        }
+    }
+}
+
+/// A build log line on stderr.
+pub fn log(line: &str) {
+    eprintln!("pgimg: {line}");
+}

@@ -1,0 +1,227 @@
+//! The command line: the top floor. One file per command, each a thin
+//! function returning `anyhow::Result` over the library below; `main` maps
+//! errors to exit statuses. Nothing outside `cli` and `main` imports it.
+
+pub mod boot;
+pub mod check;
+pub mod defs;
+pub mod inspect;
+pub mod lock;
+pub mod plan;
+pub mod publish;
+pub mod run;
+pub mod shell;
+pub mod test;
+pub mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use pgimg_stdlib::FakeOs;
+
+use crate::host::RecipeInputs;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgimg",
+    version,
+    about = "Build PostgreSQL virtual-machine images from Rhai recipes",
+    long_about = "Build PostgreSQL virtual-machine images from Rhai recipes.\n\n\
+        A recipe is a Rhai script calling primitives (apt_repo, apt_download, fetch_verify, \
+        add_user, systemd_unit, go_build, pgxs_build, run, ...) that act inside the image root.\n\n\
+        Try it without an image:\n  \
+        pgimg plan recipes/examples/everything.rhai     # what the recipe would do\n  \
+        pgimg test recipes                              # run the recipe tests\n\n\
+        Exit status: 0 ok; 1 a build or test failed (including a recipe failing during `run`); \
+        2 a usage error, or a recipe error found by `check` or `plan`; \
+        130 interrupted by SIGINT or SIGTERM (after everything was torn down)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Build an image: copy the base, grow it, mount it, run the recipe inside, finalize, write the output.
+    ///
+    /// Needs root (loop devices, mounts, namespaces). Without --base or --rootfs the built-in
+    /// Debian bookworm fixture image is used (built once with debootstrap and cached), so
+    /// `pgimg run recipes/examples/hello.rhai --output hello.raw` works anywhere.
+    /// The base image is never modified; nothing appears under --output unless the build succeeds.
+    Run(run::RunArgs),
+    /// Open an interactive shell inside an image (mounted the same way as for a build).
+    ///
+    /// Changes made in the shell are written to IMAGE. Everything is torn down on exit.
+    Shell(shell::ShellArgs),
+    /// Publish an image: S3-compatible upload, or AWS AMIs.
+    #[command(subcommand)]
+    Publish(publish::PublishCmd),
+    /// Show an image's partition table, root file system, sizes and embedded manifest.
+    Inspect(inspect::InspectArgs),
+    /// Compile recipes, resolve imports and run them on a fake root (no root, no network).
+    Check(check::CheckArgs),
+    /// Print the ordered actions a recipe would perform, without running anything.
+    Plan(plan::PlanArgs),
+    /// Resolve every pin of recipes (checksum lists, first-use files) into `pgimg.lock` beside them.
+    ///
+    /// Resolves for amd64 and arm64. `pgimg run --locked` then refuses any input that is not in
+    /// the lock or does not match it.
+    Lock(lock::LockArgs),
+    /// Run recipe tests (`*.test.rhai`) against fake roots.
+    Test(test::TestArgs),
+    /// Write a `.d.rhai` definitions file of every primitive, for editor completion.
+    Defs(defs::DefsArgs),
+    // `about` and `long_about` (with examples) come from the Args structs.
+    Boot(boot::BootArgs),
+    Verify(verify::VerifyArgs),
+}
+
+impl Cmd {
+    /// Runs the command.
+    pub fn run(&self) -> anyhow::Result<()> {
+        match self {
+            Cmd::Run(a) => run::run(a),
+            Cmd::Shell(a) => shell::shell(a),
+            Cmd::Publish(a) => publish::publish(a),
+            Cmd::Inspect(a) => inspect::inspect(a),
+            Cmd::Check(a) => check::check(a),
+            Cmd::Plan(a) => plan::plan(a),
+            Cmd::Lock(a) => lock::lock(a),
+            Cmd::Test(a) => test::test(a),
+            Cmd::Defs(a) => defs::defs(a),
+            Cmd::Boot(a) => boot::boot(a),
+            Cmd::Verify(a) => verify::verify(a),
+        }
+    }
+
+    /// Whether the command mounts: it must then enter a private mount
+    /// namespace before any thread exists, and stop on SIGINT/SIGTERM.
+    pub fn mounts(&self) -> bool {
+        // boot and verify: the FUSE view of the disk they read is a mount.
+        matches!(
+            self,
+            Cmd::Run(_) | Cmd::Shell(_) | Cmd::Boot(_) | Cmd::Verify(_)
+        )
+    }
+}
+
+/// What a recipe is run with: `--set`, `--mirror`, `--assets`.
+#[derive(Args, Debug, Clone)]
+pub struct RecipeArgs {
+    /// Recipe parameter, as read by `param(name)`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub set: Vec<(String, String)>,
+    /// Redirect a named source (e.g. `ubuntu`, `pgdg`, `releases`; see `mirror()` in
+    /// docs/recipes.md) to another URL; repeatable.
+    #[arg(long = "mirror", value_name = "NAME=URL", value_parser = parse_kv)]
+    pub mirror: Vec<(String, String)>,
+    /// Extra asset folder searched after the recipe's own `assets/`; repeatable.
+    #[arg(long = "assets", value_name = "DIR")]
+    pub assets: Vec<PathBuf>,
+}
+
+impl RecipeArgs {
+    /// The recipe inputs these flags give (no lock).
+    pub fn inputs(&self) -> RecipeInputs {
+        RecipeInputs {
+            params: self.set.iter().cloned().collect(),
+            mirrors: self.mirror.iter().cloned().collect(),
+            assets: self.assets.clone(),
+            lock: None,
+        }
+    }
+}
+
+/// The fake root `check`, `plan` and `lock` run recipes on, and the recipe's flags.
+#[derive(Args, Debug, Clone)]
+pub struct FakeArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Debian architecture of the pretend image.
+    #[arg(long, default_value = "amd64", value_parser = ["amd64", "arm64"])]
+    pub arch: String,
+    /// Pretend distribution as ID:VERSION_ID:CODENAME.
+    #[arg(long, default_value = "ubuntu:22.04:jammy", value_parser = parse_os)]
+    pub os: (String, String, String),
+}
+
+impl FakeArgs {
+    /// The pretend image.
+    pub fn os(&self) -> FakeOs {
+        FakeOs {
+            id: self.os.0.clone(),
+            version_id: self.os.1.clone(),
+            codename: self.os.2.clone(),
+            arch: self.arch.clone(),
+        }
+    }
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+fn parse_os(s: &str) -> Result<(String, String, String), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts.as_slice() {
+        [id, v, c] if !id.is_empty() && !v.is_empty() && !c.is_empty() => {
+            Ok((id.to_string(), v.to_string(), c.to_string()))
+        }
+        _ => Err(format!(
+            "`{s}` is not ID:VERSION_ID:CODENAME (e.g. ubuntu:22.04:jammy)"
+        )),
+    }
+}
+
+/// Parses sizes like `8G`, `512M`, `4096` (bytes), `1.5G`; binary units.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_uppercase();
+            let m: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("`{s}`: unknown unit (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 8G"))?;
+    if v <= 0.0 {
+        return Err(format!("`{s}`: size must be positive"));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (s, want) in [
+            ("8G", Ok(8u64 << 30)),
+            ("512M", Ok(512 << 20)),
+            ("4096", Ok(4096)),
+            ("1.5G", Ok(3 << 29)),
+            ("2GiB", Ok(2 << 30)),
+            ("10X", Err(())),
+            ("-1G", Err(())),
+            ("G", Err(())),
+        ] {
+            assert_eq!(parse_size(s).map_err(|_| ()), want, "{s}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! `pgimg run`: build an image (or a root folder) from a recipe.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::{parse_size, RecipeArgs};
+use crate::build::{self, Format, RunOptions};
+use crate::engine::Limits;
+use crate::error::UsageError;
+
+/// Arguments of `pgimg run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The recipe to run.
+    pub recipe: PathBuf,
+    /// Base disk image (raw or qcow2, GPT with an ext4 root). Default: the built-in fixture.
+    #[arg(long, conflicts_with = "rootfs")]
+    pub base: Option<PathBuf>,
+    /// Run on this directory in place instead of an image (no output file is written).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Final image size (e.g. 8G); the root partition and file system grow to fill it.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Output image path. Default: <recipe name>-<x64|arm64>.<format> in the current folder.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub format: Format,
+    /// Compress qcow2 output.
+    #[arg(long)]
+    pub compress: bool,
+    #[command(flatten)]
+    pub recipe_args: RecipeArgs,
+    /// Refuse any input missing from `pgimg.lock` beside the recipe, or not matching it.
+    #[arg(long)]
+    pub locked: bool,
+    /// Host cache for downloads, git sources, apt archives and Go caches.
+    /// Default: $XDG_CACHE_HOME/pgimg (or ~/.cache/pgimg).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `pgimg run`. Call inside the private mount namespace.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let base = match (&args.base, &args.rootfs) {
+        (_, Some(_)) => None,
+        (Some(img), None) => Some(img.clone()),
+        (None, None) => {
+            let img =
+                crate::fixture::base_image().context("building the built-in fixture image")?;
+            eprintln!(
+                "pgimg: no --base given: using the built-in fixture {}",
+                img.display()
+            );
+            Some(img)
+        }
+    };
+    if let Some(img) = &base {
+        if !img.is_file() {
+            return Err(UsageError(format!("--base {}: no such file", img.display())).into());
+        }
+    }
+    if !args.recipe.is_file() {
+        return Err(UsageError(format!("{}: no such recipe", args.recipe.display())).into());
+    }
+    let mut inputs = args.recipe_args.inputs();
+    if args.locked {
+        inputs.lock = Some(crate::lock::load_for(&args.recipe)?);
+    }
+    let opts = RunOptions {
+        recipe: args.recipe.clone(),
+        size: args.size,
+        output: args.output.clone().unwrap_or_else(|| default_output(args)),
+        format: args.format,
+        compress: args.compress,
+        inputs,
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(pgimg_stdlib::fetch::default_cache_dir),
+        limits: Limits::default(),
+    };
+    match (&base, &args.rootfs) {
+        (_, Some(dir)) => build::build_rootfs(&opts, dir),
+        (Some(img), None) => build::build_image(&opts, img),
+        (None, None) => unreachable!("a base image or a root folder was chosen above"),
+    }
+    .context("build failed")?;
+    Ok(())
+}
+
+/// `<recipe name>-<x64|arm64>.<format>` in the current folder.
+fn default_output(args: &RunArgs) -> PathBuf {
+    let arch = pgimg_stdlib::Facts {
+        arch: pgimg_stdlib::target::host_arch()
+            .unwrap_or("amd64")
+            .to_string(),
+    };
+    let stem = args
+        .recipe
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    PathBuf::from(format!(
+        "{stem}-{}.{}",
+        arch.image_arch(),
+        args.format.as_str()
+    ))
+}

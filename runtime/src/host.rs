@@ -1,0 +1,148 @@
+//! The recipe host: the one place a recipe gets its `Ctx` and engine — used by
+//! `run`, `plan`, `check`, `lock` and `test` alike — with the asset-folder
+//! rule and the unused-`--mirror` check.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use pgimg_stdlib::ctx::{Journal, LogFn};
+use pgimg_stdlib::fetch::{Fetcher, RecordingFetcher};
+use pgimg_stdlib::lock::Lock;
+use pgimg_stdlib::{Ctx, FakeOs, FakeTarget, Target};
+
+use crate::engine::{build_engine, normalize, run_file, Limits};
+use crate::error::RecipeError;
+
+/// What a recipe is run with besides its target: `--set`, `--mirror`,
+/// `--assets`, and with `--locked` the lock every input is checked against.
+#[derive(Debug, Clone, Default)]
+pub struct RecipeInputs {
+    pub params: BTreeMap<String, String>,
+    pub mirrors: BTreeMap<String, String>,
+    /// Asset folders searched after the recipe's own (see [`asset_dirs`]).
+    pub assets: Vec<PathBuf>,
+    pub lock: Option<Lock>,
+}
+
+/// What one run of a recipe left: its result (the message already names
+/// `file:line:col`), its journal (also when it failed) and the `--mirror`
+/// names it never asked for.
+pub struct RecipeRun {
+    pub result: Result<(), RecipeError>,
+    pub journal: Journal,
+    pub unused_mirrors: Vec<String>,
+}
+
+impl RecipeRun {
+    /// The journal, or the recipe's error; an unused `--mirror` is an error
+    /// too (most likely a typo that would leave the upstream source in place).
+    pub fn into_journal(self) -> Result<Journal, RecipeError> {
+        self.result?;
+        unused_mirrors_error(&self.unused_mirrors)?;
+        Ok(self.journal)
+    }
+}
+
+/// The `Ctx` a recipe at `recipe` runs in on `target`, logging to `log` and
+/// recording into `journal`.
+pub fn recipe_ctx(
+    recipe: &Path,
+    inputs: &RecipeInputs,
+    target: Arc<dyn Target>,
+    journal: Arc<Mutex<Journal>>,
+    log: LogFn,
+) -> Ctx {
+    let mut ctx = Ctx::new(target)
+        .with_params(inputs.params.clone())
+        .with_asset_dirs(asset_dirs(recipe, &inputs.assets))
+        .with_mirrors(inputs.mirrors.clone())
+        .with_log(log);
+    if let Some(lock) = &inputs.lock {
+        ctx = ctx.with_lock(lock.clone());
+    }
+    ctx.journal = journal;
+    ctx
+}
+
+/// Runs the recipe file on `target` and collects what it did.
+pub fn run_recipe(
+    recipe: &Path,
+    inputs: &RecipeInputs,
+    target: Arc<dyn Target>,
+    log: LogFn,
+    limits: &Limits,
+) -> RecipeRun {
+    let journal = Arc::new(Mutex::new(Journal::default()));
+    let ctx = recipe_ctx(recipe, inputs, target, journal.clone(), log);
+    let engine = build_engine(&ctx, limits);
+    let result = run_file(&engine, recipe);
+    let unused_mirrors = pgimg_stdlib::mirror::unused_mirrors(&ctx);
+    // The engine and the Ctx hold the journal's other references.
+    drop(engine);
+    drop(ctx);
+    let journal = std::mem::take(&mut *journal.lock().unwrap());
+    RecipeRun {
+        result,
+        journal,
+        unused_mirrors,
+    }
+}
+
+/// Runs `recipe` on a fake root of `os` whose fetches go to `fetcher`: the
+/// one dry run behind `check`, `plan` and `lock`. Nothing is logged.
+pub fn dry_run(
+    recipe: &Path,
+    inputs: &RecipeInputs,
+    os: &FakeOs,
+    fetcher: Box<dyn Fetcher>,
+) -> anyhow::Result<RecipeRun> {
+    use anyhow::Context;
+    let target = FakeTarget::new(os, fetcher).context("creating a fake root")?;
+    Ok(run_recipe(
+        recipe,
+        inputs,
+        Arc::new(target),
+        Arc::new(|_, _| {}),
+        &Limits::default(),
+    ))
+}
+
+/// [`dry_run`] with fetches recorded, not made: what `check` and `plan` see.
+pub fn plan(recipe: &Path, inputs: &RecipeInputs, os: &FakeOs) -> anyhow::Result<Journal> {
+    Ok(dry_run(recipe, inputs, os, Box::new(RecordingFetcher::default()))?.into_journal()?)
+}
+
+/// The error for `--mirror` names no recipe asked for.
+pub fn unused_mirrors_error(unused: &[String]) -> Result<(), RecipeError> {
+    if unused.is_empty() {
+        return Ok(());
+    }
+    Err(RecipeError(format!(
+        "--mirror {}: the recipe never asks for {} (see `mirror()` calls in the recipe)",
+        unused.join(", "),
+        if unused.len() == 1 {
+            "this source"
+        } else {
+            "these sources"
+        }
+    )))
+}
+
+/// Asset folders of a recipe: its own `assets/`; for a flavor recipe
+/// `recipes/<flavor>.rhai`, the flavor's `flavors/<flavor>/assets/` (found
+/// beside the recipes folder, when it exists); then extra ones. The first
+/// folder holding an asset wins, so a flavor adds assets but does not
+/// silently replace the common ones.
+pub fn asset_dirs(recipe: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
+    let dir = recipe.parent().unwrap_or(Path::new("."));
+    let mut dirs = vec![dir.join("assets")];
+    if let Some(flavor) = recipe.file_stem() {
+        let assets = normalize(&dir.join("..").join("flavors").join(flavor).join("assets"));
+        if assets.is_dir() {
+            dirs.push(assets);
+        }
+    }
+    dirs.extend(extra.iter().cloned());
+    dirs
+}
