@@ -15,7 +15,6 @@ mod fixture;
 #[path = "support/pgimg.rs"]
 mod pgimg_bin;
 #[path = "support/served.rs"]
-#[allow(dead_code)]
 mod served;
 
 use std::ffi::OsString;
