@@ -2,6 +2,7 @@
 //! function returning `anyhow::Result` over the library below; `main` maps
 //! errors to exit statuses. Nothing outside `cli` and `main` imports it.
 
+pub mod boot;
 pub mod check;
 pub mod defs;
 pub mod inspect;
@@ -11,6 +12,7 @@ pub mod publish;
 pub mod run;
 pub mod shell;
 pub mod test;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -70,6 +72,9 @@ pub enum Cmd {
     Test(test::TestArgs),
     /// Write a `.d.rhai` definitions file of every primitive, for editor completion.
     Defs(defs::DefsArgs),
+    // `about` and `long_about` (with examples) come from the Args structs.
+    Boot(boot::BootArgs),
+    Verify(verify::VerifyArgs),
 }
 
 impl Cmd {
@@ -85,13 +90,19 @@ impl Cmd {
             Cmd::Lock(a) => lock::lock(a),
             Cmd::Test(a) => test::test(a),
             Cmd::Defs(a) => defs::defs(a),
+            Cmd::Boot(a) => boot::boot(a),
+            Cmd::Verify(a) => verify::verify(a),
         }
     }
 
     /// Whether the command mounts: it must then enter a private mount
     /// namespace before any thread exists, and stop on SIGINT/SIGTERM.
     pub fn mounts(&self) -> bool {
-        matches!(self, Cmd::Run(_) | Cmd::Shell(_))
+        // boot and verify: the FUSE view of the disk they read is a mount.
+        matches!(
+            self,
+            Cmd::Run(_) | Cmd::Shell(_) | Cmd::Boot(_) | Cmd::Verify(_)
+        )
     }
 }
 
