@@ -167,7 +167,7 @@ fn run_recipe(recipe: &Path) -> (Arc<FakeTarget>, Result<(), String>) {
     let target = Arc::new(FakeTarget::ubuntu());
     let ctx = Ctx::new(target.clone()).with_log(Arc::new(|_, _| {}));
     let engine = build_engine(&ctx, &Limits::default());
-    let r = run_file(&engine, recipe);
+    let r = run_file(&engine, recipe).map_err(|e| e.0);
     (target, r)
 }
 
@@ -349,7 +349,7 @@ impl AssetCase {
             .with_asset_dirs(vec![self.dir.path().join("recipe/assets")])
             .with_log(Arc::new(move |_, msg| sink.lock().unwrap().push_str(msg)));
         let engine = build_engine(&ctx, &Limits::default());
-        let r = run_file(&engine, &main);
+        let r = run_file(&engine, &main).map_err(|e| e.0);
         let log = log.lock().unwrap().clone();
         (target, r, log)
     }

@@ -294,8 +294,7 @@ impl Planner<'_> {
             let carrier = files
                 .iter()
                 .filter(named)
-                .filter(|f| f.1 < at)
-                .next_back()
+                .rfind(|f| f.1 < at)
                 .or_else(|| files.iter().filter(named).find(|f| f.1 > at))
                 .ok_or_else(|| {
                     self.refuse(

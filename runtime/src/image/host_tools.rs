@@ -16,6 +16,9 @@ use std::sync::Mutex;
 /// Set to `1` to forbid installing packages (the error then names the command).
 pub const NO_INSTALL_ENV: &str = "PGIMG_NO_INSTALL";
 
+/// Checks an installed tool at its path; the error says what is wrong and why it matters.
+pub type ToolCheck = fn(&Path) -> Result<(), String>;
+
 /// A command pgimg runs on the host, and the Debian/Ubuntu package providing it.
 #[derive(Debug, Clone, Copy)]
 pub struct Tool {
@@ -24,7 +27,7 @@ pub struct Tool {
     /// The package that provides it (same name on Debian 12 and Ubuntu 22.04/24.04).
     pub package: &'static str,
     /// Checks the installed tool (its version); the error says what is wrong and why it matters.
-    pub check: Option<fn(&Path) -> Result<(), String>>,
+    pub check: Option<ToolCheck>,
 }
 
 impl Tool {
