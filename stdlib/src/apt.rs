@@ -2,13 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::Dynamic;
 use serde::Deserialize;
 
-use crate::api::{options, primitive, string_list, to_array};
+use crate::api::{options, string_list, to_array};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::files::image_path;
+use crate::register::Str;
+use crate::rhai_fns;
 use crate::root::Attrs;
 use crate::run::command;
 use crate::target::Command;
@@ -270,56 +272,20 @@ pub fn apt_download(ctx: &Ctx, loc: &Loc, pkgs: &[String], dest: &str) -> Result
     Ok(after.difference(&before).cloned().collect())
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("apt_update")
-        .with_comments(["/// Runs `apt-get update` inside the image; any repository error (a bad signature,\n/// an unreachable source) fails the build."])
-        .with_params_info(["()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext| {
-            primitive(&c, &nctx, "apt_update", &[], |loc| apt_update(&c, loc))
-        });
-
-    let c = ctx.clone();
-    let install = move |nctx: NativeCallContext, pkgs: Dynamic, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "apt_install",
-            &[pkgs.clone(), opts.clone().into()],
-            |loc| apt_install(&c, loc, &string_list(&pkgs, "pkgs")?, &options(opts)?),
-        )
-    };
-    let install2 = install.clone();
-    FuncRegistration::new("apt_install")
-        .with_comments(["/// Installs packages (a name or an array; an absolute in-image path to a `.deb` is allowed),\n/// non-interactively, without recommended packages unless `#{ recommends: true }`.\n/// Configuration files already in the image are kept."])
-        .with_params_info(["pkgs: Dynamic", "opts: Map", "()"])
-        .register_into_engine(engine, install);
-    FuncRegistration::new("apt_install")
-        .with_comments(["/// Installs packages (a name or an array; an absolute in-image path to a `.deb` is allowed),\n/// non-interactively, without recommended packages."])
-        .with_params_info(["pkgs: Dynamic", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, pkgs: Dynamic| {
-            install2(nctx, pkgs, Map::new())
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("apt_purge")
-        .with_comments(["/// Purges packages (a name or an array) and their configuration files."])
-        .with_params_info(["pkgs: Dynamic", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, pkgs: Dynamic| {
-            primitive(&c, &nctx, "apt_purge", std::slice::from_ref(&pkgs), |loc| {
-                apt_purge(&c, loc, &string_list(&pkgs, "pkgs")?)
-            })
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("apt_download")
-        .with_comments(["/// Downloads the `.deb` files of `pkgs` (a name or an array; `name=version` pins a version)\n/// into the in-image directory `dest` without installing them. Fails naming every package\n/// that cannot be found. Returns the names of the `.deb` files added to `dest`."])
-        .with_params_info(["pkgs: Dynamic", "dest: &str", "Array"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, pkgs: Dynamic, dest: &str| {
-            primitive(&c, &nctx, "apt_download", &[pkgs.clone(), dest.into()], |loc| {
-                apt_download(&c, loc, &string_list(&pkgs, "pkgs")?, dest).map(to_array)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Runs `apt-get update` inside the image; any repository error (a bad signature,
+    /// an unreachable source) fails the build.
+    action apt_update() |c, loc| apt_update(c, loc);
+    /// Installs packages (a name or an array; an absolute in-image path to a `.deb` is allowed),
+    /// non-interactively, without recommended packages unless `#{ recommends: true }`.
+    /// Configuration files already in the image are kept.
+    action apt_install(pkgs: Dynamic, [opts]) |c, loc| apt_install(c, loc, &string_list(&pkgs, "pkgs")?, &options(opts)?);
+    /// Purges packages (a name or an array) and their configuration files.
+    action apt_purge(pkgs: Dynamic) |c, loc| apt_purge(c, loc, &string_list(&pkgs, "pkgs")?);
+    /// Downloads the `.deb` files of `pkgs` (a name or an array; `name=version` pins a version)
+    /// into the in-image directory `dest` without installing them. Fails naming every package
+    /// that cannot be found. Returns the names of the `.deb` files added to `dest`.
+    action apt_download(pkgs: Dynamic, dest: Str) |c, loc| apt_download(c, loc, &string_list(&pkgs, "pkgs")?, &dest).map(to_array);
 }
 
 #[cfg(test)]

@@ -31,12 +31,13 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use rhai::{Engine, FuncRegistration, Map, NativeCallContext};
 use serde::Deserialize;
 
-use crate::api::{options, primitive};
+use crate::api::options;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::register::Str;
+use crate::rhai_fns;
 use crate::root::{Attrs, FileKind, ImageRoot};
 
 const SYSTEM_DIR: &str = "/etc/systemd/system";
@@ -651,38 +652,15 @@ pub fn unit_enabled(root: &ImageRoot, unit: &str) -> Result<bool> {
         .any(|d| root.exists(format!("{SYSTEM_DIR}/{d}/{unit}"))))
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    let unit = move |nctx: NativeCallContext, name: &str, content: &str, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "systemd_unit",
-            &[name.into(), content.into(), opts.clone().into()],
-            |_| systemd_unit(&c, name, content, &options(opts)?),
-        )
-    };
-    let u2 = unit.clone();
-    FuncRegistration::new("systemd_unit")
-        .with_comments(["/// Installs `/etc/systemd/system/<name>` (mode 0644) from unit text, or from an asset when\n/// `content` is one line naming an existing asset. The unit is parsed; a malformed one is an error.\n/// Options: `enable` (create the WantedBy=/RequiredBy=/Alias= links as `systemctl enable` would).\n/// Returns the unit's path."])
-        .with_params_info(["name: &str", "content: &str", "opts: Map", "String"])
-        .register_into_engine(engine, unit);
-    FuncRegistration::new("systemd_unit")
-        .with_comments(["/// Installs `/etc/systemd/system/<name>` (mode 0644) from unit text or an asset, without enabling it."])
-        .with_params_info(["name: &str", "content: &str", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str, content: &str| {
-            u2(nctx, name, content, Map::new())
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("systemd_dropin")
-        .with_comments(["/// Writes the drop-in `/etc/systemd/system/<unit>.d/<name>.conf` (`.conf` added unless present)\n/// from text or an asset, after parsing it. Returns its path."])
-        .with_params_info(["unit: &str", "name: &str", "content: &str", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, unit: &str, name: &str, content: &str| {
-            primitive(&c, &nctx, "systemd_dropin", &[unit.into(), name.into(), content.into()], |_| {
-                systemd_dropin(&c, unit, name, content)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Installs `/etc/systemd/system/<name>` (mode 0644) from unit text, or from an asset when
+    /// `content` is one line naming an existing asset. The unit is parsed; a malformed one is an error.
+    /// Options: `enable` (create the WantedBy=/RequiredBy=/Alias= links as `systemctl enable` would).
+    /// Returns the unit's path.
+    action systemd_unit(name: Str, content: Str, [opts]) |c, _| systemd_unit(c, &name, &content, &options(opts)?);
+    /// Writes the drop-in `/etc/systemd/system/<unit>.d/<name>.conf` (`.conf` added unless present)
+    /// from text or an asset, after parsing it. Returns its path.
+    action systemd_dropin(unit: Str, name: Str, content: Str) |c, _| systemd_dropin(c, &unit, &name, &content);
 }
 
 #[cfg(test)]
@@ -1208,8 +1186,8 @@ mod tests {
     #[test]
     fn rhai_overloads() {
         let (t, c) = ctx();
-        let mut engine = Engine::new();
-        register(&mut engine, &c);
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, &c);
         let p: String = engine
             .eval(r#"systemd_unit("a.service", "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\n", #{ enable: true })"#)
             .unwrap();
