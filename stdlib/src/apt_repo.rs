@@ -7,7 +7,6 @@ use pgp::composed::{Deserializable, SignedPublicKey};
 use pgp::types::KeyDetails;
 use rhai::Map;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::api::options;
 use crate::ctx::Ctx;
@@ -303,7 +302,7 @@ fn verify_key(
     sha256: Option<&str>,
     fingerprint: Option<&str>,
 ) -> Result<String, RepoError> {
-    let actual = hex::encode(Sha256::digest(bytes));
+    let actual = crate::shared::sha256_hex(bytes);
     if let Some(expected) = sha256 {
         if actual != expected {
             return Err(RepoError::ShaMismatch {
@@ -525,7 +524,7 @@ mod tests {
     }
 
     fn sha(b: &[u8]) -> String {
-        hex::encode(Sha256::digest(b))
+        crate::shared::sha256_hex(b)
     }
 
     /// A fake root with an assets folder holding the test keys and a fetcher

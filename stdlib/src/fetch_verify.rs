@@ -305,7 +305,6 @@ mod tests {
     use super::*;
     use crate::fetch::RecordingFetcher;
     use crate::{FakeOs, FakeTarget, Target};
-    use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
     use std::io::Write;
     use std::path::PathBuf;
@@ -315,7 +314,7 @@ mod tests {
     const BIN_URL: &str = "https://example.org/dl/tool";
 
     fn sha(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
+        crate::shared::sha256_hex(bytes)
     }
 
     fn tarball() -> Vec<u8> {

@@ -23,6 +23,7 @@ pub mod register;
 pub mod require_arch;
 pub mod root;
 pub mod run;
+pub mod shared;
 pub mod source;
 pub mod systemd;
 pub mod target;
