@@ -192,37 +192,34 @@ pub fn build_engine(ctx: &Ctx, limits: &Limits) -> Engine {
     let log = ctx.clone();
     engine.on_print(move |msg| log.log(&pgimg_stdlib::Loc::default(), msg));
     pgimg_stdlib::register(&mut engine, ctx);
-    register_finalize(&mut engine, ctx);
+    let mut finalize = Module::new();
+    register_finalize(&mut finalize);
+    engine.register_global_module(finalize.into());
     engine
 }
 
-/// `finalize(#{ item: false, ... })`: switches cleanup items of the finalize
-/// stage off. It lives here, not in the stdlib, because the items are the
-/// sandbox's; an unknown item is an error naming it.
-fn register_finalize(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    rhai::FuncRegistration::new("finalize")
-        .with_comments([
-            "/// Configures the built-in finalize stage (on by default): pass `false` for an item to keep it.\n\
-             /// Items: `ssh_host_keys`, `root_password`, `apt`, `cloud_init`, `logs`, `shell_histories`,\n\
-             /// `caches`, `tmp`, `machine_id`.",
-        ])
-        .with_params_info(["opts: Map", "()"])
-        .register_into_engine(engine, move |nctx: rhai::NativeCallContext, opts: rhai::Map| {
-            pgimg_stdlib::api::primitive(&c, &nctx, "finalize", &[opts.clone().into()], |_| {
-                // Validates the names and types; a later call changes only the items it names.
-                let _: crate::sandbox::FinalizeOptions = pgimg_stdlib::api::options(opts.clone())?;
-                let mut j = c.journal.lock().unwrap();
-                let current = j
-                    .settings
-                    .entry("finalize".into())
-                    .or_insert_with(|| serde_json::json!({}));
-                for (k, v) in opts {
-                    current[k.as_str()] = serde_json::Value::Bool(v.as_bool().unwrap_or(true));
-                }
-                Ok(())
-            })
-        });
+// `finalize(#{ item: false, ... })`: switches cleanup items of the finalize
+// stage off. It lives here, not in the stdlib, because the items are the
+// sandbox's; an unknown item is an error naming it.
+pgimg_stdlib::rhai_fns! { fn register_finalize;
+    /// Configures the built-in finalize stage (on by default): pass `false` for an item to keep it.
+    /// Items: `ssh_host_keys`, `root_password`, `apt`, `cloud_init`, `logs`, `shell_histories`,
+    /// `caches`, `tmp`, `machine_id`.
+    action finalize(opts: rhai::Map) |c, _| set_finalize(c, opts);
+}
+
+/// Validates the names and types; a later call changes only the items it names.
+fn set_finalize(c: &Ctx, opts: rhai::Map) -> pgimg_stdlib::Result<()> {
+    let _: crate::sandbox::FinalizeOptions = pgimg_stdlib::api::options(opts.clone())?;
+    let mut j = c.journal.lock().unwrap();
+    let current = j
+        .settings
+        .entry("finalize".into())
+        .or_insert_with(|| serde_json::json!({}));
+    for (k, v) in opts {
+        current[k.as_str()] = serde_json::Value::Bool(v.as_bool().unwrap_or(true));
+    }
+    Ok(())
 }
 
 const NESTED_IMPORT: &str = "`import` must be at the top level of the file \

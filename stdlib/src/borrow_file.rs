@@ -1,12 +1,12 @@
 //! `borrow_file(path, content)`: a file in place for the build only; the
 //! borrowed-path rule is in [`crate::borrow`].
 
-use rhai::{Engine, FuncRegistration, NativeCallContext};
-
-use crate::api::primitive;
+use crate::api::options;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::files::{check_mode, image_path};
+use crate::register::Str;
+use crate::rhai_fns;
 
 /// Options of `borrow_file`.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -28,29 +28,8 @@ pub fn borrow_file(ctx: &Ctx, path: &str, content: &str, opts: &BorrowOpts) -> R
     Ok(())
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    let borrow = move |nctx: NativeCallContext, path: &str, content: &str, opts: rhai::Map| {
-        primitive(
-            &c,
-            &nctx,
-            "borrow_file",
-            &[path.into(), content.into(), opts.clone().into()],
-            |_| borrow_file(&c, path, content, &crate::api::options(opts)?),
-        )
-    };
-    let b2 = borrow.clone();
-    FuncRegistration::new("borrow_file")
-        .with_comments(["/// Puts `content` at `path` for the build only; afterwards the image's original\n/// comes back exactly, unless the recipe changed the file since. Options: `mode`."])
-        .with_params_info(["path: &str", "content: &str", "opts: Map", "()"])
-        .register_into_engine(engine, borrow);
-    FuncRegistration::new("borrow_file")
-        .with_comments(["/// Puts `content` at `path` for the build only (mode 0644, root's)."])
-        .with_params_info(["path: &str", "content: &str", "()"])
-        .register_into_engine(
-            engine,
-            move |nctx: NativeCallContext, path: &str, content: &str| {
-                b2(nctx, path, content, rhai::Map::new())
-            },
-        );
+rhai_fns! { pub(crate) fn register;
+    /// Puts `content` at `path` for the build only; afterwards the image's original
+    /// comes back exactly, unless the recipe changed the file since. Options: `mode` (default 0o644).
+    action borrow_file(path: Str, content: Str, [opts]) |c, _| borrow_file(c, &path, &content, &options(opts)?);
 }

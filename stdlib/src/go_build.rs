@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use rhai::{Array, Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::{Dynamic, Map};
 use serde::Deserialize;
 
-use crate::api::{options, primitive, string_list, to_array};
+use crate::api::{options, string_list, to_array};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::files::image_path;
+use crate::rhai_fns;
 use crate::root::Attrs;
 use crate::run::command;
 use crate::source::{with_build_dir, Source};
@@ -176,16 +177,15 @@ pub fn go_build(ctx: &Ctx, loc: &Loc, opts: GoOpts) -> Result<Vec<String>> {
     })
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("go_build")
-        .with_comments(["/// Builds a Go source inside the image with the host's Go module and build caches.\n/// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage\n/// `git` as a checkout with `.git`, for Makefiles that run git); `make` (array of\n/// `make` invocations, e.g. `[\"deps\", \"pg_build\"]`); `build` (map output → package,\n/// e.g. `#{ \"bin/tool\": \"./cmd/tool\" }`); `env` (map; `GOPROXY` is `off` unless set here);\n/// `install` (map built file → destination, installed with mode 0755).\n/// Returns the installed paths. The build folder is removed afterwards."])
-        .with_params_info(["opts: Map", "Array"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, opts: Map| -> Result<Array, Box<rhai::EvalAltResult>> {
-            primitive(&c, &nctx, "go_build", &[opts.clone().into()], |loc| {
-                go_build(&c, loc, options(opts)?).map(to_array)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Builds a Go source inside the image with the host's Go module and build caches.
+    /// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage
+    /// `git` as a checkout with `.git`, for Makefiles that run git); `make` (array of
+    /// `make` invocations, e.g. `["deps", "pg_build"]`); `build` (map output → package,
+    /// e.g. `#{ "bin/tool": "./cmd/tool" }`); `env` (map; `GOPROXY` is `off` unless set here);
+    /// `install` (map built file → destination, installed with mode 0755).
+    /// Returns the installed paths. The build folder is removed afterwards.
+    action go_build(opts: Map) |c, loc| go_build(c, loc, options(opts)?).map(to_array);
 }
 
 #[cfg(test)]

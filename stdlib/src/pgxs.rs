@@ -1,11 +1,12 @@
 //! `pgxs_build`: builds and installs a PostgreSQL extension with PGXS for each PostgreSQL major version.
 
-use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::{Dynamic, Map};
 use serde::Deserialize;
 
-use crate::api::{options, primitive, string_list};
+use crate::api::{options, string_list};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
+use crate::rhai_fns;
 use crate::run::command;
 use crate::source::{with_build_dir, Source};
 
@@ -129,14 +130,13 @@ pub fn pgxs_build(ctx: &Ctx, loc: &Loc, opts: PgxsOpts) -> Result<()> {
     })
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("pgxs_build")
-        .with_comments(["/// Builds and installs a PostgreSQL extension for each major in `pg_versions`:\n/// `make`, `make install`, `make clean` with `USE_PGXS=1 PG_CONFIG=/usr/lib/postgresql/<v>/bin/pg_config`.\n/// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage\n/// `git` as a checkout with `.git`, for Makefiles that run git); `pg_versions`\n/// (`[16, 17]` or `\"16,17\"`); `make_args` (array or string). A failure names the version."])
-        .with_params_info(["opts: Map", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, opts: Map| {
-            primitive(&c, &nctx, "pgxs_build", &[opts.clone().into()], |loc| pgxs_build(&c, loc, options(opts)?))
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Builds and installs a PostgreSQL extension for each major in `pg_versions`:
+    /// `make`, `make install`, `make clean` with `USE_PGXS=1 PG_CONFIG=/usr/lib/postgresql/<v>/bin/pg_config`.
+    /// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage
+    /// `git` as a checkout with `.git`, for Makefiles that run git); `pg_versions`
+    /// (`[16, 17]` or `"16,17"`); `make_args` (array or string). A failure names the version.
+    action pgxs_build(opts: Map) |c, loc| pgxs_build(c, loc, options(opts)?);
 }
 
 #[cfg(test)]

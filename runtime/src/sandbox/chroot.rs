@@ -63,7 +63,7 @@ pub const BASE_ENV: [(&str, &str); 5] = [
 
 /// The name of the host cache bound on `/var/cache/apt/archives` (the same
 /// name `apt_install` asks for per command).
-pub const APT_ARCHIVES_CACHE: &str = "apt-archives";
+pub use pgimg_stdlib::apt::APT_ARCHIVES_CACHE;
 const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// On the build's `/run` tmpfs: gone with the sandbox, never in the image.

@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::http::FetchLog;
-use super::{normalize_commit, FetchError};
+use super::{normalize_commit, FetchError, FetchLog};
 use crate::target::tail;
 
 const STDERR_TAIL: usize = 2048;
