@@ -111,4 +111,6 @@ if ! moto_ok; then
         die "pip could not install moto[server]>=$moto_min into $venv (is PyPI or your pip mirror reachable?)"
     moto_ok || die "$venv/bin/moto_server is still missing or older than $moto_min after pip install"
 fi
+# QEMU, OVMF, GRUB's module sets and mtools for the boot tests (tests/boot.rs).
+bash "$(dirname "$0")/setup-boot.sh"
 say "ready: $("$venv/bin/python" -c 'import importlib.metadata as m; print("moto", m.version("moto"))'), $(qemu-img --version | head -n 1)"

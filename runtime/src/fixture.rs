@@ -31,6 +31,7 @@ pub const TOOLS: &[Tool] = &[
     host_tools::MKE2FS,
     host_tools::E2FSCK,
     host_tools::MKFS_VFAT,
+    host_tools::MTOOLS,
 ];
 
 /// Building the fixture failed.

@@ -77,6 +77,8 @@ pub const DEBIAN_KEYRING: Tool = Tool::new(
 );
 /// `gpgv`, which debootstrap verifies the Release file with.
 pub const GPGV: Tool = Tool::new("gpgv", "gpgv");
+/// Writes the fixture's ESP (FAT) without mounting it: this kernel may lack vfat.
+pub const MTOOLS: Tool = Tool::new("mcopy", "mtools");
 
 /// What every image build runs: format probe and conversion, file system check and grow.
 pub const BUILD: &[Tool] = &[QEMU_IMG, E2FSCK, RESIZE2FS];
