@@ -16,8 +16,22 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::image::host_tools::{self, HostToolError, Tool};
+
 const SCRIPT: &str = include_str!("../../tests/fixtures/build-base-image.sh");
 const DEFAULT_DIR: &str = "/var/tmp/pgimg-fixtures";
+
+/// What `build-base-image.sh` runs on the host (besides coreutils, dpkg and
+/// awk, which every Debian and Ubuntu has); installed when missing.
+pub const TOOLS: &[Tool] = &[
+    host_tools::DEBOOTSTRAP,
+    host_tools::GPGV,
+    host_tools::DEBIAN_KEYRING,
+    host_tools::SGDISK,
+    host_tools::MKE2FS,
+    host_tools::E2FSCK,
+    host_tools::MKFS_VFAT,
+];
 
 /// Building the fixture failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +43,8 @@ pub enum FixtureError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    HostTools(#[from] HostToolError),
     #[error("build-base-image.sh failed ({status}); it needs root, debootstrap, sgdisk, mke2fs and mkfs.vfat, and the Debian mirror")]
     Script { status: std::process::ExitStatus },
 }
@@ -101,6 +117,7 @@ pub fn base_image() -> Result<PathBuf, FixtureError> {
     if checksum_path(&image).exists() && image.exists() {
         return Ok(image);
     }
+    host_tools::ensure(TOOLS, "building the fixture base image")?;
     let script = dir.join(format!("build-base-image-{}.sh", script_key()));
     std::fs::write(&script, SCRIPT).map_err(io("writing", &script))?;
     loud(&format!(

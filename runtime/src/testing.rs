@@ -114,7 +114,7 @@ fn check<T>(r: pgimg_stdlib::Result<T>) -> Result<T, Box<EvalAltResult>> {
 /// Registers the test API: `fake_rootfs`, the fake root's methods, `assert`
 /// and `assert_eq`. `base_dir` is the test file's folder (fixtures and
 /// recipes are named relative to it).
-pub fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
+fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
     engine.register_type_with_name::<FakeRoot>("FakeRoot");
     FuncRegistration::new("fake_rootfs")
         .with_comments(["/// A fake root (`id`, `version_id`, `codename`, `arch`, `fixtures`, `assets`, `mirrors`)."])

@@ -215,7 +215,10 @@ impl Ctx {
             .unwrap_or_else(|| url.to_string())
     }
 
-    /// Finds an asset by its relative path in the asset folders.
+    /// Finds an asset by its relative path in the asset folders. The first
+    /// folder holding it wins, and the asset must really be inside that
+    /// folder: a symbolic link (the asset itself or a folder on its path)
+    /// leading out of the folder is refused (see [`beneath`]).
     pub fn asset(&self, rel: &str) -> Result<PathBuf, Error> {
         let relp = Path::new(rel);
         if relp.is_absolute()
@@ -227,29 +230,66 @@ impl Ctx {
                 "asset `{rel}` must be a relative path inside an assets folder"
             )));
         }
-        self.asset_dirs
-            .iter()
-            .map(|d| d.join(relp))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
+        match self.asset_dirs.iter().find(|d| d.join(relp).exists()) {
+            Some(dir) => beneath(dir, rel, "asset"),
+            None => {
                 let searched: Vec<String> = self
                     .asset_dirs
                     .iter()
                     .map(|d| d.display().to_string())
                     .collect();
-                Error::Invalid(format!(
+                Err(Error::Invalid(format!(
                     "asset `{rel}` not found (searched: {})",
                     if searched.is_empty() {
                         "no asset folders".into()
                     } else {
                         searched.join(", ")
                     }
-                ))
-            })
+                )))
+            }
+        }
     }
 
     /// A parameter from `--set`, or `default`.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }
+}
+
+/// `dir/rel`, checked to resolve inside `dir`: `rel` must be relative
+/// without `..`, and no symbolic link on the way (`rel` itself or a folder
+/// in it) may lead out of `dir`; links that stay inside are fine. The path
+/// returned is `dir/rel` as given, so a link inside a copied folder stays one.
+/// `what` names the kind of path for the message ("asset", "fixture", …).
+///
+/// Equivalent to `openat2(RESOLVE_BENEATH)` on a folder nothing writes to
+/// during the build (assets are the recipe's files on the host, which no
+/// command in the image can reach).
+pub fn beneath(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Error> {
+    let relp = Path::new(rel);
+    if relp.is_absolute()
+        || relp
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::Invalid(format!(
+            "{what} `{rel}` must be a relative path inside {}",
+            dir.display()
+        )));
+    }
+    let path = dir.join(relp);
+    let base = std::fs::canonicalize(dir)
+        .map_err(|e| Error::Invalid(format!("{what} `{rel}`: {}: {e}", dir.display())))?;
+    // Every link on the way, the last component's too, is followed: what the
+    // primitives finally open must be inside.
+    let real = std::fs::canonicalize(&path)
+        .map_err(|e| Error::Invalid(format!("{what} `{rel}`: {}: {e}", path.display())))?;
+    if !real.starts_with(&base) {
+        return Err(Error::Invalid(format!(
+            "{what} `{rel}` leads out of {} through a symbolic link; \
+             pgimg reads only files inside that folder (copy the file in instead of linking to it)",
+            dir.display()
+        )));
+    }
+    Ok(path)
 }

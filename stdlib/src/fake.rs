@@ -81,6 +81,7 @@ pub struct FakeTarget {
     fetcher: Box<dyn Fetcher>,
     commands: Mutex<Vec<Command>>,
     owners: Mutex<BTreeMap<String, (u32, u32)>>,
+    borrowed: crate::borrow::Borrowed,
 }
 
 impl FakeTarget {
@@ -146,6 +147,7 @@ impl FakeTarget {
             fetcher,
             commands: Mutex::default(),
             owners: Mutex::default(),
+            borrowed: Default::default(),
         })
     }
 
@@ -182,6 +184,10 @@ impl Target for FakeTarget {
 
     fn facts(&self) -> &Facts {
         &self.facts
+    }
+
+    fn borrowed(&self) -> Option<&crate::borrow::Borrowed> {
+        Some(&self.borrowed)
     }
 
     fn records_only(&self) -> bool {

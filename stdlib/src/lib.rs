@@ -4,6 +4,8 @@
 pub mod api;
 pub mod apt;
 pub mod apt_repo;
+pub mod borrow;
+pub mod borrow_file;
 pub mod ctx;
 pub mod error;
 pub mod extract;
@@ -47,4 +49,5 @@ pub fn register(engine: &mut rhai::Engine, ctx: &Ctx) {
     mirror::register(engine, ctx);
     require_arch::register(engine, ctx);
     read_asset::register(engine, ctx);
+    borrow_file::register(engine, ctx);
 }

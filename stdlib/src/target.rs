@@ -192,6 +192,12 @@ pub trait Target: Send + Sync {
         None
     }
 
+    /// Paths put in place for the build only and given back at its end
+    /// (`borrow_file`); `None` when this target never gives anything back.
+    fn borrowed(&self) -> Option<&crate::borrow::Borrowed> {
+        None
+    }
+
     /// True when commands are recorded instead of run (their stdout is always
     /// empty), so a primitive must not read their output as evidence.
     fn records_only(&self) -> bool {

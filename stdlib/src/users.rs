@@ -163,11 +163,12 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), UserError> {
 }
 
 fn check_id(id_kind: &'static str, id: Option<i64>) -> Result<Option<u32>, UserError> {
-    // (uid_t)-1 means "no change" to chown(2), so it can never be an account id.
+    // (uid_t)-1 and (uint16_t)-1 mean "no change" to chown(2), so they can
+    // never be account ids.
     id.map(|n| {
         u32::try_from(n)
             .ok()
-            .filter(|n| *n != u32::MAX)
+            .filter(|n| crate::owner::is_valid_id(*n))
             .ok_or(UserError::IdRange { id_kind, id: n })
     })
     .transpose()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::error::Reported;
+use crate::error::{Interrupted, Reported, UsageError};
 use crate::vm::{self, Accel, BootOptions, Firmware, KernelChoice};
 
 /// Arguments of `pgimg boot`.
@@ -76,7 +76,16 @@ pub fn boot(args: &BootArgs) -> anyhow::Result<()> {
     match vm::boot(&args.image, &args.options()) {
         Ok(0) => Ok(()),
         Ok(code) => Err(Reported { code }.into()),
-        Err(e) => Err(super::verify::classify(e))
-            .with_context(|| format!("booting {}", args.image.display())),
+        Err(e) => Err(classify(e)).with_context(|| format!("booting {}", args.image.display())),
+    }
+}
+
+/// The error as `main` maps it: a bad checks file is a usage error (2), an
+/// interruption exits 130, anything else 1.
+pub fn classify(e: vm::VmError) -> anyhow::Error {
+    match e {
+        vm::VmError::Checks { .. } => UsageError(e.to_string()).into(),
+        vm::VmError::Interrupted => Interrupted(anyhow::Error::new(e)).into(),
+        other => other.into(),
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::boot::BootArgs;
-use crate::error::{Interrupted, Reported, UsageError, EXIT_FAILED};
+use super::boot::{classify, BootArgs};
+use crate::error::{Reported, UsageError, EXIT_FAILED};
 use crate::vm::{self, VerifyOptions};
 
 /// Arguments of `pgimg verify`.
@@ -99,15 +99,5 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(Reported { code: EXIT_FAILED }.into())
-    }
-}
-
-/// The error as `main` maps it: a bad checks file is a usage error (2), an
-/// interruption exits 130, anything else 1.
-pub fn classify(e: vm::VmError) -> anyhow::Error {
-    match e {
-        vm::VmError::Checks { .. } => UsageError(e.to_string()).into(),
-        vm::VmError::Interrupted => Interrupted(anyhow::Error::new(e)).into(),
-        other => other.into(),
     }
 }
