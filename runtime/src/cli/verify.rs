@@ -69,15 +69,22 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         timeout: Duration::from_secs(args.timeout),
     };
     let image = &args.boot.image;
-    let report = vm::verify(image, &opts, &|line| eprintln!("pgimg verify: {line}"))
-        .map_err(classify)
-        .with_context(|| format!("verifying {}", image.display()))?;
-    for check in &report.checks {
+    // Each check is printed as it completes: a flavor's checks can take
+    // minutes under TCG.
+    let print: vm::checks::OnCheck = std::sync::Arc::new(|check: &vm::checks::CheckResult| {
         println!("{} {}", if check.ok { "ok  " } else { "FAIL" }, check.name);
         for line in check.detail.lines() {
             println!("       {line}");
         }
-    }
+    });
+    let report = vm::verify(
+        image,
+        &opts,
+        &|line| eprintln!("pgimg verify: {line}"),
+        print,
+    )
+    .map_err(classify)
+    .with_context(|| format!("verifying {}", image.display()))?;
     for note in &report.notes {
         println!("note {note}");
     }

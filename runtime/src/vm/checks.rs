@@ -38,8 +38,12 @@ impl std::fmt::Display for Sh {
     }
 }
 
+/// Called with each check as it completes (e.g. to print it at once).
+pub type OnCheck = Arc<dyn Fn(&CheckResult) + Send + Sync>;
+
 struct State {
     agent: Arc<Mutex<Agent>>,
+    on_check: OnCheck,
     deadline: Instant,
     results: Vec<CheckResult>,
     notes: Vec<String>,
@@ -66,7 +70,10 @@ fn run_sh(state: &Shared, cmd: &str, pos: Position) -> Result<Sh, Box<EvalAltRes
 }
 
 fn record(state: &Shared, name: String, ok: bool, detail: String) -> bool {
-    lock(state).results.push(CheckResult { name, ok, detail });
+    let result = CheckResult { name, ok, detail };
+    let mut s = lock(state);
+    (s.on_check)(&result);
+    s.results.push(result);
     ok
 }
 
@@ -205,6 +212,7 @@ pub fn run_file(
     path: &Path,
     agent: Arc<Mutex<Agent>>,
     deadline: Instant,
+    on_check: OnCheck,
 ) -> Result<(Vec<CheckResult>, Vec<String>), VmError> {
     let source = std::fs::read_to_string(path).map_err(|e| VmError::Checks {
         path: path.to_path_buf(),
@@ -212,6 +220,7 @@ pub fn run_file(
     })?;
     let state: Shared = Arc::new(Mutex::new(State {
         agent,
+        on_check,
         deadline,
         results: Vec::new(),
         notes: Vec::new(),
@@ -226,11 +235,13 @@ pub fn run_file(
     if let Err(e) = outcome {
         let pos = e.position();
         let (line, col) = (pos.line().unwrap_or(0), pos.position().unwrap_or(0));
-        s.results.push(CheckResult {
+        let result = CheckResult {
             name: format!("{}:{line}:{col}", path.display()),
             ok: false,
             detail: e.to_string(),
-        });
+        };
+        (s.on_check)(&result);
+        s.results.push(result);
     }
     Ok((std::mem::take(&mut s.results), std::mem::take(&mut s.notes)))
 }

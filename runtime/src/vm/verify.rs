@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::agent::Agent;
-use super::checks::{self, CheckResult};
+use super::checks::{self, CheckResult, OnCheck};
 use super::machine::{self, BootOptions};
 use super::qemu::KillOnDrop;
 use super::VmError;
@@ -95,7 +95,13 @@ fn console_tail(log: &Path, n: usize) -> String {
 
 /// Boots `image`, runs the built-in checks and the checks file, powers off.
 /// `log` receives progress lines (how the machine boots, waiting, timings).
-pub fn verify(image: &Path, opts: &VerifyOptions, log: &dyn Fn(&str)) -> Result<Report, VmError> {
+/// `on_check` receives each check as it completes.
+pub fn verify(
+    image: &Path,
+    opts: &VerifyOptions,
+    log: &dyn Fn(&str),
+    on_check: OnCheck,
+) -> Result<Report, VmError> {
     let checks_file = match &opts.checks {
         Some(p) => Some(p.clone()),
         None if opts.no_recipe_checks => None,
@@ -155,11 +161,15 @@ pub fn verify(image: &Path, opts: &VerifyOptions, log: &dyn Fn(&str)) -> Result<
         if !qemu_err.trim().is_empty() {
             detail.push_str(&format!("\nqemu: {}", qemu_err.trim()));
         }
-        report.checks.push(CheckResult {
-            name: "boot reaches multi-user.target".to_string(),
-            ok: false,
-            detail,
-        });
+        push(
+            report,
+            &on_check,
+            CheckResult {
+                name: "boot reaches multi-user.target".to_string(),
+                ok: false,
+                detail,
+            },
+        );
         report.console_tail = Some(console_tail(&console, 40));
     };
 
@@ -196,6 +206,7 @@ pub fn verify(image: &Path, opts: &VerifyOptions, log: &dyn Fn(&str)) -> Result<
     }
     let agent = Arc::new(Mutex::new(agent));
     if let Err(e) = checks_inside(
+        &on_check,
         &agent,
         started,
         deadline,
@@ -204,11 +215,15 @@ pub fn verify(image: &Path, opts: &VerifyOptions, log: &dyn Fn(&str)) -> Result<
     ) {
         // The guest stopped answering (hung unit, crash, deadline): a failed
         // check with the console's last lines, not an error without them.
-        report.checks.push(CheckResult {
-            name: "the guest answers the checks".to_string(),
-            ok: false,
-            detail: e.to_string(),
-        });
+        push(
+            &mut report,
+            &on_check,
+            CheckResult {
+                name: "the guest answers the checks".to_string(),
+                ok: false,
+                detail: e.to_string(),
+            },
+        );
         report.console_tail = Some(console_tail(&console, 40));
     }
 
@@ -228,8 +243,15 @@ pub fn verify(image: &Path, opts: &VerifyOptions, log: &dyn Fn(&str)) -> Result<
     Ok(report)
 }
 
+/// Records `result` in `report` and hands it to `on_check`.
+fn push(report: &mut Report, on_check: &OnCheck, result: CheckResult) {
+    on_check(&result);
+    report.checks.push(result);
+}
+
 /// The built-in checks and the checks file, over the agent.
 fn checks_inside(
+    on_check: &OnCheck,
     agent: &Arc<Mutex<Agent>>,
     started: Instant,
     deadline: Instant,
@@ -260,17 +282,25 @@ fn checks_inside(
     if reached {
         let seconds = answered - (uptime - entered_us / 1e6);
         report.multi_user_seconds = Some(seconds);
-        report.checks.push(CheckResult {
-            name: format!("multi-user.target reached ({seconds:.1} s from power-on)"),
-            ok: true,
-            detail: String::new(),
-        });
+        push(
+            report,
+            on_check,
+            CheckResult {
+                name: format!("multi-user.target reached ({seconds:.1} s from power-on)"),
+                ok: true,
+                detail: String::new(),
+            },
+        );
     } else {
-        report.checks.push(CheckResult {
-            name: "multi-user.target reached".to_string(),
-            ok: false,
-            detail: format!("system state: {}", state.out.trim()),
-        });
+        push(
+            report,
+            on_check,
+            CheckResult {
+                name: "multi-user.target reached".to_string(),
+                ok: false,
+                detail: format!("system state: {}", state.out.trim()),
+            },
+        );
     }
 
     // Built-in: no failed units; each failure named, with its journal tail.
@@ -291,18 +321,22 @@ fn checks_inside(
             journal.out.trim_end()
         ));
     }
-    report.checks.push(CheckResult {
-        name: if units.is_empty() {
-            "no failed units".to_string()
-        } else {
-            format!("no failed units: failed: {}", units.join(", "))
+    push(
+        report,
+        on_check,
+        CheckResult {
+            name: if units.is_empty() {
+                "no failed units".to_string()
+            } else {
+                format!("no failed units: failed: {}", units.join(", "))
+            },
+            ok: units.is_empty(),
+            detail: detail.trim_end().to_string(),
         },
-        ok: units.is_empty(),
-        detail: detail.trim_end().to_string(),
-    });
+    );
 
     if let Some(file) = checks_file {
-        let (results, notes) = checks::run_file(file, agent.clone(), deadline)?;
+        let (results, notes) = checks::run_file(file, agent.clone(), deadline, on_check.clone())?;
         report.checks.extend(results);
         report.notes = notes;
     }
