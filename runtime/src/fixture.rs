@@ -78,7 +78,7 @@ pub fn checksum_path(image: &Path) -> PathBuf {
 }
 
 /// Writes straight to the stderr fd: libtest captures `eprintln!` of passing
-/// tests, and a minute-long build must be seen.
+/// tests, and a build of minutes must be seen.
 fn loud(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
 }
@@ -122,7 +122,7 @@ pub fn base_image() -> Result<PathBuf, FixtureError> {
     let script = dir.join(format!("build-base-image-{}.sh", script_key()));
     std::fs::write(&script, SCRIPT).map_err(io("writing", &script))?;
     loud(&format!(
-        "===== building the fixture base image {} (about a minute, once; cached in {}) =====",
+        "===== building the fixture base image {} (a few minutes, once: debootstrap, kernel, GRUB; cached in {}) =====",
         image.display(),
         dir.display()
     ));
