@@ -173,10 +173,4 @@ pub trait Target: Send + Sync {
     fn cache_dir(&self, _name: &str) -> Option<PathBuf> {
         None
     }
-
-    /// True when commands are recorded instead of run (their stdout is always
-    /// empty), so a primitive must not read their output as evidence.
-    fn records_only(&self) -> bool {
-        false
-    }
 }
