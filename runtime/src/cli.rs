@@ -421,7 +421,8 @@ pub fn test(paths: &[PathBuf]) -> i32 {
 /// `pgimg defs`: the primitives' signatures and doc comments for editors.
 pub fn defs(output: Option<&Path>) -> i32 {
     let ctx = Ctx::new(Arc::new(FakeTarget::ubuntu()));
-    let engine = build_engine(&ctx, &Limits::default());
+    let mut engine = build_engine(&ctx, &Limits::default());
+    crate::testing::register_test_api(&mut engine);
     let text = engine
         .definitions()
         .include_standard_packages(false)

@@ -10,7 +10,6 @@ use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::files::image_path;
 use crate::rhai_fns;
-use crate::root::Attrs;
 use crate::run::command;
 use crate::source::{with_build_dir, Source};
 use crate::target::Command;
@@ -283,7 +282,7 @@ mod tests {
                 root.write(
                     format!("{cwd}/{}", cmd.argv[4]),
                     b"\x7fELF",
-                    Attrs::mode(0o644),
+                    crate::root::Attrs::mode(0o644),
                 )
                 .unwrap();
             }
