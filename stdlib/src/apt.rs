@@ -661,11 +661,11 @@ libfoo:arm64:
         );
         // A `lock` that was there before is not apt's to drop here.
         t.root()
-            .write(&format!("{dest}/lock"), b"", Attrs::default())
+            .write(format!("{dest}/lock"), b"", Attrs::default())
             .unwrap();
         apt_download(&c, &loc(), &names(&["pgbouncer"]), dest, &opts).unwrap();
-        assert!(t.root().exists(&format!("{dest}/lock")));
-        assert!(!t.root().exists(&format!("{dest}/partial")));
+        assert!(t.root().exists(format!("{dest}/lock")));
+        assert!(!t.root().exists(format!("{dest}/partial")));
     }
 
     #[test]

@@ -177,7 +177,7 @@ rhai_fns! { pub(crate) fn register;
     /// The value takes the type of `default` (string, integer, float or bool).
     query param(name: Str, default: Dynamic) |c, _| param_or(c, &name, default);
     /// Writes a line to the build log (and shows it in the plan).
-    action log(msg: Str) |c, loc| Ok(c.log(loc, &msg));
+    action log(msg: Str) |c, loc| { c.log(loc, &msg); Ok(()) };
 }
 
 #[cfg(test)]

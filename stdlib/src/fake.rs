@@ -226,14 +226,14 @@ impl FakeTarget {
                 }
                 Ok(String::new())
             }
-            ["git", "rev-parse", .., "HEAD"] => Ok(self.root.read_string(&at(".git/HEAD"))?),
+            ["git", "rev-parse", .., "HEAD"] => Ok(self.root.read_string(at(".git/HEAD"))?),
             ["go", "build", .., "-o", out, _] => {
                 self.root.write(at(out), b"", Attrs::mode(0o755))?;
                 Ok(String::new())
             }
             ["install", "-D", "-m", mode, src, dest] => {
                 let mode = u32::from_str_radix(mode, 8).unwrap_or(0o755);
-                let bytes = self.root.read(&at(src)).unwrap_or_default();
+                let bytes = self.root.read(at(src)).unwrap_or_default();
                 self.root.write(at(dest), &bytes, Attrs::mode(mode))?;
                 Ok(String::new())
             }
