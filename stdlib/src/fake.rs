@@ -273,11 +273,6 @@ impl Target for FakeTarget {
         Some(&self.borrowed)
     }
 
-    /// Still read by go_build, pgxs_build and keep_git sources (see the report on issue 13).
-    fn records_only(&self) -> bool {
-        true
-    }
-
     fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), FsError> {
         self.root.stat(path)?;
         self.owners

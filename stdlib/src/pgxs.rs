@@ -107,8 +107,7 @@ pub fn pgxs_build(ctx: &Ctx, loc: &Loc, opts: PgxsOpts) -> Result<()> {
         for v in &versions {
             let per_version = |e: Error| Error::invalid(format!("PostgreSQL {v}: {e}"));
             let config = pg_config(v);
-            // On a recording target no PostgreSQL was installed.
-            if !ctx.target.records_only() && !ctx.target.root().exists(&config) {
+            if !ctx.target.root().exists(&config) {
                 return Err(per_version(Error::invalid(format!(
                     "{config} is not in the image; install postgresql-server-dev-{v} first"
                 ))));
@@ -204,12 +203,27 @@ mod tests {
     fn builds_installs_and_cleans_per_version() {
         let t = Arc::new(FakeTarget::ubuntu());
         let c = Ctx::new(t.clone());
+        // The fake answers apt as the image would: the dev package brings pg_config.
+        crate::apt::apt_install(
+            &c,
+            &loc(),
+            &[
+                "postgresql-server-dev-16".into(),
+                "postgresql-server-dev-17".into(),
+            ],
+            &Default::default(),
+        )
+        .unwrap();
+        let skip = t.commands().len();
         let opts = PgxsOpts {
             make_args: Some(Dynamic::from("with_llvm=no")),
             ..pguint(Dynamic::from("16,17"))
         };
         pgxs_build(&c, &loc(), opts).unwrap();
-        let shown: Vec<String> = t.commands().iter().map(ToString::to_string).collect();
+        let shown: Vec<String> = t.commands()[skip..]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let mut want = Vec::new();
         for v in ["16", "17"] {
             for step in ["", " install", " clean"] {
@@ -219,8 +233,7 @@ mod tests {
             }
         }
         assert_eq!(shown, want);
-        assert!(t
-            .commands()
+        assert!(t.commands()[skip..]
             .iter()
             .all(|c| c.label == "r.rhai:7:1" && c.timeout.is_some()));
         assert!(!t.root().exists(DIR));
@@ -243,6 +256,13 @@ mod tests {
             .unwrap(),
         );
         let c = Ctx::new(t.clone());
+        t.root()
+            .write(
+                "/usr/lib/postgresql/16/bin/pg_config",
+                b"",
+                crate::root::Attrs::mode(0o755),
+            )
+            .unwrap();
         let opts = PgxsOpts {
             keep_git: Some(true),
             ..pguint(Dynamic::from(16_i64))

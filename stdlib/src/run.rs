@@ -148,6 +148,24 @@ pub(crate) mod scripted {
         }
     }
 
+    /// `install -D -m MODE SRC DEST` as coreutils does it, failing on a missing SRC.
+    pub fn install(root: &ImageRoot, cmd: &Command) -> Result<Output, CommandError> {
+        let [_, _, _, mode, src, dest] = &cmd.argv[..] else {
+            panic!("unexpected {cmd}");
+        };
+        let Ok(bytes) = root.read(src) else {
+            return Err(CommandError::Failed {
+                command: cmd.to_string(),
+                status: "exit status: 1".into(),
+                stderr_tail: format!("install: cannot stat '{src}': No such file or directory"),
+            });
+        };
+        let mode = u32::from_str_radix(mode, 8).unwrap();
+        root.write(dest, &bytes, crate::root::Attrs::mode(mode))
+            .unwrap();
+        Ok(Output::default())
+    }
+
     impl Target for Scripted {
         fn root(&self) -> &ImageRoot {
             self.fake.root()

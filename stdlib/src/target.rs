@@ -179,10 +179,4 @@ pub trait Target: Send + Sync {
     fn borrowed(&self) -> Option<&crate::borrow::Borrowed> {
         None
     }
-
-    /// True when commands are recorded instead of run (their stdout is always
-    /// empty), so a primitive must not read their output as evidence.
-    fn records_only(&self) -> bool {
-        false
-    }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::{normalize_commit, FetchError, FetchLog};
-use crate::target::tail;
+use crate::shared::tail;
 
 const STDERR_TAIL: usize = 2048;
 
