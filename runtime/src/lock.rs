@@ -299,6 +299,7 @@ fetch_verify(#{
 if arch() == "amd64" {
     fetch_verify(#{ url: `${rel}/acme/ext/releases/download/v2/ext_2_amd64.deb`, sha256_from: "lock", dest: "/var/cache/ext/" });
 }
+apt_install(["postgresql-server-dev-16"]);
 pgxs_build(#{ git: `${mirror("github", "https://github.com")}/petere/pguint.git`, rev: "4bd044aa80bccba7c6021ddef266ef75a45a27a2", pg_versions: [16] });
 "#;
 
