@@ -1205,12 +1205,8 @@ fn per_command_caches_are_bound_for_that_command_only() {
         Err(CommandError::Spawn { .. })
     ));
     let (rootfs, _cache) = sb.teardown();
-    assert_eq!(
-        fs::read_dir(rootfs.join("/root/.cache/go-build"))
-            .unwrap()
-            .count(),
-        0
-    );
+    // The mount point pgimg made for the cache is borrowed: it goes again.
+    assert!(!rootfs.join("/root/.cache").exists());
 }
 
 // ---------------------------------------------------------------------------
