@@ -407,7 +407,9 @@ mod tests {
 
     const P: &str = "/etc/apt/sources.list";
 
-    fn seeds() -> Vec<(&'static str, Box<dyn Fn(&ImageRoot)>)> {
+    type Seed = Box<dyn Fn(&ImageRoot)>;
+
+    fn seeds() -> Vec<(&'static str, Seed)> {
         vec![
             ("absent", Box::new(|_| {})),
             (
