@@ -95,10 +95,23 @@ struct Ours {
 }
 
 #[derive(Debug)]
-struct Entry {
-    path: String,
-    original: Saved,
-    ours: Ours,
+enum Entry {
+    /// A file or link pgimg put in place of `original`.
+    Path {
+        path: String,
+        original: Saved,
+        ours: Ours,
+    },
+    /// A directory pgimg created where nothing was (a mount point).
+    Dir { path: String, dev: u64, ino: u64 },
+}
+
+impl Entry {
+    fn path(&self) -> &str {
+        match self {
+            Entry::Path { path, .. } | Entry::Dir { path, .. } => path,
+        }
+    }
 }
 
 /// The borrowed paths of one build, given back by [`Borrowed::give_back`].
@@ -148,24 +161,65 @@ impl Borrowed {
         write: impl FnOnce(&ImageRoot) -> std::result::Result<(), FsError>,
     ) -> std::result::Result<(), FsError> {
         let mut entries = self.entries.lock().unwrap();
-        let known = entries.iter().position(|e| e.path == path);
+        let known = entries
+            .iter()
+            .position(|e| matches!(e, Entry::Path { path: p, .. } if p == path));
         // Borrowing twice keeps the first original: the image's own.
-        let original = match known {
-            Some(i) => entries[i].original.clone(),
-            None => Saved::capture(root, path)?,
+        let original = match known.map(|i| &entries[i]) {
+            Some(Entry::Path { original, .. }) => original.clone(),
+            _ => Saved::capture(root, path)?,
         };
         // Remove first: a link must not be written through, and `write` keeps
         // the mode and owner of a file already there.
         root.remove(path)?;
         write(root)?;
         let ours = identity(root, path)?;
-        match known {
-            Some(i) => entries[i].ours = ours,
-            None => entries.push(Entry {
+        match known.map(|i| &mut entries[i]) {
+            Some(Entry::Path { ours: o, .. }) => *o = ours,
+            _ => entries.push(Entry::Path {
                 path: path.to_string(),
                 original,
                 ours,
             }),
+        }
+        Ok(())
+    }
+
+    /// Creates the directory `path` (the last one with `mode`) and its missing
+    /// parents for the build, as a mount point needs. At the end each one
+    /// pgimg created goes again if it is still that same, empty directory;
+    /// one the build put something in stays.
+    pub fn put_dir(
+        &self,
+        root: &ImageRoot,
+        path: &str,
+        mode: u32,
+    ) -> std::result::Result<(), FsError> {
+        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        if parts.iter().any(|c| *c == "." || *c == "..") {
+            // Not worth tracking: created like `mkdir -p`, and kept.
+            return root.mkdir_all(path, Attrs::mode(mode));
+        }
+        let mut entries = self.entries.lock().unwrap();
+        let mut prefix = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            prefix.push('/');
+            prefix.push_str(part);
+            if root.exists(&prefix) {
+                continue;
+            }
+            let m = if i + 1 == parts.len() { mode } else { 0o755 };
+            root.mkdir_all(&prefix, Attrs::mode(m))?;
+            let meta =
+                std::fs::symlink_metadata(host_path(root, &prefix)?).map_err(|e| FsError::Io {
+                    path: prefix.clone(),
+                    source: e,
+                })?;
+            entries.push(Entry::Dir {
+                path: prefix.clone(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            });
         }
         Ok(())
     }
@@ -176,7 +230,7 @@ impl Borrowed {
             .lock()
             .unwrap()
             .iter()
-            .map(|e| e.path.clone())
+            .map(|e| e.path().to_string())
             .collect()
     }
 
@@ -188,20 +242,46 @@ impl Borrowed {
         let mut outcomes = Vec::new();
         let mut first_error = None;
         for e in entries.into_iter().rev() {
-            let untouched = match identity(root, &e.path) {
-                Ok(now) => now == e.ours,
+            let (path, original, ours) = match e {
+                Entry::Path {
+                    path,
+                    original,
+                    ours,
+                } => (path, original, ours),
+                Entry::Dir { path, dev, ino } => {
+                    let same = host_path(root, &path)
+                        .and_then(|p| {
+                            std::fs::symlink_metadata(p).map_err(|e| FsError::Io {
+                                path: path.clone(),
+                                source: e,
+                            })
+                        })
+                        .is_ok_and(|m| m.is_dir() && m.dev() == dev && m.ino() == ino);
+                    if same && root.read_dir(&path).is_ok_and(|names| names.is_empty()) {
+                        match root.remove(&path) {
+                            Ok(_) => outcomes.push(Outcome::Restored(path)),
+                            Err(err) => {
+                                first_error.get_or_insert(err);
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            let untouched = match identity(root, &path) {
+                Ok(now) => now == ours,
                 // Gone, or a directory now: the recipe's doing either way.
                 Err(_) => false,
             };
             if untouched {
-                match e.original.restore(root, &e.path) {
-                    Ok(()) => outcomes.push(Outcome::Restored(e.path)),
+                match original.restore(root, &path) {
+                    Ok(()) => outcomes.push(Outcome::Restored(path)),
                     Err(err) => {
                         first_error.get_or_insert(err);
                     }
                 }
             } else {
-                outcomes.push(Outcome::KeptTheBuilds(e.path));
+                outcomes.push(Outcome::KeptTheBuilds(path));
             }
         }
         match first_error {
@@ -385,6 +465,22 @@ mod tests {
         assert_eq!(r.kind("/usr/sbin/policy-rc.d"), Some(FileKind::Symlink));
         b.give_back(&r).unwrap();
         assert_eq!(Saved::capture(&r, "/usr/sbin/policy-rc.d").unwrap(), before);
+    }
+
+    /// Mount points pgimg made go again when empty; one the build filled stays.
+    #[test]
+    fn directories_pgimg_created_go_when_left_empty() {
+        let (_d, r) = root();
+        r.mkdir_all("/root", Attrs::mode(0o700)).unwrap();
+        let b = Borrowed::default();
+        b.put_dir(&r, "/root/.cache/go-build", 0o755).unwrap();
+        b.put_dir(&r, "/var/cache/apt/archives", 0o755).unwrap();
+        r.write("/var/cache/apt/archives/lock", b"", Attrs::default())
+            .unwrap();
+        b.give_back(&r).unwrap();
+        assert!(!r.exists("/root/.cache"));
+        assert_eq!(r.kind("/root"), Some(FileKind::Dir));
+        assert!(r.exists("/var/cache/apt/archives/lock"));
     }
 
     #[test]

@@ -212,6 +212,14 @@ impl ChrootTarget {
         let mut st = self.state.lock().unwrap();
         let root = &self.root;
         let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        // Mount points an unusual image lacks are borrowed too: they go again.
+        for dir in ["/dev", "/sys", "/run"] {
+            if root.kind(dir).is_none() {
+                self.borrowed
+                    .put_dir(root, dir, 0o755)
+                    .map_err(file_err(format!("creating {dir}")))?;
+            }
+        }
         st.mounts.push(Mount::in_root(
             root,
             "/dev",
@@ -262,12 +270,14 @@ impl ChrootTarget {
         root.mkdir_all("/run/lock", Attrs::mode(0o1777))
             .map_err(file_err("creating /run/lock"))?;
         // Each command mounts its own /proc here.
-        if !root.exists("/proc") {
-            root.mkdir_all("/proc", Attrs::mode(0o555))
-                .map_err(file_err("creating /proc"))?;
-        }
+        self.borrowed
+            .put_dir(root, "/proc", 0o555)
+            .map_err(file_err("creating /proc"))?;
         if let Some(host) = self.cache_dir(APT_ARCHIVES_CACHE) {
             prepare_apt_cache(&host)?;
+            self.borrowed
+                .put_dir(root, APT_ARCHIVES, 0o755)
+                .map_err(file_err(format!("creating {APT_ARCHIVES}")))?;
             st.apt_cache = Some(Mount::bind_in_root(
                 root,
                 &host,
@@ -387,8 +397,8 @@ impl ChrootTarget {
         m.map_or(Ok(()), Mount::close)
     }
 
-    /// Restores `/etc/resolv.conf`, then `policy-rc.d`, then unmounts
-    /// everything, newest first. Does every step even when one fails and
+    /// Unmounts everything, newest first, then gives back the borrowed paths
+    /// (resolv.conf, policy-rc.d, `borrow_file`s, mount points pgimg created). Does every step even when one fails and
     /// returns the first failure. Idempotent; `Drop` calls it too.
     pub fn teardown(&self) -> Result<(), SetupError> {
         let mut st = self.state.lock().unwrap();
@@ -397,6 +407,15 @@ impl ChrootTarget {
         }
         st.torn_down = true;
         let mut errors: Vec<SetupError> = Vec::new();
+        if let Some(m) = st.apt_cache.take() {
+            if let Err(e) = m.close() {
+                errors.push(e.into());
+            }
+        }
+        if let Err(e) = std::mem::take(&mut st.mounts).close() {
+            errors.push(e.into());
+        }
+        // After the unmounts: a mount point pgimg created is empty only then.
         match self.borrowed.give_back(&self.root) {
             Ok(outcomes) => {
                 for o in outcomes {
@@ -408,14 +427,6 @@ impl ChrootTarget {
                 }
             }
             Err(e) => errors.push(file_err("giving back the paths borrowed for the build")(e)),
-        }
-        if let Some(m) = st.apt_cache.take() {
-            if let Err(e) = m.close() {
-                errors.push(e.into());
-            }
-        }
-        if let Err(e) = std::mem::take(&mut st.mounts).close() {
-            errors.push(e.into());
         }
         let mut errors = errors.into_iter();
         let first = errors.next();
@@ -468,8 +479,8 @@ impl ChrootTarget {
                     ))
                 }
                 Err(e) if e.is_not_found() => self
-                    .root
-                    .mkdir_all(in_image, Attrs::default())
+                    .borrowed
+                    .put_dir(&self.root, in_image, 0o755)
                     .map_err(|e| format!("cache `{name}`: creating {e}"))?,
                 Err(e) => return Err(format!("cache `{name}`: {e}")),
             }
