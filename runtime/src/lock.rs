@@ -98,7 +98,16 @@ pub fn load_for(recipe: &Path) -> Result<Lock, String> {
             display_path(recipe)
         ));
     }
-    Lock::load(&path).map_err(|e| e.to_string())
+    load_inside(&path)
+}
+
+/// Reads a lock file that must really be in its recipe's folder: a
+/// `pgimg.lock` linking out of it (to some host file) is refused.
+fn load_inside(path: &Path) -> Result<Lock, String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    pgimg_stdlib::ctx::beneath(dir.unwrap_or(Path::new(".")), LOCK_FILE, "lock file")
+        .map_err(|e| format!("{}: {e}", display_path(path)))?;
+    Lock::load(path).map_err(|e| e.to_string())
 }
 
 /// What `pgimg lock` did.
@@ -166,7 +175,7 @@ pub fn lock_with(
         ));
     }
     let mut lock = if path.exists() {
-        Lock::load(&path).map_err(|e| e.to_string())?
+        load_inside(&path)?
     } else {
         Lock::default()
     };
