@@ -407,3 +407,75 @@ fn asset_links_that_stay_inside_the_assets_folder_are_followed() {
     r.unwrap();
     assert_eq!(log, "inside\n");
 }
+
+// ---- other recipe-supplied host paths: lock file, test API paths ----
+
+#[test]
+fn lock_file_linking_out_of_the_recipe_folder_is_refused() {
+    let d = recipe_dir(&[
+        (
+            "host/credentials",
+            "url https://x sha256:00 aws_secret=HOST-SECRET-a1b2c3\n",
+        ),
+        ("recipes/r.rhai", "\n"),
+    ]);
+    std::os::unix::fs::symlink(
+        d.path().join("host/credentials"),
+        d.path().join("recipes/pgimg.lock"),
+    )
+    .unwrap();
+    let err = pgimg::lock::load_for(&d.path().join("recipes/r.rhai"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("leads out of"), "{err}");
+    assert!(!err.contains("HOST-SECRET"), "{err}");
+}
+
+/// Runs a test file; returns its first failure.
+fn test_file_error(dir: &Path, text: &str) -> String {
+    let file = dir.join("recipes/x.test.rhai");
+    std::fs::write(&file, text).unwrap();
+    let results = pgimg::testing::run_test_file(&file);
+    results
+        .into_iter()
+        .find_map(|r| r.error)
+        .expect("the test file must fail")
+}
+
+#[test]
+fn test_api_paths_stay_inside_the_test_files_folder() {
+    let d = recipe_dir(&[
+        ("host/secret", "HOST-SECRET-a1b2c3\n"),
+        ("host/assets/leak.txt", "HOST-SECRET-a1b2c3\n"),
+        ("host/r.rhai", "log(\"outside\");\n"),
+        ("recipes/r.rhai", "log(read_asset(\"leak.txt\"));\n"),
+    ]);
+    std::os::unix::fs::symlink(
+        d.path().join("host/secret"),
+        d.path().join("recipes/fixture-link"),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "fake_rootfs(#{ fixtures: #{ \"http://127.0.0.1:1/f\": \"fixture-link\" } });",
+            "fixture `fixture-link` leads out of",
+        ),
+        (
+            "fake_rootfs(#{ fixtures: #{ \"http://127.0.0.1:1/f\": \"../host/secret\" } });",
+            "fixture `../host/secret` must be a relative path inside",
+        ),
+        (
+            "let t = fake_rootfs(#{ assets: [\"../host/assets\"] }); t.run(\"r.rhai\");",
+            "asset folder `../host/assets` must be a relative path inside",
+        ),
+        (
+            "let t = fake_rootfs(#{}); t.run(\"../host/r.rhai\");",
+            "recipe `../host/r.rhai` must be a relative path inside",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = test_file_error(d.path(), text);
+        assert!(err.contains(want), "{text}: {err}");
+        assert!(!err.contains("HOST-SECRET"), "{err}");
+    }
+}

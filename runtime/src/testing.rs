@@ -60,12 +60,17 @@ impl FakeRoot {
             codename: o.codename.unwrap_or(d.codename),
             arch: o.arch.unwrap_or(d.arch),
         };
+        // Paths a test file names stay inside its folder (no `..`, no link out).
+        let inside = |rel: &str, what: &str| {
+            pgimg_stdlib::ctx::beneath(base_dir, rel, what)
+                .map_err(|e| err(format!("fake_rootfs: {e}")))
+        };
         let fixtures = o
             .fixtures
             .unwrap_or_default()
             .into_iter()
-            .map(|(url, p)| (url, base_dir.join(p)))
-            .collect();
+            .map(|(url, p)| Ok((url, inside(&p, "fixture")?)))
+            .collect::<Result<_, Box<EvalAltResult>>>()?;
         let target = FakeTarget::new(&os, Box::new(RecordingFetcher::new(fixtures)))
             .map_err(|e| err(format!("fake_rootfs: {e}")))?;
         Ok(FakeRoot {
@@ -76,15 +81,17 @@ impl FakeRoot {
                 .assets
                 .unwrap_or_default()
                 .iter()
-                .map(|a| base_dir.join(a))
-                .collect(),
+                .map(|a| inside(a, "asset folder"))
+                .collect::<Result<_, _>>()?,
             mirrors: o.mirrors.unwrap_or_default(),
             log: Arc::default(),
         })
     }
 
     fn run(&self, recipe: &str, params: Map) -> Result<(), Box<EvalAltResult>> {
-        let path = engine::normalize(&self.base_dir.join(recipe));
+        let path = pgimg_stdlib::ctx::beneath(&self.base_dir, recipe, "recipe")
+            .map_err(|e| err(format!("run: {e}")))?;
+        let path = engine::normalize(&path);
         let params = params
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

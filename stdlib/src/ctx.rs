@@ -199,8 +199,20 @@ pub fn beneath(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Error> {
         .map_err(|e| Error::Invalid(format!("{what} `{rel}`: {}: {e}", dir.display())))?;
     // Every link on the way, the last component's too, is followed: what the
     // primitives finally open must be inside.
-    let real = std::fs::canonicalize(&path)
-        .map_err(|e| Error::Invalid(format!("{what} `{rel}`: {}: {e}", path.display())))?;
+    let real = match std::fs::canonicalize(&path) {
+        Ok(real) => real,
+        // Nothing there, not even a dangling link: nothing can be read through
+        // it, and the caller reports the missing file when it needs it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.symlink_metadata().is_err() => {
+            return Ok(path)
+        }
+        Err(e) => {
+            return Err(Error::Invalid(format!(
+                "{what} `{rel}`: {}: {e}",
+                path.display()
+            )))
+        }
+    };
     if !real.starts_with(&base) {
         return Err(Error::Invalid(format!(
             "{what} `{rel}` leads out of {} through a symbolic link; \
