@@ -183,7 +183,9 @@ rhai_fns! { fn test_api;
     /// relative paths are taken from the test file's folder.
     function fake_rootfs([opts]) |nctx, _| {
         let file = Path::new(nctx.call_source().unwrap_or_default());
-        FakeRoot::new(file.parent().unwrap_or(Path::new(".")), opts)
+        // A test file named without a folder (`r.test.rhai`) has the empty path as parent.
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        FakeRoot::new(dir.unwrap_or(Path::new(".")), opts)
     };
     /// Runs a recipe (relative to the test file's folder) on the fake root; `params` as `--set`.
     function run(t: FakeRoot, recipe: Str, [params]) |_, _| t.run(&recipe, params);

@@ -147,7 +147,7 @@ fn refuse_existing(dst: &Path) -> Result<(), ConvertError> {
 }
 
 /// Converts `src` (of `format`, never probed again) to a sparse raw file
-/// `dst`; qemu-img skips zero runs, so unallocated clusters stay holes.
+/// `dst`, every block written (`-S 0`): the finalize stage's fstrim returns free space as holes.
 pub fn to_raw(src: &Path, format: &Format, dst: &Path) -> Result<(), ConvertError> {
     refuse_existing(dst)?;
     tool::run_ok([
@@ -157,6 +157,11 @@ pub fn to_raw(src: &Path, format: &Format, dst: &Path) -> Result<(), ConvertErro
         format.as_str().as_ref(),
         "-O".as_ref(),
         "raw".as_ref(),
+        // Without `-S 0` qemu-img turns zero runs inside files into holes, which an
+        // EBS-direct upload would skip (a missing block on an encrypted volume
+        // reads back as garbage); fstrim makes free space sparse later.
+        "-S".as_ref(),
+        "0".as_ref(),
         src.as_os_str(),
         dst.as_os_str(),
     ])?;
