@@ -146,7 +146,7 @@ fn refuse_existing(dst: &Path) -> Result<(), ConvertError> {
     Ok(())
 }
 
-/// Converts `src` (of `format`, never probed again) to a sparse raw file
+/// Converts `src` (of `format`, never probed again) to a raw file
 /// `dst`, every block written (`-S 0`): the finalize stage's fstrim returns free space as holes.
 pub fn to_raw(src: &Path, format: &Format, dst: &Path) -> Result<(), ConvertError> {
     refuse_existing(dst)?;
