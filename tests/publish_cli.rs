@@ -1,6 +1,9 @@
 //! `pgimg publish s3` as a user runs it, against a real S3 emulator (moto) on 127.0.0.1.
 //! The library's own tests (publish/tests/) cover multipart, aborts and the AMI flow.
 
+#[path = "support/moto.rs"]
+mod moto;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -20,12 +23,12 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("moto_server")
+        let child = Command::new(moto::moto_server())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("moto_server is not installed (pip install 'moto[server]'; .ci/publish-deps.sh does)");
+            .expect("starting moto_server");
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "moto_server did not start");

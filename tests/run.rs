@@ -834,6 +834,48 @@ write_file("/etc/never", "not reached\n");
     );
 }
 
+#[test]
+fn a_failed_build_removes_the_output_folders_it_created() {
+    if !fixture::require_root("a_failed_build_removes_the_output_folders_it_created") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let recipe = write_recipe(&scene.recipes, "stop.rhai", "throw \"stop here\";\n");
+    let out = scene.out.join("new/deeper/stop.raw");
+    let f = start_run(&recipe, &base, &out, &[]).finish(Duration::from_secs(300));
+    assert_eq!(f.code(), Some(1), "{}", f.stderr);
+    assert!(f.stderr.contains("stop here"), "{}", f.stderr);
+    assert!(
+        !scene.out.join("new").exists(),
+        "the folders made for --output are gone"
+    );
+    assert_nothing_left(&scene.out, &BTreeSet::new(), &[], &base);
+}
+
+#[test]
+fn a_base_that_is_not_a_file_is_named_for_what_it_is() {
+    if !fixture::require_root("a_base_that_is_not_a_file_is_named_for_what_it_is") {
+        return;
+    }
+    let scene = Scene::new();
+    let recipe = write_recipe(&scene.recipes, "r.rhai", "log(\"x\");\n");
+    let fifo = scene.out.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for (base, says) in [
+        (scene.out.clone(), "is a directory"),
+        (fifo, "is a FIFO"),
+        (PathBuf::from("/dev/null"), "is a character device"),
+        (scene.out.join("absent.raw"), "no such file"),
+    ] {
+        let f = start_run(&recipe, &base, &scene.out.join("o.raw"), &[])
+            .finish(Duration::from_secs(60));
+        assert_eq!(f.code(), Some(2), "{base:?}: {}", f.stderr);
+        let want = format!("pgimg: --base {}: {says}", base.display());
+        assert!(f.stderr.contains(&want), "{want:?} in {}", f.stderr);
+    }
+}
+
 /// Starts a build of `text`, waits for `ready`, sends `sig`, and checks
 /// that it failed saying it was interrupted and left nothing. `attached`:
 /// the image is mounted and on a loop device at that moment (checked, so
@@ -872,7 +914,7 @@ fn interrupt_at(
         "----- pgimg exited {} after {:.1} s",
         f.status, f.seconds
     ));
-    assert_eq!(f.code(), Some(1), "exit 1 after {sig}:\n{}", f.stderr);
+    assert_eq!(f.code(), Some(130), "exit 130 after {sig}:\n{}", f.stderr);
     assert!(
         f.stderr.contains(&format!(
             "pgimg: interrupted by {sig}; everything was torn down"
@@ -887,6 +929,38 @@ fn interrupt_at(
     );
     assert_nothing_left(&scene.out, &procs, markers, &base);
     f
+}
+
+#[test]
+fn sigint_and_sigterm_stop_a_recipe_busy_in_file_primitives_mid_loop() {
+    if !fixture::require_root("sigint_and_sigterm_stop_a_recipe_busy_in_file_primitives_mid_loop") {
+        return;
+    }
+    let text = r#"log("looping");
+for i in 0..600000 { write_file("/var/tmp/pgimg-loop", `${i}`); }
+log("loop done");
+"#;
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        let f = interrupt_at(
+            "busy",
+            true,
+            text,
+            &[],
+            sig,
+            &|p| {
+                p.wait_for_line("the loop", Duration::from_secs(120), |l| {
+                    l.ends_with("looping")
+                })
+            },
+            &[],
+        );
+        assert!(!f.stderr.contains("loop done"), "{}", f.stderr);
+        assert!(
+            f.stderr.contains("busy.rhai:2:") && f.stderr.contains(": interrupted"),
+            "the loop was stopped where it was: {}",
+            f.stderr
+        );
+    }
 }
 
 #[test]
@@ -1051,9 +1125,8 @@ fn sigint_and_sigterm_while_the_output_is_hashed_leave_no_output() {
 }
 
 #[test]
-fn sigkill_leaves_only_the_work_file_and_the_kernel_releases_the_rest() {
-    if !fixture::require_root("sigkill_leaves_only_the_work_file_and_the_kernel_releases_the_rest")
-    {
+fn sigkill_leaves_only_the_work_file_and_the_next_build_sweeps_it() {
+    if !fixture::require_root("sigkill_leaves_only_the_work_file_and_the_next_build_sweeps_it") {
         return;
     }
     let base = base_image();
@@ -1127,9 +1200,21 @@ run(["sleep", "7921"]);
         Vec::<String>::new(),
         "the mountpoint is empty"
     );
-    std::fs::remove_file(work.join("work.raw")).unwrap();
-    std::fs::remove_dir(work.join("root")).unwrap();
-    std::fs::remove_dir(&work).unwrap();
+
+    // The next build in that folder sweeps it, and says so.
+    let next = write_recipe(&scene.recipes, "next.rhai", "throw \"stop here\";\n");
+    let f =
+        start_run(&next, &base, &scene.out.join("next.raw"), &[]).finish(Duration::from_secs(300));
+    assert_eq!(f.code(), Some(1), "{}", f.stderr);
+    assert!(
+        f.stderr.contains(&format!(
+            "removing {}, left by pgimg process {pid} which is gone",
+            work.display()
+        )),
+        "{}",
+        f.stderr
+    );
+    assert!(!work.exists(), "the killed build's work folder was swept");
     assert_nothing_left(&scene.out, &procs, &[], &base);
     assert_base_sha256_unchanged(&base);
 }

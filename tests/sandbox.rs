@@ -380,6 +380,7 @@ fn the_environment_is_clean_plus_the_commands_own() {
         "LC_ALL=C.UTF-8",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME=/root",
+        "SYSTEMD_OFFLINE=1",
         "GOFLAGS=-trimpath",
     ]
     .into();
@@ -657,6 +658,289 @@ fn ptys_work_inside_the_chroot() {
 }
 
 // ---------------------------------------------------------------------------
+// Isolation: a command reaches only the image (issue 8 §2)
+
+/// Runs the calling test again in namespaces of its own (`unshare --uts --ipc
+/// --mount --pid --fork`), so that a guard failing would rename, mount or
+/// signal only inside them. Returns true in that inner run, where the test's
+/// body goes; false in the outer run, after checking the inner one passed.
+fn in_own_namespaces(test: &str) -> bool {
+    if std::env::var("PGIMG_ISOLATED_TEST").as_deref() == Ok(test) {
+        return true;
+    }
+    let out = Process::new("unshare")
+        .args([
+            "--uts",
+            "--ipc",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--propagation",
+            "private",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("PGIMG_ISOLATED_TEST", test)
+        .output()
+        .expect("running unshare (util-linux)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{test} in its own namespaces: {text}");
+    assert!(
+        text.contains("1 passed"),
+        "{test} did not run inside: {text}"
+    );
+    false
+}
+
+/// Bits of a `Cap*:` line of /proc/<pid>/status.
+fn cap_bits(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+#[test]
+fn command_cannot_reach_host_files_through_proc_pid_root() {
+    if !have_root("command_cannot_reach_host_files_through_proc_pid_root")
+        || !in_own_namespaces("command_cannot_reach_host_files_through_proc_pid_root")
+    {
+        return;
+    }
+    // A host folder the test owns: nothing else is touched even if a guard fails.
+    let host = tempfile::Builder::new()
+        .prefix("pgimg-escape-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    fs::write(host.path().join("secret"), "host secret\n").unwrap();
+    let sb = Sandbox::new(|_| {});
+    let dir = host.path().display().to_string();
+    let script = format!(
+        "sleep 30 & s=$!; cd /; for p in /proc/[0-9]*; do \
+           n=${{p#/proc/}}; \
+           cat $p/root{dir}/secret 2>/dev/null && echo LEAK-root-$n; \
+           cat $p/cwd{dir}/secret 2>/dev/null && echo LEAK-cwd-$n; \
+           echo x 2>/dev/null > $p/root{dir}/escaped-$n && echo WROTE-$n; \
+           for f in $p/fd/*; do test -e $f/{dir}/secret 2>/dev/null && echo LEAK-fd-$n; done; \
+         done; kill $s; true"
+    );
+    let out = sb.stdout(&["sh", "-c", &script]);
+    assert!(!out.contains("LEAK") && !out.contains("WROTE"), "{out}");
+    assert_eq!(
+        fs::read_dir(host.path()).unwrap().count(),
+        1,
+        "a command created a file on the host"
+    );
+    // Only the image's mounts are in the command's namespace: none of the
+    // host's mount points, and none is the rootfs seen from the host.
+    let mountinfo = sb.stdout(&["cat", "/proc/self/mountinfo"]);
+    let points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .collect();
+    let rootfs = sb.rootfs.path().display().to_string();
+    assert!(
+        points.iter().all(|p| !p.starts_with(&rootfs)) && points.len() < 32,
+        "{mountinfo}"
+    );
+    assert_eq!(points.first(), Some(&"/"), "{mountinfo}");
+    let (_rootfs, _cache) = sb.teardown();
+}
+
+#[test]
+fn command_cannot_rename_the_host() {
+    if !have_root("command_cannot_rename_the_host")
+        || !in_own_namespaces("command_cannot_rename_the_host")
+    {
+        return;
+    }
+    let before = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let sb = Sandbox::new(|_| {});
+    // setdomainname(2): 171 on x86_64, 162 on arm64.
+    let setdomainname = if cfg!(target_arch = "aarch64") {
+        162
+    } else {
+        171
+    };
+    let _ = sb.run(&["hostname", "pgimg-renamed"]);
+    let _ = sb.run(&[
+        "perl",
+        "-e",
+        &format!("syscall({setdomainname}, 'pgimg-renamed', 13)"),
+    ]);
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        before
+    );
+    let domain = fs::read_to_string("/proc/sys/kernel/domainname").unwrap();
+    assert_ne!(domain.trim(), "pgimg-renamed");
+    let (_rootfs, _cache) = sb.teardown();
+}
+
+#[test]
+fn command_cannot_see_host_ipc_objects() {
+    if !have_root("command_cannot_see_host_ipc_objects") {
+        return;
+    }
+    let sb = Sandbox::new(|_| {});
+    let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600) };
+    assert!(id >= 0, "shmget: {}", std::io::Error::last_os_error());
+    let listed = sb.stdout(&["cat", "/proc/sysvipc/shm"]);
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    let ids: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert!(!ids.contains(&id.to_string().as_str()), "{listed}");
+    let (_rootfs, _cache) = sb.teardown();
+}
+
+#[test]
+fn command_capabilities_exclude_what_package_installs_never_need() {
+    if !have_root("command_capabilities_exclude_what_package_installs_never_need") {
+        return;
+    }
+    let sb = Sandbox::new(|_| {});
+    let status = sb.stdout(&["cat", "/proc/self/status"]);
+    // CAP_DAC_READ_SEARCH 2, CAP_NET_ADMIN 12, CAP_SYS_MODULE 16, CAP_SYS_RAWIO 17,
+    // CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21, CAP_SYS_BOOT 22, CAP_SYS_NICE 23,
+    // CAP_SYS_TIME 25, CAP_MKNOD 27, CAP_MAC_ADMIN 33, CAP_SYSLOG 34, CAP_WAKE_ALARM 35, CAP_BPF 39.
+    let dropped: u64 = [2, 12, 16, 17, 19, 21, 22, 23, 25, 27, 33, 34, 35, 39]
+        .iter()
+        .fold(0, |m, c| m | 1 << c);
+    // CAP_CHOWN 0, CAP_DAC_OVERRIDE 1, CAP_FOWNER 3, CAP_SETGID 6, CAP_SETUID 7.
+    let needed: u64 = [0, 1, 3, 6, 7].iter().fold(0, |m, c| m | 1 << c);
+    for field in ["CapBnd", "CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        let bits = cap_bits(&status, field);
+        assert_eq!(bits & dropped, 0, "{field} {bits:#x}");
+        if field != "CapInh" && field != "CapAmb" {
+            assert_eq!(bits & needed, needed, "{field} {bits:#x}");
+        }
+    }
+    let (_rootfs, _cache) = sb.teardown();
+}
+
+#[test]
+fn command_cannot_write_kernel_settings_or_remount_them() {
+    if !have_root("command_cannot_write_kernel_settings_or_remount_them")
+        || !in_own_namespaces("command_cannot_write_kernel_settings_or_remount_them")
+    {
+        return;
+    }
+    let sb = Sandbox::new(|_| {});
+    // Each attempt writes the value already there (or nothing at all), so a
+    // failing guard changes nothing on the host.
+    for (what, script) in [
+        (
+            "sysctl",
+            "v=$(cat /proc/sys/vm/swappiness) && echo \"$v\" > /proc/sys/vm/swappiness",
+        ),
+        ("sysrq", ": > /proc/sysrq-trigger"),
+        ("sysfs", ": > /sys/kernel/uevent_helper"),
+        ("remount", "mount -o remount,rw /proc/sys"),
+        (
+            "fresh proc",
+            "mkdir -p /tmp/p && mount -t proc proc /tmp/p && \
+             v=$(cat /tmp/p/sys/vm/swappiness) && echo \"$v\" > /tmp/p/sys/vm/swappiness",
+        ),
+        ("unmount the read-only bind", "umount /proc/sys && v=$(cat /proc/sys/vm/swappiness) && echo \"$v\" > /proc/sys/vm/swappiness"),
+        ("new mount namespace", "unshare -m true"),
+    ] {
+        let r = sb.run(&["sh", "-c", script]);
+        assert!(
+            matches!(r, Err(CommandError::Failed { .. })),
+            "{what}: `{script}` was allowed"
+        );
+    }
+    // Kernel memory, the kernel log and the machine's keys are /dev/null
+    // (checked with stat: reading /proc/kmsg would consume the host's log).
+    let unmasked = sb.stdout(&[
+        "sh",
+        "-c",
+        "for f in /proc/keys /proc/kmsg /proc/kcore /proc/timer_list /proc/kallsyms; do \
+           [ -e $f ] || continue; \
+           [ \"$(stat -c %F:%t:%T $f)\" = 'character special file:1:3' ] || echo UNMASKED $f; \
+         done",
+    ]);
+    assert_eq!(unmasked, "");
+    let (_rootfs, _cache) = sb.teardown();
+}
+
+#[test]
+fn command_cannot_open_or_make_device_nodes() {
+    if !have_root("command_cannot_open_or_make_device_nodes") {
+        return;
+    }
+    // A node a base image might ship; /dev/null's numbers, so opening it is harmless.
+    let sb = Sandbox::new(|r| {
+        nix::sys::stat::mknod(
+            &r.join("/root/planted-node"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap()
+    });
+    assert!(sb.run(&["sh", "-c", ": < /root/planted-node"]).is_err());
+    assert!(sb.run(&["mknod", "/tmp/made-node", "c", "1", "3"]).is_err());
+    // The sandbox's own /dev still works.
+    sb.stdout(&[
+        "sh",
+        "-c",
+        "echo x > /dev/null; head -c 1 /dev/zero >/dev/null",
+    ]);
+    let (_rootfs, _cache) = sb.teardown();
+}
+
+#[test]
+fn command_holds_no_descriptor_to_a_host_file() {
+    if !have_root("command_holds_no_descriptor_to_a_host_file") {
+        return;
+    }
+    let sb = Sandbox::new(|_| {});
+    // Every descriptor of the shell: the image's /dev/null (same device and
+    // inode as the in-image path) or a pipe.
+    let out = sb.stdout(&[
+        "sh",
+        "-c",
+        "null=$(stat -L -c %d:%i /dev/null); for f in /proc/$$/fd/*; do \
+           t=$(stat -L -c %F:%d:%i $f); \
+           case $t in fifo:*) ;; \"character special file:$null\") ;; *) echo \"HOST $f $t\";; esac; \
+         done",
+    ]);
+    assert_eq!(out, "", "{out}");
+    let (_rootfs, _cache) = sb.teardown();
+}
+
+#[test]
+fn command_cannot_use_the_kernel_keyring() {
+    if !have_root("command_cannot_use_the_kernel_keyring") {
+        return;
+    }
+    let sb = Sandbox::new(|_| {});
+    // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING, 0): root's user
+    // keyring is the host root's. 250 on x86_64, 219 on arm64.
+    let keyctl = if cfg!(target_arch = "aarch64") {
+        219
+    } else {
+        250
+    };
+    let out = sb.stdout(&[
+        "perl",
+        "-e",
+        &format!("my $r = syscall({keyctl}, 0, -4, 0); print $r, ' ', $!+0, qq(\\n)"),
+    ]);
+    assert_eq!(out, format!("-1 {}\n", libc::EPERM), "{out}");
+    let (_rootfs, _cache) = sb.teardown();
+}
+
+// ---------------------------------------------------------------------------
 // What setup changes in the image, and its exact restoration
 
 /// The state of one in-image path, read on the host after teardown.
@@ -774,6 +1058,37 @@ fn a_resolv_conf_the_build_replaced_is_kept() {
     );
 }
 
+/// Debian's policy-rcd-declarative provides /usr/sbin/policy-rc.d through
+/// update-alternatives, which refuses to replace a regular file: pgimg's own
+/// must give way, and the package's link must be in the image afterwards.
+#[test]
+fn a_policy_rc_d_a_package_provides_through_alternatives_survives() {
+    if !have_root("a_policy_rc_d_a_package_provides_through_alternatives_survives") {
+        return;
+    }
+    let sb = Sandbox::new(|_| {});
+    sb.stdout(&["apt-get", "update"]);
+    let install = cmd(&[
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "policy-rcd-declarative",
+        "policy-rcd-declarative-allow-all",
+    ])
+    .cache("apt-archives", "/var/cache/apt/archives");
+    sb.target.run(&install).unwrap();
+    let (rootfs, _cache) = sb.teardown();
+    assert_eq!(
+        host_state(&rootfs.join("/usr/sbin/policy-rc.d")),
+        HostState::Link("/etc/alternatives/policy-rc.d".into())
+    );
+    let alternative = fs::read_link(rootfs.join("/etc/alternatives/policy-rc.d")).unwrap();
+    let provided = rootfs.join(alternative.to_str().unwrap());
+    assert!(provided.is_file(), "{}", provided.display());
+    assert!(!rootfs.join("/run/pgimg").exists());
+}
+
 #[test]
 fn run_is_a_tmpfs_left_out_of_the_image() {
     if !have_root("run_is_a_tmpfs_left_out_of_the_image") {
@@ -865,6 +1180,30 @@ fn apt_update_and_downloads_go_through_the_host_cache() {
     assert_eq!(debs(&cache.path().join("apt-archives")).len(), 1);
 }
 
+/// With the host's apt archives bound into the image, `remove` of a folder
+/// above it refuses and deletes nothing, in the image or in the host cache.
+#[test]
+fn remove_never_reaches_into_the_bound_apt_cache() {
+    if !have_root("remove_never_reaches_into_the_bound_apt_cache") {
+        return;
+    }
+    let sb = Sandbox::new(|_| {});
+    let cached = sb.cache.path().join("apt-archives/hello_2.10-3_amd64.deb");
+    fs::write(&cached, b"a cached package").unwrap();
+    let root = sb.target.root();
+    for p in ["/var/cache/apt/archives", "/var/cache/apt", "/var/cache"] {
+        let e = root.remove(p).unwrap_err();
+        assert!(e.to_string().contains("mount point"), "{p}: {e}");
+    }
+    assert!(cached.exists());
+    assert!(sb.rootfs.join("/var/cache/debconf").exists());
+    let (_rootfs, cache) = sb.teardown();
+    assert!(cache
+        .path()
+        .join("apt-archives/hello_2.10-3_amd64.deb")
+        .exists());
+}
+
 #[test]
 fn per_command_caches_are_bound_for_that_command_only() {
     if !have_root("per_command_caches_are_bound_for_that_command_only") {
@@ -890,12 +1229,8 @@ fn per_command_caches_are_bound_for_that_command_only() {
         Err(CommandError::Spawn { .. })
     ));
     let (rootfs, _cache) = sb.teardown();
-    assert_eq!(
-        fs::read_dir(rootfs.join("/root/.cache/go-build"))
-            .unwrap()
-            .count(),
-        0
-    );
+    // The mount point pgimg made for the cache is borrowed: it goes again.
+    assert!(!rootfs.join("/root/.cache").exists());
 }
 
 // ---------------------------------------------------------------------------

@@ -46,18 +46,25 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 struct WallClockExceeded(Duration);
 
+/// Marks a termination by SIGINT or SIGTERM.
+#[derive(Debug, Clone)]
+struct StoppedBySignal;
+
 /// Normalises `a/./b/../c` to `a/c` without touching the file system, so
-/// locations read the same whatever the import path looked like.
+/// locations read the same whatever the import path looked like. A `..`
+/// cancels only a normal component: `../../m` stays `../../m`, and `/..` is `/`.
 pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
                 }
-            }
+                Some(Component::RootDir) | Some(Component::Prefix(_)) => {}
+                Some(Component::ParentDir) | Some(Component::CurDir) | None => out.push(".."),
+            },
             other => out.push(other),
         }
     }
@@ -96,8 +103,18 @@ impl ModuleResolver for RecipeResolver {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let mut file = dir.join(path);
-        if file.extension().is_none() {
-            file.set_extension("rhai");
+        match file.extension() {
+            None => {
+                file.set_extension("rhai");
+            }
+            Some(ext) if ext == "rhai" => {}
+            Some(_) => {
+                return Err(EvalAltResult::ErrorRuntime(
+                    format!("import `{path}`: modules are .rhai files").into(),
+                    pos,
+                )
+                .into())
+            }
         }
         let file = normalize(&file);
         if let Some(m) = self.loaded.lock().unwrap().get(&file) {
@@ -107,9 +124,26 @@ impl ModuleResolver for RecipeResolver {
         let text = std::fs::read_to_string(&file).map_err(|e| {
             EvalAltResult::ErrorRuntime(format!("cannot import `{path}`: {shown}: {e}").into(), pos)
         })?;
-        let mut ast = engine
-            .compile(&text)
-            .map_err(|e| EvalAltResult::ErrorInModule(shown.clone(), e.into(), pos))?;
+        // The error names the import statement and where the module is
+        // broken, never the module's text: `import` may have been pointed
+        // (or symlinked) at a host file such as a credentials file.
+        let mut ast = engine.compile(&text).map_err(|e| {
+            EvalAltResult::ErrorRuntime(
+                format!(
+                    "import `{path}`: {}: not a valid Rhai module ({})",
+                    locate(&shown, e.position()),
+                    describe_parse_error(&e.0)
+                )
+                .into(),
+                pos,
+            )
+        })?;
+        refuse_nested_imports(&ast).map_err(|at| {
+            EvalAltResult::ErrorRuntime(
+                format!("{}: {NESTED_IMPORT}", locate(&shown, at)).into(),
+                pos,
+            )
+        })?;
         ast.set_source(file.display().to_string());
         let module = Module::eval_ast_as_new(Scope::new(), &ast, engine)
             .map_err(|e| EvalAltResult::ErrorInModule(shown.clone(), e, pos))?;
@@ -132,13 +166,24 @@ pub fn build_engine(ctx: &Ctx, limits: &Limits) -> Engine {
         .set_max_expr_depths(128, 64)
         .set_strict_variables(true)
         .set_fail_on_invalid_map_property(true);
+    // Rhai's optimizer drops statements it deems pure, among them an
+    // `import` inside a block whose alias is unused, so the module (whose
+    // top level may call primitives) would silently never run. Recipes
+    // spend their time in primitives, not in the script.
+    engine.set_optimization_level(rhai::OptimizationLevel::None);
     engine.disable_symbol("eval");
     engine.set_module_resolver(RecipeResolver::default());
 
     let start = Instant::now();
     let budget = limits.wall_clock;
     engine.on_progress(move |ops| {
-        if ops % 1024 == 0 && start.elapsed() > budget {
+        if ops % 256 != 0 {
+            None
+        } else if crate::sandbox::interrupt::interrupted() {
+            // A script busy in primitives or loops stops at the next
+            // operation, not when its operation budget runs out.
+            Some(Dynamic::from(StoppedBySignal))
+        } else if start.elapsed() > budget {
             Some(Dynamic::from(WallClockExceeded(budget)))
         } else {
             None
@@ -147,37 +192,76 @@ pub fn build_engine(ctx: &Ctx, limits: &Limits) -> Engine {
     let log = ctx.clone();
     engine.on_print(move |msg| log.log(&pgimg_stdlib::Loc::default(), msg));
     pgimg_stdlib::register(&mut engine, ctx);
-    register_finalize(&mut engine, ctx);
+    let mut finalize = Module::new();
+    register_finalize(&mut finalize);
+    engine.register_global_module(finalize.into());
     engine
 }
 
-/// `finalize(#{ item: false, ... })`: switches cleanup items of the finalize
-/// stage off. It lives here, not in the stdlib, because the items are the
-/// sandbox's; an unknown item is an error naming it.
-fn register_finalize(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    rhai::FuncRegistration::new("finalize")
-        .with_comments([
-            "/// Configures the built-in finalize stage (on by default): pass `false` for an item to keep it.\n\
-             /// Items: `ssh_host_keys`, `root_password`, `apt`, `cloud_init`, `logs`, `shell_histories`,\n\
-             /// `caches`, `tmp`, `machine_id`.",
-        ])
-        .with_params_info(["opts: Map", "()"])
-        .register_into_engine(engine, move |nctx: rhai::NativeCallContext, opts: rhai::Map| {
-            pgimg_stdlib::api::primitive(&c, &nctx, "finalize", &[opts.clone().into()], |_| {
-                // Validates the names and types; a later call changes only the items it names.
-                let _: crate::sandbox::FinalizeOptions = pgimg_stdlib::api::options(opts.clone())?;
-                let mut j = c.journal.lock().unwrap();
-                let current = j
-                    .settings
-                    .entry("finalize".into())
-                    .or_insert_with(|| serde_json::json!({}));
-                for (k, v) in opts {
-                    current[k.as_str()] = serde_json::Value::Bool(v.as_bool().unwrap_or(true));
-                }
-                Ok(())
-            })
-        });
+// `finalize(#{ item: false, ... })`: switches cleanup items of the finalize
+// stage off. It lives here, not in the stdlib, because the items are the
+// sandbox's; an unknown item is an error naming it.
+pgimg_stdlib::rhai_fns! { fn register_finalize;
+    /// Configures the built-in finalize stage (on by default): pass `false` for an item to keep it.
+    /// Items: `ssh_host_keys`, `root_password`, `apt`, `cloud_init`, `logs`, `shell_histories`,
+    /// `caches`, `tmp`, `machine_id`.
+    action finalize(opts: rhai::Map) |c, _| set_finalize(c, opts);
+}
+
+/// Validates the names and types; a later call changes only the items it names.
+fn set_finalize(c: &Ctx, opts: rhai::Map) -> pgimg_stdlib::Result<()> {
+    let _: crate::sandbox::FinalizeOptions = pgimg_stdlib::api::options(opts.clone())?;
+    let mut j = c.journal.lock().unwrap();
+    let current = j
+        .settings
+        .entry("finalize".into())
+        .or_insert_with(|| serde_json::json!({}));
+    for (k, v) in opts {
+        current[k.as_str()] = serde_json::Value::Bool(v.as_bool().unwrap_or(true));
+    }
+    Ok(())
+}
+
+const NESTED_IMPORT: &str = "`import` must be at the top level of the file \
+     (not in a block or function), so that every module is evaluated";
+
+/// The kind of a parse error without the text it carries (an identifier or
+/// token of the file), e.g. `variable undefined`.
+fn describe_parse_error(e: &rhai::ParseErrorType) -> String {
+    let debug = format!("{e:?}");
+    let name = debug.split(['(', ' ', '{']).next().unwrap_or_default();
+    let mut words = String::new();
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            words.push(' ');
+        }
+        words.push(ch.to_ascii_lowercase());
+    }
+    words
+}
+
+/// An `import` inside a block or function runs only if that code runs, so a
+/// module's top level (which may call primitives) could silently never be
+/// evaluated: imports must be top-level statements. Returns the position of
+/// the first other one.
+fn refuse_nested_imports(ast: &AST) -> Result<(), Position> {
+    let top: Vec<Position> = ast
+        .statements()
+        .iter()
+        .filter(|s| matches!(s, rhai::Stmt::Import(..)))
+        .map(|s| s.position())
+        .collect();
+    let mut nested = None;
+    ast.walk(&mut |path: &[rhai::ASTNode]| {
+        if let Some(rhai::ASTNode::Stmt(stmt @ rhai::Stmt::Import(..))) = path.last() {
+            if path.len() > 1 || !top.contains(&stmt.position()) {
+                nested = Some(stmt.position());
+                return false;
+            }
+        }
+        true
+    });
+    nested.map_or(Ok(()), Err)
 }
 
 /// Compiles a recipe file, naming it by its path for error locations.
@@ -187,6 +271,8 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<AST, RecipeError> {
     let mut ast = engine
         .compile(&text)
         .map_err(|e| RecipeError(render(&EvalAltResult::from(e), &shown)))?;
+    refuse_nested_imports(&ast)
+        .map_err(|at| RecipeError(format!("{}: {NESTED_IMPORT}", locate(&shown, at))))?;
     ast.set_source(normalize(path).display().to_string());
     Ok(ast)
 }
@@ -244,6 +330,9 @@ pub fn render(err: &EvalAltResult, file: &str) -> String {
             locate(&file, *pos)
         ),
         EvalAltResult::ErrorTerminated(token, pos) => {
+            if token.is::<StoppedBySignal>() {
+                return format!("{}: interrupted", locate(&file, *pos));
+            }
             match token.read_lock::<WallClockExceeded>() {
                 Some(w) => format!(
                     "{}: the recipe ran longer than its {}s budget and was stopped",

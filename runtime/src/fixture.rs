@@ -16,8 +16,23 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::image::host_tools::{self, HostToolError, Tool};
+
 const SCRIPT: &str = include_str!("../../tests/fixtures/build-base-image.sh");
 const DEFAULT_DIR: &str = "/var/tmp/pgimg-fixtures";
+
+/// What `build-base-image.sh` runs on the host (besides coreutils, dpkg and
+/// awk, which every Debian and Ubuntu has); installed when missing.
+pub const TOOLS: &[Tool] = &[
+    host_tools::DEBOOTSTRAP,
+    host_tools::GPGV,
+    host_tools::DEBIAN_KEYRING,
+    host_tools::SGDISK,
+    host_tools::MKE2FS,
+    host_tools::E2FSCK,
+    host_tools::MKFS_VFAT,
+    host_tools::MTOOLS,
+];
 
 /// Building the fixture failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +44,8 @@ pub enum FixtureError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    HostTools(#[from] HostToolError),
     #[error("build-base-image.sh failed ({status}); it needs root, debootstrap, sgdisk, mke2fs and mkfs.vfat, and the Debian mirror")]
     Script { status: std::process::ExitStatus },
 }
@@ -61,7 +78,7 @@ pub fn checksum_path(image: &Path) -> PathBuf {
 }
 
 /// Writes straight to the stderr fd: libtest captures `eprintln!` of passing
-/// tests, and a minute-long build must be seen.
+/// tests, and a build of minutes must be seen.
 fn loud(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
 }
@@ -101,10 +118,11 @@ pub fn base_image() -> Result<PathBuf, FixtureError> {
     if checksum_path(&image).exists() && image.exists() {
         return Ok(image);
     }
+    host_tools::ensure(TOOLS, "building the fixture base image")?;
     let script = dir.join(format!("build-base-image-{}.sh", script_key()));
     std::fs::write(&script, SCRIPT).map_err(io("writing", &script))?;
     loud(&format!(
-        "===== building the fixture base image {} (about a minute, once; cached in {}) =====",
+        "===== building the fixture base image {} (a few minutes, once: debootstrap, kernel, GRUB; cached in {}) =====",
         image.display(),
         dir.display()
     ));

@@ -13,3 +13,4 @@ pub mod lock;
 pub mod sandbox;
 pub mod shell;
 pub mod testing;
+pub mod vm;

@@ -100,7 +100,16 @@ pub fn load_for(recipe: &Path) -> anyhow::Result<Lock> {
         ))
         .into());
     }
-    Ok(Lock::load(&path)?)
+    load_inside(&path)
+}
+
+/// Reads a lock file that must really be in its recipe's folder: a
+/// `pgimg.lock` linking out of it (to some host file) is refused.
+fn load_inside(path: &Path) -> anyhow::Result<Lock> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    pgimg_stdlib::ctx::beneath(dir.unwrap_or(Path::new(".")), LOCK_FILE, "lock file")
+        .map_err(|e| anyhow::anyhow!("{}: {e}", display_path(path)))?;
+    Ok(Lock::load(path)?)
 }
 
 /// What `pgimg lock` did.
@@ -181,7 +190,7 @@ pub fn lock_with(
         .into());
     }
     let mut lock = if path.exists() {
-        Lock::load(&path)?
+        load_inside(&path)?
     } else {
         Lock::default()
     };
@@ -299,6 +308,7 @@ fetch_verify(#{
 if arch() == "amd64" {
     fetch_verify(#{ url: `${rel}/acme/ext/releases/download/v2/ext_2_amd64.deb`, sha256_from: "lock", dest: "/var/cache/ext/" });
 }
+apt_install(["postgresql-server-dev-16"]);
 pgxs_build(#{ git: `${mirror("github", "https://github.com")}/petere/pguint.git`, rev: "4bd044aa80bccba7c6021ddef266ef75a45a27a2", pg_versions: [16] });
 "#;
 

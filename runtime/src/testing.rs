@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use pgimg_stdlib::api::failure;
 use pgimg_stdlib::ctx::Journal;
 use pgimg_stdlib::fetch::RecordingFetcher;
+use pgimg_stdlib::register::Str;
+use pgimg_stdlib::rhai_fns;
+use pgimg_stdlib::root::FileKind;
 use pgimg_stdlib::{Ctx, FakeOs, FakeTarget, Target};
-use rhai::{
-    Array, Dynamic, Engine, EvalAltResult, FuncRegistration, ImmutableString, Map,
-    NativeCallContext,
-};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map};
 use serde::Deserialize;
 
 use crate::engine::{self, build_engine, display_path, Limits};
@@ -59,12 +60,17 @@ impl FakeRoot {
             codename: o.codename.unwrap_or(d.codename),
             arch: o.arch.unwrap_or(d.arch),
         };
+        // Paths a test file names stay inside its folder (no `..`, no link out).
+        let inside = |rel: &str, what: &str| {
+            pgimg_stdlib::ctx::beneath(base_dir, rel, what)
+                .map_err(|e| err(format!("fake_rootfs: {e}")))
+        };
         let fixtures = o
             .fixtures
             .unwrap_or_default()
             .into_iter()
-            .map(|(url, p)| (url, base_dir.join(p)))
-            .collect();
+            .map(|(url, p)| Ok((url, inside(&p, "fixture")?)))
+            .collect::<Result<_, Box<EvalAltResult>>>()?;
         let target = FakeTarget::new(&os, Box::new(RecordingFetcher::new(fixtures)))
             .map_err(|e| err(format!("fake_rootfs: {e}")))?;
         Ok(FakeRoot {
@@ -75,15 +81,17 @@ impl FakeRoot {
                 .assets
                 .unwrap_or_default()
                 .iter()
-                .map(|a| base_dir.join(a))
-                .collect(),
+                .map(|a| inside(a, "asset folder"))
+                .collect::<Result<_, _>>()?,
             mirrors: o.mirrors.unwrap_or_default(),
             log: Arc::default(),
         })
     }
 
     fn run(&self, recipe: &str, params: Map) -> Result<(), Box<EvalAltResult>> {
-        let path = engine::normalize(&self.base_dir.join(recipe));
+        let path = pgimg_stdlib::ctx::beneath(&self.base_dir, recipe, "recipe")
+            .map_err(|e| err(format!("run: {e}")))?;
+        let path = engine::normalize(&path);
         let params = params
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -111,55 +119,14 @@ fn check<T>(r: pgimg_stdlib::Result<T>) -> Result<T, Box<EvalAltResult>> {
     r.map_err(|e| err(e.to_string()))
 }
 
-/// Registers the test API: `fake_rootfs`, the fake root's methods, `assert`
-/// and `assert_eq`. `base_dir` is the test file's folder (fixtures and
-/// recipes are named relative to it).
-pub fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
-    engine.register_type_with_name::<FakeRoot>("FakeRoot");
-    FuncRegistration::new("fake_rootfs")
-        .with_comments(["/// A fake root (`id`, `version_id`, `codename`, `arch`, `fixtures`, `assets`, `mirrors`)."])
-        .with_params_info(["opts: Map", "FakeRoot"])
-        .register_into_engine(engine, {
-            let base_dir = base_dir.clone();
-            move |opts: Map| FakeRoot::new(&base_dir, opts)
-        });
-    engine.register_fn("fake_rootfs", move || FakeRoot::new(&base_dir, Map::new()));
-    engine.register_fn("run", |t: &mut FakeRoot, recipe: &str, params: Map| {
-        t.run(recipe, params)
-    });
-    engine.register_fn("run", |t: &mut FakeRoot, recipe: &str| {
-        t.run(recipe, Map::new())
-    });
-    engine.register_fn("file", |t: &mut FakeRoot, path: &str| -> Dynamic {
-        match t.target.root().read(path) {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned().into(),
-            Err(_) => Dynamic::UNIT,
-        }
-    });
-    engine.register_fn("exists", |t: &mut FakeRoot, path: &str| {
-        t.target.root().exists(path)
-    });
-    engine.register_fn("is_symlink", |t: &mut FakeRoot, path: &str| {
-        t.target.root().kind(path) == Some(pgimg_stdlib::root::FileKind::Symlink)
-    });
-    engine.register_fn("read_link", |t: &mut FakeRoot, path: &str| -> Dynamic {
-        match t.target.root().readlink(path) {
-            Ok(p) => p.display().to_string().into(),
-            Err(_) => Dynamic::UNIT,
-        }
-    });
-    engine.register_fn("mode", |t: &mut FakeRoot, path: &str| -> Dynamic {
-        match t.target.root().stat(path) {
-            Ok(s) => (s.mode as i64).into(),
-            Err(_) => Dynamic::UNIT,
-        }
-    });
-    engine.register_fn("owner", |t: &mut FakeRoot, path: &str| -> Dynamic {
-        let Some((uid, gid)) = t.target.owner(path) else {
+impl FakeRoot {
+    /// `user:group` of the owner a primitive set on `path`, or `()`.
+    fn owner(&self, path: &str) -> Dynamic {
+        let Some((uid, gid)) = self.target.owner(path) else {
             return Dynamic::UNIT;
         };
         let name = |db: &str, id: u32| -> String {
-            t.target
+            self.target
                 .root()
                 .read_string(db)
                 .ok()
@@ -172,34 +139,11 @@ pub fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
                 .unwrap_or_else(|| id.to_string())
         };
         format!("{}:{}", name("/etc/passwd", uid), name("/etc/group", gid)).into()
-    });
-    engine.register_fn("list_dir", |t: &mut FakeRoot, path: &str| -> Array {
-        t.target
-            .root()
-            .read_dir(path)
-            .unwrap_or_default()
-            .into_iter()
-            .map(Dynamic::from)
-            .collect()
-    });
-    engine.register_fn("user_exists", |t: &mut FakeRoot, name: &str| {
-        check(pgimg_stdlib::users::user_exists(t.target.root(), name))
-    });
-    engine.register_fn("in_group", |t: &mut FakeRoot, user: &str, group: &str| {
-        check(pgimg_stdlib::users::in_group(t.target.root(), user, group))
-    });
-    engine.register_fn("unit_enabled", |t: &mut FakeRoot, unit: &str| {
-        check(pgimg_stdlib::systemd::unit_enabled(t.target.root(), unit))
-    });
-    engine.register_fn("commands", |t: &mut FakeRoot| -> Array {
-        t.target
-            .commands()
-            .iter()
-            .map(|c| Dynamic::from(c.to_string()))
-            .collect()
-    });
-    engine.register_fn("fetches", |t: &mut FakeRoot| -> Array {
-        t.journal
+    }
+
+    /// The recorded inputs as maps for a test script.
+    fn fetches(&self) -> Array {
+        self.journal
             .lock()
             .unwrap()
             .inputs
@@ -222,65 +166,82 @@ pub fn register_test_api(engine: &mut Engine, base_dir: PathBuf) {
                 Dynamic::from_map(m)
             })
             .collect()
+    }
+}
+
+/// Registers `fake_rootfs`, the fake root's methods, `assert` and `assert_eq`
+/// (with their docs, so `pgimg defs` lists them).
+pub fn register_test_api(engine: &mut Engine) {
+    engine.register_type_with_name::<FakeRoot>("FakeRoot");
+    let mut m = rhai::Module::new();
+    test_api(&mut m);
+    engine.register_global_module(m.into());
+}
+
+rhai_fns! { fn test_api;
+    /// A fake root (`id`, `version_id`, `codename`, `arch`, `fixtures`, `assets`, `mirrors`);
+    /// relative paths are taken from the test file's folder.
+    function fake_rootfs([opts]) |nctx, _| {
+        let file = Path::new(nctx.call_source().unwrap_or_default());
+        // A test file named without a folder (`r.test.rhai`) has the empty path as parent.
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        FakeRoot::new(dir.unwrap_or(Path::new(".")), opts)
+    };
+    /// Runs a recipe (relative to the test file's folder) on the fake root; `params` as `--set`.
+    function run(t: FakeRoot, recipe: Str, [params]) |_, _| t.run(&recipe, params);
+    /// The content of `path` as a string, or `()` when absent.
+    function file(t: FakeRoot, path: Str) |_, _| Ok(match t.target.root().read(path.as_str()) {
+        Ok(b) => Dynamic::from(String::from_utf8_lossy(&b).into_owned()),
+        Err(_) => Dynamic::UNIT,
     });
-    engine.register_fn("actions", |t: &mut FakeRoot| -> Array {
-        t.journal
-            .lock()
-            .unwrap()
-            .actions
-            .iter()
-            .map(|a| Dynamic::from(a.primitive.clone()))
-            .collect()
-    });
-    engine.register_fn("logs", |t: &mut FakeRoot| -> Array {
-        t.log
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
-            .map(Dynamic::from)
-            .collect()
-    });
-    FuncRegistration::new("assert")
-        .with_comments(["/// Fails the test with `msg` unless `cond` is true."])
-        .register_into_engine(
-            engine,
-            |nctx: NativeCallContext, cond: bool, msg: ImmutableString| {
-                if cond {
-                    Ok(())
-                } else {
-                    Err(pgimg_stdlib::api::failure(
-                        &pgimg_stdlib::api::location(&nctx),
-                        "assert",
-                        format!("assertion failed: {msg}"),
-                    ))
-                }
-            },
-        );
-    FuncRegistration::new("assert_eq")
-        .with_comments(["/// Fails the test unless `a == b` (compared by value and type)."])
-        .register_into_engine(engine, |nctx: NativeCallContext, a: Dynamic, b: Dynamic| {
-            let same = a.type_name() == b.type_name() && format!("{a:?}") == format!("{b:?}");
-            if same {
-                Ok(())
-            } else {
-                Err(pgimg_stdlib::api::failure(
-                    &pgimg_stdlib::api::location(&nctx),
-                    "assert_eq",
-                    format!("left: {a:?}, right: {b:?}"),
-                ))
-            }
-        });
+    /// Whether anything is at `path`.
+    function exists(t: FakeRoot, path: Str) |_, _| Ok(t.target.root().exists(path.as_str()));
+    /// Whether `path` is a symbolic link.
+    function is_symlink(t: FakeRoot, path: Str) |_, _| Ok(t.target.root().kind(path.as_str()) == Some(FileKind::Symlink));
+    /// The target of the link `path`, or `()`.
+    function read_link(t: FakeRoot, path: Str) |_, _| Ok(t.target.root().readlink(path.as_str()).map_or(Dynamic::UNIT, |p| p.display().to_string().into()));
+    /// The permission bits of `path`, or `()`.
+    function mode(t: FakeRoot, path: Str) |_, _| Ok(t.target.root().stat(path.as_str()).map_or(Dynamic::UNIT, |s| (s.mode as i64).into()));
+    /// The owner a primitive set on `path` as `user:group`, or `()`.
+    function owner(t: FakeRoot, path: Str) |_, _| Ok(t.owner(&path));
+    /// The names in the folder `path` (empty when absent).
+    function list_dir(t: FakeRoot, path: Str) |_, _| Ok(t.target.root().read_dir(path.as_str()).unwrap_or_default().into_iter().map(Dynamic::from).collect::<Array>());
+    /// Whether the user exists in the fake root's `/etc/passwd`.
+    function user_exists(t: FakeRoot, name: Str) |_, _| check(pgimg_stdlib::users::user_exists(t.target.root(), &name));
+    /// Whether `user` is in `group` (primary or supplementary).
+    function in_group(t: FakeRoot, user: Str, group: Str) |_, _| check(pgimg_stdlib::users::in_group(t.target.root(), &user, &group));
+    /// Whether the unit is enabled (a `.wants`/`.requires`/`.upholds` link to it exists).
+    function unit_enabled(t: FakeRoot, unit: Str) |_, _| check(pgimg_stdlib::systemd::unit_enabled(t.target.root(), &unit));
+    /// The commands that would have run, as strings, in order.
+    function commands(t: FakeRoot) |_, _| Ok(t.target.commands().iter().map(|c| Dynamic::from(c.to_string())).collect::<Array>());
+    /// The inputs pulled in, as maps (`kind`, `url`, `sha256`, `pin`, `dest`, `sha256_from`, `upstream`).
+    function fetches(t: FakeRoot) |_, _| Ok(t.fetches());
+    /// The primitives called, by name, in order.
+    function actions(t: FakeRoot) |_, _| {
+        let names: Array = t.journal.lock().unwrap().actions.iter().map(|a| a.primitive.clone().into()).collect();
+        Ok(names)
+    };
+    /// The lines the recipe logged.
+    function logs(t: FakeRoot) |_, _| {
+        let lines: Array = t.log.lock().unwrap().iter().cloned().map(Dynamic::from).collect();
+        Ok(lines)
+    };
+    /// Fails the test with `msg` unless `cond` is true.
+    function assert(cond: bool, msg: Str) |_, loc| if cond { Ok(()) } else { Err(failure(loc, "assert", format!("assertion failed: {msg}"))) };
+    /// Fails the test unless `a == b` (compared by value and type).
+    function assert_eq(a: Dynamic, b: Dynamic) |_, loc| {
+        let same = a.type_name() == b.type_name() && format!("{a:?}") == format!("{b:?}");
+        if same { Ok(()) } else { Err(failure(loc, "assert_eq", format!("left: {a:?}, right: {b:?}"))) }
+    };
 }
 
 /// The engine a test file runs in: the test API plus every primitive on a
 /// throwaway fake root (so helper code in a test may call them too).
-pub fn test_engine(test_file: &Path) -> Engine {
-    let base_dir = test_file.parent().unwrap_or(Path::new(".")).to_path_buf();
+pub fn test_engine(_test_file: &Path) -> Engine {
     let scratch = Arc::new(FakeTarget::ubuntu());
     let ctx = Ctx::new(scratch);
     let mut engine = build_engine(&ctx, &Limits::default());
-    register_test_api(&mut engine, base_dir);
+    register_test_api(&mut engine);
     engine
 }
 

@@ -3,8 +3,8 @@
 use rhai::{Dynamic, EvalAltResult, NativeCallContext};
 use serde::de::DeserializeOwned;
 
-use crate::ctx::{Action, Ctx, Loc};
 use crate::error::{Error, Result};
+use crate::journal::Loc;
 
 /// The error value a failing primitive raises. Its message already starts
 /// with `file:line:col: primitive:`, so the CLI prints it as is.
@@ -37,45 +37,6 @@ pub fn failure(loc: &Loc, name: &str, err: impl std::fmt::Display) -> Box<EvalAl
         pos,
     )
     .into()
-}
-
-fn to_json(args: &[Dynamic]) -> serde_json::Value {
-    serde_json::Value::Array(
-        args.iter()
-            .map(|a| {
-                serde_json::to_value(a).unwrap_or_else(|_| serde_json::Value::String(a.to_string()))
-            })
-            .collect(),
-    )
-}
-
-/// Runs a primitive: records it in the journal, then maps its error to a
-/// located Rhai error.
-pub fn primitive<T>(
-    ctx: &Ctx,
-    nctx: &NativeCallContext,
-    name: &str,
-    args: &[Dynamic],
-    body: impl FnOnce(&Loc) -> Result<T>,
-) -> Result<T, Box<EvalAltResult>> {
-    let loc = location(nctx);
-    ctx.record_action(Action {
-        primitive: name.to_string(),
-        args: to_json(args),
-        location: loc.clone(),
-        commands: Vec::new(),
-    });
-    body(&loc).map_err(|e| failure(&loc, name, e))
-}
-
-/// Like [`primitive`] but for pure queries (facts), which the plan omits.
-pub fn query<T>(
-    nctx: &NativeCallContext,
-    name: &str,
-    body: impl FnOnce(&Loc) -> Result<T>,
-) -> Result<T, Box<EvalAltResult>> {
-    let loc = location(nctx);
-    body(&loc).map_err(|e| failure(&loc, name, e))
 }
 
 /// Decodes an options map into `T` (a `deny_unknown_fields` struct), so an

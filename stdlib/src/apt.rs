@@ -2,16 +2,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::Dynamic;
 use serde::Deserialize;
 
-use crate::api::{options, primitive, string_list, to_array};
+use crate::api::{options, string_list, to_array};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::files::image_path;
+use crate::register::Str;
+use crate::rhai_fns;
 use crate::root::Attrs;
 use crate::run::command;
 use crate::target::Command;
+
+/// The name of the host cache bound at apt's archives folder while `apt_install` runs.
+pub const APT_ARCHIVES_CACHE: &str = "apt-archives";
+/// apt's archives folder in the image.
+pub const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 
 /// Transient mirror hiccups are common enough on CI to retry every download.
 const RETRIES: &str = "Acquire::Retries=3";
@@ -83,9 +90,7 @@ fn package_args(ctx: &Ctx, pkgs: &[String], debs: bool) -> Result<Vec<String>> {
     for p in pkgs {
         if debs && p.ends_with(".deb") {
             let path = image_path(p).map_err(|_| AptError::BadName(p.clone()))?;
-            // On a recording target the .deb would have come from a fetch or
-            // a command that never ran.
-            if !ctx.target.records_only() && !ctx.target.root().exists(path) {
+            if !ctx.target.root().exists(path) {
                 return Err(AptError::MissingDeb { path: p.clone() }.into());
             }
         } else {
@@ -132,7 +137,7 @@ pub fn apt_install(ctx: &Ctx, loc: &Loc, pkgs: &[String], opts: &InstallOpts) ->
         "Dpkg::Options::=--force-confold",
     ]);
     argv.extend(pkgs.iter().map(String::as_str));
-    let cmd = apt(&argv).cache("apt-archives", "/var/cache/apt/archives");
+    let cmd = apt(&argv).cache(APT_ARCHIVES_CACHE, APT_ARCHIVES);
     ctx.run(loc, cmd)?;
     Ok(())
 }
@@ -223,14 +228,30 @@ fn debs_in(ctx: &Ctx, dir: &str) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+/// Options of `apt_download`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadOpts {
+    /// Also the dependencies the image lacks, resolved by apt against the
+    /// image's sources and installed packages (what `apt-get install` would fetch).
+    pub dependencies: Option<bool>,
+}
+
 /// Downloads the `.deb` files of `pkgs` into `dest` inside the image without
 /// installing them; returns the names of the files that appeared there.
 ///
 /// All packages are first looked up with one `apt-cache policy`, so a typo
 /// fails naming every package that cannot be found rather than the first.
-/// On a recording target that lookup is only recorded (its output is always
-/// empty, which would otherwise read as "nothing found").
-pub fn apt_download(ctx: &Ctx, loc: &Loc, pkgs: &[String], dest: &str) -> Result<Vec<String>> {
+/// With `dependencies`, apt's own resolver picks what is missing from the
+/// image (`apt-get install --download-only` into `dest`); apt's bookkeeping
+/// there (`partial/`, `lock`) is removed unless it was there before.
+pub fn apt_download(
+    ctx: &Ctx,
+    loc: &Loc,
+    pkgs: &[String],
+    dest: &str,
+    opts: &DownloadOpts,
+) -> Result<Vec<String>> {
     let dest = image_path(dest)?;
     if pkgs.is_empty() {
         return Err(AptError::Empty.into());
@@ -245,15 +266,30 @@ pub fn apt_download(ctx: &Ctx, loc: &Loc, pkgs: &[String], dest: &str) -> Result
     let queries: BTreeSet<&str> = specs.iter().map(|(_, s)| s.query.as_str()).collect();
     argv.extend(queries);
     let out = ctx.run(loc, apt(&argv))?;
-    if !ctx.target.records_only() {
-        let policy = parse_policy(&String::from_utf8_lossy(&out.stdout));
-        let not_found = missing(&policy, &specs, &ctx.target.facts().arch);
-        if !not_found.is_empty() {
-            return Err(AptError::NotFound(not_found).into());
-        }
+    let policy = parse_policy(&String::from_utf8_lossy(&out.stdout));
+    let not_found = missing(&policy, &specs, &ctx.target.facts().arch);
+    if !not_found.is_empty() {
+        return Err(AptError::NotFound(not_found).into());
     }
 
+    let root = ctx.target.root();
     let before = debs_in(ctx, dest)?;
+    if opts.dependencies == Some(true) {
+        let bookkeeping = [format!("{dest}/partial"), format!("{dest}/lock")];
+        let had: Vec<bool> = bookkeeping.iter().map(|p| root.kind(p).is_some()).collect();
+        let archives = format!("Dir::Cache::archives={dest}");
+        let mut argv = vec!["apt-get", "install", "--download-only", "--yes"];
+        argv.extend(["--no-install-recommends", "-o", RETRIES, "-o", &archives]);
+        argv.extend(pkgs.iter().map(String::as_str));
+        ctx.run(loc, apt(&argv))?;
+        for (path, had) in bookkeeping.iter().zip(had) {
+            if !had {
+                root.remove(path)?;
+            }
+        }
+        let after = debs_in(ctx, dest)?;
+        return Ok(after.difference(&before).cloned().collect());
+    }
     // `apt-get download` writes into its working directory; the unprivileged
     // `_apt` sandbox user it would fetch as cannot write there.
     let mut argv = vec![
@@ -270,56 +306,21 @@ pub fn apt_download(ctx: &Ctx, loc: &Loc, pkgs: &[String], dest: &str) -> Result
     Ok(after.difference(&before).cloned().collect())
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("apt_update")
-        .with_comments(["/// Runs `apt-get update` inside the image; any repository error (a bad signature,\n/// an unreachable source) fails the build."])
-        .with_params_info(["()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext| {
-            primitive(&c, &nctx, "apt_update", &[], |loc| apt_update(&c, loc))
-        });
-
-    let c = ctx.clone();
-    let install = move |nctx: NativeCallContext, pkgs: Dynamic, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "apt_install",
-            &[pkgs.clone(), opts.clone().into()],
-            |loc| apt_install(&c, loc, &string_list(&pkgs, "pkgs")?, &options(opts)?),
-        )
-    };
-    let install2 = install.clone();
-    FuncRegistration::new("apt_install")
-        .with_comments(["/// Installs packages (a name or an array; an absolute in-image path to a `.deb` is allowed),\n/// non-interactively, without recommended packages unless `#{ recommends: true }`.\n/// Configuration files already in the image are kept."])
-        .with_params_info(["pkgs: Dynamic", "opts: Map", "()"])
-        .register_into_engine(engine, install);
-    FuncRegistration::new("apt_install")
-        .with_comments(["/// Installs packages (a name or an array; an absolute in-image path to a `.deb` is allowed),\n/// non-interactively, without recommended packages."])
-        .with_params_info(["pkgs: Dynamic", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, pkgs: Dynamic| {
-            install2(nctx, pkgs, Map::new())
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("apt_purge")
-        .with_comments(["/// Purges packages (a name or an array) and their configuration files."])
-        .with_params_info(["pkgs: Dynamic", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, pkgs: Dynamic| {
-            primitive(&c, &nctx, "apt_purge", std::slice::from_ref(&pkgs), |loc| {
-                apt_purge(&c, loc, &string_list(&pkgs, "pkgs")?)
-            })
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("apt_download")
-        .with_comments(["/// Downloads the `.deb` files of `pkgs` (a name or an array; `name=version` pins a version)\n/// into the in-image directory `dest` without installing them. Fails naming every package\n/// that cannot be found. Returns the names of the `.deb` files added to `dest`."])
-        .with_params_info(["pkgs: Dynamic", "dest: &str", "Array"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, pkgs: Dynamic, dest: &str| {
-            primitive(&c, &nctx, "apt_download", &[pkgs.clone(), dest.into()], |loc| {
-                apt_download(&c, loc, &string_list(&pkgs, "pkgs")?, dest).map(to_array)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Runs `apt-get update` inside the image; any repository error (a bad signature,
+    /// an unreachable source) fails the build.
+    action apt_update() |c, loc| apt_update(c, loc);
+    /// Installs packages (a name or an array; an absolute in-image path to a `.deb` is allowed),
+    /// non-interactively, without recommended packages unless `#{ recommends: true }`.
+    /// Configuration files already in the image are kept.
+    action apt_install(pkgs: Dynamic, [opts]) |c, loc| apt_install(c, loc, &string_list(&pkgs, "pkgs")?, &options(opts)?);
+    /// Purges packages (a name or an array) and their configuration files.
+    action apt_purge(pkgs: Dynamic) |c, loc| apt_purge(c, loc, &string_list(&pkgs, "pkgs")?);
+    /// Downloads the `.deb` files of `pkgs` (a name or an array; `name=version` pins a version)
+    /// into the in-image directory `dest` without installing them. Fails naming every package
+    /// that cannot be found. Returns the names of the `.deb` files added to `dest`. Options:
+    /// `dependencies` (also those the image lacks, as `apt-get install` would fetch them).
+    action apt_download(pkgs: Dynamic, dest: Str, [opts]) |c, loc| apt_download(c, loc, &string_list(&pkgs, "pkgs")?, &dest, &options(opts)?).map(to_array);
 }
 
 #[cfg(test)]
@@ -350,6 +351,8 @@ mod tests {
     #[test]
     fn update_install_purge_commands() {
         let (t, c) = fake();
+        let deb = "/var/cache/x/pg_search.deb";
+        t.root().write(deb, b"deb", Attrs::default()).unwrap();
         apt_update(&c, &loc()).unwrap();
         apt_install(
             &c,
@@ -412,7 +415,14 @@ mod tests {
             .to_string()
             .contains("no package"));
         assert!(apt_purge(&c, &loc(), &names(&["/x/a.deb"])).is_err());
-        assert!(apt_download(&c, &loc(), &names(&["-o"]), "/var/cache/d").is_err());
+        assert!(apt_download(
+            &c,
+            &loc(),
+            &names(&["-o"]),
+            "/var/cache/d",
+            &DownloadOpts::default()
+        )
+        .is_err());
         assert!(t.commands().is_empty());
     }
 
@@ -522,7 +532,14 @@ libfoo:arm64:
             "mail-transport-agent",
             "postgresql-16=16.0-1",
         ]);
-        let e = apt_download(&c, &loc(), &pkgs, "/var/cache/postgresql-packages/16").unwrap_err();
+        let e = apt_download(
+            &c,
+            &loc(),
+            &pkgs,
+            "/var/cache/postgresql-packages/16",
+            &DownloadOpts::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "packages not found in the image's apt sources: postgresql-99, mail-transport-agent, postgresql-16=16.0-1 \
@@ -576,6 +593,7 @@ libfoo:arm64:
             &loc(),
             &names(&["postgresql-16", "bash"]),
             "/var/cache/pg/16",
+            &DownloadOpts::default(),
         )
         .unwrap();
         assert_eq!(
@@ -594,17 +612,23 @@ libfoo:arm64:
     }
 
     #[test]
-    fn download_on_the_fake_records_the_lookup_and_the_download() {
+    fn download_on_the_fake_answers_like_apt() {
         let (t, c) = fake();
         let got = apt_download(
             &c,
             &loc(),
             &names(&["postgresql-16", "postgresql-client-16"]),
             "/var/cache/postgresql-packages/16",
+            &DownloadOpts::default(),
         )
         .unwrap();
-        assert!(got.is_empty());
-        assert!(t.root().stat("/var/cache/postgresql-packages/16").is_ok());
+        assert_eq!(
+            got,
+            [
+                "postgresql-16_1.0_amd64.deb",
+                "postgresql-client-16_1.0_amd64.deb"
+            ]
+        );
         let cmds: Vec<String> = t.commands().iter().map(|c| c.argv.join(" ")).collect();
         assert_eq!(
             cmds,
@@ -613,5 +637,47 @@ libfoo:arm64:
                 "apt-get download -o APT::Sandbox::User=root -o Acquire::Retries=3 postgresql-16 postgresql-client-16"
             ]
         );
+    }
+
+    #[test]
+    fn download_with_dependencies_leaves_out_apts_bookkeeping() {
+        let (t, c) = fake();
+        let dest = "/var/cache/postgresql-packages/common";
+        let opts = DownloadOpts {
+            dependencies: Some(true),
+        };
+        let got = apt_download(&c, &loc(), &names(&["pgbouncer"]), dest, &opts).unwrap();
+        assert_eq!(got, ["pgbouncer_1.0_amd64.deb"]);
+        assert_eq!(
+            t.root().read_dir(dest).unwrap(),
+            ["pgbouncer_1.0_amd64.deb"],
+            "no partial/, no lock"
+        );
+        let dl = t.commands()[1].to_string();
+        assert!(
+            dl.ends_with("apt-get install --download-only --yes --no-install-recommends -o Acquire::Retries=3 \
+                          -o Dir::Cache::archives=/var/cache/postgresql-packages/common pgbouncer"),
+            "{dl}"
+        );
+        // A `lock` that was there before is not apt's to drop here.
+        t.root()
+            .write(format!("{dest}/lock"), b"", Attrs::default())
+            .unwrap();
+        apt_download(&c, &loc(), &names(&["pgbouncer"]), dest, &opts).unwrap();
+        assert!(t.root().exists(format!("{dest}/lock")));
+        assert!(!t.root().exists(format!("{dest}/partial")));
+    }
+
+    #[test]
+    fn a_typo_fails_naming_the_package_on_the_fake_too() {
+        let (_, c) = fake();
+        let e = apt_download(
+            &c,
+            &loc(),
+            &names(&["postgresql-16=9.9"]),
+            "/d",
+            &DownloadOpts::default(),
+        );
+        assert!(e.unwrap_err().to_string().contains("postgresql-16=9.9"));
     }
 }

@@ -5,14 +5,15 @@ use std::path::Path;
 
 use pgp::composed::{Deserializable, SignedPublicKey};
 use pgp::types::KeyDetails;
-use rhai::{Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::Map;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use crate::api::{options, primitive};
+use crate::api::options;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::fetch::normalize_sha256;
+use crate::register::Str;
+use crate::rhai_fns;
 use crate::root::Attrs;
 
 const KEYRINGS: &str = "/etc/apt/keyrings";
@@ -301,7 +302,7 @@ fn verify_key(
     sha256: Option<&str>,
     fingerprint: Option<&str>,
 ) -> Result<String, RepoError> {
-    let actual = hex::encode(Sha256::digest(bytes));
+    let actual = crate::shared::sha256_hex(bytes);
     if let Some(expected) = sha256 {
         if actual != expected {
             return Err(RepoError::ShaMismatch {
@@ -425,16 +426,15 @@ pub fn apt_repo(ctx: &Ctx, name: &str, opts: RepoOpts) -> Result<String> {
     Ok(sources_path)
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("apt_repo")
-        .with_comments(["/// Adds an apt repository: `/etc/apt/sources.list.d/<name>.sources` (deb822) with\n/// `Signed-By` pointing at its key, installed under `/etc/apt/keyrings/`.\n/// Options: `uri`, `suite` (ending in `/` for a flat repository), `components`\n/// (string or array; not for a flat repository), `key` (URL or asset path), `key_sha256`,\n/// `key_fingerprint` (OpenPGP primary key fingerprint, verified before the key is\n/// installed), `arch` (string or array).\n/// A key needs `key_sha256` or `key_fingerprint` (or both). Returns the `.sources` path."])
-        .with_params_info(["name: &str", "opts: Map", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str, opts: Map| {
-            primitive(&c, &nctx, "apt_repo", &[name.into(), opts.clone().into()], |_| {
-                apt_repo(&c, name, options(opts)?)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Adds an apt repository: `/etc/apt/sources.list.d/<name>.sources` (deb822) with
+    /// `Signed-By` pointing at its key, installed under `/etc/apt/keyrings/`.
+    /// Options: `uri`, `suite` (ending in `/` for a flat repository), `components`
+    /// (string or array; not for a flat repository), `key` (URL or asset path), `key_sha256`,
+    /// `key_fingerprint` (OpenPGP primary key fingerprint, verified before the key is
+    /// installed), `arch` (string or array).
+    /// A key needs `key_sha256` or `key_fingerprint` (or both). Returns the `.sources` path.
+    action apt_repo(name: Str, opts: Map) |c, _| apt_repo(c, &name, options(opts)?);
 }
 
 #[cfg(test)]
@@ -524,7 +524,7 @@ mod tests {
     }
 
     fn sha(b: &[u8]) -> String {
-        hex::encode(Sha256::digest(b))
+        crate::shared::sha256_hex(b)
     }
 
     /// A fake root with an assets folder holding the test keys and a fetcher
@@ -972,8 +972,8 @@ mod tests {
     #[test]
     fn from_rhai_with_array_components_and_unknown_keys() {
         let (t, c, _a) = setup();
-        let mut engine = Engine::new();
-        register(&mut engine, &c);
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, &c);
         let script = format!(
             r#"apt_repo("deb", #{{ uri: "http://deb.debian.org/debian", suite: "bookworm", components: ["main", "contrib"], key: "one.gpg", key_sha256: "{}" }})"#,
             sha(&keys().binary)

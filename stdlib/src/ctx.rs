@@ -1,96 +1,13 @@
 //! What every primitive is handed: the target, the journal, params, assets, the log.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-
 use crate::error::Error;
+pub use crate::journal::{Action, Input, Journal, Loc, Redirect};
 use crate::lock::Lock;
 use crate::target::{Command, Output, Target};
-
-/// A place in a recipe: `file:line:col`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
-pub struct Loc {
-    pub file: String,
-    pub line: usize,
-    pub col: usize,
-}
-
-impl fmt::Display for Loc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            // print() from a script: Rhai gives no position.
-            return f.write_str(if self.file.is_empty() {
-                "recipe"
-            } else {
-                &self.file
-            });
-        }
-        write!(f, "{}:{}:{}", self.file, self.line, self.col)
-    }
-}
-
-/// One primitive call, in order, for `plan` and the manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct Action {
-    pub primitive: String,
-    pub args: serde_json::Value,
-    pub location: Loc,
-    /// The commands this call ran (or, on a fake target, would have run).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub commands: Vec<String>,
-}
-
-/// A pinned input the recipe pulled in (URL by sha256, git by commit).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
-pub struct Input {
-    /// `url` (pin: sha256), `git` (commit), `apt-key` (sha256 of the key
-    /// file), `openpgp` (fingerprint of a key fetched by URL).
-    pub kind: String,
-    pub url: String,
-    /// Empty only on a recording target, when the pin comes from a
-    /// checksum list or the lock that was not available (see `from`).
-    pub pin: String,
-    pub dest: String,
-    /// Where the pin came from: the checksum list's URL (`sha256_from`), or
-    /// `lock` for a file upstream publishes no checksum for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// The URL before `--mirror` redirected it; the lock is keyed by it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
-}
-
-impl Input {
-    /// The URL the lock knows this input by.
-    pub fn lock_url(&self) -> &str {
-        self.upstream.as_deref().unwrap_or(&self.url)
-    }
-}
-
-/// A `mirror(name, default)` call that `--mirror` redirected.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Redirect {
-    pub name: String,
-    pub default: String,
-    pub url: String,
-}
-
-/// Everything the recipe did, in order.
-#[derive(Debug, Default)]
-pub struct Journal {
-    pub actions: Vec<Action>,
-    pub inputs: Vec<Input>,
-    /// Mirror names the recipe asked for, redirected or not.
-    pub mirrors_used: Vec<String>,
-    /// The `mirror()` calls `--mirror` redirected.
-    pub redirects: Vec<Redirect>,
-    /// Build settings a recipe chose (e.g. `finalize` items), by name.
-    pub settings: BTreeMap<String, serde_json::Value>,
-}
 
 /// A sink for build log lines.
 pub type LogFn = Arc<dyn Fn(&Loc, &str) + Send + Sync>;
@@ -215,7 +132,10 @@ impl Ctx {
             .unwrap_or_else(|| url.to_string())
     }
 
-    /// Finds an asset by its relative path in the asset folders.
+    /// Finds an asset by its relative path in the asset folders. The first
+    /// folder holding it wins, and the asset must really be inside that
+    /// folder: a symbolic link (the asset itself or a folder on its path)
+    /// leading out of the folder is refused (see [`beneath`]).
     pub fn asset(&self, rel: &str) -> Result<PathBuf, Error> {
         let relp = Path::new(rel);
         if relp.is_absolute()
@@ -227,29 +147,78 @@ impl Ctx {
                 "asset `{rel}` must be a relative path inside an assets folder"
             )));
         }
-        self.asset_dirs
-            .iter()
-            .map(|d| d.join(relp))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
+        match self.asset_dirs.iter().find(|d| d.join(relp).exists()) {
+            Some(dir) => beneath(dir, rel, "asset"),
+            None => {
                 let searched: Vec<String> = self
                     .asset_dirs
                     .iter()
                     .map(|d| d.display().to_string())
                     .collect();
-                Error::Invalid(format!(
+                Err(Error::Invalid(format!(
                     "asset `{rel}` not found (searched: {})",
                     if searched.is_empty() {
                         "no asset folders".into()
                     } else {
                         searched.join(", ")
                     }
-                ))
-            })
+                )))
+            }
+        }
     }
 
     /// A parameter from `--set`, or `default`.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }
+}
+
+/// `dir/rel`, checked to resolve inside `dir`: `rel` must be relative
+/// without `..`, and no symbolic link on the way (`rel` itself or a folder
+/// in it) may lead out of `dir`; links that stay inside are fine. The path
+/// returned is `dir/rel` as given, so a link inside a copied folder stays one.
+/// `what` names the kind of path for the message ("asset", "fixture", …).
+///
+/// Equivalent to `openat2(RESOLVE_BENEATH)` on a folder nothing writes to
+/// during the build (assets are the recipe's files on the host, which no
+/// command in the image can reach).
+pub fn beneath(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Error> {
+    let relp = Path::new(rel);
+    if relp.is_absolute()
+        || relp
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(Error::Invalid(format!(
+            "{what} `{rel}` must be a relative path inside {}",
+            dir.display()
+        )));
+    }
+    let path = dir.join(relp);
+    let base = std::fs::canonicalize(dir)
+        .map_err(|e| Error::Invalid(format!("{what} `{rel}`: {}: {e}", dir.display())))?;
+    // Every link on the way, the last component's too, is followed: what the
+    // primitives finally open must be inside.
+    let real = match std::fs::canonicalize(&path) {
+        Ok(real) => real,
+        // Nothing there, not even a dangling link: nothing can be read through
+        // it, and the caller reports the missing file when it needs it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.symlink_metadata().is_err() => {
+            return Ok(path)
+        }
+        Err(e) => {
+            return Err(Error::Invalid(format!(
+                "{what} `{rel}`: {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    if !real.starts_with(&base) {
+        return Err(Error::Invalid(format!(
+            "{what} `{rel}` leads out of {} through a symbolic link; \
+             pgimg reads only files inside that folder (copy the file in instead of linking to it)",
+            dir.display()
+        )));
+    }
+    Ok(path)
 }

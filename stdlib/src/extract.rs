@@ -198,9 +198,16 @@ impl Planner<'_> {
         (1..=rel.len()).any(|n| pattern.matches_with(&rel[..n].join("/"), opts))
     }
 
-    fn plan(&self, raw: Vec<RawMember>) -> Result<Vec<Option<Member>>, ExtractError> {
+    /// For each archive member, in order, what is written from it: nothing,
+    /// the member itself, and/or the selected hard links whose content it
+    /// carries (written when its data streams by, so a link gets its
+    /// target's content whether or not the target is selected, and whether
+    /// it comes before or after the link).
+    fn plan(&self, raw: Vec<RawMember>) -> Result<Vec<Vec<Member>>, ExtractError> {
         let mut planned: Vec<Option<Member>> = Vec::with_capacity(raw.len());
-        for m in raw {
+        // Every regular file of the archive by its stripped path: (index, mode).
+        let mut files: Vec<(Vec<String>, usize, u32)> = Vec::new();
+        for (index, m) in raw.into_iter().enumerate() {
             if m.kind == RawKind::Ignored {
                 planned.push(None);
                 continue;
@@ -234,6 +241,9 @@ impl Planner<'_> {
                 continue;
             }
             let rel = comps[self.strip..].to_vec();
+            if kind == Kind::File {
+                files.push((rel.clone(), index, m.mode));
+            }
             if !self.wanted(&rel) {
                 planned.push(None);
                 continue;
@@ -246,7 +256,65 @@ impl Planner<'_> {
             }));
         }
         self.check_links(&planned)?;
-        Ok(planned)
+        self.attach_hard_links(planned, &files)
+    }
+
+    /// Moves each selected hard link to the member that carries its
+    /// target's data. A link to a file selected before it stays a copy of
+    /// that extracted file; otherwise the link is written from the target's
+    /// data: the latest file of that name before the link, else the first
+    /// after it (an archive may put a link first).
+    fn attach_hard_links(
+        &self,
+        planned: Vec<Option<Member>>,
+        files: &[(Vec<String>, usize, u32)],
+    ) -> Result<Vec<Vec<Member>>, ExtractError> {
+        let mut out: Vec<Vec<Member>> = planned
+            .iter()
+            .map(|m| match m {
+                Some(m) if !matches!(m.kind, Kind::Hardlink(_)) => vec![m.clone()],
+                _ => Vec::new(),
+            })
+            .collect();
+        for (at, m) in planned.into_iter().enumerate() {
+            let Some(m) = m else { continue };
+            let Kind::Hardlink(target) = &m.kind else {
+                continue;
+            };
+            let written_before = out[..at]
+                .iter()
+                .flatten()
+                .any(|w| w.rel == *target && matches!(w.kind, Kind::File));
+            if written_before {
+                // A copy of the file already extracted, in archive order.
+                out[at].push(m);
+                continue;
+            }
+            let named = |f: &&(Vec<String>, usize, u32)| f.0 == *target;
+            let carrier = files
+                .iter()
+                .filter(named)
+                .rfind(|f| f.1 < at)
+                .or_else(|| files.iter().filter(named).find(|f| f.1 > at))
+                .ok_or_else(|| {
+                    self.refuse(
+                        &m.name,
+                        format!(
+                            "is a hard link to `{}`, which is not a file in the archive",
+                            target.join("/")
+                        ),
+                    )
+                })?;
+            let (index, mode) = (carrier.1, carrier.2);
+            let kind = match out[index].first() {
+                // The target (or an earlier link) is written from the data:
+                // this link is a copy of it.
+                Some(first) => Kind::Hardlink(first.rel.clone()),
+                None => Kind::File,
+            };
+            out[index].push(Member { kind, mode, ..m });
+        }
+        Ok(out)
     }
 
     fn check_links(&self, planned: &[Option<Member>]) -> Result<(), ExtractError> {
@@ -256,7 +324,6 @@ impl Planner<'_> {
             .filter(|m| matches!(m.kind, Kind::Symlink(_)))
             .map(|m| m.rel.as_slice())
             .collect();
-        let mut files_before: BTreeSet<&[String]> = BTreeSet::new();
         for m in planned.iter().flatten() {
             if let Some(n) = (1..m.rel.len()).find(|n| links.contains(&m.rel[..*n])) {
                 return Err(self.refuse(
@@ -267,23 +334,8 @@ impl Planner<'_> {
                     ),
                 ));
             }
-            match &m.kind {
-                Kind::Symlink(target) => self.check_symlink(m, target, &links)?,
-                Kind::Hardlink(target) => {
-                    if !files_before.contains(target.as_slice()) {
-                        return Err(self.refuse(
-                            &m.name,
-                            format!(
-                                "is a hard link to `{}`, which is not a file extracted before it",
-                                target.join("/")
-                            ),
-                        ));
-                    }
-                }
-                Kind::File => {
-                    files_before.insert(&m.rel);
-                }
-                Kind::Dir => {}
+            if let Kind::Symlink(target) = &m.kind {
+                self.check_symlink(m, target, &links)?;
             }
         }
         Ok(())
@@ -641,32 +693,30 @@ pub fn extract(
 fn write_tar(
     archive: &Path,
     kind: ArchiveKind,
-    plan: &[Option<Member>],
+    plan: &[Vec<Member>],
     w: &mut Writer<'_>,
 ) -> Result<(), ExtractError> {
     let mut ar = tar_reader(archive, kind)?;
     let bad = |e: std::io::Error| archive_error(archive, format!("reading: {e}"));
     for (i, entry) in ar.entries().map_err(bad)?.enumerate() {
         let mut entry = entry.map_err(bad)?;
-        if let Some(Some(m)) = plan.get(i) {
+        // The first reads the member's data; hard links after it copy it.
+        for m in plan.get(i).into_iter().flatten() {
             w.write(m, &mut entry)?;
         }
     }
     Ok(())
 }
 
-fn write_zip(
-    archive: &Path,
-    plan: &[Option<Member>],
-    w: &mut Writer<'_>,
-) -> Result<(), ExtractError> {
+fn write_zip(archive: &Path, plan: &[Vec<Member>], w: &mut Writer<'_>) -> Result<(), ExtractError> {
     let mut zip = zip_reader(archive)?;
-    for (i, m) in plan.iter().enumerate() {
-        let Some(m) = m else { continue };
-        let mut f = zip
-            .by_index(i)
-            .map_err(|e| archive_error(archive, format!("member `{}`: {e}", m.name)))?;
-        w.write(m, &mut f)?;
+    for (i, members) in plan.iter().enumerate() {
+        for m in members {
+            let mut f = zip
+                .by_index(i)
+                .map_err(|e| archive_error(archive, format!("member `{}`: {e}", m.name)))?;
+            w.write(m, &mut f)?;
+        }
     }
     Ok(())
 }
@@ -841,7 +891,7 @@ mod tests {
                 "hard link unknown",
                 vec![M::Hard("pkg/h", "pkg/nothing")],
                 "pkg/h",
-                "not a file extracted before",
+                "not a file in the archive",
             ),
             ("fifo", vec![M::Fifo("pkg/fifo")], "pkg/fifo", "fifo"),
             (
@@ -910,6 +960,57 @@ mod tests {
         assert_eq!(r.read("/opt/app/bin/tool2").unwrap(), b"tool");
         assert_eq!(r.stat("/opt/app/bin/tool2").unwrap().mode, 0o755);
         assert_eq!(r.kind("/opt/app/bin/tool2"), Some(FileKind::File));
+    }
+
+    #[test]
+    fn a_selected_hard_link_gets_its_targets_content() {
+        // As gzip's tarball: bin/gzip is a hard link to bin/gunzip.
+        let members = [
+            M::File("pkg-1.0/bin/gunzip", b"#!/bin/sh\ngzip -d\n", 0o755),
+            M::Hard("pkg-1.0/bin/gzip", "pkg-1.0/bin/gunzip"),
+            M::File("pkg-1.0/README", b"readme", 0o644),
+        ];
+        let e = env(&gz(&raw_tar(&members)));
+        let got = run(&e, ArchiveKind::TarGz, "/usr/local", Some("bin/gzip"), 1).unwrap();
+        assert_eq!(got, ["/usr/local/bin/gzip"]);
+        assert_eq!(
+            e.root.read("/usr/local/bin/gzip").unwrap(),
+            b"#!/bin/sh\ngzip -d\n"
+        );
+        assert_eq!(e.root.stat("/usr/local/bin/gzip").unwrap().mode, 0o755);
+        assert!(!e.root.exists("/usr/local/bin/gunzip"), "not selected");
+
+        // A glob selecting the link and not its target.
+        let e = env(&gz(&raw_tar(&members)));
+        let got = run(&e, ArchiveKind::TarGz, "/opt", Some("*/bin/gz*"), 0).unwrap();
+        assert_eq!(got, ["/opt/pkg-1.0/bin/gzip"]);
+        assert_eq!(
+            e.root.read("/opt/pkg-1.0/bin/gzip").unwrap(),
+            b"#!/bin/sh\ngzip -d\n"
+        );
+    }
+
+    #[test]
+    fn a_hard_link_before_its_target_gets_the_targets_content() {
+        let e = env(&raw_tar(&[
+            M::Hard("pkg/bin/gzip", "pkg/bin/gunzip"),
+            M::File("pkg/bin/gunzip", b"gunzip", 0o755),
+        ]));
+        let mut got = run(&e, ArchiveKind::Tar, "/opt", None, 1).unwrap();
+        got.sort();
+        assert_eq!(got, ["/opt/bin/gunzip", "/opt/bin/gzip"]);
+        assert_eq!(e.root.read("/opt/bin/gzip").unwrap(), b"gunzip");
+        assert_eq!(e.root.read("/opt/bin/gunzip").unwrap(), b"gunzip");
+
+        // Only the link selected, its target later in the archive.
+        let e = env(&raw_tar(&[
+            M::Hard("pkg/bin/gzip", "pkg/bin/gunzip"),
+            M::File("pkg/bin/gunzip", b"gunzip", 0o755),
+        ]));
+        let got = run(&e, ArchiveKind::Tar, "/opt", Some("bin/gzip"), 1).unwrap();
+        assert_eq!(got, ["/opt/bin/gzip"]);
+        assert_eq!(e.root.read("/opt/bin/gzip").unwrap(), b"gunzip");
+        assert!(!e.root.exists("/opt/bin/gunzip"));
     }
 
     #[test]

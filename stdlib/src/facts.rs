@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::{Dynamic, Map};
 
-use crate::api::{primitive, query};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::register::Str;
+use crate::rhai_fns;
 
 /// A malformed line in an os-release file.
 #[derive(Debug, thiserror::Error)]
@@ -163,63 +164,20 @@ pub fn param_or(ctx: &Ctx, name: &str, default: Dynamic) -> Result<Dynamic> {
     }
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("arch")
-        .with_comments(["/// Debian architecture of the image: `\"amd64\"`, `\"arm64\"`."])
-        .with_params_info(["String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext| {
-            query(&nctx, "arch", |_| Ok(c.target.facts().arch.clone()))
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("image_arch")
-        .with_comments(["/// Image naming architecture: `\"x64\"` for amd64, `\"arm64\"`."])
-        .with_params_info(["String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext| {
-            query(&nctx, "image_arch", |_| {
-                Ok(c.target.facts().image_arch().to_string())
-            })
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("os_release")
-        .with_comments(["/// The image's `/etc/os-release` as a map (`ID`, `VERSION_ID`, `VERSION_CODENAME`, ...)."])
-        .with_params_info(["Map"])
-        .register_into_engine(engine, move |nctx: NativeCallContext| {
-            query(&nctx, "os_release", |_| {
-                Ok(os_release(&c)?
-                    .into_iter()
-                    .map(|(k, v)| (k.into(), Dynamic::from(v)))
-                    .collect::<Map>())
-            })
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("param")
-        .with_comments(["/// The value of `--set name=value`; an error when it is not set."])
-        .with_params_info(["name: &str", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str| {
-            query(&nctx, "param", |_| param(&c, name))
-        });
-    let c = ctx.clone();
-    FuncRegistration::new("param")
-        .with_comments(["/// The value of `--set name=value`, or `default` when it is not set.\n/// The value takes the type of `default` (string, integer, float or bool)."])
-        .with_params_info(["name: &str", "default: Dynamic", "Dynamic"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str, default: Dynamic| {
-            query(&nctx, "param", |_| param_or(&c, name, default))
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("log")
-        .with_comments(["/// Writes a line to the build log (and shows it in the plan)."])
-        .with_params_info(["msg: &str", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, msg: &str| {
-            primitive(&c, &nctx, "log", &[msg.into()], |loc| {
-                c.log(loc, msg);
-                Ok(())
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Debian architecture of the image: `"amd64"`, `"arm64"`.
+    query arch() |c, _| Ok(c.target.facts().arch.clone());
+    /// Image naming architecture: `"x64"` for amd64, `"arm64"`.
+    query image_arch() |c, _| Ok(c.target.facts().image_arch().to_string());
+    /// The image's `/etc/os-release` as a map (`ID`, `VERSION_ID`, `VERSION_CODENAME`, ...).
+    query os_release() |c, _| Ok(os_release(c)?.into_iter().map(|(k, v)| (k.into(), v.into())).collect::<Map>());
+    /// The value of `--set name=value`; an error when it is not set.
+    query param(name: Str) |c, _| param(c, &name);
+    /// The value of `--set name=value`, or `default` when it is not set.
+    /// The value takes the type of `default` (string, integer, float or bool).
+    query param(name: Str, default: Dynamic) |c, _| param_or(c, &name, default);
+    /// Writes a line to the build log (and shows it in the plan).
+    action log(msg: Str) |c, loc| { c.log(loc, &msg); Ok(()) };
 }
 
 #[cfg(test)]
@@ -242,8 +200,8 @@ mod tests {
 
     /// Evaluates `script` with these primitives; an error becomes the message the user sees.
     fn eval<T: rhai::Variant + Clone>(c: &Ctx, script: &str) -> Result<T, String> {
-        let mut engine = Engine::new();
-        register(&mut engine, c);
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, c);
         engine.eval::<T>(script).map_err(|e| match *e {
             rhai::EvalAltResult::ErrorRuntime(d, _) => d.cast::<crate::api::PrimitiveFailure>().0,
             other => other.to_string(),

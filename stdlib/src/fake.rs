@@ -2,7 +2,9 @@
 //!
 //! File effects are real (they land in a temporary directory); commands and
 //! fetches are recorded, never run. Ownership changes are recorded too, so
-//! tests running without root can still assert owners.
+//! tests running without root can still assert owners. The commands
+//! primitives read are answered as the image's tools would (see
+//! [`FakeTarget::answer`]), so every primitive has one code path.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -81,6 +83,7 @@ pub struct FakeTarget {
     fetcher: Box<dyn Fetcher>,
     commands: Mutex<Vec<Command>>,
     owners: Mutex<BTreeMap<String, (u32, u32)>>,
+    borrowed: crate::borrow::Borrowed,
 }
 
 impl FakeTarget {
@@ -146,6 +149,7 @@ impl FakeTarget {
             fetcher,
             commands: Mutex::default(),
             owners: Mutex::default(),
+            borrowed: Default::default(),
         })
     }
 
@@ -166,6 +170,80 @@ impl FakeTarget {
     }
 }
 
+/// The version every package has on the fake root.
+pub const FAKE_VERSION: &str = "1.0";
+
+impl FakeTarget {
+    /// What the image's tools would print for the commands primitives read,
+    /// and the files they would leave: `apt-cache policy` (every package
+    /// exists at [`FAKE_VERSION`]); `apt-get download` and `apt-get install
+    /// --download-only` (a `.deb` per named package, and apt's `partial/` and
+    /// `lock` beside them for the latter); `apt-get install
+    /// postgresql-server-dev-<v>` (its `pg_config`); `git rev-parse HEAD` (the
+    /// checkout's `.git/HEAD`); `go build -o` and `install -D -m` (the file).
+    /// Any other command prints nothing.
+    pub fn answer(&self, cmd: &Command) -> Result<String, FsError> {
+        let argv: Vec<&str> = cmd.argv.iter().map(String::as_str).collect();
+        let cwd = cmd.cwd.clone().unwrap_or_else(|| "/".into());
+        let at = |p: &str| {
+            if p.starts_with('/') {
+                p.to_string()
+            } else {
+                format!("{}/{p}", cwd.trim_end_matches('/'))
+            }
+        };
+        let words = |from: usize| {
+            argv[from..]
+                .iter()
+                .filter(|a| !a.starts_with('-') && !a.contains("::"))
+                .copied()
+        };
+        let deb = |spec: &str| {
+            let (name, version) = spec.split_once('=').unwrap_or((spec, FAKE_VERSION));
+            let name = name.split(['/', ':']).next().unwrap_or(name);
+            format!("{name}_{version}_{}.deb", self.facts.arch)
+        };
+        match argv.as_slice() {
+            ["apt-cache", "policy", ..] => Ok(words(2)
+                .map(|p| format!("{p}:\n  Installed: (none)\n  Candidate: {FAKE_VERSION}\n  Version table:\n     {FAKE_VERSION} 500\n        500 fake\n"))
+                .collect()),
+            ["apt-get", "download", ..] => {
+                for spec in words(2) {
+                    self.root.write(at(&deb(spec)), b"", Attrs::mode(0o644))?;
+                }
+                Ok(String::new())
+            }
+            ["apt-get", "install", rest @ ..] if rest.contains(&"--download-only") => {
+                let dir = rest.iter().find_map(|a| a.strip_prefix("Dir::Cache::archives=")).unwrap_or("/var/cache/apt/archives");
+                self.root.mkdir_all(format!("{dir}/partial"), Attrs::mode(0o700))?;
+                self.root.write(format!("{dir}/lock"), b"", Attrs::mode(0o640))?;
+                for spec in words(2) {
+                    self.root.write(format!("{dir}/{}", deb(spec)), b"", Attrs::mode(0o644))?;
+                }
+                Ok(String::new())
+            }
+            ["apt-get", "install", ..] => {
+                for v in words(2).filter_map(|p| p.strip_prefix("postgresql-server-dev-")) {
+                    self.root.write(format!("/usr/lib/postgresql/{v}/bin/pg_config"), b"", Attrs::mode(0o755))?;
+                }
+                Ok(String::new())
+            }
+            ["git", "rev-parse", .., "HEAD"] => Ok(self.root.read_string(at(".git/HEAD"))?),
+            ["go", "build", .., "-o", out, _] => {
+                self.root.write(at(out), b"", Attrs::mode(0o755))?;
+                Ok(String::new())
+            }
+            ["install", "-D", "-m", mode, src, dest] => {
+                let mode = u32::from_str_radix(mode, 8).unwrap_or(0o755);
+                let bytes = self.root.read(at(src)).unwrap_or_default();
+                self.root.write(at(dest), &bytes, Attrs::mode(mode))?;
+                Ok(String::new())
+            }
+            _ => Ok(String::new()),
+        }
+    }
+}
+
 impl Target for FakeTarget {
     fn root(&self) -> &ImageRoot {
         &self.root
@@ -173,7 +251,14 @@ impl Target for FakeTarget {
 
     fn run(&self, cmd: &Command) -> Result<Output, CommandError> {
         self.commands.lock().unwrap().push(cmd.clone());
-        Ok(Output::default())
+        let stdout = self.answer(cmd).map_err(|e| CommandError::Spawn {
+            command: cmd.to_string(),
+            reason: format!("fake root: {e}"),
+        })?;
+        Ok(Output {
+            stdout: stdout.into_bytes(),
+            ..Output::default()
+        })
     }
 
     fn fetcher(&self) -> &dyn Fetcher {
@@ -184,8 +269,8 @@ impl Target for FakeTarget {
         &self.facts
     }
 
-    fn records_only(&self) -> bool {
-        true
+    fn borrowed(&self) -> Option<&crate::borrow::Borrowed> {
+        Some(&self.borrowed)
     }
 
     fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), FsError> {

@@ -7,17 +7,18 @@
 //! `pgimg lock` records. With `--locked` both come from the lock file and the
 //! network is not asked.
 
-use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::{Dynamic, Map};
 use serde::Deserialize;
 
-use crate::api::{options, primitive, to_array};
+use crate::api::{options, to_array};
 use crate::ctx::Ctx;
-use crate::ctx::Input;
 use crate::error::{Error, Result};
 use crate::extract::{extract, ArchiveKind, ExtractError};
 use crate::fetch::{check_url, normalize_sha256, sha256_for, url_file_name, FetchError};
 use crate::files::{apply, image_path};
+use crate::journal::Input;
 use crate::lock::FROM_LOCK;
+use crate::rhai_fns;
 use crate::root::{Attrs, FileKind};
 
 /// `extract: true` unpacks everything, `extract: "glob"` only matching members.
@@ -286,26 +287,17 @@ fn for_url(url: &str, e: ExtractError) -> Error {
     }
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("fetch_verify")
-        .with_comments([
-            "/// Downloads `url` on the host through the cache, verifies `sha256` before anything is\n\
-             /// written into the image, and installs it.\n\
-             /// Options: `url`, `dest` and a pin (required): `sha256`, or `sha256_from` (the URL of\n\
-             /// upstream's checksum list, whose entry for the file's name is the pin; or `\"lock\"` when\n\
-             /// upstream publishes none and `pgimg lock` records it); `extract` (`true` or a glob of members),\n\
-             /// `strip` (leading path components dropped when extracting), `mode`, `owner`.\n\
-             /// Without `extract`, `dest` is a file path (ending in `/`: a directory, the URL's file\n\
-             /// name is used) and the path is returned; with it, `dest` is a directory and the\n\
-             /// extracted paths are returned.",
-        ])
-        .with_params_info(["opts: Map", "Dynamic"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, opts: Map| {
-            primitive(&c, &nctx, "fetch_verify", &[opts.clone().into()], |_| {
-                fetch_verify(&c, &options(opts)?).map(Installed::into_dynamic)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Downloads `url` on the host through the cache, verifies `sha256` before anything is
+    /// written into the image, and installs it.
+    /// Options: `url`, `dest` and a pin (required): `sha256`, or `sha256_from` (the URL of
+    /// upstream's checksum list, whose entry for the file's name is the pin; or `"lock"` when
+    /// upstream publishes none and `pgimg lock` records it); `extract` (`true` or a glob of members),
+    /// `strip` (leading path components dropped when extracting), `mode`, `owner`.
+    /// Without `extract`, `dest` is a file path (ending in `/`: a directory, the URL's file
+    /// name is used) and the path is returned; with it, `dest` is a directory and the
+    /// extracted paths are returned.
+    action fetch_verify(opts: Map) |c, _| fetch_verify(c, &options(opts)?).map(Installed::into_dynamic);
 }
 
 #[cfg(test)]
@@ -313,7 +305,6 @@ mod tests {
     use super::*;
     use crate::fetch::RecordingFetcher;
     use crate::{FakeOs, FakeTarget, Target};
-    use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
     use std::io::Write;
     use std::path::PathBuf;
@@ -323,7 +314,7 @@ mod tests {
     const BIN_URL: &str = "https://example.org/dl/tool";
 
     fn sha(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
+        crate::shared::sha256_hex(bytes)
     }
 
     fn tarball() -> Vec<u8> {
@@ -835,9 +826,9 @@ mod tests {
         .unwrap_or_else(|| panic!("not a primitive failure"))
     }
 
-    fn engine(ctx: &Ctx) -> Engine {
-        let mut engine = Engine::new();
-        register(&mut engine, ctx);
+    fn engine(ctx: &Ctx) -> rhai::Engine {
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, ctx);
         engine
     }
 

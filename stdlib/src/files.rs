@@ -1,12 +1,13 @@
 //! File primitives: `write_file`, `append_file`, `copy_asset`, `mkdir`, `symlink`, `remove`.
 
-use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
 use serde::Deserialize;
 
-use crate::api::{options, primitive, to_array};
+use crate::api::{options, to_array};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::owner::resolve_owner;
+use crate::register::Str;
+use crate::rhai_fns;
 use crate::root::Attrs;
 
 /// `mode` and `owner`, shared by the primitives that create files.
@@ -125,128 +126,21 @@ pub fn copy_asset(ctx: &Ctx, asset: &str, dest: &str, opts: &FileOpts) -> Result
     Ok(written)
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    let write = move |nctx: NativeCallContext, path: &str, content: &str, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "write_file",
-            &[path.into(), content.into(), opts.clone().into()],
-            |_| write_file(&c, path, content, &options(opts)?),
-        )
-    };
-    let w2 = write.clone();
-    FuncRegistration::new("write_file")
-        .with_comments(["/// Writes `content` to `path` in the image atomically.\n/// Options: `mode` (e.g. `0o640`), `owner` (`\"user\"` or `\"user:group\"`)."])
-        .with_params_info(["path: &str", "content: &str", "opts: Map", "()"])
-        .register_into_engine(engine, write);
-    FuncRegistration::new("write_file")
-        .with_comments(["/// Writes `content` to `path` in the image atomically."])
-        .with_params_info(["path: &str", "content: &str", "()"])
-        .register_into_engine(
-            engine,
-            move |nctx: NativeCallContext, path: &str, content: &str| {
-                w2(nctx, path, content, Map::new())
-            },
-        );
-
-    let c = ctx.clone();
-    FuncRegistration::new("append_file")
-        .with_comments(["/// Appends `content` to `path` in the image, creating it when missing."])
-        .with_params_info(["path: &str", "content: &str", "()"])
-        .register_into_engine(
-            engine,
-            move |nctx: NativeCallContext, path: &str, content: &str| {
-                primitive(
-                    &c,
-                    &nctx,
-                    "append_file",
-                    &[path.into(), content.into()],
-                    |_| append_file(&c, path, content),
-                )
-            },
-        );
-
-    let c = ctx.clone();
-    let mk = move |nctx: NativeCallContext, path: &str, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "mkdir",
-            &[path.into(), opts.clone().into()],
-            |_| mkdir(&c, path, &options(opts)?),
-        )
-    };
-    let mk2 = mk.clone();
-    FuncRegistration::new("mkdir")
-        .with_comments([
-            "/// Creates a directory and its parents (`mkdir -p`). Options: `mode`, `owner`.",
-        ])
-        .with_params_info(["path: &str", "opts: Map", "()"])
-        .register_into_engine(engine, mk);
-    FuncRegistration::new("mkdir")
-        .with_comments(["/// Creates a directory and its parents (`mkdir -p`)."])
-        .with_params_info(["path: &str", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str| {
-            mk2(nctx, path, Map::new())
-        });
-
-    let c = ctx.clone();
-    let cp = move |nctx: NativeCallContext, asset: &str, dest: &str, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "copy_asset",
-            &[asset.into(), dest.into(), opts.clone().into()],
-            |_| copy_asset(&c, asset, dest, &options(opts)?).map(to_array),
-        )
-    };
-    let cp2 = cp.clone();
-    FuncRegistration::new("copy_asset")
-        .with_comments(["/// Copies a file or folder from the recipe's (or flavor's) `assets/` into the image.\n/// Options: `mode`, `owner`. Returns the paths written."])
-        .with_params_info(["asset: &str", "dest: &str", "opts: Map", "Array"])
-        .register_into_engine(engine, cp);
-    FuncRegistration::new("copy_asset")
-        .with_comments([
-            "/// Copies a file or folder from the recipe's (or flavor's) `assets/` into the image.",
-        ])
-        .with_params_info(["asset: &str", "dest: &str", "Array"])
-        .register_into_engine(
-            engine,
-            move |nctx: NativeCallContext, asset: &str, dest: &str| {
-                cp2(nctx, asset, dest, Map::new())
-            },
-        );
-
-    let c = ctx.clone();
-    FuncRegistration::new("symlink")
-        .with_comments(["/// Creates (or replaces) the symlink `link` pointing at `target`."])
-        .with_params_info(["target: &str", "link: &str", "()"])
-        .register_into_engine(
-            engine,
-            move |nctx: NativeCallContext, target: &str, link: &str| {
-                primitive(&c, &nctx, "symlink", &[target.into(), link.into()], |_| {
-                    Ok(c.target.root().symlink(target, image_path(link)?)?)
-                })
-            },
-        );
-
-    let c = ctx.clone();
-    FuncRegistration::new("remove")
-        .with_comments([
-            "/// Removes a file, link or directory tree; returns whether anything was there.",
-        ])
-        .with_params_info(["path: &str", "bool"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str| {
-            primitive(
-                &c,
-                &nctx,
-                "remove",
-                &[Dynamic::from(path.to_string())],
-                |_| Ok(c.target.root().remove(image_path(path)?)?),
-            )
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Writes `content` to `path` in the image atomically.
+    /// Options: `mode` (e.g. `0o640`), `owner` (`"user"` or `"user:group"`).
+    action write_file(path: Str, content: Str, [opts]) |c, _| write_file(c, &path, &content, &options(opts)?);
+    /// Appends `content` to `path` in the image, creating it when missing.
+    action append_file(path: Str, content: Str) |c, _| append_file(c, &path, &content);
+    /// Creates a directory and its parents (`mkdir -p`). Options: `mode`, `owner`.
+    action mkdir(path: Str, [opts]) |c, _| mkdir(c, &path, &options(opts)?);
+    /// Copies a file or folder from the recipe's (or flavor's) `assets/` into the image.
+    /// Options: `mode`, `owner`. Returns the paths written.
+    action copy_asset(asset: Str, dest: Str, [opts]) |c, _| copy_asset(c, &asset, &dest, &options(opts)?).map(to_array);
+    /// Creates (or replaces) the symlink `link` pointing at `target`.
+    action symlink(target: Str, link: Str) |c, _| Ok(c.target.root().symlink(target.as_str(), image_path(&link)?)?);
+    /// Removes a file, link or directory tree; returns whether anything was there.
+    action remove(path: Str) |c, _| Ok(c.target.root().remove(image_path(&path)?)?);
 }
 
 #[cfg(test)]

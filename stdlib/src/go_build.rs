@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use rhai::{Array, Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::{Dynamic, Map};
 use serde::Deserialize;
 
-use crate::api::{options, primitive, string_list, to_array};
+use crate::api::{options, string_list, to_array};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::files::image_path;
-use crate::root::Attrs;
+use crate::rhai_fns;
 use crate::run::command;
 use crate::source::{with_build_dir, Source};
 use crate::target::Command;
@@ -152,40 +152,29 @@ pub fn go_build(ctx: &Ctx, loc: &Loc, opts: GoOpts) -> Result<Vec<String>> {
             let argv = ["go", "build", "-trimpath", "-o", out, pkg];
             ctx.run(loc, go(argv.iter().map(|s| s.to_string()).collect()))?;
         }
-        let root = ctx.target.root();
         let mut installed = Vec::new();
         for (built, dest) in &install {
             let src = format!("{dir}/{built}");
-            match root.open_read(&src) {
-                Ok(mut f) => {
-                    root.write_from(dest, &mut f, Attrs::mode(0o755))?;
-                }
-                Err(e) if e.is_not_found() && ctx.target.records_only() => {
-                    root.write(dest, b"", Attrs::mode(0o755))?;
-                }
-                Err(e) if e.is_not_found() => {
-                    return Err(Error::invalid(format!(
-                        "install: the build did not produce `{built}` (looked for {src})"
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            }
+            // The image's own install(1): one code path, which the fake root answers too.
+            ctx.run(loc, command(["install", "-D", "-m", "0755", &src, dest]))
+                .map_err(|e| {
+                    Error::invalid(format!("install: the build did not produce `{built}`? {e}"))
+                })?;
             installed.push(dest.clone());
         }
         Ok(installed)
     })
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("go_build")
-        .with_comments(["/// Builds a Go source inside the image with the host's Go module and build caches.\n/// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage\n/// `git` as a checkout with `.git`, for Makefiles that run git); `make` (array of\n/// `make` invocations, e.g. `[\"deps\", \"pg_build\"]`); `build` (map output → package,\n/// e.g. `#{ \"bin/tool\": \"./cmd/tool\" }`); `env` (map; `GOPROXY` is `off` unless set here);\n/// `install` (map built file → destination, installed with mode 0755).\n/// Returns the installed paths. The build folder is removed afterwards."])
-        .with_params_info(["opts: Map", "Array"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, opts: Map| -> Result<Array, Box<rhai::EvalAltResult>> {
-            primitive(&c, &nctx, "go_build", &[opts.clone().into()], |loc| {
-                go_build(&c, loc, options(opts)?).map(to_array)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Builds a Go source inside the image with the host's Go module and build caches.
+    /// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage
+    /// `git` as a checkout with `.git`, for Makefiles that run git); `make` (array of
+    /// `make` invocations, e.g. `["deps", "pg_build"]`); `build` (map output → package,
+    /// e.g. `#{ "bin/tool": "./cmd/tool" }`); `env` (map; `GOPROXY` is `off` unless set here);
+    /// `install` (map built file → destination, installed with mode 0755).
+    /// Returns the installed paths. The build folder is removed afterwards.
+    action go_build(opts: Map) |c, loc| go_build(c, loc, options(opts)?).map(to_array);
 }
 
 #[cfg(test)]
@@ -238,11 +227,17 @@ mod tests {
         let cmds = t.commands();
         let shown: Vec<String> = cmds.iter().map(ToString::to_string).collect();
         let env = "GOCACHE=/root/.cache/go-build GOMODCACHE=/root/go/pkg/mod GOPATH=/root/go GOPROXY=off GOTOOLCHAIN=local";
+        let makes =
+            ["deps", "pg_build", "build_client"].map(|m| format!("cd {DIR} && {env} make {m}"));
+        assert_eq!(shown[..3], makes);
         assert_eq!(
-            shown,
-            ["deps", "pg_build", "build_client"].map(|m| format!("cd {DIR} && {env} make {m}"))
+            shown[3..],
+            [
+                format!("install -D -m 0755 {DIR}/cmd/daemonclient/walg-daemon-client /usr/bin/walg-daemon-client"),
+                format!("install -D -m 0755 {DIR}/main/pg/wal-g /usr/bin/wal-g"),
+            ]
         );
-        for c in &cmds {
+        for c in &cmds[..3] {
             assert_eq!(
                 c.caches,
                 BTreeMap::from([
@@ -275,6 +270,9 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         let mut scripted = Scripted::new(move |root, cmd| {
+            if cmd.argv[0] == "install" {
+                return crate::run::scripted::install(root, cmd);
+            }
             let cwd = cmd.cwd.clone().unwrap();
             // The source is in place while the build runs.
             s2.lock()
@@ -284,7 +282,7 @@ mod tests {
                 root.write(
                     format!("{cwd}/{}", cmd.argv[4]),
                     b"\x7fELF",
-                    Attrs::mode(0o644),
+                    crate::root::Attrs::mode(0o644),
                 )
                 .unwrap();
             }
@@ -320,6 +318,7 @@ mod tests {
         assert_eq!(t.root().read("/usr/local/bin/tool").unwrap(), b"\x7fELF");
         assert_eq!(t.root().stat("/usr/local/bin/tool").unwrap().mode, 0o755);
         let cmd = &t.commands()[0];
+        assert_eq!(t.commands().len(), 2, "go build, install");
         assert_eq!(
             cmd.argv,
             ["go", "build", "-trimpath", "-o", "bin/tool", "./cmd/tool"]
@@ -340,6 +339,9 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         let mut scripted = Scripted::new(move |root, cmd| {
+            if cmd.argv[0] == "install" {
+                return crate::run::scripted::install(root, cmd);
+            }
             let cwd = cmd.cwd.clone().unwrap();
             let head = root.read_string(format!("{cwd}/.git/HEAD")).unwrap();
             let tag = root.exists(format!("{cwd}/.git/refs/tags/v3.0.3"));
@@ -385,13 +387,16 @@ mod tests {
 
     #[test]
     fn a_failed_make_or_a_missing_output_is_an_error_and_cleans_up() {
-        let t = Arc::new(Scripted::new(|_, cmd| {
+        let t = Arc::new(Scripted::new(|root, cmd| {
             if cmd.argv.get(1).map(String::as_str) == Some("pg_build") {
                 return Err(CommandError::Failed {
                     command: cmd.to_string(),
                     status: "exit status: 2".into(),
                     stderr_tail: "undefined: foo".into(),
                 });
+            }
+            if cmd.argv[0] == "install" {
+                return crate::run::scripted::install(root, cmd);
             }
             Ok(Output::default())
         }));

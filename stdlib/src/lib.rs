@@ -4,6 +4,8 @@
 pub mod api;
 pub mod apt;
 pub mod apt_repo;
+pub mod borrow;
+pub mod borrow_file;
 pub mod ctx;
 pub mod error;
 pub mod extract;
@@ -13,14 +15,17 @@ pub mod fetch;
 pub mod fetch_verify;
 pub mod files;
 pub mod go_build;
+pub mod journal;
 pub mod lock;
 pub mod mirror;
 pub mod owner;
 pub mod pgxs;
 pub mod read_asset;
+pub mod register;
 pub mod require_arch;
 pub mod root;
 pub mod run;
+pub mod shared;
 pub mod source;
 pub mod systemd;
 pub mod target;
@@ -32,19 +37,12 @@ pub use fake::{FakeOs, FakeTarget};
 pub use root::{Attrs, ImageRoot};
 pub use target::{Command, Facts, Output, Target};
 
-/// Registers every primitive into `engine`, acting through `ctx`.
+/// Registers every primitive into `engine`, acting through `ctx` (the engine's default tag).
 pub fn register(engine: &mut rhai::Engine, ctx: &Ctx) {
-    files::register(engine, ctx);
-    facts::register(engine, ctx);
-    run::register(engine, ctx);
-    apt::register(engine, ctx);
-    apt_repo::register(engine, ctx);
-    go_build::register(engine, ctx);
-    pgxs::register(engine, ctx);
-    fetch_verify::register(engine, ctx);
-    users::register(engine, ctx);
-    systemd::register(engine, ctx);
-    mirror::register(engine, ctx);
-    require_arch::register(engine, ctx);
-    read_asset::register(engine, ctx);
+    let mut m = rhai::Module::new();
+    macro_rules! each { ($($module:ident),*) => { $($module::register(&mut m);)* } }
+    each! { files, facts, run, apt, apt_repo, go_build, pgxs, fetch_verify, users, systemd, mirror,
+    require_arch, read_asset, borrow_file }
+    engine.register_global_module(m.into());
+    engine.set_default_tag(rhai::Dynamic::from(ctx.clone()));
 }

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::ctx::Input;
+use crate::journal::Input;
 
 /// The name `pgimg lock` writes beside the recipes.
 pub const LOCK_FILE: &str = "pgimg.lock";

@@ -1,11 +1,11 @@
 //! `mirror(name, default)`: a source base URL that `--mirror NAME=URL` can redirect without editing recipes.
 
-use rhai::{Engine, FuncRegistration, Map, NativeCallContext};
-
-use crate::api::primitive;
-use crate::ctx::{Ctx, Redirect};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::fetch::check_url;
+use crate::journal::Redirect;
+use crate::register::Str;
+use crate::rhai_fns;
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -42,6 +42,12 @@ pub fn mirror(ctx: &Ctx, name: &str, default: &str) -> Result<String> {
         given.trim_end_matches('/').to_string()
     };
     let mut j = ctx.journal.lock().unwrap();
+    // The plan shows where the call was redirected, beside its arguments.
+    if let Some(call) = j.actions.last_mut().filter(|a| a.primitive == "mirror") {
+        if let serde_json::Value::Array(args) = &mut call.args {
+            args.push(serde_json::json!({ "redirected": given }));
+        }
+    }
     let redirect = Redirect {
         name: name.to_string(),
         default: default.to_string(),
@@ -64,21 +70,11 @@ pub fn unused_mirrors(ctx: &Ctx) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("mirror")
-        .with_comments(["/// The base URL of the source `name`: the value of `--mirror name=URL` when given, else\n/// `default`. Pins stay those of the upstream files, so a mirror must serve the same bytes;\n/// the lock file names the upstream URL."])
-        .with_params_info(["name: &str", "default: &str", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str, default: &str| {
-            let redirected = c.mirrors.get(name).cloned();
-            let mut args = vec![name.into(), default.into()];
-            if let Some(to) = redirected {
-                let mut m = Map::new();
-                m.insert("redirected".into(), to.into());
-                args.push(m.into());
-            }
-            primitive(&c, &nctx, "mirror", &args, |_| mirror(&c, name, default))
-        });
+rhai_fns! { pub(crate) fn register;
+    /// The base URL of the source `name`: the value of `--mirror name=URL` when given, else
+    /// `default`. Pins stay those of the upstream files, so a mirror must serve the same bytes;
+    /// the lock file names the upstream URL.
+    action mirror(name: Str, default: Str) |c, _| mirror(c, &name, &default);
 }
 
 #[cfg(test)]
@@ -173,8 +169,8 @@ mod tests {
     #[test]
     fn from_rhai_the_plan_shows_the_redirect() {
         let c = ctx(&[("pgdg", "http://127.0.0.1:9/pgdg")]);
-        let mut engine = Engine::new();
-        register(&mut engine, &c);
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, &c);
         let got: String = engine
             .eval(r#"mirror("pgdg", "https://apt.postgresql.org/pub/repos/apt") + "|" + mirror("releases", "https://github.com")"#)
             .unwrap();

@@ -21,9 +21,37 @@ fn lookup(root: &ImageRoot, db: &str, name: &str) -> Result<Option<(u32, Option<
     Ok(None)
 }
 
+/// Whether `id` can be a user or group id (see [`check_id`]).
+pub fn is_valid_id(id: u32) -> bool {
+    id != u32::MAX && id != u32::from(u16::MAX)
+}
+
+/// Refuses ids that are not real ids: `4294967295` is `(uid_t)-1`, which
+/// chown(2) takes as "leave unchanged", and `65535` is `(uint16_t)-1`, the
+/// same in the 16-bit calls; systemd refuses both (`uid_is_valid()` in
+/// systemd's src/basic/user-util.h).
+pub fn check_id(what: &str, id: u32) -> Result<u32> {
+    if !is_valid_id(id) {
+        return Err(Error::invalid(format!(
+            "{what} {id} is not a valid id (it means \"unchanged\" to chown and the kernel)"
+        )));
+    }
+    Ok(id)
+}
+
 /// Resolves an owner spec to (uid, gid) using the image's `/etc/passwd` and
 /// `/etc/group` (never the host's). A bare user takes its primary group.
+/// Ids that are not real ids ([`check_id`]) are refused.
 pub fn resolve_owner(root: &ImageRoot, spec: &str) -> Result<(u32, u32)> {
+    let (uid, gid) = resolve_ids(root, spec)?;
+    let what = |kind: &str| format!("owner `{spec}`: {kind}");
+    Ok((
+        check_id(&what("user id"), uid)?,
+        check_id(&what("group id"), gid)?,
+    ))
+}
+
+fn resolve_ids(root: &ImageRoot, spec: &str) -> Result<(u32, u32)> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -68,5 +96,21 @@ mod tests {
         assert_eq!(resolve_owner(r, "1000:1001").unwrap(), (1000, 1001));
         let e = resolve_owner(r, "nobody-here").unwrap_err().to_string();
         assert!(e.contains("no user `nobody-here`"), "{e}");
+    }
+
+    #[test]
+    fn owner_ids_that_mean_unchanged_to_chown_are_refused() {
+        let t = FakeTarget::ubuntu();
+        let r = t.root();
+        for spec in ["4294967295", "0:4294967295", "65535:0", "root:65535"] {
+            let e = resolve_owner(r, spec).unwrap_err().to_string();
+            assert!(e.contains("is not a valid id"), "{spec}: {e}");
+        }
+        // The same id reached through the image's own database.
+        r.append("/etc/passwd", b"ghost:x:4294967295:0::/:/bin/false\n")
+            .unwrap();
+        let e = resolve_owner(r, "ghost").unwrap_err().to_string();
+        assert!(e.contains("user id 4294967295 is not a valid id"), "{e}");
+        assert_eq!(resolve_owner(r, "65534:65534").unwrap(), (65534, 65534));
     }
 }

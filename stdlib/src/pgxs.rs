@@ -1,11 +1,12 @@
 //! `pgxs_build`: builds and installs a PostgreSQL extension with PGXS for each PostgreSQL major version.
 
-use rhai::{Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::{Dynamic, Map};
 use serde::Deserialize;
 
-use crate::api::{options, primitive, string_list};
+use crate::api::{options, string_list};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
+use crate::rhai_fns;
 use crate::run::command;
 use crate::source::{with_build_dir, Source};
 
@@ -106,8 +107,7 @@ pub fn pgxs_build(ctx: &Ctx, loc: &Loc, opts: PgxsOpts) -> Result<()> {
         for v in &versions {
             let per_version = |e: Error| Error::invalid(format!("PostgreSQL {v}: {e}"));
             let config = pg_config(v);
-            // On a recording target no PostgreSQL was installed.
-            if !ctx.target.records_only() && !ctx.target.root().exists(&config) {
+            if !ctx.target.root().exists(&config) {
                 return Err(per_version(Error::invalid(format!(
                     "{config} is not in the image; install postgresql-server-dev-{v} first"
                 ))));
@@ -129,14 +129,13 @@ pub fn pgxs_build(ctx: &Ctx, loc: &Loc, opts: PgxsOpts) -> Result<()> {
     })
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("pgxs_build")
-        .with_comments(["/// Builds and installs a PostgreSQL extension for each major in `pg_versions`:\n/// `make`, `make install`, `make clean` with `USE_PGXS=1 PG_CONFIG=/usr/lib/postgresql/<v>/bin/pg_config`.\n/// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage\n/// `git` as a checkout with `.git`, for Makefiles that run git); `pg_versions`\n/// (`[16, 17]` or `\"16,17\"`); `make_args` (array or string). A failure names the version."])
-        .with_params_info(["opts: Map", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, opts: Map| {
-            primitive(&c, &nctx, "pgxs_build", &[opts.clone().into()], |loc| pgxs_build(&c, loc, options(opts)?))
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Builds and installs a PostgreSQL extension for each major in `pg_versions`:
+    /// `make`, `make install`, `make clean` with `USE_PGXS=1 PG_CONFIG=/usr/lib/postgresql/<v>/bin/pg_config`.
+    /// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage
+    /// `git` as a checkout with `.git`, for Makefiles that run git); `pg_versions`
+    /// (`[16, 17]` or `"16,17"`); `make_args` (array or string). A failure names the version.
+    action pgxs_build(opts: Map) |c, loc| pgxs_build(c, loc, options(opts)?);
 }
 
 #[cfg(test)]
@@ -204,12 +203,27 @@ mod tests {
     fn builds_installs_and_cleans_per_version() {
         let t = Arc::new(FakeTarget::ubuntu());
         let c = Ctx::new(t.clone());
+        // The fake answers apt as the image would: the dev package brings pg_config.
+        crate::apt::apt_install(
+            &c,
+            &loc(),
+            &[
+                "postgresql-server-dev-16".into(),
+                "postgresql-server-dev-17".into(),
+            ],
+            &Default::default(),
+        )
+        .unwrap();
+        let skip = t.commands().len();
         let opts = PgxsOpts {
             make_args: Some(Dynamic::from("with_llvm=no")),
             ..pguint(Dynamic::from("16,17"))
         };
         pgxs_build(&c, &loc(), opts).unwrap();
-        let shown: Vec<String> = t.commands().iter().map(ToString::to_string).collect();
+        let shown: Vec<String> = t.commands()[skip..]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let mut want = Vec::new();
         for v in ["16", "17"] {
             for step in ["", " install", " clean"] {
@@ -219,8 +233,7 @@ mod tests {
             }
         }
         assert_eq!(shown, want);
-        assert!(t
-            .commands()
+        assert!(t.commands()[skip..]
             .iter()
             .all(|c| c.label == "r.rhai:7:1" && c.timeout.is_some()));
         assert!(!t.root().exists(DIR));
@@ -243,6 +256,13 @@ mod tests {
             .unwrap(),
         );
         let c = Ctx::new(t.clone());
+        t.root()
+            .write(
+                "/usr/lib/postgresql/16/bin/pg_config",
+                b"",
+                crate::root::Attrs::mode(0o755),
+            )
+            .unwrap();
         let opts = PgxsOpts {
             keep_git: Some(true),
             ..pguint(Dynamic::from(16_i64))

@@ -1,10 +1,9 @@
 //! `read_asset(path)`: the text of a recipe asset, for data kept in files (package lists).
 
-use rhai::{Engine, FuncRegistration, NativeCallContext};
-
-use crate::api::query;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::register::Str;
+use crate::rhai_fns;
 
 /// Assets read as text are data for the recipe, not payloads; anything
 /// bigger is better copied with `copy_asset`.
@@ -29,14 +28,10 @@ pub fn read_asset(ctx: &Ctx, rel: &str) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| Error::invalid(format!("asset `{rel}` is not UTF-8 text")))
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new("read_asset")
-        .with_comments(["/// The text of a file among the recipe's (or flavor's) assets, e.g. a package list;\n/// at most 1 MiB of UTF-8."])
-        .with_params_info(["path: &str", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, path: &str| {
-            query(&nctx, "read_asset", |_| read_asset(&c, path))
-        });
+rhai_fns! { pub(crate) fn register;
+    /// The text of a file among the recipe's (or flavor's) assets, e.g. a package list;
+    /// at most 1 MiB of UTF-8.
+    query read_asset(path: Str) |c, _| read_asset(c, &path);
 }
 
 #[cfg(test)]

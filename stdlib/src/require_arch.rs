@@ -1,10 +1,12 @@
 //! `require_arch(arches, reason)`: a recipe that supports only some architectures says so first.
 
-use rhai::{Array, Engine, FuncRegistration, NativeCallContext};
+use rhai::Array;
 
-use crate::api::{primitive, string_list};
+use crate::api::string_list;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::register::Str;
+use crate::rhai_fns;
 
 /// The primitive's name; `pgimg lock` recognizes a recipe refusing an
 /// architecture by a run that stopped in it.
@@ -26,17 +28,10 @@ pub fn require_arch(ctx: &Ctx, arches: &[String], reason: &str) -> Result<()> {
     )))
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    FuncRegistration::new(NAME)
-        .with_comments(["/// Stops the build with a clear error unless the image's Debian architecture is one of\n/// `arches` (`[\"amd64\"]`); `reason` says why the others are not supported."])
-        .with_params_info(["arches: Array", "reason: &str", "()"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, arches: Array, reason: &str| {
-            let list = rhai::Dynamic::from_array(arches);
-            primitive(&c, &nctx, NAME, &[list.clone(), reason.into()], |_| {
-                require_arch(&c, &string_list(&list, "arches")?, reason)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Stops the build with a clear error unless the image's Debian architecture is one of
+    /// `arches` (`["amd64"]`); `reason` says why the others are not supported.
+    action require_arch(arches: Array, reason: Str) |c, _| require_arch(c, &string_list(&arches.into(), "arches")?, &reason);
 }
 
 #[cfg(test)]
@@ -73,8 +68,8 @@ mod tests {
     #[test]
     fn from_rhai_the_error_is_located() {
         let c = ctx("arm64");
-        let mut engine = Engine::new();
-        register(&mut engine, &c);
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, &c);
         let e = engine.run(r#"require_arch(["amd64"], "why")"#).unwrap_err();
         let rhai::EvalAltResult::ErrorRuntime(d, _) = *e else {
             panic!("{e}")

@@ -399,14 +399,48 @@ impl ImageRoot {
     }
 
     /// Removes `path` recursively; returns whether anything was there.
-    /// A symlink is removed itself, never what it points at.
+    /// A symlink is removed itself, never what it points at. Refuses, before
+    /// removing anything, when `path` is or holds a mount point: what is
+    /// mounted there during the build (a host cache bound in, the ESP) is not
+    /// the image's to delete.
     pub fn remove(&self, path: impl AsRef<Path>) -> Result<bool, FsError> {
         let path = path.as_ref();
         if !self.exists(path) {
             return Ok(false);
         }
+        self.check_no_mount_beneath(path)?;
         self.root.remove_all(path).map_err(|e| pathrs_io(path, e))?;
         Ok(true)
+    }
+
+    /// Errs when `path` (not following a final link) is a mount point or a
+    /// directory with a mount point anywhere beneath it. Mount points are told
+    /// by their mount id (`statx(STATX_MNT_ID)`), which also tells apart a
+    /// bind mount of the same file system, where the device number would not.
+    pub fn check_no_mount_beneath(&self, path: impl AsRef<Path>) -> Result<(), FsError> {
+        let path = path.as_ref();
+        let (parent, name) = split(path)?;
+        let dir = self.parent_dir(&parent, false)?;
+        let parent_id = mount_id(dir.as_fd(), c"", path)?;
+        let name_c = std::ffi::CString::new(name.as_bytes()).map_err(|_| FsError::Invalid {
+            path: path.display().to_string(),
+            reason: "contains a NUL byte".into(),
+        })?;
+        let (id, is_dir) = mount_id_of(dir.as_fd(), &name_c, path)?;
+        if id != parent_id {
+            return Err(mount_point_error(path));
+        }
+        if is_dir {
+            let sub = nix::fcntl::openat(
+                &dir,
+                name.as_os_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| errno_io(path, e))?;
+            check_tree(sub, id, path)?;
+        }
+        Ok(())
     }
 
     /// Applies mode and ownership to `path` (following symlinks inside the root).
@@ -502,6 +536,90 @@ impl ImageRoot {
         written.push(dest.display().to_string());
         Ok(())
     }
+}
+
+fn mount_point_error(path: &Path) -> FsError {
+    FsError::Invalid {
+        path: path.display().to_string(),
+        reason: "is or holds a mount point (something the build mounted there, such as a \
+                 host cache); pgimg never deletes into a mount, so nothing was removed"
+            .into(),
+    }
+}
+
+/// Mount id and whether it is a directory, of `name` in `dir` (a final link not followed).
+fn mount_id_of(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    path: &Path,
+) -> Result<(u64, bool), FsError> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | libc::AT_NO_AUTOMOUNT
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+    // SAFETY: a valid descriptor, a NUL-terminated name and a zeroed buffer.
+    let r = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags,
+            libc::STATX_TYPE | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if r != 0 {
+        return Err(FsError::io(path, std::io::Error::last_os_error()));
+    }
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(FsError::Invalid {
+            path: path.display().to_string(),
+            reason: "the kernel reports no mount id (statx STATX_MNT_ID needs Linux 5.8)".into(),
+        });
+    }
+    let is_dir = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR;
+    Ok((stx.stx_mnt_id, is_dir))
+}
+
+fn mount_id(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    path: &Path,
+) -> Result<u64, FsError> {
+    mount_id_of(dir, name, path).map(|(id, _)| id)
+}
+
+/// Walks the directory `dir` (on mount `id`) and errs at the first entry on another mount.
+fn check_tree(dir: OwnedFd, id: u64, path: &Path) -> Result<(), FsError> {
+    let names: Vec<std::ffi::OsString> =
+        std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .map_err(|e| FsError::io(path, e))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| FsError::io(path, e))?;
+    for name in names {
+        let child = path.join(&name);
+        let name_c =
+            std::ffi::CString::new(name.as_bytes()).expect("directory entries have no NUL");
+        let (child_id, is_dir) = mount_id_of(dir.as_fd(), &name_c, &child)?;
+        if child_id != id {
+            return Err(mount_point_error(&child));
+        }
+        if is_dir {
+            let sub = nix::fcntl::openat(
+                &dir,
+                name.as_os_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| errno_io(&child, e))?;
+            check_tree(sub, id, &child)?;
+        }
+    }
+    Ok(())
 }
 
 fn stat_fd(path: &Path, fd: std::os::fd::BorrowedFd<'_>) -> Result<Stat, FsError> {
@@ -623,6 +741,55 @@ mod tests {
         let (_d, r) = root();
         assert!(r.write("/", b"x", Attrs::default()).is_err());
         assert!(r.write("/..", b"x", Attrs::default()).is_err());
+    }
+
+    /// A host folder bound into the image (as the apt archives cache is):
+    /// removing its parent refuses and deletes nothing, on either side.
+    #[test]
+    fn remove_never_descends_into_a_bind_mount() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("remove_never_descends_into_a_bind_mount: SKIPPED (needs root)");
+            return;
+        }
+        // This test thread only: the bind vanishes with it.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("hello_2.10.deb"), b"deb").unwrap();
+        let (d, r) = root();
+        r.write("/var/cache/apt/pkgcache.bin", b"x", Attrs::default())
+            .unwrap();
+        r.mkdir_all("/var/cache/apt/archives", Attrs::default())
+            .unwrap();
+        let target = d.path().join("var/cache/apt/archives");
+        nix::mount::mount(
+            Some(host.path()),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        for p in [
+            "/var/cache/apt/archives",
+            "/var/cache/apt",
+            "/var/cache",
+            "/var",
+        ] {
+            let e = r.remove(p).unwrap_err();
+            assert!(e.to_string().contains("mount point"), "{p}: {e}");
+        }
+        assert!(host.path().join("hello_2.10.deb").exists());
+        assert!(r.exists("/var/cache/apt/pkgcache.bin"));
+        nix::mount::umount(&target).unwrap();
+        assert!(r.remove("/var/cache").unwrap());
     }
 
     #[test]

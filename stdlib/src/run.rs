@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rhai::{Array, Dynamic, Engine, FuncRegistration, Map, NativeCallContext};
+use rhai::Array;
 use serde::Deserialize;
 
-use crate::api::{options, primitive, string_list};
+use crate::api::{options, string_list};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
+use crate::register::Str;
+use crate::rhai_fns;
 use crate::target::Command;
 
 /// How long any command a primitive runs may take unless told otherwise:
@@ -88,53 +90,15 @@ pub fn run(ctx: &Ctx, loc: &Loc, cmd: Cmd, opts: RunOpts) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    let shell = move |nctx: NativeCallContext, script: &str, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "run",
-            &[script.into(), opts.clone().into()],
-            |loc| run(&c, loc, Cmd::Shell(script.to_string()), options(opts)?),
-        )
-    };
-    let shell2 = shell.clone();
-    FuncRegistration::new("run")
-        .with_comments(["/// Runs `script` with `/bin/sh -c` inside the image; returns its stdout.\n/// Options: `env` (map), `cwd`, `stdin` (text), `timeout` (seconds, default 7200).\n/// A non-zero exit is an error with the exit code and the end of stderr."])
-        .with_params_info(["script: &str", "opts: Map", "String"])
-        .register_into_engine(engine, shell);
-    FuncRegistration::new("run")
-        .with_comments([
-            "/// Runs `script` with `/bin/sh -c` inside the image; returns its stdout.",
-        ])
-        .with_params_info(["script: &str", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, script: &str| {
-            shell2(nctx, script, Map::new())
-        });
-
-    let c = ctx.clone();
-    let argv = move |nctx: NativeCallContext, argv: Array, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "run",
-            &[argv.clone().into(), opts.clone().into()],
-            |loc| {
-                let argv = string_list(&Dynamic::from(argv), "cmd")?;
-                run(&c, loc, Cmd::Argv(argv), options(opts)?)
-            },
-        )
-    };
-    let argv2 = argv.clone();
-    FuncRegistration::new("run")
-        .with_comments(["/// Runs the program `argv[0]` with arguments `argv[1..]` inside the image (no shell); returns its stdout.\n/// Options: `env` (map), `cwd`, `stdin` (text), `timeout` (seconds, default 7200).\n/// A non-zero exit is an error with the exit code and the end of stderr."])
-        .with_params_info(["argv: Array", "opts: Map", "String"])
-        .register_into_engine(engine, argv);
-    FuncRegistration::new("run")
-        .with_comments(["/// Runs the program `argv[0]` with arguments `argv[1..]` inside the image (no shell); returns its stdout."])
-        .with_params_info(["argv: Array", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, a: Array| argv2(nctx, a, Map::new()));
+rhai_fns! { pub(crate) fn register;
+    /// Runs `script` with `/bin/sh -c` inside the image; returns its stdout.
+    /// Options: `env` (map), `cwd`, `stdin` (text), `timeout` (seconds, default 7200).
+    /// A non-zero exit is an error with the exit code and the end of stderr.
+    action run(script: Str, [opts]) |c, loc| run(c, loc, Cmd::Shell(script.into()), options(opts)?);
+    /// Runs the program `argv[0]` with arguments `argv[1..]` inside the image (no shell); returns its stdout.
+    /// Options: `env` (map), `cwd`, `stdin` (text), `timeout` (seconds, default 7200).
+    /// A non-zero exit is an error with the exit code and the end of stderr.
+    action run(argv: Array, [opts]) |c, loc| run(c, loc, Cmd::Argv(string_list(&argv.into(), "cmd")?), options(opts)?);
 }
 
 /// A target for tests of primitives that read command output: a fake root
@@ -184,6 +148,24 @@ pub(crate) mod scripted {
         }
     }
 
+    /// `install -D -m MODE SRC DEST` as coreutils does it, failing on a missing SRC.
+    pub fn install(root: &ImageRoot, cmd: &Command) -> Result<Output, CommandError> {
+        let [_, _, _, mode, src, dest] = &cmd.argv[..] else {
+            panic!("unexpected {cmd}");
+        };
+        let Ok(bytes) = root.read(src) else {
+            return Err(CommandError::Failed {
+                command: cmd.to_string(),
+                status: "exit status: 1".into(),
+                stderr_tail: format!("install: cannot stat '{src}': No such file or directory"),
+            });
+        };
+        let mode = u32::from_str_radix(mode, 8).unwrap();
+        root.write(dest, &bytes, crate::root::Attrs::mode(mode))
+            .unwrap();
+        Ok(Output::default())
+    }
+
     impl Target for Scripted {
         fn root(&self) -> &ImageRoot {
             self.fake.root()
@@ -213,8 +195,8 @@ mod tests {
     use std::sync::Arc;
 
     fn eval(c: &Ctx, script: &str) -> Result<String, String> {
-        let mut engine = Engine::new();
-        register(&mut engine, c);
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, c);
         engine.eval::<String>(script).map_err(|e| match *e {
             rhai::EvalAltResult::ErrorRuntime(d, _) => d.cast::<crate::api::PrimitiveFailure>().0,
             other => other.to_string(),

@@ -182,7 +182,7 @@ impl<'a> BuildDir<'a> {
                 command(["git", "rev-parse", "--verify", "HEAD"]).cwd(&dir.path),
             )?;
             let head = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !ctx.target.records_only() && head != *rev {
+            if head != *rev {
                 return Err(SourceError::CheckoutHead {
                     path: dir.path.clone(),
                     head,

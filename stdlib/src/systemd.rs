@@ -31,12 +31,13 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use rhai::{Engine, FuncRegistration, Map, NativeCallContext};
 use serde::Deserialize;
 
-use crate::api::{options, primitive};
+use crate::api::options;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::register::Str;
+use crate::rhai_fns;
 use crate::root::{Attrs, FileKind, ImageRoot};
 
 const SYSTEM_DIR: &str = "/etc/systemd/system";
@@ -633,6 +634,65 @@ pub fn systemd_dropin(ctx: &Ctx, unit: &str, name: &str, content: &str) -> Resul
     Ok(path)
 }
 
+/// Options of `systemd_disable`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisableOpts {
+    /// Also mask the unit: `/etc/systemd/system/<name>` → `/dev/null`.
+    pub mask: Option<bool>,
+}
+
+/// Removes the links `systemctl disable` removes (every `*.wants/`,
+/// `*.requires/`, `*.upholds/` entry for `name` and every alias in
+/// `/etc/systemd/system` pointing at it); with `mask`, links the unit to
+/// `/dev/null` as `systemctl mask` does. A unit installed nowhere is left
+/// alone: returns false then, true when the unit exists.
+pub fn systemd_disable(ctx: &Ctx, name: &str, opts: &DisableOpts) -> Result<bool> {
+    check_unit_name(name)?;
+    let root = ctx.target.root();
+    let here = format!("{SYSTEM_DIR}/{name}");
+    let installed = UNIT_PATH
+        .iter()
+        .any(|d| root.kind(format!("{d}/{name}")).is_some());
+    if !installed {
+        return Ok(false);
+    }
+    let entries = match root.read_dir(SYSTEM_DIR) {
+        Ok(n) => n,
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let path = format!("{SYSTEM_DIR}/{entry}");
+        if [".wants", ".requires", ".upholds"]
+            .iter()
+            .any(|s| entry.ends_with(s))
+        {
+            let link = format!("{path}/{name}");
+            if root.kind(&link) == Some(FileKind::Symlink) {
+                root.remove(&link)?;
+            }
+        } else if path != here && root.kind(&path) == Some(FileKind::Symlink) {
+            let target = root.readlink(&path)?;
+            if target.file_name() == Some(std::ffi::OsStr::new(name)) {
+                root.remove(&path)?;
+            }
+        }
+    }
+    if opts.mask == Some(true) {
+        match root.kind(&here) {
+            None | Some(FileKind::Symlink) => root.symlink("/dev/null", &here)?,
+            // systemctl mask refuses the same way: the unit's own file would be lost.
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "cannot mask {name}: {here} is the unit's file, not a link"
+                )))
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// True when some `/etc/systemd/system/*.wants/`, `*.requires/` or
 /// `*.upholds/` folder has an entry for `unit`.
 pub fn unit_enabled(root: &ImageRoot, unit: &str) -> Result<bool> {
@@ -651,43 +711,103 @@ pub fn unit_enabled(root: &ImageRoot, unit: &str) -> Result<bool> {
         .any(|d| root.exists(format!("{SYSTEM_DIR}/{d}/{unit}"))))
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    let unit = move |nctx: NativeCallContext, name: &str, content: &str, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "systemd_unit",
-            &[name.into(), content.into(), opts.clone().into()],
-            |_| systemd_unit(&c, name, content, &options(opts)?),
-        )
-    };
-    let u2 = unit.clone();
-    FuncRegistration::new("systemd_unit")
-        .with_comments(["/// Installs `/etc/systemd/system/<name>` (mode 0644) from unit text, or from an asset when\n/// `content` is one line naming an existing asset. The unit is parsed; a malformed one is an error.\n/// Options: `enable` (create the WantedBy=/RequiredBy=/Alias= links as `systemctl enable` would).\n/// Returns the unit's path."])
-        .with_params_info(["name: &str", "content: &str", "opts: Map", "String"])
-        .register_into_engine(engine, unit);
-    FuncRegistration::new("systemd_unit")
-        .with_comments(["/// Installs `/etc/systemd/system/<name>` (mode 0644) from unit text or an asset, without enabling it."])
-        .with_params_info(["name: &str", "content: &str", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str, content: &str| {
-            u2(nctx, name, content, Map::new())
-        });
-
-    let c = ctx.clone();
-    FuncRegistration::new("systemd_dropin")
-        .with_comments(["/// Writes the drop-in `/etc/systemd/system/<unit>.d/<name>.conf` (`.conf` added unless present)\n/// from text or an asset, after parsing it. Returns its path."])
-        .with_params_info(["unit: &str", "name: &str", "content: &str", "String"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, unit: &str, name: &str, content: &str| {
-            primitive(&c, &nctx, "systemd_dropin", &[unit.into(), name.into(), content.into()], |_| {
-                systemd_dropin(&c, unit, name, content)
-            })
-        });
+rhai_fns! { pub(crate) fn register;
+    /// Installs `/etc/systemd/system/<name>` (mode 0644) from unit text, or from an asset when
+    /// `content` is one line naming an existing asset. The unit is parsed; a malformed one is an error.
+    /// Options: `enable` (create the WantedBy=/RequiredBy=/Alias= links as `systemctl enable` would).
+    /// Returns the unit's path.
+    action systemd_unit(name: Str, content: Str, [opts]) |c, _| systemd_unit(c, &name, &content, &options(opts)?);
+    /// Writes the drop-in `/etc/systemd/system/<unit>.d/<name>.conf` (`.conf` added unless present)
+    /// from text or an asset, after parsing it. Returns its path.
+    action systemd_dropin(unit: Str, name: Str, content: Str) |c, _| systemd_dropin(c, &unit, &name, &content);
+    /// Disables a unit natively, as `systemctl disable` would (its `.wants/`, `.requires/`,
+    /// `.upholds/` links and aliases removed); `#{ mask: true }` also links it to /dev/null.
+    /// Returns false, changing nothing, when the unit is installed nowhere.
+    action systemd_disable(name: Str, [opts]) |c, _| systemd_disable(c, &name, &options(opts)?);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disable_removes_the_enable_links_and_mask_links_to_dev_null() {
+        let t = Arc::new(crate::FakeTarget::ubuntu());
+        let c = Ctx::new(t.clone());
+        let root = t.root();
+        let unit = "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\nAlias=y.service\n";
+        root.write(
+            "/lib/systemd/system/x.service",
+            unit.as_bytes(),
+            Attrs::mode(0o644),
+        )
+        .unwrap();
+        root.mkdir_all(
+            "/etc/systemd/system/multi-user.target.wants",
+            Attrs::default(),
+        )
+        .unwrap();
+        root.symlink(
+            "/lib/systemd/system/x.service",
+            "/etc/systemd/system/multi-user.target.wants/x.service",
+        )
+        .unwrap();
+        root.symlink(
+            "/lib/systemd/system/x.service",
+            "/etc/systemd/system/y.service",
+        )
+        .unwrap();
+        root.symlink(
+            "/lib/systemd/system/other.service",
+            "/etc/systemd/system/multi-user.target.wants/other.service",
+        )
+        .unwrap();
+        assert!(unit_enabled(root, "x.service").unwrap());
+        assert!(systemd_disable(&c, "x.service", &DisableOpts::default()).unwrap());
+        assert!(!unit_enabled(root, "x.service").unwrap());
+        assert!(
+            !root.exists("/etc/systemd/system/y.service"),
+            "alias removed"
+        );
+        assert!(root.exists("/etc/systemd/system/multi-user.target.wants/other.service"));
+        assert!(!root.exists("/etc/systemd/system/x.service"), "not masked");
+
+        let mask = DisableOpts { mask: Some(true) };
+        assert!(systemd_disable(&c, "x.service", &mask).unwrap());
+        assert_eq!(
+            root.readlink("/etc/systemd/system/x.service").unwrap(),
+            Path::new("/dev/null")
+        );
+        // Masked again: still a link to /dev/null, no error.
+        assert!(systemd_disable(&c, "x.service", &mask).unwrap());
+    }
+
+    #[test]
+    fn disable_of_an_absent_unit_changes_nothing() {
+        let t = Arc::new(crate::FakeTarget::ubuntu());
+        let c = Ctx::new(t.clone());
+        let before = t.root().read_dir("/etc/systemd/system").unwrap();
+        let mask = DisableOpts { mask: Some(true) };
+        assert!(!systemd_disable(&c, "hv-kvp-daemon.service", &mask).unwrap());
+        assert_eq!(t.root().read_dir("/etc/systemd/system").unwrap(), before);
+        assert!(systemd_disable(&c, "../x.service", &mask).is_err());
+    }
+
+    #[test]
+    fn masking_refuses_to_replace_the_units_own_file() {
+        let t = Arc::new(crate::FakeTarget::ubuntu());
+        let c = Ctx::new(t.clone());
+        t.root()
+            .write(
+                "/etc/systemd/system/z.service",
+                b"[Service]\nExecStart=/bin/true\n",
+                Attrs::mode(0o644),
+            )
+            .unwrap();
+        let e = systemd_disable(&c, "z.service", &DisableOpts { mask: Some(true) }).unwrap_err();
+        assert!(e.to_string().contains("is the unit's file"), "{e}");
+        assert!(t.root().exists("/etc/systemd/system/z.service"));
+    }
     use crate::{FakeTarget, Target};
     use std::sync::Arc;
 
@@ -1208,8 +1328,8 @@ mod tests {
     #[test]
     fn rhai_overloads() {
         let (t, c) = ctx();
-        let mut engine = Engine::new();
-        register(&mut engine, &c);
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, &c);
         let p: String = engine
             .eval(r#"systemd_unit("a.service", "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\n", #{ enable: true })"#)
             .unwrap();

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::fetch::Fetcher;
 use crate::root::{FsError, ImageRoot};
+pub use crate::shared::tail;
+use crate::shared::tail_suffix;
 
 /// A command to run inside the image root.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -96,7 +98,7 @@ pub struct Output {
 /// A command that could not be run or did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("`{command}` exited with {status}{}", tail_suffix(.stderr_tail))]
+    #[error("`{command}` exited with {status}{}", tail_suffix("stderr", .stderr_tail))]
     Failed {
         command: String,
         status: String,
@@ -110,26 +112,6 @@ pub enum CommandError {
     DiskFull { detail: String },
     #[error("interrupted")]
     Interrupted,
-}
-
-fn tail_suffix(tail: &str) -> String {
-    if tail.trim().is_empty() {
-        String::new()
-    } else {
-        format!("; stderr:\n{}", tail.trim_end())
-    }
-}
-
-/// Keeps the last `max` bytes of a stream, on a line boundary where possible.
-pub fn tail(bytes: &[u8], max: usize) -> String {
-    let start = bytes.len().saturating_sub(max);
-    let mut s = &bytes[start..];
-    if start > 0 {
-        if let Some(nl) = s.iter().position(|&b| b == b'\n') {
-            s = &s[nl + 1..];
-        }
-    }
-    String::from_utf8_lossy(s).into_owned()
 }
 
 /// Facts about the image being built.
@@ -192,9 +174,9 @@ pub trait Target: Send + Sync {
         None
     }
 
-    /// True when commands are recorded instead of run (their stdout is always
-    /// empty), so a primitive must not read their output as evidence.
-    fn records_only(&self) -> bool {
-        false
+    /// Paths put in place for the build only and given back at its end
+    /// (`borrow_file`); `None` when this target never gives anything back.
+    fn borrowed(&self) -> Option<&crate::borrow::Borrowed> {
+        None
     }
 }

@@ -31,12 +31,13 @@ use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rhai::{Engine, FuncRegistration, Map, NativeCallContext};
 use serde::Deserialize;
 
-use crate::api::{options, primitive};
+use crate::api::options;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::register::Str;
+use crate::rhai_fns;
 use crate::root::{Attrs, FileKind, ImageRoot};
 use crate::target::Target;
 
@@ -163,11 +164,12 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), UserError> {
 }
 
 fn check_id(id_kind: &'static str, id: Option<i64>) -> Result<Option<u32>, UserError> {
-    // (uid_t)-1 means "no change" to chown(2), so it can never be an account id.
+    // (uid_t)-1 and (uint16_t)-1 mean "no change" to chown(2), so they can
+    // never be account ids.
     id.map(|n| {
         u32::try_from(n)
             .ok()
-            .filter(|n| *n != u32::MAX)
+            .filter(|n| crate::owner::is_valid_id(*n))
             .ok_or(UserError::IdRange { id_kind, id: n })
     })
     .transpose()
@@ -889,67 +891,16 @@ pub fn in_group(root: &ImageRoot, user: &str, group: &str) -> Result<bool> {
     Ok(u.gid == g.gid || g.members.iter().any(|m| m == user))
 }
 
-pub(crate) fn register(engine: &mut Engine, ctx: &Ctx) {
-    let c = ctx.clone();
-    let group = move |nctx: NativeCallContext, name: &str, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "add_group",
-            &[name.into(), opts.clone().into()],
-            |_| add_group(&c, name, &options(opts)?).map(i64::from),
-        )
-    };
-    let g2 = group.clone();
-    FuncRegistration::new("add_group")
-        .with_comments(["/// Creates a group unless it exists; returns its gid.\n/// Options: `system` (gid from 100..999), `gid`. An existing group with another gid is an error."])
-        .with_params_info(["name: &str", "opts: Map", "i64"])
-        .register_into_engine(engine, group);
-    FuncRegistration::new("add_group")
-        .with_comments(["/// Creates a group unless it exists; returns its gid."])
-        .with_params_info(["name: &str", "i64"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str| {
-            g2(nctx, name, Map::new())
-        });
-
-    let c = ctx.clone();
-    let user = move |nctx: NativeCallContext, name: &str, opts: Map| {
-        primitive(
-            &c,
-            &nctx,
-            "add_user",
-            &[name.into(), opts.clone().into()],
-            |_| add_user(&c, name, &options(opts)?).map(i64::from),
-        )
-    };
-    let u2 = user.clone();
-    FuncRegistration::new("add_user")
-        .with_comments(["/// Creates a user and its primary group unless it exists; returns its uid.\n/// Options: `system`, `uid`, `home`, `shell`, `groups` (supplementary, created if missing),\n/// `create_home` (default true for normal users, false for system users)."])
-        .with_params_info(["name: &str", "opts: Map", "i64"])
-        .register_into_engine(engine, user);
-    FuncRegistration::new("add_user")
-        .with_comments(["/// Creates a normal user (uid from 1000, home from /etc/skel) unless it exists; returns its uid."])
-        .with_params_info(["name: &str", "i64"])
-        .register_into_engine(engine, move |nctx: NativeCallContext, name: &str| u2(nctx, name, Map::new()));
-
-    let c = ctx.clone();
-    FuncRegistration::new("add_to_group")
-        .with_comments([
-            "/// Adds an existing user to an existing group (no-op when already a member).",
-        ])
-        .with_params_info(["user: &str", "group: &str", "()"])
-        .register_into_engine(
-            engine,
-            move |nctx: NativeCallContext, user: &str, group: &str| {
-                primitive(
-                    &c,
-                    &nctx,
-                    "add_to_group",
-                    &[user.into(), group.into()],
-                    |_| add_to_group(&c, user, group),
-                )
-            },
-        );
+rhai_fns! { pub(crate) fn register;
+    /// Creates a group unless it exists; returns its gid.
+    /// Options: `system` (gid from 100..999), `gid`. An existing group with another gid is an error.
+    action add_group(name: Str, [opts]) |c, _| add_group(c, &name, &options(opts)?).map(i64::from);
+    /// Creates a user and its primary group unless it exists (by default a normal user: uid from 1000,
+    /// home from /etc/skel); returns its uid. Options: `system`, `uid`, `home`, `shell`, `groups`
+    /// (supplementary, created if missing), `create_home` (default true unless `system`).
+    action add_user(name: Str, [opts]) |c, _| add_user(c, &name, &options(opts)?).map(i64::from);
+    /// Adds an existing user to an existing group (no-op when already a member).
+    action add_to_group(user: Str, group: Str) |c, _| add_to_group(c, &user, &group);
 }
 
 #[cfg(test)]
@@ -1558,8 +1509,8 @@ mod tests {
     #[test]
     fn rhai_calls_return_ids_and_reject_unknown_options() {
         let (t, c) = ctx();
-        let mut engine = Engine::new();
-        register(&mut engine, &c);
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, &c);
         let uid: i64 = engine
             .eval(r#"add_group("cert_readers", #{ system: true }); add_user("postgres", #{ system: true, groups: ["cert_readers"] })"#)
             .unwrap();

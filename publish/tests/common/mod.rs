@@ -1,6 +1,9 @@
 //! Test harness: a real moto server on 127.0.0.1, a recording proxy in front of it, fixture images.
 #![allow(dead_code)]
 
+#[path = "../../../tests/support/moto.rs"]
+mod moto_path;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -53,12 +56,7 @@ pub struct Moto {
 impl Moto {
     pub fn start() -> Moto {
         aws_env();
-        let exe = which("moto_server").unwrap_or_else(|| {
-            panic!(
-                "moto_server is not installed: these tests need a real S3/EC2/EBS emulator.\n\
-                 Install it with `pip install 'moto[server]'` (.ci/publish-deps.sh does)."
-            )
-        });
+        let exe = moto_path::moto_server();
         let port = free_port();
         let log_dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(log_dir.path().join("moto.log")).unwrap();
@@ -109,14 +107,6 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 pub fn free_port() -> u16 {

@@ -1,13 +1,9 @@
 //! `pgimg defs`: the primitives' signatures and doc comments for editors.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pgimg_stdlib::{Ctx, FakeTarget};
-
-use crate::engine::{build_engine, Limits};
 
 /// Arguments of `pgimg defs`.
 #[derive(Args, Debug)]
@@ -19,9 +15,8 @@ pub struct DefsArgs {
 
 /// `pgimg defs`.
 pub fn defs(args: &DefsArgs) -> Result<()> {
-    let ctx = Ctx::new(Arc::new(FakeTarget::ubuntu()));
-    let mut engine = build_engine(&ctx, &Limits::default());
-    crate::testing::register_test_api(&mut engine, PathBuf::from("."));
+    // The engine recipe tests run in: every primitive and the test API.
+    let engine = crate::testing::test_engine(Path::new("."));
     let text = engine
         .definitions()
         .include_standard_packages(false)

@@ -2,6 +2,7 @@
 //! function returning `anyhow::Result` over the library below; `main` maps
 //! errors to exit statuses. Nothing outside `cli` and `main` imports it.
 
+pub mod boot;
 pub mod check;
 pub mod defs;
 pub mod inspect;
@@ -12,6 +13,7 @@ pub mod publish;
 pub mod run;
 pub mod shell;
 pub mod test;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -32,7 +34,8 @@ use crate::host::RecipeInputs;
         pgimg plan recipes/examples/everything.rhai     # what the recipe would do\n  \
         pgimg test recipes                              # run the recipe tests\n\n\
         Exit status: 0 ok; 1 a build or test failed (including a recipe failing during `run`); \
-        2 a usage error, or a recipe error found by `check` or `plan`."
+        2 a usage error, or a recipe error found by `check` or `plan`; \
+        130 interrupted by SIGINT or SIGTERM (after everything was torn down)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -73,6 +76,9 @@ pub enum Cmd {
     Test(test::TestArgs),
     /// Write a `.d.rhai` definitions file of every primitive, for editor completion.
     Defs(defs::DefsArgs),
+    // `about` and `long_about` (with examples) come from the Args structs.
+    Boot(boot::BootArgs),
+    Verify(verify::VerifyArgs),
 }
 
 impl Cmd {
@@ -89,13 +95,19 @@ impl Cmd {
             Cmd::Lock(a) => lock::lock(a),
             Cmd::Test(a) => test::test(a),
             Cmd::Defs(a) => defs::defs(a),
+            Cmd::Boot(a) => boot::boot(a),
+            Cmd::Verify(a) => verify::verify(a),
         }
     }
 
     /// Whether the command mounts: it must then enter a private mount
     /// namespace before any thread exists, and stop on SIGINT/SIGTERM.
     pub fn mounts(&self) -> bool {
-        matches!(self, Cmd::Run(_) | Cmd::Shell(_))
+        // boot and verify: the FUSE view of the disk they read is a mount.
+        matches!(
+            self,
+            Cmd::Run(_) | Cmd::Shell(_) | Cmd::Boot(_) | Cmd::Verify(_)
+        )
     }
 }
 

@@ -60,9 +60,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     };
     if let Some(img) = &base {
-        if !img.is_file() {
-            return Err(UsageError(format!("--base {}: no such file", img.display())).into());
-        }
+        not_a_file(img).map_err(|why| UsageError(format!("--base {}: {why}", img.display())))?;
     }
     if !args.recipe.is_file() {
         return Err(UsageError(format!("{}: no such recipe", args.recipe.display())).into());
@@ -110,5 +108,33 @@ fn default_output(args: &RunArgs) -> PathBuf {
         "{stem}-{}.{}",
         arch.image_arch(),
         args.format.as_str()
+    ))
+}
+
+/// Ok for a regular file (or a link to one); otherwise what the path is.
+fn not_a_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = match std::fs::metadata(path) {
+        Ok(m) => m.file_type(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("no such file".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "is a directory (for a root folder use --rootfs)"
+    } else if t.is_fifo() {
+        "is a FIFO"
+    } else if t.is_block_device() {
+        "is a block device"
+    } else if t.is_char_device() {
+        "is a character device"
+    } else if t.is_socket() {
+        "is a socket"
+    } else {
+        "is not a regular file"
+    };
+    Err(format!(
+        "{what}; pgimg takes a disk image file (raw or qcow2)"
     ))
 }

@@ -15,18 +15,29 @@ pub enum ConvertError {
          (flatten it with `qemu-img convert -O qcow2`)"
     )]
     BackingFile { path: PathBuf, backing: String },
+    #[error(
+        "{path} keeps its data in another file ({data_file}); pgimg takes only self-contained \
+         images (flatten it with `qemu-img convert -O qcow2`)"
+    )]
+    DataFile { path: PathBuf, data_file: String },
+    #[error(
+        "{path} is a {format} image; pgimg takes raw and qcow2 base images only (a {format} \
+         image may name other files, e.g. a VMDK extent); convert it first with \
+         `qemu-img convert -O qcow2`, checking what it refers to"
+    )]
+    Unsupported { path: PathBuf, format: String },
     #[error("{0} already exists; pgimg does not overwrite it")]
     Exists(PathBuf),
 }
 
-/// A disk image format as `qemu-img` names it.
+/// A base image format pgimg accepts, as `qemu-img` names it. Others (vmdk,
+/// vhdx, …) are refused: their headers can name host files that qemu-img
+/// would read as the disk's content.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(into = "String")]
 pub enum Format {
     Raw,
     Qcow2,
-    /// vmdk, vhdx, …: converted to raw like qcow2.
-    Other(String),
 }
 
 impl Format {
@@ -34,15 +45,6 @@ impl Format {
         match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
-            Format::Other(name) => name,
-        }
-    }
-
-    fn from_qemu(name: &str) -> Format {
-        match name {
-            "raw" => Format::Raw,
-            "qcow2" => Format::Qcow2,
-            other => Format::Other(other.to_string()),
         }
     }
 }
@@ -67,8 +69,10 @@ pub struct ImageInfo {
     pub virtual_size: u64,
 }
 
-/// `qemu-img info --output=json`; refuses images with a backing file, which
-/// would make qemu-img read another file named inside the image.
+/// `qemu-img info --output=json` (the format is probed from the content, not
+/// taken from the name); refuses every image that names another file, which
+/// qemu-img would read as part of the disk: formats other than raw and qcow2,
+/// and a qcow2 with a backing file or an external data file.
 pub fn detect(path: &Path) -> Result<ImageInfo, ConvertError> {
     let out = tool::run_ok([
         "qemu-img".as_ref(),
@@ -91,14 +95,46 @@ fn parse_info(path: &Path, json: &[u8]) -> Result<ImageInfo, ConvertError> {
     let virtual_size = v["virtual-size"]
         .as_u64()
         .ok_or_else(|| bad("no \"virtual-size\"".to_string()))?;
-    if let Some(backing) = v.get("backing-filename").and_then(|b| b.as_str()) {
-        return Err(ConvertError::BackingFile {
+    let format = match format {
+        "raw" => Format::Raw,
+        "qcow2" => Format::Qcow2,
+        other => {
+            return Err(ConvertError::Unsupported {
+                path: path.to_path_buf(),
+                format: other.to_string(),
+            })
+        }
+    };
+    for key in ["backing-filename", "full-backing-filename"] {
+        if let Some(backing) = v.get(key).and_then(|b| b.as_str()) {
+            return Err(ConvertError::BackingFile {
+                path: path.to_path_buf(),
+                backing: backing.to_string(),
+            });
+        }
+    }
+    if let Some(data_file) = v["format-specific"]["data"].get("data-file") {
+        return Err(ConvertError::DataFile {
             path: path.to_path_buf(),
-            backing: backing.to_string(),
+            data_file: data_file.as_str().unwrap_or("?").to_string(),
         });
     }
+    // qemu-img 8+ also lists the nodes it opened: the image's own file is the
+    // only one a self-contained image has. Older ones print no `children`.
+    if let Some(children) = v.get("children").and_then(|c| c.as_array()) {
+        for child in children {
+            let name = child["name"].as_str().unwrap_or("?");
+            if name != "file" {
+                let other = child["info"]["filename"].as_str().unwrap_or(name);
+                return Err(ConvertError::DataFile {
+                    path: path.to_path_buf(),
+                    data_file: other.to_string(),
+                });
+            }
+        }
+    }
     Ok(ImageInfo {
-        format: Format::from_qemu(format),
+        format,
         virtual_size,
     })
 }
@@ -110,8 +146,8 @@ fn refuse_existing(dst: &Path) -> Result<(), ConvertError> {
     Ok(())
 }
 
-/// Converts `src` (of `format`, never probed again) to a sparse raw file
-/// `dst`; qemu-img skips zero runs, so unallocated clusters stay holes.
+/// Converts `src` (of `format`, never probed again) to a raw file
+/// `dst`, every block written (`-S 0`): the finalize stage's fstrim returns free space as holes.
 pub fn to_raw(src: &Path, format: &Format, dst: &Path) -> Result<(), ConvertError> {
     refuse_existing(dst)?;
     tool::run_ok([
@@ -121,6 +157,11 @@ pub fn to_raw(src: &Path, format: &Format, dst: &Path) -> Result<(), ConvertErro
         format.as_str().as_ref(),
         "-O".as_ref(),
         "raw".as_ref(),
+        // Without `-S 0` qemu-img turns zero runs inside files into holes, which an
+        // EBS-direct upload would skip (a missing block on an encrypted volume
+        // reads back as garbage); fstrim makes free space sparse later.
+        "-S".as_ref(),
+        "0".as_ref(),
         src.as_os_str(),
         dst.as_os_str(),
     ])?;
@@ -164,10 +205,14 @@ mod tests {
             }
         );
         let vmdk = br#"{"virtual-size": 1024, "format": "vmdk"}"#;
-        assert_eq!(
-            parse_info(p, vmdk).unwrap().format,
-            Format::Other("vmdk".into())
-        );
+        assert!(matches!(
+            parse_info(p, vmdk),
+            Err(ConvertError::Unsupported { .. })
+        ));
+        let data_file = br#"{"virtual-size": 1024, "format": "qcow2",
+            "format-specific": {"type": "qcow2", "data": {"data-file": "/x/host.raw"}}}"#;
+        let err = parse_info(p, data_file).unwrap_err().to_string();
+        assert!(err.contains("another file (/x/host.raw)"), "{err}");
         let backed =
             br#"{"virtual-size": 1024, "format": "qcow2", "backing-filename": "/etc/shadow"}"#;
         let err = parse_info(p, backed).unwrap_err().to_string();

@@ -9,6 +9,7 @@
 pub mod convert;
 pub mod ext4;
 pub mod gpt;
+pub mod host_tools;
 pub mod inspect;
 pub mod loopdev;
 pub mod rootfs;
@@ -66,6 +67,8 @@ pub enum ImageError {
     )]
     RootNotLast { path: PathBuf, root: u32, next: u32 },
     #[error(transparent)]
+    HostTools(#[from] host_tools::HostToolError),
+    #[error(transparent)]
     Convert(#[from] convert::ConvertError),
     #[error(transparent)]
     WorkCopy(#[from] workcopy::WorkCopyError),
@@ -95,6 +98,7 @@ pub struct BaseCopy {
 /// copied (reflink or sparse); any other format is converted by qemu-img.
 /// `base` is only ever read; `work` must not exist.
 pub fn copy_base(base: &Path, work: &Path) -> Result<BaseCopy, ImageError> {
+    host_tools::ensure(host_tools::BUILD, "building an image")?;
     let info = convert::detect(base)?;
     if info.format == Format::Raw {
         let method = workcopy::copy(base, work)?;

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::mount::MsFlags;
 use nix::sys::stat::{fchmodat, makedev, mknodat, FchmodatFlags, Mode, SFlag};
+use pgimg_stdlib::borrow::{Borrowed, Outcome};
 use pgimg_stdlib::fetch::Fetcher;
 use pgimg_stdlib::root::{Attrs, FileKind, FsError, ImageRoot};
 use pgimg_stdlib::target::{host_arch, tail, Command, CommandError, Facts, Output, Target};
@@ -45,7 +46,11 @@ use super::mounts::{mountpoints_under, Mount, MountError, MountStack};
 pub type LineSink = Arc<dyn Fn(&str, Stream, &str) + Send + Sync>;
 
 /// The environment every command starts from; the command's own `env` is added on top.
-pub const BASE_ENV: [(&str, &str); 4] = [
+///
+/// `SYSTEMD_OFFLINE=1`: the command's init lives inside the image, so
+/// systemd's tools would not detect a chroot; this keeps `systemctl` from
+/// trying to reach a service manager (`start` is a no-op, `enable` edits links).
+pub const BASE_ENV: [(&str, &str); 5] = [
     ("DEBIAN_FRONTEND", "noninteractive"),
     ("LC_ALL", "C.UTF-8"),
     (
@@ -53,13 +58,16 @@ pub const BASE_ENV: [(&str, &str); 4] = [
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     ),
     ("HOME", "/root"),
+    ("SYSTEMD_OFFLINE", "1"),
 ];
 
 /// The name of the host cache bound on `/var/cache/apt/archives` (the same
 /// name `apt_install` asks for per command).
-pub const APT_ARCHIVES_CACHE: &str = "apt-archives";
+pub use pgimg_stdlib::apt::APT_ARCHIVES_CACHE;
 const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+/// On the build's `/run` tmpfs: gone with the sandbox, never in the image.
+const POLICY_RC_D_SCRIPT: &str = "/run/pgimg/policy-rc.d";
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 const POLICY_RC_D_DENY: &[u8] =
     b"#!/bin/sh\n# Written by pgimg for the build: no package starts a service.\nexit 101\n";
@@ -127,74 +135,10 @@ pub enum SetupError {
     TornDown(PathBuf),
 }
 
-/// What was at an in-image path before the build changed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Saved {
-    Absent,
-    Symlink(PathBuf),
-    File {
-        content: Vec<u8>,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    },
-}
-
-impl Saved {
-    pub(crate) fn capture(root: &ImageRoot, path: &str) -> Result<Saved, FsError> {
-        let st = match root.lstat(path) {
-            Ok(st) => st,
-            Err(e) if e.is_not_found() => return Ok(Saved::Absent),
-            Err(e) => return Err(e),
-        };
-        match st.kind {
-            FileKind::Symlink => Ok(Saved::Symlink(root.readlink(path)?)),
-            FileKind::File => Ok(Saved::File {
-                content: root.read(path)?,
-                mode: st.mode,
-                uid: st.uid,
-                gid: st.gid,
-            }),
-            _ => Err(FsError::Invalid {
-                path: path.to_string(),
-                reason: "is neither a file nor a symlink; pgimg will not replace it".into(),
-            }),
-        }
-    }
-
-    pub(crate) fn restore(&self, root: &ImageRoot, path: &str) -> Result<(), FsError> {
-        match self {
-            Saved::Absent => root.remove(path).map(|_| ()),
-            Saved::Symlink(target) => root.symlink(target, path),
-            Saved::File {
-                content,
-                mode,
-                uid,
-                gid,
-            } => {
-                // Remove first: `write` keeps the mode of a file already there.
-                root.remove(path)?;
-                root.write(
-                    path,
-                    content,
-                    Attrs {
-                        mode: Some(*mode),
-                        uid: Some(*uid),
-                        gid: Some(*gid),
-                    },
-                )
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 struct State {
     mounts: MountStack,
     apt_cache: Option<Mount>,
-    /// The image's original and what pgimg wrote in its place.
-    resolv_conf: Option<(Saved, Vec<u8>)>,
-    policy_rc_d: Option<(Saved, Vec<u8>)>,
     torn_down: bool,
 }
 
@@ -208,6 +152,8 @@ pub struct ChrootTarget {
     log: LineSink,
     interrupt: &'static AtomicBool,
     host_resolv_conf: PathBuf,
+    /// resolv.conf, policy-rc.d and what the recipe borrows (`borrow_file`).
+    borrowed: Borrowed,
     state: Mutex<State>,
 }
 
@@ -245,6 +191,7 @@ impl ChrootTarget {
             log: opts.log,
             interrupt: opts.interrupt,
             host_resolv_conf: opts.host_resolv_conf,
+            borrowed: Borrowed::default(),
             state: Mutex::new(State::default()),
         };
         if let Err(e) = target.prepare() {
@@ -265,6 +212,14 @@ impl ChrootTarget {
         let mut st = self.state.lock().unwrap();
         let root = &self.root;
         let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        // Mount points an unusual image lacks are borrowed too: they go again.
+        for dir in ["/dev", "/sys", "/run"] {
+            if root.kind(dir).is_none() {
+                self.borrowed
+                    .put_dir(root, dir, 0o755)
+                    .map_err(file_err(format!("creating {dir}")))?;
+            }
+        }
         st.mounts.push(Mount::in_root(
             root,
             "/dev",
@@ -315,12 +270,14 @@ impl ChrootTarget {
         root.mkdir_all("/run/lock", Attrs::mode(0o1777))
             .map_err(file_err("creating /run/lock"))?;
         // Each command mounts its own /proc here.
-        if !root.exists("/proc") {
-            root.mkdir_all("/proc", Attrs::mode(0o555))
-                .map_err(file_err("creating /proc"))?;
-        }
+        self.borrowed
+            .put_dir(root, "/proc", 0o555)
+            .map_err(file_err("creating /proc"))?;
         if let Some(host) = self.cache_dir(APT_ARCHIVES_CACHE) {
             prepare_apt_cache(&host)?;
+            self.borrowed
+                .put_dir(root, APT_ARCHIVES, 0o755)
+                .map_err(file_err(format!("creating {APT_ARCHIVES}")))?;
             st.apt_cache = Some(Mount::bind_in_root(
                 root,
                 &host,
@@ -329,12 +286,14 @@ impl ChrootTarget {
             )?);
         }
 
-        st.policy_rc_d = Some((
-            Saved::capture(root, POLICY_RC_D).map_err(file_err("saving /usr/sbin/policy-rc.d"))?,
-            POLICY_RC_D_DENY.to_vec(),
-        ));
-        root.write(POLICY_RC_D, POLICY_RC_D_DENY, Attrs::mode(0o755))
-            .map_err(file_err("writing /usr/sbin/policy-rc.d"))?;
+        // A link to a script on the build's /run: `update-alternatives`
+        // replaces a link (a package providing policy-rc.d that way then keeps
+        // it), while it refuses to replace a regular file.
+        root.write(POLICY_RC_D_SCRIPT, POLICY_RC_D_DENY, Attrs::mode(0o755))
+            .map_err(file_err(format!("writing {POLICY_RC_D_SCRIPT}")))?;
+        self.borrowed
+            .put_link(root, POLICY_RC_D, POLICY_RC_D_SCRIPT)
+            .map_err(file_err("putting /usr/sbin/policy-rc.d in place"))?;
 
         let host_dns =
             std::fs::read(&self.host_resolv_conf).map_err(|source| SetupError::Host {
@@ -342,16 +301,11 @@ impl ChrootTarget {
                 path: self.host_resolv_conf.clone(),
                 source,
             })?;
-        st.resolv_conf = Some((
-            Saved::capture(root, RESOLV_CONF).map_err(file_err("saving /etc/resolv.conf"))?,
-            host_dns.clone(),
-        ));
-        // Often a link to a file that exists only on a booted system (systemd-resolved):
-        // remove the link itself and put a plain file in its place.
-        root.remove(RESOLV_CONF)
-            .map_err(file_err("replacing /etc/resolv.conf"))?;
-        root.write(RESOLV_CONF, &host_dns, Attrs::mode(0o644))
-            .map_err(file_err("writing /etc/resolv.conf"))?;
+        // Often a link to a file that exists only on a booted system
+        // (systemd-resolved): a plain file takes its place for the build.
+        self.borrowed
+            .put_file(root, RESOLV_CONF, &host_dns, 0o644)
+            .map_err(file_err("putting /etc/resolv.conf in place"))?;
         Ok(())
     }
 
@@ -443,8 +397,8 @@ impl ChrootTarget {
         m.map_or(Ok(()), Mount::close)
     }
 
-    /// Restores `/etc/resolv.conf`, then `policy-rc.d`, then unmounts
-    /// everything, newest first. Does every step even when one fails and
+    /// Unmounts everything, newest first, then gives back the borrowed paths
+    /// (resolv.conf, policy-rc.d, `borrow_file`s, mount points pgimg created). Does every step even when one fails and
     /// returns the first failure. Idempotent; `Drop` calls it too.
     pub fn teardown(&self) -> Result<(), SetupError> {
         let mut st = self.state.lock().unwrap();
@@ -453,16 +407,6 @@ impl ChrootTarget {
         }
         st.torn_down = true;
         let mut errors: Vec<SetupError> = Vec::new();
-        for (path, saved) in [
-            (RESOLV_CONF, st.resolv_conf.take()),
-            (POLICY_RC_D, st.policy_rc_d.take()),
-        ] {
-            if let Some((original, ours)) = saved {
-                if let Err(e) = self.put_back(path, &original, &ours) {
-                    errors.push(file_err(format!("restoring {path}"))(e));
-                }
-            }
-        }
         if let Some(m) = st.apt_cache.take() {
             if let Err(e) = m.close() {
                 errors.push(e.into());
@@ -471,30 +415,25 @@ impl ChrootTarget {
         if let Err(e) = std::mem::take(&mut st.mounts).close() {
             errors.push(e.into());
         }
+        // After the unmounts: a mount point pgimg created is empty only then.
+        match self.borrowed.give_back(&self.root) {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    if let Outcome::KeptTheBuilds(path) = o {
+                        eprintln!(
+                            "pgimg: note: the build changed {path}; keeping its version instead of the image's original"
+                        );
+                    }
+                }
+            }
+            Err(e) => errors.push(file_err("giving back the paths borrowed for the build")(e)),
+        }
         let mut errors = errors.into_iter();
         let first = errors.next();
         for e in errors {
             eprintln!("pgimg: warning: tearing down the sandbox: {e}");
         }
         first.map_or(Ok(()), Err)
-    }
-
-    /// Restores `original` at `path`, unless the build replaced what pgimg
-    /// wrote there (a recipe writing the image's own resolv.conf, a package
-    /// turning it into a link): then the build's version is kept.
-    fn put_back(&self, path: &str, original: &Saved, ours: &[u8]) -> Result<(), FsError> {
-        let untouched = match Saved::capture(&self.root, path)? {
-            Saved::File { content, .. } => content == ours,
-            Saved::Absent => true,
-            Saved::Symlink(_) => false,
-        };
-        if !untouched {
-            eprintln!(
-                "pgimg: note: the build changed {path}; keeping its version instead of the image's original"
-            );
-            return Ok(());
-        }
-        original.restore(&self.root, path)
     }
 
     fn base_env(&self, cmd: &Command) -> Vec<(String, String)> {
@@ -540,8 +479,8 @@ impl ChrootTarget {
                     ))
                 }
                 Err(e) if e.is_not_found() => self
-                    .root
-                    .mkdir_all(in_image, Attrs::default())
+                    .borrowed
+                    .put_dir(&self.root, in_image, 0o755)
                     .map_err(|e| format!("cache `{name}`: creating {e}"))?,
                 Err(e) => return Err(format!("cache `{name}`: {e}")),
             }
@@ -719,6 +658,10 @@ impl Target for ChrootTarget {
         &self.facts
     }
 
+    fn borrowed(&self) -> Option<&Borrowed> {
+        Some(&self.borrowed)
+    }
+
     fn cache_dir(&self, name: &str) -> Option<PathBuf> {
         self.cache_dir.as_ref().map(|d| d.join(name))
     }
@@ -744,48 +687,6 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = ImageRoot::open(d.path()).unwrap();
         (d, r)
-    }
-
-    /// Each original state survives a capture, an overwrite and a restore exactly.
-    #[test]
-    fn saved_files_restore_exactly() {
-        type Seed = Box<dyn Fn(&ImageRoot)>;
-        let cases: Vec<(&str, Seed)> = vec![
-            ("absent", Box::new(|_| {})),
-            (
-                "dangling link",
-                Box::new(|r| {
-                    r.symlink("../run/systemd/resolve/stub-resolv.conf", RESOLV_CONF)
-                        .unwrap()
-                }),
-            ),
-            (
-                "file 0600",
-                Box::new(|r| {
-                    r.write(RESOLV_CONF, b"nameserver 10.0.0.1\n", Attrs::mode(0o600))
-                        .unwrap()
-                }),
-            ),
-        ];
-        for (name, seed) in cases {
-            let (_d, r) = root();
-            r.mkdir_all("/etc", Attrs::default()).unwrap();
-            seed(&r);
-            let saved = Saved::capture(&r, RESOLV_CONF).unwrap();
-            let before = saved.clone();
-            r.remove(RESOLV_CONF).unwrap();
-            r.write(RESOLV_CONF, b"nameserver 127.0.0.1\n", Attrs::mode(0o644))
-                .unwrap();
-            saved.restore(&r, RESOLV_CONF).unwrap();
-            assert_eq!(Saved::capture(&r, RESOLV_CONF).unwrap(), before, "{name}");
-        }
-    }
-
-    #[test]
-    fn a_directory_is_not_saved_or_replaced() {
-        let (_d, r) = root();
-        r.mkdir_all(RESOLV_CONF, Attrs::default()).unwrap();
-        assert!(Saved::capture(&r, RESOLV_CONF).is_err());
     }
 
     #[test]
@@ -821,6 +722,7 @@ mod tests {
             log: opts.log,
             interrupt: opts.interrupt,
             host_resolv_conf: opts.host_resolv_conf,
+            borrowed: Borrowed::default(),
             state: Mutex::new(State {
                 torn_down: true,
                 ..State::default()
@@ -835,7 +737,7 @@ mod tests {
         assert_eq!(get("PATH"), Some("/opt/bin"));
         assert_eq!(get("GOFLAGS"), Some("-mod=vendor"));
         assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
-        assert_eq!(env.len(), 5);
+        assert_eq!(env.len(), 6);
         // A torn-down target refuses to run anything.
         assert!(matches!(
             t.run(&Command::new(["true"])),

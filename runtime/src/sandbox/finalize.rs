@@ -184,7 +184,8 @@ pub fn finalize(
         ("apt", opts.apt, &|r| apt(target, r)),
         ("cloud_init", opts.cloud_init, &|r| cloud_init(target, r)),
         ("ssh_host_keys", opts.ssh_host_keys, &|r| {
-            fs("ssh_host_keys", ssh_host_keys(root, r))
+            fs("ssh_host_keys", ssh_host_keys(root, r))?;
+            fs("ssh_host_keys", ssh_keygen_at_first_boot(root))
         }),
         ("root_password", opts.root_password, &|r| {
             fs("root_password", root_password(root, r))
@@ -198,7 +199,9 @@ pub fn finalize(
         }),
         ("tmp", opts.tmp, &|r| fs("tmp", tmp(root, r))),
         ("machine_id", opts.machine_id, &|r| {
-            fs("machine_id", machine_id(root, r))
+            fs("machine_id", machine_id(root, r))?;
+            fs("machine_id", dbus_machine_id(root, r))?;
+            fs("machine_id", random_seed(root, r))
         }),
     ];
     for (name, enabled, run) in items {
@@ -474,6 +477,197 @@ fn machine_id(root: &ImageRoot, r: &mut ItemReport) -> Result<(), FsError> {
         Ok(_) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// The unit pgimg installs when finalize removed the SSH host keys and
+/// nothing in the image makes new ones: without keys sshd cannot start
+/// (Debian's and Ubuntu's ssh.service run `sshd -t` first).
+pub const SSH_KEYGEN_UNIT: &str = "pgimg-ssh-keygen.service";
+
+const SSH_KEYGEN_UNIT_TEXT: &str = "\
+[Unit]
+Description=Generate SSH host keys missing on first boot (installed by pgimg)
+# Once: the keys exist afterwards. After cloud-init, whose ssh module makes
+# them when a datasource is found; this only fills in when nothing did.
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+After=cloud-init.service
+Before=ssh.service sshd.service ssh.socket
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+RemainAfterExit=yes
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Unit folders of the image, where a key-generating unit would be.
+const UNIT_DIRS: [&str; 3] = [
+    "/etc/systemd/system",
+    "/lib/systemd/system",
+    "/usr/lib/systemd/system",
+];
+
+/// Installs and enables [`SSH_KEYGEN_UNIT`] when the image has an SSH server
+/// and no unit of its own that generates host keys (Fedora's
+/// `sshd-keygen@.service`, Arch's `sshdgenkeys.service`, …). Idempotent.
+fn ssh_keygen_at_first_boot(root: &ImageRoot) -> Result<(), FsError> {
+    if !root.exists("/usr/sbin/sshd") || !root.exists("/usr/bin/ssh-keygen") {
+        return Ok(());
+    }
+    for dir in UNIT_DIRS {
+        if root.kind(dir) != Some(FileKind::Dir) {
+            continue;
+        }
+        for name in root.read_dir(dir)? {
+            if name == SSH_KEYGEN_UNIT || !name.ends_with(".service") {
+                continue;
+            }
+            let path = format!("{dir}/{name}");
+            if root.kind(&path) != Some(FileKind::File) {
+                continue;
+            }
+            let text = root.read_string_opt(&path)?.unwrap_or_default();
+            if text.lines().any(|l| {
+                l.trim_start().starts_with("ExecStart")
+                    && (l.contains("ssh-keygen") || l.contains("sshd-keygen"))
+            }) {
+                return Ok(());
+            }
+        }
+    }
+    root.write(
+        format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}"),
+        SSH_KEYGEN_UNIT_TEXT.as_bytes(),
+        Attrs::mode(0o644),
+    )?;
+    let wants = "/etc/systemd/system/multi-user.target.wants";
+    root.mkdir_all(wants, Attrs::mode(0o755))?;
+    let link = format!("{wants}/{SSH_KEYGEN_UNIT}");
+    if root.lstat(&link).is_err() {
+        root.symlink(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}"), &link)?;
+    }
+    Ok(())
+}
+
+/// `/var/lib/dbus/machine-id` (left by the `dbus` package) becomes a link to
+/// `/etc/machine-id`: with `/etc/machine-id` empty, systemd takes the id from
+/// it at boot, so every clone of the image would share the base's id.
+fn dbus_machine_id(root: &ImageRoot, r: &mut ItemReport) -> Result<(), FsError> {
+    const DBUS: &str = "/var/lib/dbus/machine-id";
+    match root.lstat(DBUS) {
+        Ok(st) if st.kind == FileKind::Symlink => Ok(()),
+        Ok(_) => {
+            remove_counted(root, DBUS, r)?;
+            root.symlink("/etc/machine-id", DBUS)
+        }
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// systemd's saved random seed (and its credential key, systemd 250+) are
+/// per machine: a clone must not start from the base's.
+fn random_seed(root: &ImageRoot, r: &mut ItemReport) -> Result<(), FsError> {
+    for path in [
+        "/var/lib/systemd/random-seed",
+        "/var/lib/systemd/credential.secret",
+    ] {
+        remove_counted(root, path, r)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod first_boot_tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, ImageRoot) {
+        let d = tempfile::tempdir().unwrap();
+        let r = ImageRoot::open(d.path()).unwrap();
+        (d, r)
+    }
+
+    #[test]
+    fn dbus_machine_id_becomes_a_link_to_etc_machine_id() {
+        let (_d, r) = root();
+        r.write(
+            "/var/lib/dbus/machine-id",
+            b"0123456789abcdef0123456789abcdef\n",
+            Attrs::default(),
+        )
+        .unwrap();
+        let mut rep = ItemReport::default();
+        dbus_machine_id(&r, &mut rep).unwrap();
+        assert_eq!(
+            r.readlink("/var/lib/dbus/machine-id").unwrap(),
+            std::path::Path::new("/etc/machine-id")
+        );
+        assert_eq!(rep.removed, 1);
+        // Again: already a link, nothing to do.
+        dbus_machine_id(&r, &mut rep).unwrap();
+        assert_eq!(rep.removed, 1);
+    }
+
+    #[test]
+    fn ssh_keygen_unit_is_installed_when_nothing_recreates_host_keys() {
+        let (_d, r) = root();
+        r.write("/usr/sbin/sshd", b"", Attrs::default()).unwrap();
+        r.write("/usr/bin/ssh-keygen", b"", Attrs::default())
+            .unwrap();
+        r.write(
+            "/lib/systemd/system/ssh.service",
+            b"[Service]\nExecStartPre=/usr/sbin/sshd -t\n",
+            Attrs::default(),
+        )
+        .unwrap();
+        ssh_keygen_at_first_boot(&r).unwrap();
+        let unit = r
+            .read_string(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}"))
+            .unwrap();
+        assert!(unit.contains("ExecStart=/usr/bin/ssh-keygen -A"));
+        assert!(unit.contains("Before=ssh.service"));
+        assert!(r.exists(format!(
+            "/etc/systemd/system/multi-user.target.wants/{SSH_KEYGEN_UNIT}"
+        )));
+        // Idempotent.
+        ssh_keygen_at_first_boot(&r).unwrap();
+    }
+
+    #[test]
+    fn ssh_keygen_unit_is_not_installed_beside_the_images_own_generator() {
+        let (_d, r) = root();
+        r.write("/usr/sbin/sshd", b"", Attrs::default()).unwrap();
+        r.write("/usr/bin/ssh-keygen", b"", Attrs::default())
+            .unwrap();
+        r.write(
+            "/usr/lib/systemd/system/sshdgenkeys.service",
+            b"[Service]\nExecStart=/usr/bin/ssh-keygen -A\n",
+            Attrs::default(),
+        )
+        .unwrap();
+        ssh_keygen_at_first_boot(&r).unwrap();
+        assert!(!r.exists(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}")));
+    }
+
+    #[test]
+    fn no_ssh_server_no_keygen_unit() {
+        let (_d, r) = root();
+        ssh_keygen_at_first_boot(&r).unwrap();
+        assert!(!r.exists(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}")));
+    }
+
+    #[test]
+    fn random_seed_is_removed() {
+        let (_d, r) = root();
+        r.write("/var/lib/systemd/random-seed", b"1234", Attrs::default())
+            .unwrap();
+        let mut rep = ItemReport::default();
+        random_seed(&r, &mut rep).unwrap();
+        assert!(!r.exists("/var/lib/systemd/random-seed"));
+        assert_eq!((rep.removed, rep.bytes), (1, 4));
     }
 }
 

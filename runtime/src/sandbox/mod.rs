@@ -1,5 +1,6 @@
-//! The sandbox a build runs in: a private mount namespace, the chroot's mounts, commands
-//! in their own PID namespace, and the image's first-boot cleanup.
+//! The sandbox a build runs in: a private mount namespace, the image's mounts, commands
+//! pivoted into the image in namespaces of their own with reduced capabilities
+//! (`exec`), borrowed paths given back, and the image's first-boot cleanup.
 //!
 //! Order of use in `pgimg run`/`pgimg shell`:
 //! 1. [`namespace::enter_private_mount_namespace`] first thing in `main`, before any thread;

@@ -13,9 +13,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::http::FetchLog;
-use super::{normalize_commit, FetchError};
-use crate::target::tail;
+use super::{normalize_commit, FetchError, FetchLog};
+use crate::shared::tail;
 
 const STDERR_TAIL: usize = 2048;
 

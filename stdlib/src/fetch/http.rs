@@ -11,15 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use indicatif::HumanBytes;
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
 use super::git::GitFetcher;
-use super::{normalize_sha256, FetchError, Fetcher};
-
-/// Where log lines of the fetcher go (start and end of downloads, retries).
-pub type FetchLog = Arc<dyn Fn(&str) + Send + Sync>;
+use super::{normalize_sha256, FetchError, FetchLog, Fetcher};
 
 /// Largest document [`HttpFetcher::fetch_text`] accepts.
 pub const MAX_TEXT_BYTES: u64 = 4 << 20;
@@ -452,21 +450,6 @@ impl HttpFetcher {
     }
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 impl Fetcher for HttpFetcher {
     fn fetch(&self, url: &str, sha256: &str) -> Result<Option<PathBuf>, FetchError> {
         let expected = normalize_sha256(sha256)?;
@@ -487,8 +470,8 @@ impl Fetcher for HttpFetcher {
         let secs = start.elapsed().as_secs_f64();
         (self.log)(&format!(
             "fetched {url}: {} in {secs:.1} s ({}/s)",
-            human_bytes(size),
-            human_bytes((size as f64 / secs.max(1e-3)) as u64)
+            HumanBytes(size),
+            HumanBytes((size as f64 / secs.max(1e-3)) as u64)
         ));
         Ok(Some(dest))
     }
@@ -549,13 +532,6 @@ mod tests {
     fn default_cache_dir_is_absolute() {
         assert!(default_cache_dir().is_absolute());
         assert!(default_cache_dir().ends_with("pgimg"));
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(12), "12 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
     }
 
     #[test]

@@ -14,11 +14,15 @@ pub use checksums::{sha256_for, ChecksumError};
 
 pub use git::GitFetcher;
 pub use http::{
-    check_url, default_cache_dir, url_file_name, FetchLog, HttpFetcher, RetryPolicy, MAX_TEXT_BYTES,
+    check_url, default_cache_dir, url_file_name, HttpFetcher, RetryPolicy, MAX_TEXT_BYTES,
 };
 pub use recording::RecordingFetcher;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where log lines of the fetchers go (start and end of downloads, retries).
+pub type FetchLog = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A fetch that failed; every variant names the URL.
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
-
 use super::{normalize_commit, normalize_sha256, FetchError, Fetcher};
 
 /// Answers fetches from fixtures (URL → host file or directory) and returns
@@ -13,11 +11,15 @@ use super::{normalize_commit, normalize_sha256, FetchError, Fetcher};
 #[derive(Debug, Default)]
 pub struct RecordingFetcher {
     fixtures: BTreeMap<String, PathBuf>,
+    checkouts: std::sync::Mutex<Vec<tempfile::TempDir>>,
 }
 
 impl RecordingFetcher {
     pub fn new(fixtures: BTreeMap<String, PathBuf>) -> Self {
-        RecordingFetcher { fixtures }
+        RecordingFetcher {
+            fixtures,
+            checkouts: Default::default(),
+        }
     }
 }
 
@@ -31,7 +33,7 @@ impl Fetcher for RecordingFetcher {
             url: url.to_string(),
             reason: format!("fixture {}: {e}", path.display()),
         })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = crate::shared::sha256_hex(&bytes);
         if actual != expected {
             return Err(FetchError::ShaMismatch {
                 url: url.to_string(),
@@ -49,10 +51,24 @@ impl Fetcher for RecordingFetcher {
 
     /// The fixture must be a checkout (have `.git`), so a test of a build
     /// that runs git cannot pass on a plain tree.
+    /// Without a fixture: a checkout holding only `.git/HEAD` at `rev` (what
+    /// `git rev-parse HEAD` reads), kept until the fetcher is dropped.
     fn git_checkout(&self, url: &str, rev: &str) -> Result<Option<PathBuf>, FetchError> {
-        normalize_commit(rev)?;
+        let rev = normalize_commit(rev)?;
         let Some(dir) = self.fixtures.get(url) else {
-            return Ok(None);
+            let io = |e: std::io::Error| FetchError::Io {
+                url: url.to_string(),
+                reason: e.to_string(),
+            };
+            let dir = tempfile::Builder::new()
+                .prefix("pgimg-fake-checkout-")
+                .tempdir()
+                .map_err(io)?;
+            std::fs::create_dir(dir.path().join(".git")).map_err(io)?;
+            std::fs::write(dir.path().join(".git/HEAD"), format!("{rev}\n")).map_err(io)?;
+            let path = dir.path().to_path_buf();
+            self.checkouts.lock().unwrap().push(dir);
+            return Ok(Some(path));
         };
         if !dir.join(".git").exists() {
             return Err(FetchError::Io {
@@ -127,7 +143,12 @@ mod tests {
             f.git_checkout("https://h/a.git", rev).unwrap(),
             Some(checkout)
         );
-        assert_eq!(f.git_checkout("https://h/c.git", rev).unwrap(), None);
+        // Without a fixture: a checkout whose HEAD is the pinned commit, as git would have it.
+        let made = f.git_checkout("https://h/c.git", rev).unwrap().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(made.join(".git/HEAD")).unwrap(),
+            format!("{rev}\n")
+        );
         let e = f
             .git_checkout("https://h/b.git", rev)
             .unwrap_err()

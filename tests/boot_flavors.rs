@@ -1,0 +1,106 @@
+//! The standard flavor, booted: `recipes/standard.rhai` built on the
+//! bootable fixture in the offline configuration `tests/recipes_real.rs`
+//! uses, then `pgimg verify` with the flavor's own checks
+//! (`recipes/standard.verify.rhai`, found through the image's manifest):
+//! PostgreSQL 15 installed offline at first boot, a cluster with data
+//! checksums running as a service, an extension answering, users, groups,
+//! units, sshd with fresh host keys.
+//!
+//! Needs root, QEMU (`tests/setup-boot.sh`) and the Debian mirror; run with
+//! `cargo test --test boot_flavors -- --nocapture`. Slow: a full flavor
+//! build, then a TCG boot that installs PostgreSQL.
+
+#[path = "support/fixture.rs"]
+mod fixture;
+#[path = "support/pgimg.rs"]
+mod pgimg_bin;
+#[path = "support/served.rs"]
+mod served;
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use fixture::{checked_base_image, loud, sha256sum};
+use pgimg_bin::{os, pgimg, repo_dir, scratch};
+use served::Served;
+
+/// As in `tests/recipes_real.rs`: what this machine cannot reach is skipped,
+/// the package lists are Debian's.
+const DEBIAN_PARAMS: &[&str] = &[
+    "--set",
+    "pg_versions=15",
+    "--set",
+    "package_lists=debian-bookworm",
+    "--assets",
+    "recipes/fixtures",
+    "--set",
+    "skip=pgdg,golang-backports,walg,pguint,azure,cloud-init,grub",
+];
+
+#[test]
+fn standard_flavor_boots_and_passes_its_verify_checks() {
+    if !fixture::require_root("standard_flavor_boots_and_passes_its_verify_checks") {
+        return;
+    }
+    let tmp = scratch();
+    let dir = tmp.path();
+    let server = Served::folder(
+        &repo_dir().join("recipes/fixtures/releases"),
+        &dir.join("releases.log"),
+    );
+    let out = dir.join("standard.raw");
+    let mut a: Vec<OsString> = vec!["run".into(), "recipes/standard.rhai".into()];
+    a.extend(["--base".into(), checked_base_image().into()]);
+    a.extend(os(&["--size", "4G"]));
+    a.extend(["--output".into(), out.clone().into()]);
+    a.extend([
+        "--cache-dir".into(),
+        fixture::fixture_dir().join("boot-flavors-cache").into(),
+    ]);
+    a.extend(os(DEBIAN_PARAMS));
+    a.extend([
+        "--mirror".into(),
+        format!("releases={}", server.url()).into(),
+    ]);
+    let built = pgimg(&a, None, Duration::from_secs(2400));
+    assert_eq!(
+        built.code(),
+        Some(0),
+        "the standard build failed:\n{}",
+        built.stderr
+    );
+
+    let before = sha256sum(&out);
+    let mut v: Vec<OsString> = vec!["verify".into(), out.clone().into()];
+    v.extend(os(&["--timeout", "1500", "--memory", "2048"]));
+    let f = pgimg(&v, None, Duration::from_secs(1700));
+    loud(&format!(
+        "--- pgimg verify standard.raw ({:.0} s):\n{}",
+        f.seconds, f.stdout
+    ));
+    assert!(
+        f.stderr.contains("checks: recipes/standard.verify.rhai"),
+        "the flavor's checks were not found:\n{}",
+        f.stderr
+    );
+    assert_eq!(f.code(), Some(0), "{}\n{}", f.stdout, f.stderr);
+    for line in [
+        "ok   no failed units",
+        "ok   expect_active(\"ssh.service\")",
+        "ok   expect_ok(\"install-postgresql-packages 15\")",
+        "ok   expect_active(\"postgresql@15-main.service\")",
+        "ok   expect_eq(\"on\", \"on\")",
+    ] {
+        assert!(
+            f.stdout.contains(line),
+            "missing {line:?} in:\n{}",
+            f.stdout
+        );
+    }
+    assert!(
+        f.stdout.contains("CREATE EXTENSION") || f.stdout.contains("expect_eq(\"0\", \"0\")"),
+        "no extension answered:\n{}",
+        f.stdout
+    );
+    assert_eq!(sha256sum(&out), before, "verify changed the image");
+}
