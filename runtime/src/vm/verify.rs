@@ -200,7 +200,17 @@ pub fn verify(
             return Ok(report);
         }
         Err(e) => {
-            did_not_boot(&mut report, e.to_string(), &mut child);
+            // A guest that gives up on its root reboots (panic=) well before
+            // the limit; say when, so the reader knows it was not the limit.
+            did_not_boot(
+                &mut report,
+                format!(
+                    "{e} {} s after start, before reaching multi-user.target (limit {} s)",
+                    started.elapsed().as_secs(),
+                    opts.timeout.as_secs()
+                ),
+                &mut child,
+            );
             return Ok(report);
         }
     }
