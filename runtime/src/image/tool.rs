@@ -4,6 +4,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::process::{Command, ExitStatus, Stdio};
 
+use pgimg_stdlib::shared::{tail_lines, tail_suffix};
+
 /// Lines of output kept for an error message.
 const TAIL_LINES: usize = 20;
 
@@ -30,20 +32,12 @@ pub enum ToolError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{argv}` {status}{}", tail_suffix(.tail))]
+    #[error("`{argv}` {status}{}", tail_suffix("output", .tail))]
     Failed {
         argv: Argv,
         status: ExitStatus,
         tail: String,
     },
-}
-
-fn tail_suffix(tail: &str) -> String {
-    if tail.trim().is_empty() {
-        String::new()
-    } else {
-        format!("; output:\n{}", tail.trim_end())
-    }
 }
 
 /// What a tool printed and how it ended.
@@ -64,7 +58,7 @@ impl ToolOutput {
         } else {
             &self.stderr
         };
-        tail(stream, TAIL_LINES)
+        tail_lines(stream, TAIL_LINES)
     }
 
     pub fn failed(self) -> ToolError {
@@ -74,13 +68,6 @@ impl ToolOutput {
             status: self.status,
         }
     }
-}
-
-/// The last `lines` lines of `bytes`.
-pub fn tail(bytes: &[u8], lines: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let all: Vec<&str> = text.trim_end().lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Runs `argv` with stdin closed and the C locale (so output can be parsed);
