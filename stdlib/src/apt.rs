@@ -326,6 +326,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::fake_ctx;
     use crate::run::scripted::{stdout, Scripted};
     use crate::target::{Output, Target};
     use crate::FakeTarget;
@@ -343,14 +344,10 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn fake() -> (Arc<FakeTarget>, Ctx) {
-        let t = Arc::new(FakeTarget::ubuntu());
-        (t.clone(), Ctx::new(t))
-    }
 
     #[test]
     fn update_install_purge_commands() {
-        let (t, c) = fake();
+        let (t, c) = fake_ctx();
         let deb = "/var/cache/x/pg_search.deb";
         t.root().write(deb, b"deb", Attrs::default()).unwrap();
         apt_update(&c, &loc()).unwrap();
@@ -394,7 +391,7 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused_before_anything_runs() {
-        let (t, c) = fake();
+        let (t, c) = fake_ctx();
         for bad in [
             "-y",
             "--allow-unauthenticated",
@@ -613,7 +610,7 @@ libfoo:arm64:
 
     #[test]
     fn download_on_the_fake_answers_like_apt() {
-        let (t, c) = fake();
+        let (t, c) = fake_ctx();
         let got = apt_download(
             &c,
             &loc(),
@@ -641,7 +638,7 @@ libfoo:arm64:
 
     #[test]
     fn download_with_dependencies_leaves_out_apts_bookkeeping() {
-        let (t, c) = fake();
+        let (t, c) = fake_ctx();
         let dest = "/var/cache/postgresql-packages/common";
         let opts = DownloadOpts {
             dependencies: Some(true),
@@ -670,7 +667,7 @@ libfoo:arm64:
 
     #[test]
     fn a_typo_fails_naming_the_package_on_the_fake_too() {
-        let (_, c) = fake();
+        let (_, c) = fake_ctx();
         let e = apt_download(
             &c,
             &loc(),

@@ -440,8 +440,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RecordingFetcher;
-    use crate::{FakeOs, FakeTarget, Target};
+    use crate::{FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::process::Command as Process;
     use std::sync::{Arc, OnceLock};
@@ -539,13 +538,7 @@ mod tests {
             .iter()
             .map(|f| (format!("https://keys.example/{f}"), assets.path().join(f)))
             .collect();
-        let t = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let t = Arc::new(FakeTarget::with_fixtures(fixtures));
         let c = Ctx::new(t.clone()).with_asset_dirs(vec![assets.path().to_path_buf()]);
         (t, c, assets)
     }

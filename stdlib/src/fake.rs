@@ -7,8 +7,10 @@
 //! [`FakeTarget::answer`]), so every primitive has one code path.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+use crate::ctx::Ctx;
 use crate::fetch::{Fetcher, RecordingFetcher};
 use crate::root::{Attrs, FsError, ImageRoot};
 use crate::target::{Command, CommandError, Facts, Output, Target};
@@ -155,7 +157,17 @@ impl FakeTarget {
 
     /// A fake Ubuntu 22.04 amd64 root that records every fetch.
     pub fn ubuntu() -> Self {
-        FakeTarget::new(&FakeOs::default(), Box::new(RecordingFetcher::default()))
+        FakeTarget::with_fetcher(RecordingFetcher::default())
+    }
+
+    /// A fake Ubuntu 22.04 amd64 root whose fetches are answered from
+    /// `fixtures` (URL → a local file or folder), and recorded.
+    pub fn with_fixtures(fixtures: BTreeMap<String, PathBuf>) -> Self {
+        FakeTarget::with_fetcher(RecordingFetcher::new(fixtures))
+    }
+
+    fn with_fetcher(fetcher: RecordingFetcher) -> Self {
+        FakeTarget::new(&FakeOs::default(), Box::new(fetcher))
             .expect("creating a fake root in the temporary directory")
     }
 
@@ -168,6 +180,22 @@ impl FakeTarget {
     pub fn owner(&self, path: &str) -> Option<(u32, u32)> {
         self.owners.lock().unwrap().get(path).copied()
     }
+}
+
+/// A fake Ubuntu root and a [`Ctx`] acting on it: where most primitive
+/// tests start.
+pub fn fake_ctx() -> (Arc<FakeTarget>, Ctx) {
+    let t = Arc::new(FakeTarget::ubuntu());
+    (t.clone(), Ctx::new(t))
+}
+
+/// An empty [`ImageRoot`] in a fresh temporary directory, for tests of code
+/// that works on a root directly; the directory lives as long as the
+/// returned guard.
+pub fn temp_root() -> (tempfile::TempDir, ImageRoot) {
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let root = ImageRoot::open(dir.path()).expect("opening the temporary directory as a root");
+    (dir, root)
 }
 
 /// The version every package has on the fake root.

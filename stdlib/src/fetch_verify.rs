@@ -303,7 +303,6 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RecordingFetcher;
     use crate::{FakeOs, FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::io::Write;
@@ -370,13 +369,7 @@ mod tests {
                 fixtures.insert(url.to_string(), p);
             }
         }
-        let target = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let target = Arc::new(FakeTarget::with_fixtures(fixtures));
         Fixture {
             _dir: dir,
             ctx: Ctx::new(target.clone()),
@@ -622,13 +615,7 @@ mod tests {
         if with_tarball {
             fixtures.insert(URL.to_string(), f._dir.path().join("t.tgz"));
         }
-        let target = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let target = Arc::new(FakeTarget::with_fixtures(fixtures));
         Fixture {
             ctx: Ctx::new(target.clone()),
             target,

@@ -146,17 +146,14 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::fake_ctx;
     use crate::{FakeTarget, Target};
     use std::sync::Arc;
 
-    fn ctx() -> (Arc<FakeTarget>, Ctx) {
-        let t = Arc::new(FakeTarget::ubuntu());
-        (t.clone(), Ctx::new(t))
-    }
 
     #[test]
     fn write_with_mode_and_owner() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let opts = FileOpts {
             mode: Some(0o600),
             owner: Some("www-data".into()),
@@ -195,7 +192,7 @@ mod tests {
 
     #[test]
     fn copy_asset_owner_never_follows_a_copied_link() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let assets = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(assets.path().join("tree")).unwrap();
         std::fs::write(assets.path().join("tree/f"), "f").unwrap();
@@ -218,7 +215,7 @@ mod tests {
 
     #[test]
     fn append_mkdir() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         append_file(&c, "/etc/motd", "one\n").unwrap();
         append_file(&c, "/etc/motd", "two\n").unwrap();
         assert_eq!(t.root().read_string("/etc/motd").unwrap(), "one\ntwo\n");
@@ -236,7 +233,7 @@ mod tests {
 
     #[test]
     fn copy_asset_file_and_tree() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let assets = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(assets.path().join("units/sub")).unwrap();
         std::fs::write(assets.path().join("units/a.service"), "[Unit]\n").unwrap();

@@ -180,10 +180,9 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RecordingFetcher;
     use crate::run::scripted::Scripted;
     use crate::target::{CommandError, Output, Target};
-    use crate::{FakeOs, FakeTarget};
+    use crate::FakeTarget;
     use std::sync::{Arc, Mutex};
 
     const REV: &str = "cf1ce0f5b69048e31d740b508a79d8294707e339";
@@ -290,11 +289,7 @@ mod tests {
         });
         let fixtures =
             std::collections::BTreeMap::from([(URL.to_string(), src.path().to_path_buf())]);
-        scripted.fake = FakeTarget::new(
-            &FakeOs::default(),
-            Box::new(RecordingFetcher::new(fixtures)),
-        )
-        .unwrap();
+        scripted.fake = FakeTarget::with_fixtures(fixtures);
         let t = Arc::new(scripted);
         let c = Ctx::new(t.clone());
         let opts = GoOpts {
@@ -351,11 +346,7 @@ mod tests {
             Ok(crate::run::scripted::stdout(&head))
         });
         let fixtures = BTreeMap::from([(URL.to_string(), src.path().to_path_buf())]);
-        scripted.fake = FakeTarget::new(
-            &FakeOs::default(),
-            Box::new(RecordingFetcher::new(fixtures)),
-        )
-        .unwrap();
+        scripted.fake = FakeTarget::with_fixtures(fixtures);
         let t = Arc::new(scripted);
         let c = Ctx::new(t.clone());
         let opts = GoOpts {

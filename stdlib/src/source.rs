@@ -236,8 +236,7 @@ pub fn with_build_dir<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RecordingFetcher;
-    use crate::{FakeOs, FakeTarget, Target};
+    use crate::{FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -353,13 +352,7 @@ mod tests {
         let src = tree();
         let url = "https://github.com/petere/pguint.git";
         let fixtures = BTreeMap::from([(url.to_string(), src.path().join("my_ext"))]);
-        let t = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let t = Arc::new(FakeTarget::with_fixtures(fixtures));
         let c = Ctx::new(t.clone());
         let source = Source::Git {
             url: url.into(),
@@ -450,13 +443,7 @@ mod tests {
         let src = checkout();
         let url = "https://github.com/wal-g/wal-g.git";
         let fixtures = BTreeMap::from([(url.to_string(), src.path().to_path_buf())]);
-        let t = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let t = Arc::new(FakeTarget::with_fixtures(fixtures));
         let c = Ctx::new(t.clone());
         let staged = with_build_dir(&c, &loc(), &keep_git(url), |d| {
             Ok((
@@ -478,13 +465,7 @@ mod tests {
         // A plain tree where a checkout is asked for is refused, not built without git.
         let plain = tree();
         let fixtures = BTreeMap::from([(url.to_string(), plain.path().join("my_ext"))]);
-        let t = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let t = Arc::new(FakeTarget::with_fixtures(fixtures));
         let c = Ctx::new(t.clone());
         let e = with_build_dir(&c, &loc(), &keep_git(url), |_| Ok(())).unwrap_err();
         assert!(e.to_string().contains("is not a git checkout"), "{e}");
@@ -503,11 +484,7 @@ mod tests {
             Ok(stdout(&head.unwrap_or_default()))
         });
         let fixtures = BTreeMap::from([(url.to_string(), src.path().to_path_buf())]);
-        scripted.fake = FakeTarget::new(
-            &FakeOs::default(),
-            Box::new(RecordingFetcher::new(fixtures)),
-        )
-        .unwrap();
+        scripted.fake = FakeTarget::with_fixtures(fixtures);
         let t = Arc::new(scripted);
         let c = Ctx::new(t.clone());
         with_build_dir(&c, &loc(), &keep_git(url), |_| Ok(())).unwrap();

@@ -729,6 +729,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::fake_ctx;
 
     #[test]
     fn disable_removes_the_enable_links_and_mask_links_to_dev_null() {
@@ -811,10 +812,6 @@ mod tests {
     use crate::{FakeTarget, Target};
     use std::sync::Arc;
 
-    fn ctx() -> (Arc<FakeTarget>, Ctx) {
-        let t = Arc::new(FakeTarget::ubuntu());
-        (t.clone(), Ctx::new(t))
-    }
 
     const ENABLE: UnitOpts = UnitOpts { enable: Some(true) };
 
@@ -928,7 +925,7 @@ mod tests {
 
     #[test]
     fn install_errors_carry_file_and_line() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let e = systemd_unit(
             &c,
             "x.service",
@@ -973,7 +970,7 @@ mod tests {
             let e = unit_name(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
-        let (_t, c) = ctx();
+        let (_t, c) = fake_ctx();
         let e = systemd_unit(&c, "foo", "[Unit]\n", &UnitOpts::default())
             .unwrap_err()
             .to_string();
@@ -1042,7 +1039,7 @@ mod tests {
             ),
         ];
         for (what, text, want) in cases {
-            let (t, c) = ctx();
+            let (t, c) = fake_ctx();
             systemd_unit(&c, "a.service", &text, &ENABLE).unwrap_or_else(|e| panic!("{what}: {e}"));
             let want: Vec<(&str, &str)> = want.iter().map(|(a, b)| (a.as_str(), *b)).collect();
             assert_eq!(links(&t), pairs(&want), "{what}");
@@ -1061,7 +1058,7 @@ mod tests {
 
     #[test]
     fn templates_use_default_instance() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let text = "[Service]\nExecStart=/bin/x %i\n[Install]\nWantedBy=multi-user.target\nDefaultInstance=main\n";
         systemd_unit(&c, "pg@.service", text, &ENABLE).unwrap();
         assert_eq!(
@@ -1088,7 +1085,7 @@ mod tests {
 
     #[test]
     fn enable_errors() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let cases = [
             (
                 "no [Install]",
@@ -1152,7 +1149,7 @@ mod tests {
 
     #[test]
     fn also_enables_installed_units_where_they_are() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         t.root()
             .write(
                 "/lib/systemd/system/a.socket",
@@ -1195,7 +1192,7 @@ mod tests {
 
     #[test]
     fn idempotent_and_replaces_foreign_links() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let text =
             "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\nAlias=b.service\n";
         t.root()
@@ -1226,7 +1223,7 @@ mod tests {
 
     #[test]
     fn unit_enabled_looks_at_wants_and_requires() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         assert!(!unit_enabled(t.root(), "a.service").unwrap());
         systemd_unit(
             &c,
@@ -1260,7 +1257,7 @@ mod tests {
 
     #[test]
     fn dropins() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let p = systemd_dropin(
             &c,
             "postgresql@.service",
@@ -1297,7 +1294,7 @@ mod tests {
 
     #[test]
     fn content_from_asset() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let assets = tempfile::tempdir().unwrap();
         std::fs::create_dir(assets.path().join("units")).unwrap();
         let text = "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\n";
@@ -1327,7 +1324,7 @@ mod tests {
 
     #[test]
     fn rhai_overloads() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let mut engine = rhai::Engine::new();
         crate::register(&mut engine, &c);
         let p: String = engine

@@ -682,12 +682,8 @@ impl Drop for ChrootTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgimg_stdlib::fake::temp_root;
 
-    fn root() -> (tempfile::TempDir, ImageRoot) {
-        let d = tempfile::tempdir().unwrap();
-        let r = ImageRoot::open(d.path()).unwrap();
-        (d, r)
-    }
 
     #[test]
     fn recognises_a_full_disk() {
@@ -710,7 +706,7 @@ mod tests {
     #[test]
     fn command_env_overrides_the_base() {
         let opts = SandboxOptions::new(Box::new(pgimg_stdlib::fetch::RecordingFetcher::default()));
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         let t = ChrootTarget {
             dir: PathBuf::from("/nonexistent"),
             root: r,
