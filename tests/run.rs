@@ -671,7 +671,7 @@ fn a_no_op_recipe_on_the_fixture_grown_to_4g() {
     assert_eq!(inspect.code(), Some(0), "{}", inspect.stderr);
     loud(&inspect.stdout);
     for want in [
-        "format      raw (disk 4.0 GiB)",
+        "format      raw (disk 4.00 GiB)",
         "ext4 \"cloudimg-rootfs\"  (root)",
         "manifest    /usr/share/pgimg/manifest.json:",
         "\"recipe\": \"recipes/examples/hello.rhai\"",
@@ -783,7 +783,7 @@ fn inspect_shows_the_fixture() {
     assert_eq!(f.code(), Some(0), "{}", f.stderr);
     loud(&f.stdout);
     for want in [
-        "format      raw (disk 2.0 GiB)",
+        "format      raw (disk 2.00 GiB)",
         "table       GPT, 512-byte sectors",
         "BIOS boot",
         "EFI system",
