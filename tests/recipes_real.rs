@@ -30,22 +30,10 @@ use std::time::{Duration, Instant};
 
 use fixture::{assert_base_unchanged, checked_base_image, loud};
 use output::{check_finalized, e2fsck_clean, field, group_members, names_in, with_root_read_only};
-use pgimg_bin::{pgimg, print_stages, read_json, repo_dir, scratch, sidecar, Finished, Pgimg};
+use pgimg_bin::{
+    pgimg, print_stages, read_json, repo_dir, scratch, sidecar, Finished, Pgimg, DEBIAN_PARAMS,
+};
 use served::Served;
-
-/// The parameters of `recipes/debian.test.rhai`: PostgreSQL 15 and the
-/// package lists of Debian's archive; the steps this machine cannot run left
-/// out (why: [`NOT_RUN`]).
-const DEBIAN_PARAMS: &[&str] = &[
-    "--set",
-    "pg_versions=15",
-    "--set",
-    "package_lists=debian-bookworm",
-    "--assets",
-    "recipes/fixtures",
-    "--set",
-    "skip=pgdg,golang-backports,walg,pguint,azure,cloud-init,grub",
-];
 
 /// The steps of BEHAVIOUR.md's "Inside the image" these builds cannot run
 /// here, and why. Everything else in that section runs for real.

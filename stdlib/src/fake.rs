@@ -189,6 +189,17 @@ pub fn fake_ctx() -> (Arc<FakeTarget>, Ctx) {
     (t.clone(), Ctx::new(t))
 }
 
+/// The inputs `ctx`'s journal recorded so far, as (kind, url, pin): what a
+/// test of a fetching primitive checks it pinned.
+pub fn recorded_inputs(ctx: &Ctx) -> Vec<(String, String, String)> {
+    let journal = ctx.journal.lock().unwrap();
+    journal
+        .inputs
+        .iter()
+        .map(|i| (i.kind.clone(), i.url.clone(), i.pin.clone()))
+        .collect()
+}
+
 /// An empty [`ImageRoot`] in a fresh temporary directory, for tests of code
 /// that works on a root directly; the directory lives as long as the
 /// returned guard.

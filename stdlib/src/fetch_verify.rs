@@ -45,6 +45,23 @@ pub struct FetchVerify {
     pub owner: Option<String>,
 }
 
+impl FetchVerify {
+    /// A download pinned by its sha256 and installed as is at `dest`: the
+    /// plainest call, which the other options refine.
+    pub fn pinned(url: &str, sha256: &str, dest: &str) -> Self {
+        FetchVerify {
+            url: url.into(),
+            sha256: Some(sha256.into()),
+            sha256_from: None,
+            dest: dest.into(),
+            extract: None,
+            strip: None,
+            mode: None,
+            owner: None,
+        }
+    }
+}
+
 /// What `fetch_verify` installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Installed {
@@ -380,16 +397,7 @@ mod tests {
     }
 
     fn opts(url: &str, sha256: &str, dest: &str) -> FetchVerify {
-        FetchVerify {
-            url: url.into(),
-            sha256: Some(sha256.into()),
-            sha256_from: None,
-            dest: dest.into(),
-            extract: None,
-            strip: None,
-            mode: None,
-            owner: None,
-        }
+        FetchVerify::pinned(url, sha256, dest)
     }
 
     #[test]

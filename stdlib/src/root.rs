@@ -433,14 +433,7 @@ impl ImageRoot {
             return Err(mount_point_error(path));
         }
         if is_dir {
-            let sub = nix::fcntl::openat(
-                &dir,
-                name.as_os_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| errno_io(path, e))?;
-            check_tree(sub, id, path)?;
+            check_subtree(&dir, name.as_os_str(), id, path)?;
         }
         Ok(())
     }
@@ -611,17 +604,23 @@ fn check_tree(dir: OwnedFd, id: u64, path: &Path) -> Result<(), FsError> {
             return Err(mount_point_error(&child));
         }
         if is_dir {
-            let sub = nix::fcntl::openat(
-                &dir,
-                name.as_os_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| errno_io(&child, e))?;
-            check_tree(sub, id, &child)?;
+            check_subtree(&dir, name.as_os_str(), id, &child)?;
         }
     }
     Ok(())
+}
+
+/// [`check_tree`] on the directory `name` in `dir` (found at `path`), opened
+/// without following a link so the walk cannot leave the tree.
+fn check_subtree(dir: &OwnedFd, name: &std::ffi::OsStr, id: u64, path: &Path) -> Result<(), FsError> {
+    let sub = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno_io(path, e))?;
+    check_tree(sub, id, path)
 }
 
 fn stat_fd(path: &Path, fd: std::os::fd::BorrowedFd<'_>) -> Result<Stat, FsError> {

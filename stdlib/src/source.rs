@@ -236,6 +236,7 @@ pub fn with_build_dir<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::recorded_inputs;
     use crate::{FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -366,14 +367,9 @@ mod tests {
         .unwrap();
         assert_eq!(seen, "int a;\n");
         assert!(!t.root().exists("/var/tmp/pgimg-build/pguint-cf1ce0f5b690"));
-        let j = c.journal.lock().unwrap();
         assert_eq!(
-            (
-                j.inputs[0].kind.as_str(),
-                j.inputs[0].url.as_str(),
-                j.inputs[0].pin.as_str()
-            ),
-            ("git", url, REV)
+            recorded_inputs(&c)[0],
+            ("git".into(), url.into(), REV.into())
         );
     }
 

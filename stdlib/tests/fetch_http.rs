@@ -38,16 +38,7 @@ fn fake(f: HttpFetcher) -> (Arc<FakeTarget>, Ctx) {
 }
 
 fn opts(url: &str, sha: &str, dest: &str) -> FetchVerify {
-    FetchVerify {
-        url: url.into(),
-        sha256: Some(sha.into()),
-        sha256_from: None,
-        dest: dest.into(),
-        extract: None,
-        strip: None,
-        mode: None,
-        owner: None,
-    }
+    FetchVerify::pinned(url, sha, dest)
 }
 
 fn extracting(url: &str, sha: &str, dest: &str) -> FetchVerify {

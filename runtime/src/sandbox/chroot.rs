@@ -220,52 +220,42 @@ impl ChrootTarget {
                     .map_err(file_err(format!("creating {dir}")))?;
             }
         }
-        st.mounts.push(Mount::in_root(
-            root,
-            "/dev",
-            Some(Path::new("tmpfs")),
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID,
-            Some("mode=0755,size=4m"),
-            "/dev (tmpfs)",
-        )?);
-        self.populate_dev()?;
-        st.mounts.push(Mount::in_root(
-            root,
-            "/dev/pts",
-            Some(Path::new("devpts")),
-            Some("devpts"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-            "/dev/pts (devpts)",
-        )?);
-        st.mounts.push(Mount::in_root(
-            root,
-            "/dev/shm",
-            Some(Path::new("tmpfs")),
-            Some("tmpfs"),
-            nodev,
-            Some("mode=1777"),
-            "/dev/shm (tmpfs)",
-        )?);
-        st.mounts.push(Mount::in_root(
-            root,
-            "/sys",
-            Some(Path::new("sysfs")),
-            Some("sysfs"),
-            nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-            None,
-            "/sys (sysfs, read-only)",
-        )?);
-        st.mounts.push(Mount::in_root(
-            root,
-            "/run",
-            Some(Path::new("tmpfs")),
-            Some("tmpfs"),
-            nodev,
-            Some("mode=0755"),
-            "/run (tmpfs)",
-        )?);
+        // The kernel's file systems over the image's own folders, in this
+        // order: (where, type, flags, options, how errors name it).
+        let kernel_fs: [(&str, &str, MsFlags, Option<&str>, &str); 5] = [
+            ("/dev", "tmpfs", MsFlags::MS_NOSUID, Some("mode=0755,size=4m"), "/dev (tmpfs)"),
+            (
+                "/dev/pts",
+                "devpts",
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+                "/dev/pts (devpts)",
+            ),
+            ("/dev/shm", "tmpfs", nodev, Some("mode=1777"), "/dev/shm (tmpfs)"),
+            (
+                "/sys",
+                "sysfs",
+                nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                None,
+                "/sys (sysfs, read-only)",
+            ),
+            ("/run", "tmpfs", nodev, Some("mode=0755"), "/run (tmpfs)"),
+        ];
+        for (path, fstype, flags, data, what) in kernel_fs {
+            st.mounts.push(Mount::in_root(
+                root,
+                path,
+                Some(Path::new(fstype)),
+                Some(fstype),
+                flags,
+                data,
+                what,
+            )?);
+            // The device nodes go on the fresh /dev before anything mounts below it.
+            if path == "/dev" {
+                self.populate_dev()?;
+            }
+        }
         // Debian's /var/lock is a link to /run/lock.
         root.mkdir_all("/run/lock", Attrs::mode(0o1777))
             .map_err(file_err("creating /run/lock"))?;

@@ -571,6 +571,15 @@ mod first_boot_tests {
     use super::*;
     use pgimg_stdlib::fake::temp_root;
 
+    /// A root with an ssh server, ssh-keygen and the unit file `unit`.
+    fn ssh_server_with(unit: &str, text: &[u8]) -> (tempfile::TempDir, ImageRoot) {
+        let (d, r) = temp_root();
+        for file in ["/usr/sbin/sshd", "/usr/bin/ssh-keygen"] {
+            r.write(file, b"", Attrs::default()).unwrap();
+        }
+        r.write(unit, text, Attrs::default()).unwrap();
+        (d, r)
+    }
 
     #[test]
     fn dbus_machine_id_becomes_a_link_to_etc_machine_id() {
@@ -595,16 +604,10 @@ mod first_boot_tests {
 
     #[test]
     fn ssh_keygen_unit_is_installed_when_nothing_recreates_host_keys() {
-        let (_d, r) = temp_root();
-        r.write("/usr/sbin/sshd", b"", Attrs::default()).unwrap();
-        r.write("/usr/bin/ssh-keygen", b"", Attrs::default())
-            .unwrap();
-        r.write(
+        let (_d, r) = ssh_server_with(
             "/lib/systemd/system/ssh.service",
             b"[Service]\nExecStartPre=/usr/sbin/sshd -t\n",
-            Attrs::default(),
-        )
-        .unwrap();
+        );
         ssh_keygen_at_first_boot(&r).unwrap();
         let unit = r
             .read_string(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}"))
@@ -620,16 +623,10 @@ mod first_boot_tests {
 
     #[test]
     fn ssh_keygen_unit_is_not_installed_beside_the_images_own_generator() {
-        let (_d, r) = temp_root();
-        r.write("/usr/sbin/sshd", b"", Attrs::default()).unwrap();
-        r.write("/usr/bin/ssh-keygen", b"", Attrs::default())
-            .unwrap();
-        r.write(
+        let (_d, r) = ssh_server_with(
             "/usr/lib/systemd/system/sshdgenkeys.service",
             b"[Service]\nExecStart=/usr/bin/ssh-keygen -A\n",
-            Attrs::default(),
-        )
-        .unwrap();
+        );
         ssh_keygen_at_first_boot(&r).unwrap();
         assert!(!r.exists(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}")));
     }

@@ -249,6 +249,18 @@ impl GitFetcher {
             return Ok(());
         }
         let refspecs: Vec<String> = tags.iter().map(|t| format!("+{t}:{t}")).collect();
+        self.fetch_exactly(url, mirror, &refspecs)?;
+        Ok(())
+    }
+
+    /// `git fetch` of exactly `refspecs` from `url` into the mirror: no tags
+    /// beyond those named, and no FETCH_HEAD left behind.
+    fn fetch_exactly<S: AsRef<str>>(
+        &self,
+        url: &str,
+        mirror: &Path,
+        refspecs: &[S],
+    ) -> Result<String, FetchError> {
         let mut args = vec![
             "fetch",
             "--quiet",
@@ -257,9 +269,8 @@ impl GitFetcher {
             "--",
             url,
         ];
-        args.extend(refspecs.iter().map(String::as_str));
-        self.git(url, mirror, &args, None)?;
-        Ok(())
+        args.extend(refspecs.iter().map(AsRef::as_ref));
+        self.git(url, mirror, &args, None)
     }
 
     /// A temporary directory in `parent` (created when missing), removed on drop.
@@ -321,20 +332,7 @@ impl GitFetcher {
     /// second fetch of all branches and tags, which must then contain it.
     fn fetch_commit(&self, url: &str, mirror: &Path, rev: &str) -> Result<(), FetchError> {
         let by_id = format!("+{rev}:refs/pgimg/{rev}");
-        let first = self.git(
-            url,
-            mirror,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-write-fetch-head",
-                "--",
-                url,
-                &by_id,
-            ],
-            None,
-        );
+        let first = self.fetch_exactly(url, mirror, &[by_id]);
         let first_err = match first {
             Ok(_) => return Ok(()),
             Err(e) => e,
