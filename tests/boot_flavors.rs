@@ -21,7 +21,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use fixture::{checked_base_image, loud, sha256sum};
-use pgimg_bin::{assert_has_any, os, pgimg, repo_dir, scratch, DEBIAN_PARAMS};
+use pgimg_bin::{assert_has_any, os, pgimg, scratch, DEBIAN_PARAMS};
 use served::Served;
 
 #[test]
@@ -31,10 +31,7 @@ fn standard_flavor_boots_and_passes_its_verify_checks() {
     }
     let tmp = scratch();
     let dir = tmp.path();
-    let server = Served::folder(
-        &repo_dir().join("recipes/fixtures/releases"),
-        &dir.join("releases.log"),
-    );
+    let server = Served::fixture_releases(dir);
     let out = dir.join("standard.raw");
     let mut a: Vec<OsString> = vec!["run".into(), "recipes/standard.rhai".into()];
     a.extend(["--base".into(), checked_base_image().into()]);

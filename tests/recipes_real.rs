@@ -704,10 +704,7 @@ fn standard_recipe_on_the_debian_fixture() {
     let base = checked_base_image();
     let tmp = scratch();
     let dir = tmp.path();
-    let server = Served::folder(
-        &repo_dir().join("recipes/fixtures/releases"),
-        &dir.join("releases.log"),
-    );
+    let server = Served::fixture_releases(dir);
     let out = dir.join("standard.raw");
 
     let run = build(

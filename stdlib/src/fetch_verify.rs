@@ -338,27 +338,19 @@ mod tests {
             Vec::new(),
             flate2::Compression::fast(),
         ));
-        let mut add = |path: &str, data: &[u8], mode: u32, kind: tar::EntryType| {
+        let entries: [(&str, &[u8], u32, tar::EntryType); 4] = [
+            ("tool-1.0/", b"", 0o755, tar::EntryType::Directory),
+            ("tool-1.0/tool", b"#!/bin/sh\necho tool\n", 0o4755, tar::EntryType::Regular),
+            ("tool-1.0/LICENSE", b"MIT\n", 0o644, tar::EntryType::Regular),
+            ("tool-1.0/conf/a.yml", b"a: 1\n", 0o640, tar::EntryType::Regular),
+        ];
+        for (path, data, mode, kind) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(kind);
             h.set_mode(mode);
             h.set_size(data.len() as u64);
             b.append_data(&mut h, path, data).unwrap();
-        };
-        add("tool-1.0/", b"", 0o755, tar::EntryType::Directory);
-        add(
-            "tool-1.0/tool",
-            b"#!/bin/sh\necho tool\n",
-            0o4755,
-            tar::EntryType::Regular,
-        );
-        add("tool-1.0/LICENSE", b"MIT\n", 0o644, tar::EntryType::Regular);
-        add(
-            "tool-1.0/conf/a.yml",
-            b"a: 1\n",
-            0o640,
-            tar::EntryType::Regular,
-        );
+        }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);

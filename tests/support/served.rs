@@ -105,6 +105,16 @@ impl Served {
         }
     }
 
+    /// The release archives of `recipes/fixtures/releases` (made by
+    /// `make-fixtures.sh`), logged to `dir/releases.log`: the builds' upstream
+    /// downloads, offline.
+    pub fn fixture_releases(dir: &Path) -> Served {
+        Served::folder(
+            &repo_file("recipes/fixtures/releases"),
+            &dir.join("releases.log"),
+        )
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

@@ -311,7 +311,13 @@ impl ChrootTarget {
             ("urandom", 1, 9),
             ("tty", 5, 0),
         ] {
-            let what = || format!("creating /dev/{name}");
+            let failed = |e: nix::errno::Errno| SetupError::File {
+                what: format!("creating /dev/{name}"),
+                source: FsError::Io {
+                    path: format!("/dev/{name}"),
+                    source: e.into(),
+                },
+            };
             mknodat(
                 dev.as_fd(),
                 name,
@@ -319,13 +325,7 @@ impl ChrootTarget {
                 Mode::from_bits_truncate(0o666),
                 makedev(major, minor),
             )
-            .map_err(|e| SetupError::File {
-                what: what(),
-                source: FsError::Io {
-                    path: format!("/dev/{name}"),
-                    source: e.into(),
-                },
-            })?;
+            .map_err(failed)?;
             // mknod applied the umask.
             fchmodat(
                 dev.as_fd(),
@@ -341,13 +341,7 @@ impl ChrootTarget {
                     FchmodatFlags::FollowSymlink,
                 )
             })
-            .map_err(|e| SetupError::File {
-                what: what(),
-                source: FsError::Io {
-                    path: format!("/dev/{name}"),
-                    source: e.into(),
-                },
-            })?;
+            .map_err(failed)?;
         }
         for (target, link) in [
             ("pts/ptmx", "/dev/ptmx"),

@@ -571,13 +571,15 @@ mod first_boot_tests {
     use super::*;
     use pgimg_stdlib::fake::temp_root;
 
-    /// A root with an ssh server, ssh-keygen and the unit file `unit`.
-    fn ssh_server_with(unit: &str, text: &[u8]) -> (tempfile::TempDir, ImageRoot) {
+    /// A root with an ssh server, ssh-keygen and the unit file `unit`, after
+    /// the first-boot key generation item ran on it.
+    fn keygen_beside(unit: &str, text: &[u8]) -> (tempfile::TempDir, ImageRoot) {
         let (d, r) = temp_root();
         for file in ["/usr/sbin/sshd", "/usr/bin/ssh-keygen"] {
             r.write(file, b"", Attrs::default()).unwrap();
         }
         r.write(unit, text, Attrs::default()).unwrap();
+        ssh_keygen_at_first_boot(&r).unwrap();
         (d, r)
     }
 
@@ -604,11 +606,10 @@ mod first_boot_tests {
 
     #[test]
     fn ssh_keygen_unit_is_installed_when_nothing_recreates_host_keys() {
-        let (_d, r) = ssh_server_with(
+        let (_d, r) = keygen_beside(
             "/lib/systemd/system/ssh.service",
             b"[Service]\nExecStartPre=/usr/sbin/sshd -t\n",
         );
-        ssh_keygen_at_first_boot(&r).unwrap();
         let unit = r
             .read_string(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}"))
             .unwrap();
@@ -623,11 +624,10 @@ mod first_boot_tests {
 
     #[test]
     fn ssh_keygen_unit_is_not_installed_beside_the_images_own_generator() {
-        let (_d, r) = ssh_server_with(
+        let (_d, r) = keygen_beside(
             "/usr/lib/systemd/system/sshdgenkeys.service",
             b"[Service]\nExecStart=/usr/bin/ssh-keygen -A\n",
         );
-        ssh_keygen_at_first_boot(&r).unwrap();
         assert!(!r.exists(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}")));
     }
 
