@@ -137,9 +137,7 @@ fn assert_passed(f: &Finished, what: &str) {
 
 #[test]
 fn verify_passes_on_the_hello_example_and_leaves_the_image_unchanged() {
-    if !fixture::require_root("verify_passes_on_the_hello_example_and_leaves_the_image_unchanged") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
     assert_passed(&h.bios, "BIOS");
     assert!(h
@@ -155,9 +153,7 @@ fn verify_passes_on_the_hello_example_and_leaves_the_image_unchanged() {
 
 #[test]
 fn uefi_boot_through_ovmf_and_the_esp_passes() {
-    if !fixture::require_root("uefi_boot_through_ovmf_and_the_esp_passes") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
     assert_passed(&h.uefi, "UEFI");
     assert!(h
@@ -168,9 +164,7 @@ fn uefi_boot_through_ovmf_and_the_esp_passes() {
 
 #[test]
 fn two_boots_of_one_image_get_two_machine_ids() {
-    if !fixture::require_root("two_boots_of_one_image_get_two_machine_ids") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
     let (a, b) = (note(&h.bios, "machine-id"), note(&h.uefi, "machine-id"));
     assert_eq!(a.len(), 32, "{a:?}");
@@ -179,9 +173,7 @@ fn two_boots_of_one_image_get_two_machine_ids() {
 
 #[test]
 fn sshd_is_active_with_host_keys_generated_at_first_boot() {
-    if !fixture::require_root("sshd_is_active_with_host_keys_generated_at_first_boot") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
     assert!(h
         .bios
@@ -197,9 +189,7 @@ fn sshd_is_active_with_host_keys_generated_at_first_boot() {
 
 #[test]
 fn a_grown_gpt_with_its_backup_header_moved_boots() {
-    if !fixture::require_root("a_grown_gpt_with_its_backup_header_moved_boots") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
     let mut disk = std::fs::File::open(&h.image).unwrap();
     let table = pgimg::image::gpt::read(&mut disk).unwrap();
@@ -222,9 +212,7 @@ fn a_grown_gpt_with_its_backup_header_moved_boots() {
 
 #[test]
 fn verify_fails_naming_a_unit_whose_exec_start_is_bin_false() {
-    if !fixture::require_root("verify_fails_naming_a_unit_whose_exec_start_is_bin_false") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let recipe = write(
         "broken-unit.rhai",
         r#"
@@ -269,11 +257,7 @@ WantedBy=multi-user.target
 
 #[test]
 fn verify_of_an_image_that_cannot_boot_fails_within_its_timeout_with_the_console_tail() {
-    if !fixture::require_root(
-        "verify_of_an_image_that_cannot_boot_fails_within_its_timeout_with_the_console_tail",
-    ) {
-        return;
-    }
+    fixture::skip_unless_root!();
     let recipe = write(
         "bad-fstab.rhai",
         "write_file(\"/etc/fstab\", \"LABEL=matches-nothing / ext4 defaults 0 1\\n\");\n",

@@ -26,9 +26,7 @@ use served::Served;
 
 #[test]
 fn standard_flavor_boots_and_passes_its_verify_checks() {
-    if !fixture::require_root("standard_flavor_boots_and_passes_its_verify_checks") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let tmp = scratch();
     let dir = tmp.path();
     let server = Served::fixture_releases(dir);

@@ -286,9 +286,7 @@ impl Timer {
 /// The image stages end to end on the Debian fixture, with timings.
 #[test]
 fn fixture_copy_grow_attach_resize_detach() {
-    if !fixture::require_root("fixture_copy_grow_attach_resize_detach") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let t = Timer::start("fixture (build or reuse)");
     let base = fixture::base_image();
     t.stop();
@@ -405,9 +403,7 @@ fn fixture_copy_grow_attach_resize_detach() {
 /// A built image's manifest is read by `inspect` with debugfs, no mount.
 #[test]
 fn inspect_shows_an_embedded_manifest() {
-    if !fixture::require_root("inspect_shows_an_embedded_manifest") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let base = fixture::base_image();
     let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
     let work = dir.path().join("work.raw");
@@ -454,9 +450,7 @@ fn inspect_shows_an_embedded_manifest() {
 /// qcow2 → (prepare) raw → qcow2 keeps every byte; inspect reads qcow2.
 #[test]
 fn qcow2_round_trip() {
-    if !fixture::require_root("qcow2_round_trip") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let base = fixture::base_image();
     let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
     let qcow = dir.path().join("base.qcow2");
@@ -490,9 +484,7 @@ fn qcow2_round_trip() {
 /// detaches it when that holder lets go. Drop alone also detaches.
 #[test]
 fn loop_guard_close_and_drop() {
-    if !fixture::require_root("loop_guard_close_and_drop") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let dir = tempfile::tempdir().unwrap();
     let img = synthetic_image(dir.path(), 256 * MIB);
     let wi = WorkImage::open(&img).unwrap();
@@ -591,9 +583,7 @@ fn write_mib(path: &Path, mib: usize) {
 #[test]
 fn fstrim_and_discard_punch_holes_in_the_image() {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    if !fixture::require_root("fstrim_and_discard_punch_holes_in_the_image") {
-        return;
-    }
+    fixture::skip_unless_root!();
     // This test thread gets its own mount namespace: whatever happens, the
     // mount goes away with the thread.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();

@@ -697,9 +697,7 @@ fn exporter_paths(arch: &str) -> Vec<String> {
 
 #[test]
 fn standard_recipe_on_the_debian_fixture() {
-    if !fixture::require_root("standard_recipe_on_the_debian_fixture") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let arch = arch();
     let base = checked_base_image();
     let tmp = scratch();
@@ -816,9 +814,7 @@ fn paradedb_standin(
 
 #[test]
 fn paradedb_recipe_on_the_debian_fixture() {
-    if !fixture::require_root("paradedb_recipe_on_the_debian_fixture") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let arch = arch();
     let base = checked_base_image();
     let tmp = scratch();

@@ -209,6 +209,71 @@ pub fn temp_root() -> (tempfile::TempDir, ImageRoot) {
     (dir, root)
 }
 
+/// Every path under the host folder `dir`, relative and sorted: for tests'
+/// "nothing else was written" checks.
+pub fn host_tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One member of a test archive; names and link targets are written into
+/// the header byte for byte, so hostile archives can be built (the tar
+/// crate's builder refuses `..`).
+pub enum TarMember<'a> {
+    /// Path, content, mode.
+    File(&'a str, &'a [u8], u32),
+    Dir(&'a str, u32),
+    /// Path, link target.
+    Symlink(&'a str, &'a str),
+    /// Path, the member it links to.
+    Hard(&'a str, &'a str),
+    Fifo(&'a str),
+    Char(&'a str),
+}
+
+/// An uncompressed tar archive of `members`, in order.
+pub fn raw_tar(members: &[TarMember]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for m in members {
+        let (name, link, kind, mode, data): (&str, &str, _, u32, &[u8]) = match m {
+            TarMember::File(n, d, mode) => (n, "", tar::EntryType::Regular, *mode, d),
+            TarMember::Dir(n, mode) => (n, "", tar::EntryType::Directory, *mode, b""),
+            TarMember::Symlink(n, t) => (n, t, tar::EntryType::Symlink, 0o777, b""),
+            TarMember::Hard(n, t) => (n, t, tar::EntryType::Link, 0o644, b""),
+            TarMember::Fifo(n) => (n, "", tar::EntryType::Fifo, 0o644, b""),
+            TarMember::Char(n) => (n, "", tar::EntryType::Char, 0o644, b""),
+        };
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// `bytes` gzip-compressed.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
 /// The version every package has on the fake root.
 pub const FAKE_VERSION: &str = "1.0";
 

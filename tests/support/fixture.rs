@@ -35,6 +35,23 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// [`require_root`] for the test function it stands in, named after it:
+/// returns from the test when it is skipped. The name comes from a function
+/// defined in place, so it cannot drift from the test's.
+macro_rules! skip_unless_root {
+    () => {{
+        fn here() {}
+        let path = std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        let test = path.rsplit("::").next().unwrap_or(path);
+        if !$crate::fixture::require_root(test) {
+            return;
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use skip_unless_root;
+
 /// Writes straight to the stderr fd: libtest captures `eprintln!` of passing
 /// tests, and a skip or a minute-long build must be seen.
 pub fn loud(message: &str) {
