@@ -563,16 +563,7 @@ pg_ctlcluster --skip-systemctl-redirect 15 main stop
 /// [`FIRST_BOOT`] and checks what it said; returns the seconds it all took.
 fn first_boot(out: &Path, dir: &Path, packages: &[&str], extensions: &[&str]) -> f64 {
     let copy = dir.join("first-boot.raw");
-    served::host(
-        &[
-            "cp",
-            "--sparse=always",
-            out.to_str().unwrap(),
-            copy.to_str().unwrap(),
-        ],
-        None,
-        &[],
-    );
+    served::host_on(&["cp", "--sparse=always"], &[&out, &copy]);
     let started = Instant::now();
     let bad = pgimg(
         &args(&[
@@ -798,17 +789,7 @@ fn paradedb_standin(
     .unwrap();
     std::fs::create_dir_all(out_dir).unwrap();
     let deb = out_dir.join(format!("postgresql-15-{deb_name}_{deb_version}_{arch}.deb"));
-    served::host(
-        &[
-            "dpkg-deb",
-            "--root-owner-group",
-            "-b",
-            tree.to_str().unwrap(),
-            deb.to_str().unwrap(),
-        ],
-        None,
-        &[],
-    );
+    served::host_on(&["dpkg-deb", "--root-owner-group", "-b"], &[&tree, &deb]);
     deb
 }
 
@@ -823,31 +804,13 @@ fn paradedb_recipe_on_the_debian_fixture() {
 
     // A copy of recipes/ and flavors/ (the lock is written beside the recipe).
     for sub in ["recipes", "flavors"] {
-        served::host(
-            &[
-                "cp",
-                "-r",
-                repo.join(sub).to_str().unwrap(),
-                dir.to_str().unwrap(),
-            ],
-            None,
-            &[],
-        );
+        served::host_on(&["cp", "-r"], &[&repo.join(sub), &dir]);
     }
     let recipe = dir.join("recipes/paradedb.rhai");
 
     // The release downloads: the exporters' stand-ins and ParadeDB's.
     let releases = dir.join("releases");
-    served::host(
-        &[
-            "cp",
-            "-r",
-            repo.join("recipes/fixtures/releases").to_str().unwrap(),
-            releases.to_str().unwrap(),
-        ],
-        None,
-        &[],
-    );
+    served::host_on(&["cp", "-r"], &[&repo.join("recipes/fixtures/releases"), &releases]);
     let debs: Vec<(String, PathBuf)> = [
         (
             "pg-analytics",

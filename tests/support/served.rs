@@ -51,6 +51,14 @@ pub fn host(argv: &[&str], cwd: Option<&Path>, env: &[(&str, &Path)]) -> String 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// [`host`] with `paths` as the last arguments: the files a command such as
+/// `cp` or `dpkg-deb -b` works on.
+pub fn host_on(argv: &[&str], paths: &[&Path]) -> String {
+    let mut all = argv.to_vec();
+    all.extend(paths.iter().map(|p| p.to_str().expect("a UTF-8 path")));
+    host(&all, None, &[])
+}
+
 /// `python3 -m http.server` serving a folder on 127.0.0.1 on a port the
 /// kernel picked. Killed and reaped on drop. Its access log (one line per
 /// request, with the status) is kept in a file.
@@ -250,16 +258,7 @@ impl AptRepo {
         for entry in std::fs::read_dir(&download).unwrap() {
             let deb = entry.unwrap().path();
             let tree = root.join("tree");
-            host(
-                &[
-                    "dpkg-deb",
-                    "-R",
-                    deb.to_str().unwrap(),
-                    tree.to_str().unwrap(),
-                ],
-                None,
-                &[],
-            );
+            host_on(&["dpkg-deb", "-R"], &[&deb, &tree]);
             let control = tree.join("DEBIAN/control");
             let text = std::fs::read_to_string(&control).unwrap();
             let field = |name: &str| {
@@ -279,18 +278,7 @@ impl AptRepo {
                 .split_once(':')
                 .map_or(new_version.as_str(), |v| v.1);
             let out = pool.join(format!("{name}_{file_version}_{arch}.deb"));
-            host(
-                &[
-                    "dpkg-deb",
-                    "--root-owner-group",
-                    "-Zxz",
-                    "-b",
-                    tree.to_str().unwrap(),
-                    out.to_str().unwrap(),
-                ],
-                None,
-                &[],
-            );
+            host_on(&["dpkg-deb", "--root-owner-group", "-Zxz", "-b"], &[&tree, &out]);
             std::fs::remove_dir_all(&tree).unwrap();
             versions.push((name, new_version));
         }
