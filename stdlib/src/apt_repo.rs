@@ -440,6 +440,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{engine_on, primitive_failure};
     use crate::{FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::process::Command as Process;
@@ -965,8 +966,7 @@ mod tests {
     #[test]
     fn from_rhai_with_array_components_and_unknown_keys() {
         let (t, c, _a) = setup();
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, &c);
+        let engine = engine_on(&c);
         let script = format!(
             r#"apt_repo("deb", #{{ uri: "http://deb.debian.org/debian", suite: "bookworm", components: ["main", "contrib"], key: "one.gpg", key_sha256: "{}" }})"#,
             sha(&keys().binary)
@@ -980,13 +980,11 @@ mod tests {
             .read_string("/etc/apt/sources.list.d/deb.sources")
             .unwrap()
             .contains("Components: main contrib\n"));
-        let e = engine
-            .eval::<String>(r#"apt_repo("x", #{ uri: "u", suit: "s" })"#)
-            .unwrap_err();
-        let rhai::EvalAltResult::ErrorRuntime(d, _) = *e else {
-            panic!("{e}")
-        };
-        let msg = d.cast::<crate::api::PrimitiveFailure>().message;
+        let msg = primitive_failure(
+            engine
+                .eval::<String>(r#"apt_repo("x", #{ uri: "u", suit: "s" })"#)
+                .unwrap_err(),
+        );
         assert!(
             msg.contains("apt_repo: options: unknown field `suit`"),
             "{msg}"

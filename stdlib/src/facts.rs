@@ -183,7 +183,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::FakeOs;
+    use crate::fake::{eval_on as eval, FakeOs};
     use crate::fetch::RecordingFetcher;
     use crate::root::Attrs;
     use crate::{FakeTarget, Target};
@@ -198,17 +198,6 @@ mod tests {
         (t.clone(), Ctx::new(t))
     }
 
-    /// Evaluates `script` with these primitives; an error becomes the message the user sees.
-    fn eval<T: rhai::Variant + Clone>(c: &Ctx, script: &str) -> Result<T, String> {
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, c);
-        engine.eval::<T>(script).map_err(|e| match *e {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => {
-                d.cast::<crate::api::PrimitiveFailure>().message
-            }
-            other => other.to_string(),
-        })
-    }
 
     #[test]
     fn os_release_quoting() {

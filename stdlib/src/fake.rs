@@ -189,6 +189,34 @@ pub fn fake_ctx() -> (Arc<FakeTarget>, Ctx) {
     (t.clone(), Ctx::new(t))
 }
 
+/// An engine with every primitive registered on `ctx`: what a recipe sees.
+pub fn engine_on(ctx: &Ctx) -> rhai::Engine {
+    let mut engine = rhai::Engine::new();
+    crate::register(&mut engine, ctx);
+    engine
+}
+
+/// The message the user sees of a primitive's failure; panics on any other
+/// error, which a test of a primitive's argument checks does not expect.
+pub fn primitive_failure(err: Box<rhai::EvalAltResult>) -> String {
+    match *err {
+        rhai::EvalAltResult::ErrorRuntime(d, _) => d
+            .try_cast::<crate::api::PrimitiveFailure>()
+            .map(|f| f.message)
+            .expect("a primitive's failure"),
+        other => panic!("not a primitive's failure: {other}"),
+    }
+}
+
+/// Evaluates `script` with the primitives on `ctx`; an error becomes the
+/// message the user sees (a primitive's, or Rhai's own).
+pub fn eval_on<T: rhai::Variant + Clone>(ctx: &Ctx, script: &str) -> Result<T, String> {
+    engine_on(ctx).eval::<T>(script).map_err(|e| match *e {
+        rhai::EvalAltResult::ErrorRuntime(d, _) => d.cast::<crate::api::PrimitiveFailure>().message,
+        other => other.to_string(),
+    })
+}
+
 /// The inputs `ctx`'s journal recorded so far, as (kind, url, pin): what a
 /// test of a fetching primitive checks it pinned.
 pub fn recorded_inputs(ctx: &Ctx) -> Vec<(String, String, String)> {

@@ -320,6 +320,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{engine_on as engine, primitive_failure as failure};
     use crate::{FakeOs, FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::io::Write;
@@ -802,22 +803,6 @@ mod tests {
         assert_eq!(i.from.as_deref(), Some(LIST_URL));
     }
 
-    /// The message a failing primitive raised.
-    fn failure(err: rhai::EvalAltResult) -> String {
-        match err {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => d
-                .try_cast::<crate::api::PrimitiveFailure>()
-                .map(|f| f.message),
-            _ => None,
-        }
-        .unwrap_or_else(|| panic!("not a primitive failure"))
-    }
-
-    fn engine(ctx: &Ctx) -> rhai::Engine {
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, ctx);
-        engine
-    }
 
     #[test]
     fn from_rhai_returns_string_or_array_and_rejects_unknown_keys() {
@@ -841,13 +826,13 @@ mod tests {
             r#"fetch_verify(#{{ url: "{URL}", sha256: "{}", dest: "/opt/t", extarct: true }})"#,
             f.tar_sha
         );
-        let err = failure(*e.eval::<Dynamic>(&script).unwrap_err());
+        let err = failure(e.eval::<Dynamic>(&script).unwrap_err());
         assert!(
             err.contains("fetch_verify: options: unknown field `extarct`"),
             "{err}"
         );
         let err = failure(
-            *e.eval::<Dynamic>(r#"fetch_verify(#{ url: "https://h/x", dest: "/x" })"#)
+            e.eval::<Dynamic>(r#"fetch_verify(#{ url: "https://h/x", dest: "/x" })"#)
                 .unwrap_err(),
         );
         assert!(

@@ -729,7 +729,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::fake_ctx;
+    use crate::fake::{engine_on, fake_ctx, primitive_failure};
 
     #[test]
     fn disable_removes_the_enable_links_and_mask_links_to_dev_null() {
@@ -1325,8 +1325,7 @@ mod tests {
     #[test]
     fn rhai_overloads() {
         let (t, c) = fake_ctx();
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, &c);
+        let engine = engine_on(&c);
         let p: String = engine
             .eval(r#"systemd_unit("a.service", "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\n", #{ enable: true })"#)
             .unwrap();
@@ -1339,15 +1338,11 @@ mod tests {
             .eval::<String>(r#"systemd_dropin("b.service", "x", "[Service]\nUser=pg\n")"#)
             .unwrap();
         assert!(t.root().exists("/etc/systemd/system/b.service.d/x.conf"));
-        let e = match *engine
-            .eval::<String>(r#"systemd_unit("c.service", "[Unit]\n", #{ enabled: true })"#)
-            .unwrap_err()
-        {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => {
-                d.cast::<crate::api::PrimitiveFailure>().message
-            }
-            other => panic!("{other}"),
-        };
+        let e = primitive_failure(
+            engine
+                .eval::<String>(r#"systemd_unit("c.service", "[Unit]\n", #{ enabled: true })"#)
+                .unwrap_err(),
+        );
         assert!(
             e.contains("systemd_unit: options: unknown field `enabled`"),
             "{e}"

@@ -906,7 +906,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::fake_ctx;
+    use crate::fake::{engine_on, fake_ctx, primitive_failure};
     use crate::FakeTarget;
     use std::sync::Arc;
 
@@ -1506,8 +1506,7 @@ mod tests {
     #[test]
     fn rhai_calls_return_ids_and_reject_unknown_options() {
         let (t, c) = fake_ctx();
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, &c);
+        let engine = engine_on(&c);
         let uid: i64 = engine
             .eval(r#"add_group("cert_readers", #{ system: true }); add_user("postgres", #{ system: true, groups: ["cert_readers"] })"#)
             .unwrap();
@@ -1518,15 +1517,11 @@ mod tests {
         engine
             .eval::<()>(r#"add_to_group("alice", "sudo")"#)
             .unwrap();
-        let e = match *engine
-            .eval::<i64>(r#"add_user("bob", #{ sytem: true })"#)
-            .unwrap_err()
-        {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => {
-                d.cast::<crate::api::PrimitiveFailure>().message
-            }
-            other => panic!("{other}"),
-        };
+        let e = primitive_failure(
+            engine
+                .eval::<i64>(r#"add_user("bob", #{ sytem: true })"#)
+                .unwrap_err(),
+        );
         assert!(
             e.contains(": add_user: options: unknown field `sytem`"),
             "{e}"
