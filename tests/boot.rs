@@ -277,7 +277,11 @@ fn verify_of_an_image_that_cannot_boot_fails_within_its_timeout_with_the_console
         f.stdout
     );
     // Either the limit passed, or the initramfs gave up first and rebooted.
-    assert_has_any(&f.stdout, &["within 60 s", "(limit 60 s)"], "no limit named");
+    assert_has_any(
+        &f.stdout,
+        &["within 60 s", "(limit 60 s)"],
+        "no limit named",
+    );
     assert!(f.stdout.contains("console (last lines):"), "{}", f.stdout);
     assert_has_any(
         &f.stdout,

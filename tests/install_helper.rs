@@ -167,7 +167,11 @@ fn failures_exit_1_with_the_reason() {
     assert_exit(&o, 1, "must run as root");
     assert!(b.apt_args().is_none(), "apt-get ran as non-root");
     let o = b.run(&["17"], &[("APT_STATUS", "100")]);
-    assert_exit(&o, 1, "installing PostgreSQL 17 failed (see apt-get's message above)");
+    assert_exit(
+        &o,
+        1,
+        "installing PostgreSQL 17 failed (see apt-get's message above)",
+    );
 }
 
 #[test]

@@ -810,7 +810,10 @@ fn paradedb_recipe_on_the_debian_fixture() {
 
     // The release downloads: the exporters' stand-ins and ParadeDB's.
     let releases = dir.join("releases");
-    served::host_on(&["cp", "-r"], &[&repo.join("recipes/fixtures/releases"), &releases]);
+    served::host_on(
+        &["cp", "-r"],
+        &[&repo.join("recipes/fixtures/releases"), &releases],
+    );
     let debs: Vec<(String, PathBuf)> = [
         (
             "pg-analytics",

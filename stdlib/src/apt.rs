@@ -344,7 +344,6 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-
     #[test]
     fn update_install_purge_commands() {
         let (t, c) = fake_ctx();

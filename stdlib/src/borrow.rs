@@ -348,7 +348,6 @@ mod tests {
     use super::*;
     use crate::fake::temp_root;
 
-
     const P: &str = "/etc/apt/sources.list";
 
     /// How a test puts the original in place before pgimg borrows the path.

@@ -767,7 +767,7 @@ mod tests {
         )
     }
 
-#[test]
+    #[test]
     fn hostile_members_are_refused_and_nothing_is_written() {
         let ok = M::File("pkg/ok", b"ok", 0o644);
         let cases: Vec<(&str, Vec<M>, &str, &str)> = vec![

@@ -198,7 +198,6 @@ mod tests {
         (t.clone(), Ctx::new(t))
     }
 
-
     #[test]
     fn os_release_quoting() {
         let cases: &[(&str, Option<&str>)] = &[

@@ -341,9 +341,19 @@ mod tests {
         ));
         let entries: [(&str, &[u8], u32, tar::EntryType); 4] = [
             ("tool-1.0/", b"", 0o755, tar::EntryType::Directory),
-            ("tool-1.0/tool", b"#!/bin/sh\necho tool\n", 0o4755, tar::EntryType::Regular),
+            (
+                "tool-1.0/tool",
+                b"#!/bin/sh\necho tool\n",
+                0o4755,
+                tar::EntryType::Regular,
+            ),
             ("tool-1.0/LICENSE", b"MIT\n", 0o644, tar::EntryType::Regular),
-            ("tool-1.0/conf/a.yml", b"a: 1\n", 0o640, tar::EntryType::Regular),
+            (
+                "tool-1.0/conf/a.yml",
+                b"a: 1\n",
+                0o640,
+                tar::EntryType::Regular,
+            ),
         ];
         for (path, data, mode, kind) in entries {
             let mut h = tar::Header::new_gnu();
@@ -802,7 +812,6 @@ mod tests {
         assert_eq!(i.upstream.as_deref(), Some(URL));
         assert_eq!(i.from.as_deref(), Some(LIST_URL));
     }
-
 
     #[test]
     fn from_rhai_returns_string_or_array_and_rejects_unknown_keys() {

@@ -150,7 +150,6 @@ mod tests {
     use crate::{FakeTarget, Target};
     use std::sync::Arc;
 
-
     #[test]
     fn write_with_mode_and_owner() {
         let (t, c) = fake_ctx();

@@ -180,9 +180,9 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::recorded_inputs;
     use crate::run::scripted::Scripted;
     use crate::target::{CommandError, Output, Target};
-    use crate::fake::recorded_inputs;
     use crate::FakeTarget;
     use std::sync::{Arc, Mutex};
 

@@ -612,7 +612,12 @@ fn check_tree(dir: OwnedFd, id: u64, path: &Path) -> Result<(), FsError> {
 
 /// [`check_tree`] on the directory `name` in `dir` (found at `path`), opened
 /// without following a link so the walk cannot leave the tree.
-fn check_subtree(dir: &OwnedFd, name: &std::ffi::OsStr, id: u64, path: &Path) -> Result<(), FsError> {
+fn check_subtree(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    id: u64,
+    path: &Path,
+) -> Result<(), FsError> {
     let sub = nix::fcntl::openat(
         dir,
         name,
@@ -658,7 +663,6 @@ pub fn display(path: &Path) -> String {
 mod tests {
     use super::*;
     use crate::fake::temp_root;
-
 
     #[test]
     fn write_read_roundtrip_creates_parents() {

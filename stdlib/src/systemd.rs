@@ -812,7 +812,6 @@ mod tests {
     use crate::{FakeTarget, Target};
     use std::sync::Arc;
 
-
     const ENABLE: UnitOpts = UnitOpts { enable: Some(true) };
 
     /// Every symlink under /etc/systemd/system, as (link, target), sorted.

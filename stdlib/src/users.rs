@@ -910,7 +910,6 @@ mod tests {
     use crate::FakeTarget;
     use std::sync::Arc;
 
-
     fn dbs(t: &FakeTarget) -> [String; 4] {
         [PASSWD, GROUP, SHADOW, GSHADOW].map(|p| t.root().read_string(p).unwrap())
     }

@@ -278,7 +278,10 @@ impl AptRepo {
                 .split_once(':')
                 .map_or(new_version.as_str(), |v| v.1);
             let out = pool.join(format!("{name}_{file_version}_{arch}.deb"));
-            host_on(&["dpkg-deb", "--root-owner-group", "-Zxz", "-b"], &[&tree, &out]);
+            host_on(
+                &["dpkg-deb", "--root-owner-group", "-Zxz", "-b"],
+                &[&tree, &out],
+            );
             std::fs::remove_dir_all(&tree).unwrap();
             versions.push((name, new_version));
         }

@@ -223,7 +223,13 @@ impl ChrootTarget {
         // The kernel's file systems over the image's own folders, in this
         // order: (where, type, flags, options, how errors name it).
         let kernel_fs: [(&str, &str, MsFlags, Option<&str>, &str); 5] = [
-            ("/dev", "tmpfs", MsFlags::MS_NOSUID, Some("mode=0755,size=4m"), "/dev (tmpfs)"),
+            (
+                "/dev",
+                "tmpfs",
+                MsFlags::MS_NOSUID,
+                Some("mode=0755,size=4m"),
+                "/dev (tmpfs)",
+            ),
             (
                 "/dev/pts",
                 "devpts",
@@ -231,7 +237,13 @@ impl ChrootTarget {
                 Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
                 "/dev/pts (devpts)",
             ),
-            ("/dev/shm", "tmpfs", nodev, Some("mode=1777"), "/dev/shm (tmpfs)"),
+            (
+                "/dev/shm",
+                "tmpfs",
+                nodev,
+                Some("mode=1777"),
+                "/dev/shm (tmpfs)",
+            ),
             (
                 "/sys",
                 "sysfs",
@@ -667,7 +679,6 @@ impl Drop for ChrootTarget {
 mod tests {
     use super::*;
     use pgimg_stdlib::fake::temp_root;
-
 
     #[test]
     fn recognises_a_full_disk() {

@@ -701,7 +701,6 @@ mod tests {
         assert!(serde_json::from_str::<FinalizeOptions>(r#"{"log": false}"#).is_err());
     }
 
-
     #[test]
     fn logs_are_truncated_in_place_and_rotated_ones_removed() {
         let (_d, r) = temp_root();

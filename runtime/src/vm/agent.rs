@@ -95,7 +95,11 @@ pub fn inject(disk: &BootDisk, scratch: &Path) -> Result<(), VmError> {
     for request in requests {
         let done = disk.debugfs_request(true, &request, |l| l.starts_with("Allocated inode"))?;
         if let Err(complaint) = done {
-            let complaint = if complaint.is_empty() { "failed" } else { &complaint };
+            let complaint = if complaint.is_empty() {
+                "failed"
+            } else {
+                &complaint
+            };
             return Err(VmError::Tool {
                 tool: "debugfs",
                 cause: format!("injecting the verify agent ({request}): {complaint}"),
