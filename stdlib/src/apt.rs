@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::api::{options, string_list, to_array};
 use crate::ctx::{Ctx, Loc};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::files::image_path;
 use crate::register::Str;
 use crate::rhai_fns;
@@ -48,11 +48,7 @@ pub enum AptError {
     NotFound(Vec<String>),
 }
 
-impl From<AptError> for Error {
-    fn from(e: AptError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(AptError);
 
 /// A package as apt takes it: `name`, `name:arch`, `name=version`, `name/release`.
 #[derive(Debug, Clone, PartialEq, Eq)]

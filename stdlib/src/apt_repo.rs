@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::api::options;
 use crate::ctx::Ctx;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fetch::normalize_sha256;
 use crate::register::Str;
 use crate::rhai_fns;
@@ -89,11 +89,7 @@ pub enum RepoError {
     BadKey { key: String, reason: String },
 }
 
-impl From<RepoError> for Error {
-    fn from(e: RepoError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(RepoError);
 
 /// How a key file is encoded, which apt tells by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

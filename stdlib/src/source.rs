@@ -33,11 +33,7 @@ pub enum SourceError {
     NotADir(String),
 }
 
-impl From<SourceError> for Error {
-    fn from(e: SourceError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(SourceError);
 
 /// Where a build's source comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -111,11 +111,7 @@ pub enum SystemdError {
     },
 }
 
-impl From<SystemdError> for Error {
-    fn from(e: SystemdError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(SystemdError);
 
 /// Options of `systemd_unit`.
 #[derive(Debug, Default, Deserialize)]

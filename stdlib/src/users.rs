@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 use crate::api::options;
 use crate::ctx::Ctx;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::register::Str;
 use crate::rhai_fns;
 use crate::root::{Attrs, FileKind, ImageRoot};
@@ -117,11 +117,7 @@ pub enum UserError {
     SkelSpecial { path: String },
 }
 
-impl From<UserError> for Error {
-    fn from(e: UserError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(UserError);
 
 /// Options of `add_group`.
 #[derive(Debug, Default, Deserialize)]
