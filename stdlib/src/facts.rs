@@ -136,18 +136,22 @@ pub fn param_or(ctx: &Ctx, name: &str, default: Dynamic) -> Result<Dynamic> {
             "parameter `{name}`: `{value}` is not {what} (the type of its default)"
         ))
     };
+    // `value` parsed as a T, or the error naming `what` a T is.
+    fn parsed<T: std::str::FromStr + rhai::Variant + Clone>(
+        value: &str,
+        bad: impl Fn(&str) -> Error,
+        what: &str,
+    ) -> Result<Dynamic> {
+        value
+            .trim()
+            .parse::<T>()
+            .map(Dynamic::from)
+            .map_err(|_| bad(what))
+    }
     if default.is_int() {
-        value
-            .trim()
-            .parse::<rhai::INT>()
-            .map(Dynamic::from)
-            .map_err(|_| bad("an integer"))
+        parsed::<rhai::INT>(value, bad, "an integer")
     } else if default.is_float() {
-        value
-            .trim()
-            .parse::<rhai::FLOAT>()
-            .map(Dynamic::from)
-            .map_err(|_| bad("a number"))
+        parsed::<rhai::FLOAT>(value, bad, "a number")
     } else if default.is_bool() {
         match value.trim() {
             "true" | "yes" | "1" | "on" => Ok(Dynamic::TRUE),

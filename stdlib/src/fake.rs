@@ -237,6 +237,18 @@ pub fn temp_root() -> (tempfile::TempDir, ImageRoot) {
     (dir, root)
 }
 
+/// A temporary host folder holding `files` (relative path → content) and
+/// the folders they need: the assets or recipes of a test.
+pub fn host_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
 /// Every path under the host folder `dir`, relative and sorted: for tests'
 /// "nothing else was written" checks.
 pub fn host_tree(dir: &std::path::Path) -> Vec<String> {

@@ -146,7 +146,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::fake_ctx;
+    use crate::fake::{fake_ctx, host_dir};
     use crate::{FakeTarget, Target};
     use std::sync::Arc;
 
@@ -192,9 +192,7 @@ mod tests {
     #[test]
     fn copy_asset_owner_never_follows_a_copied_link() {
         let (t, c) = fake_ctx();
-        let assets = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(assets.path().join("tree")).unwrap();
-        std::fs::write(assets.path().join("tree/f"), "f").unwrap();
+        let assets = host_dir(&[("tree/f", "f")]);
         std::os::unix::fs::symlink("/etc/passwd", assets.path().join("tree/pw")).unwrap();
         let c = c.with_asset_dirs(vec![assets.path().to_path_buf()]);
         copy_asset(
@@ -233,10 +231,7 @@ mod tests {
     #[test]
     fn copy_asset_file_and_tree() {
         let (t, c) = fake_ctx();
-        let assets = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(assets.path().join("units/sub")).unwrap();
-        std::fs::write(assets.path().join("units/a.service"), "[Unit]\n").unwrap();
-        std::fs::write(assets.path().join("units/sub/b"), "b").unwrap();
+        let assets = host_dir(&[("units/a.service", "[Unit]\n"), ("units/sub/b", "b")]);
         let c = c.with_asset_dirs(vec![assets.path().to_path_buf()]);
         let w = copy_asset(&c, "units", "/etc/u", &FileOpts::default()).unwrap();
         assert_eq!(

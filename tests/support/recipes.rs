@@ -14,13 +14,7 @@ use pgimg_stdlib::{Ctx, FakeTarget};
 /// A temporary folder holding `files` (relative path → text), with any
 /// folders they need.
 pub fn recipe_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
+    pgimg_stdlib::fake::host_dir(files)
 }
 
 /// Runs `recipe` on a fresh fake root under `limits`, its log discarded;

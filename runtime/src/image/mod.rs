@@ -236,22 +236,17 @@ impl WorkImage {
     /// Attach stage: the root partition on a loop device, read-write, by
     /// offset and size limit, with auto-clear.
     pub fn attach_root(&self) -> Result<LoopGuard, ImageError> {
-        Ok(loopdev::attach(
-            &self.path,
-            self.root.offset(),
-            self.root.size(),
-            false,
-        )?)
+        self.attach_root_as(false)
     }
 
     /// Like [`attach_root`](Self::attach_root), read-only.
     pub fn attach_root_read_only(&self) -> Result<LoopGuard, ImageError> {
-        Ok(loopdev::attach(
-            &self.path,
-            self.root.offset(),
-            self.root.size(),
-            true,
-        )?)
+        self.attach_root_as(true)
+    }
+
+    fn attach_root_as(&self, read_only: bool) -> Result<LoopGuard, ImageError> {
+        let (offset, size) = (self.root.offset(), self.root.size());
+        Ok(loopdev::attach(&self.path, offset, size, read_only)?)
     }
 }
 
