@@ -43,6 +43,14 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Partition 1 of `img`'s table: the root in every image here.
+fn root_partition(img: &Path) -> gpt::Partition {
+    gpt::read(&mut File::open(img).unwrap())
+        .unwrap()
+        .partition(1)
+        .unwrap()
+}
+
 /// An image laid out like Ubuntu's cloud image (p14 BIOS boot, p15 EFI,
 /// then p1 ext4 to the end), made with sgdisk and mke2fs; no root needed.
 fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
@@ -65,10 +73,7 @@ fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
         "1:8300",
         path_str(&img),
     ]);
-    let root = gpt::read(&mut File::open(&img).unwrap())
-        .unwrap()
-        .partition(1)
-        .unwrap();
+    let root = root_partition(&img);
     let fs = dir.join("root.ext4");
     File::create(&fs).unwrap().set_len(root.size()).unwrap();
     let blocks = (root.size() / 4096).to_string();
@@ -129,12 +134,7 @@ fn gpt_grow_is_byte_identical_to_sgdisk() {
     let img = synthetic_image(dir.path(), 256 * MIB);
     let ours = copy_of(&img, &dir.path().join("ours.raw"));
     let theirs = copy_of(&img, &dir.path().join("theirs.raw"));
-    let guid = gpt::read(&mut File::open(&img).unwrap())
-        .unwrap()
-        .partition(1)
-        .unwrap()
-        .unique_guid
-        .to_string();
+    let guid = root_partition(&img).unique_guid.to_string();
 
     let outcome = image::grow(&ours, 512 * MIB).unwrap();
     let GrowOutcome::Grown(report) = outcome else {
@@ -531,12 +531,7 @@ fn grow_refuses_a_root_partition_that_is_not_last() {
     let img = synthetic_image(dir.path(), 256 * MIB);
     // Shorten the root entry and put p2 behind it; grow refuses before it
     // looks at the (now too long) file system.
-    let guid = gpt::read(&mut File::open(&img).unwrap())
-        .unwrap()
-        .partition(1)
-        .unwrap()
-        .unique_guid
-        .to_string();
+    let guid = root_partition(&img).unique_guid.to_string();
     run(&[
         "sgdisk",
         "-d",

@@ -340,6 +340,11 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// `apt_download(pkgs, dest)` without options.
+    fn download(c: &Ctx, pkgs: &[&str], dest: &str) -> Result<Vec<String>> {
+        apt_download(c, &loc(), &names(pkgs), dest, &DownloadOpts::default())
+    }
+
     #[test]
     fn update_install_purge_commands() {
         let (t, c) = fake_ctx();
@@ -407,14 +412,7 @@ mod tests {
             .to_string()
             .contains("no package"));
         assert!(apt_purge(&c, &loc(), &names(&["/x/a.deb"])).is_err());
-        assert!(apt_download(
-            &c,
-            &loc(),
-            &names(&["-o"]),
-            "/var/cache/d",
-            &DownloadOpts::default()
-        )
-        .is_err());
+        assert!(download(&c, &["-o"], "/var/cache/d").is_err());
         assert!(t.commands().is_empty());
     }
 
@@ -580,14 +578,7 @@ libfoo:arm64:
                 Attrs::default(),
             )
             .unwrap();
-        let got = apt_download(
-            &c,
-            &loc(),
-            &names(&["postgresql-16", "bash"]),
-            "/var/cache/pg/16",
-            &DownloadOpts::default(),
-        )
-        .unwrap();
+        let got = download(&c, &["postgresql-16", "bash"], "/var/cache/pg/16").unwrap();
         assert_eq!(
             got,
             [
@@ -606,12 +597,10 @@ libfoo:arm64:
     #[test]
     fn download_on_the_fake_answers_like_apt() {
         let (t, c) = fake_ctx();
-        let got = apt_download(
+        let got = download(
             &c,
-            &loc(),
-            &names(&["postgresql-16", "postgresql-client-16"]),
+            &["postgresql-16", "postgresql-client-16"],
             "/var/cache/postgresql-packages/16",
-            &DownloadOpts::default(),
         )
         .unwrap();
         assert_eq!(
@@ -663,13 +652,7 @@ libfoo:arm64:
     #[test]
     fn a_typo_fails_naming_the_package_on_the_fake_too() {
         let (_, c) = fake_ctx();
-        let e = apt_download(
-            &c,
-            &loc(),
-            &names(&["postgresql-16=9.9"]),
-            "/d",
-            &DownloadOpts::default(),
-        );
+        let e = download(&c, &["postgresql-16=9.9"], "/d");
         assert!(e.unwrap_err().to_string().contains("postgresql-16=9.9"));
     }
 }
