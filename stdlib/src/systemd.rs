@@ -810,6 +810,13 @@ mod tests {
 
     const ENABLE: UnitOpts = UnitOpts { enable: Some(true) };
 
+    /// Why `systemd_unit` with `enable` refuses `text` as `name`.
+    fn enable_error(c: &Ctx, name: &str, text: &str) -> String {
+        systemd_unit(c, name, text, &ENABLE)
+            .unwrap_err()
+            .to_string()
+    }
+
     /// Every symlink under /etc/systemd/system, as (link, target), sorted.
     fn links(t: &FakeTarget) -> Vec<(String, String)> {
         fn walk(r: &ImageRoot, dir: &str, out: &mut Vec<(String, String)>) {
@@ -1067,9 +1074,7 @@ mod tests {
         assert!(!unit_enabled(t.root(), "pg@.service").unwrap());
 
         let no_default = "[Service]\nExecStart=/bin/x %i\n[Install]\nWantedBy=multi-user.target\n";
-        let e = systemd_unit(&c, "q@.service", no_default, &ENABLE)
-            .unwrap_err()
-            .to_string();
+        let e = enable_error(&c, "q@.service", no_default);
         assert!(
             e.contains("q@.service is a template") && e.contains("DefaultInstance"),
             "{e}"
@@ -1114,9 +1119,7 @@ mod tests {
             ),
         ];
         for (what, text, needle) in cases {
-            let e = systemd_unit(&c, "a.service", text, &ENABLE)
-                .unwrap_err()
-                .to_string();
+            let e = enable_error(&c, "a.service", text);
             assert!(e.contains(needle), "{what}: {e}");
         }
         assert!(links(&t).is_empty(), "{:?}", links(&t));
@@ -1131,14 +1134,7 @@ mod tests {
                 Attrs::default(),
             )
             .unwrap();
-        let e = systemd_unit(
-            &c,
-            "a.service",
-            "[Install]\nWantedBy=multi-user.target\n",
-            &ENABLE,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = enable_error(&c, "a.service", "[Install]\nWantedBy=multi-user.target\n");
         assert!(e.contains("exists and is not a symlink"), "{e}");
     }
 
@@ -1179,9 +1175,7 @@ mod tests {
         t.root()
             .symlink("/dev/null", "/etc/systemd/system/m.socket")
             .unwrap();
-        let e = systemd_unit(&c, "b.service", "[Install]\nAlso=m.socket\n", &ENABLE)
-            .unwrap_err()
-            .to_string();
+        let e = enable_error(&c, "b.service", "[Install]\nAlso=m.socket\n");
         assert!(e.contains("masked"), "{e}");
     }
 
