@@ -810,11 +810,13 @@ mod tests {
 
     const ENABLE: UnitOpts = UnitOpts { enable: Some(true) };
 
-    /// Why `systemd_unit` with `enable` refuses `text` as `name`.
-    fn enable_error(c: &Ctx, name: &str, text: &str) -> String {
-        systemd_unit(c, name, text, &ENABLE)
+    /// Asserts that `systemd_unit` with `enable` refuses `text` as `name`,
+    /// saying `why`.
+    fn assert_enable_refused(c: &Ctx, name: &str, text: &str, why: &str) {
+        let e = systemd_unit(c, name, text, &ENABLE)
             .unwrap_err()
-            .to_string()
+            .to_string();
+        assert!(e.contains(why), "{name}: {e}");
     }
 
     /// Every symlink under /etc/systemd/system, as (link, target), sorted.
@@ -1074,7 +1076,9 @@ mod tests {
         assert!(!unit_enabled(t.root(), "pg@.service").unwrap());
 
         let no_default = "[Service]\nExecStart=/bin/x %i\n[Install]\nWantedBy=multi-user.target\n";
-        let e = enable_error(&c, "q@.service", no_default);
+        let e = systemd_unit(&c, "q@.service", no_default, &ENABLE)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("q@.service is a template") && e.contains("DefaultInstance"),
             "{e}"
@@ -1119,8 +1123,8 @@ mod tests {
             ),
         ];
         for (what, text, needle) in cases {
-            let e = enable_error(&c, "a.service", text);
-            assert!(e.contains(needle), "{what}: {e}");
+            let e = systemd_unit(&c, "a.service", text, &ENABLE).unwrap_err();
+            assert!(e.to_string().contains(needle), "{what}: {e}");
         }
         assert!(links(&t).is_empty(), "{:?}", links(&t));
         assert!(
@@ -1134,8 +1138,12 @@ mod tests {
                 Attrs::default(),
             )
             .unwrap();
-        let e = enable_error(&c, "a.service", "[Install]\nWantedBy=multi-user.target\n");
-        assert!(e.contains("exists and is not a symlink"), "{e}");
+        assert_enable_refused(
+            &c,
+            "a.service",
+            "[Install]\nWantedBy=multi-user.target\n",
+            "exists and is not a symlink",
+        );
     }
 
     #[test]
@@ -1175,8 +1183,7 @@ mod tests {
         t.root()
             .symlink("/dev/null", "/etc/systemd/system/m.socket")
             .unwrap();
-        let e = enable_error(&c, "b.service", "[Install]\nAlso=m.socket\n");
-        assert!(e.contains("masked"), "{e}");
+        assert_enable_refused(&c, "b.service", "[Install]\nAlso=m.socket\n", "masked");
     }
 
     #[test]
