@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use pgimg::engine::{build_engine, normalize, run_file, Limits};
 use pgimg::image::{self, Format};
+use pgimg_stdlib::fake::host_tool;
 use pgimg_stdlib::{Ctx, FakeTarget, Target};
 
 #[path = "support/recipes.rs"]
@@ -28,15 +29,9 @@ fn host_secret(dir: &Path) -> PathBuf {
 }
 
 fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("running qemu-img (tests/setup.sh installs qemu-utils)");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut qemu_img = Command::new("qemu-img");
+    qemu_img.args(args);
+    host_tool(&mut qemu_img, "tests/setup.sh installs qemu-utils");
 }
 
 /// Copies `base` to a fresh work file and returns the error, checking that

@@ -436,7 +436,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{engine_on, primitive_failure};
+    use crate::fake::{engine_on, host_tool, primitive_failure};
     use crate::{FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::process::Command as Process;
@@ -452,18 +452,11 @@ mod tests {
     }
 
     fn gpg(home: &Path, args: &[&str]) -> Vec<u8> {
-        let out = Process::new("gpg")
-            .env("GNUPGHOME", home)
+        let mut gpg = Process::new("gpg");
+        gpg.env("GNUPGHOME", home)
             .args(["--batch", "--quiet", "--no-tty"])
-            .args(args)
-            .output()
-            .expect("running gpg (the apt_repo tests need it to make keys)");
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+            .args(args);
+        host_tool(&mut gpg, "the apt_repo tests need it to make keys")
     }
 
     fn keys() -> &'static Keys {

@@ -237,6 +237,22 @@ pub fn temp_root() -> (tempfile::TempDir, ImageRoot) {
     (dir, root)
 }
 
+/// Runs a host tool that makes a test's fixture and returns its stdout;
+/// panics with its stderr when it fails, and with `needed` (why the tests
+/// need it, or what installs it) when it cannot start.
+pub fn host_tool(cmd: &mut std::process::Command, needed: &str) -> Vec<u8> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} ({needed}): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A temporary host folder holding `files` (relative path → content) and
 /// the folders they need: the assets or recipes of a test.
 pub fn host_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
