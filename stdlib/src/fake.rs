@@ -238,17 +238,20 @@ pub fn temp_root() -> (tempfile::TempDir, ImageRoot) {
 }
 
 /// Runs a host tool that makes a test's fixture and returns its stdout;
-/// panics with its stderr when it fails, and with `needed` (why the tests
+/// panics with its output when it fails, and with `needed` (why the tests
 /// need it, or what installs it) when it cannot start.
 pub fn host_tool(cmd: &mut std::process::Command, needed: &str) -> Vec<u8> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {program} ({needed}): {e}"));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     assert!(
         out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
     );
     out.stdout
 }

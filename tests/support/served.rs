@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use pgimg_stdlib::fake::host_tool;
+
 /// Fingerprint of the committed throwaway key `tests/fixtures/apt-repo/signing-key.asc`;
 /// its public half is `recipes/examples/assets/keys/pgimg-test-repo.asc`.
 pub const SIGNING_KEY_FINGERPRINT: &str = "83539AC9B314AAAA23495BA6F0BC5918A10E1B2E";
@@ -38,17 +40,8 @@ pub fn host(argv: &[&str], cwd: Option<&Path>, env: &[(&str, &Path)]) -> String 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let stdout = host_tool(&mut cmd, "tests/setup.sh installs the tools");
+    String::from_utf8_lossy(&stdout).into_owned()
 }
 
 /// [`host`] with `paths` as the last arguments: the files a command such as
