@@ -404,8 +404,7 @@ fn fixture_copy_grow_attach_resize_detach() {
 #[test]
 fn inspect_shows_an_embedded_manifest() {
     fixture::skip_unless_root!();
-    let base = fixture::base_image();
-    let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
+    let (base, dir) = fixture::base_and_scratch();
     let work = dir.path().join("work.raw");
     image::copy_base(&base, &work).unwrap();
     let wi = WorkImage::open(&work).unwrap();
@@ -451,8 +450,7 @@ fn inspect_shows_an_embedded_manifest() {
 #[test]
 fn qcow2_round_trip() {
     fixture::skip_unless_root!();
-    let base = fixture::base_image();
-    let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
+    let (base, dir) = fixture::base_and_scratch();
     let qcow = dir.path().join("base.qcow2");
 
     let t = Timer::start("raw -> qcow2 (compressed)");

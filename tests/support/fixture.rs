@@ -52,6 +52,14 @@ macro_rules! skip_unless_root {
 #[allow(unused_imports)]
 pub(crate) use skip_unless_root;
 
+/// The base image and a scratch folder beside it (the same file system, so
+/// a work copy can share the base's blocks).
+pub fn base_and_scratch() -> (PathBuf, tempfile::TempDir) {
+    let base = base_image();
+    let dir = tempfile::tempdir_in(fixture_dir()).unwrap();
+    (base, dir)
+}
+
 /// Writes straight to the stderr fd: libtest captures `eprintln!` of passing
 /// tests, and a skip or a minute-long build must be seen.
 pub fn loud(message: &str) {
