@@ -131,6 +131,13 @@ fn assert_passed(f: &Finished, what: &str) {
     assert_tally(f, " passed, 0 failed");
 }
 
+/// [`assert_passed`], and the boot went through `firmware` (`BIOS`, `UEFI`).
+fn assert_booted_by(f: &Finished, firmware: &str) {
+    assert_passed(f, firmware);
+    let said = format!("{firmware} firmware runs the image's boot loader");
+    assert!(f.stderr.contains(&said), "{}", f.stderr);
+}
+
 /// Asserts the last line of `verify`'s report ends with `tally`.
 fn assert_tally(f: &Finished, tally: &str) {
     assert!(f.stdout.trim_end().ends_with(tally), "{}", f.stdout);
@@ -140,11 +147,7 @@ fn assert_tally(f: &Finished, tally: &str) {
 fn verify_passes_on_the_hello_example_and_leaves_the_image_unchanged() {
     fixture::skip_unless_root!();
     let h = hello();
-    assert_passed(&h.bios, "BIOS");
-    assert!(h
-        .bios
-        .stderr
-        .contains("BIOS firmware runs the image's boot loader"));
+    assert_booted_by(&h.bios, "BIOS");
     assert_eq!(
         sha256sum(&h.image),
         h.sha256_before,
@@ -156,11 +159,7 @@ fn verify_passes_on_the_hello_example_and_leaves_the_image_unchanged() {
 fn uefi_boot_through_ovmf_and_the_esp_passes() {
     fixture::skip_unless_root!();
     let h = hello();
-    assert_passed(&h.uefi, "UEFI");
-    assert!(h
-        .uefi
-        .stderr
-        .contains("UEFI firmware runs the image's boot loader"));
+    assert_booted_by(&h.uefi, "UEFI");
 }
 
 #[test]
