@@ -113,6 +113,12 @@ fn print_not_run(title: &str, extra: &[(&str, &str)]) {
     loud(&text);
 }
 
+/// Where every flavor build here starts: the host's Debian architecture,
+/// the checked fixture, and a scratch folder.
+fn flavor_start() -> (String, PathBuf, tempfile::TempDir) {
+    (arch(), checked_base_image(), scratch())
+}
+
 /// The host's (and so the fixture's) Debian architecture.
 fn arch() -> String {
     served::host(&["dpkg", "--print-architecture"], None, &[])
@@ -689,9 +695,7 @@ fn exporter_paths(arch: &str) -> Vec<String> {
 #[test]
 fn standard_recipe_on_the_debian_fixture() {
     fixture::skip_unless_root!();
-    let arch = arch();
-    let base = checked_base_image();
-    let tmp = scratch();
+    let (arch, base, tmp) = flavor_start();
     let dir = tmp.path();
     let server = Served::fixture_releases(dir);
     let out = dir.join("standard.raw");
@@ -796,9 +800,7 @@ fn paradedb_standin(
 #[test]
 fn paradedb_recipe_on_the_debian_fixture() {
     fixture::skip_unless_root!();
-    let arch = arch();
-    let base = checked_base_image();
-    let tmp = scratch();
+    let (arch, base, tmp) = flavor_start();
     let dir = tmp.path();
     let repo = repo_dir();
 
