@@ -113,6 +113,15 @@ fn print_not_run(title: &str, extra: &[(&str, &str)]) {
     loud(&text);
 }
 
+/// `e2fsck` of the output, then `check` on its root mounted read-only;
+/// returns the seconds both took.
+fn checked_read_only(out: &Path, check: impl FnOnce(&Path) + Send) -> f64 {
+    let started = Instant::now();
+    loud(&e2fsck_clean(out));
+    with_root_read_only(out, check);
+    started.elapsed().as_secs_f64()
+}
+
 /// Where every flavor build here starts: the host's Debian architecture,
 /// the checked fixture, and a scratch folder.
 fn flavor_start() -> (String, PathBuf, tempfile::TempDir) {
@@ -724,10 +733,7 @@ fn standard_recipe_on_the_debian_fixture() {
     assert_all_served(&server, &exporter_paths(&arch));
     assert_base_unchanged(&base);
 
-    let checks = Instant::now();
-    loud(&e2fsck_clean(&out));
-    with_root_read_only(&out, |root| check_image(root, "standard", &arch));
-    let checks = checks.elapsed().as_secs_f64();
+    let checks = checked_read_only(&out, |root| check_image(root, "standard", &arch));
 
     let packages = [
         "postgresql-15",
@@ -944,9 +950,7 @@ fn paradedb_recipe_on_the_debian_fixture() {
     assert_all_served(&server, &want);
     assert_base_unchanged(&base);
 
-    let checks = Instant::now();
-    loud(&e2fsck_clean(&out));
-    with_root_read_only(&out, |root| {
+    let checks = checked_read_only(&out, |root| {
         check_image(root, "paradedb", &arch);
         // Beside PostgreSQL 15's packages, so the helper installs them with it.
         for (_, deb) in &debs {
@@ -958,7 +962,6 @@ fn paradedb_recipe_on_the_debian_fixture() {
             assert_eq!(ids(&p), (0, 0));
         }
     });
-    let checks = checks.elapsed().as_secs_f64();
 
     let packages = [
         "postgresql-15",
