@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgimg_stdlib::fake::host_tool;
 use pgimg_stdlib::fetch::{FetchError, Fetcher, HttpFetcher, RetryPolicy};
 use pgimg_stdlib::fetch_verify::{fetch_verify, Extract, FetchVerify, Installed};
 use pgimg_stdlib::{Ctx, FakeOs, FakeTarget, Target};
@@ -421,26 +422,20 @@ fn streams_a_1gib_download_to_disk_with_flat_memory() {
 // ---- git ----
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=pgimg",
-            "-c",
-            "user.email=pgimg@localhost",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let mut git = std::process::Command::new("git");
+    git.args([
+        "-c",
+        "user.name=pgimg",
+        "-c",
+        "user.email=pgimg@localhost",
+        "-c",
+        "init.defaultBranch=main",
+    ])
+    .args(args)
+    .current_dir(dir)
+    .env("LC_ALL", "C");
+    let stdout = host_tool(&mut git, "the git fetcher tests need it");
+    String::from_utf8(stdout).unwrap().trim().to_string()
 }
 
 /// A repository with two commits; returns (dir, first commit, second commit).
