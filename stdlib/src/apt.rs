@@ -325,7 +325,6 @@ mod tests {
     use crate::fake::fake_ctx;
     use crate::run::scripted::{stdout, Scripted};
     use crate::target::{Output, Target};
-    use crate::FakeTarget;
     use std::sync::Arc;
 
     fn loc() -> Loc {

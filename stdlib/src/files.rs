@@ -147,8 +147,7 @@ rhai_fns! { pub(crate) fn register;
 mod tests {
     use super::*;
     use crate::fake::{fake_ctx, host_dir};
-    use crate::{FakeTarget, Target};
-    use std::sync::Arc;
+    use crate::Target;
 
     #[test]
     fn write_with_mode_and_owner() {

@@ -904,7 +904,6 @@ mod tests {
     use super::*;
     use crate::fake::{engine_on, fake_ctx, primitive_failure};
     use crate::FakeTarget;
-    use std::sync::Arc;
 
     fn dbs(t: &FakeTarget) -> [String; 4] {
         [PASSWD, GROUP, SHADOW, GSHADOW].map(|p| t.root().read_string(p).unwrap())
