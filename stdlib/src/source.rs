@@ -1,7 +1,7 @@
 //! Build sources for `go_build` and `pgxs_build`: a pinned git commit or an asset folder, staged in the image.
 
 use crate::ctx::{Ctx, Loc};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fetch::normalize_commit;
 use crate::root::Attrs;
 use crate::run::command;
@@ -232,6 +232,7 @@ pub fn with_build_dir<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::fake::recorded_inputs;
     use crate::{FakeTarget, Target};
     use std::collections::BTreeMap;
