@@ -1207,7 +1207,7 @@ fn two_builds_sharing_a_cache_install_packages_at_once() {
     let holder = write_recipe(
         &scene.recipes,
         "holder.rhai",
-        r#"run(["perl", "-MFcntl", "-e", "open(my $f, '>>', '/var/cache/apt/archives/lock') or die $!; fcntl($f, F_SETLK, pack('s s x4 q q i x4', F_WRLCK, 0, 0, 0, 0)) or die \"lock: $!\"; $| = 1; print \"holding the apt archives lock\\n\"; for (1..3000) { last if -e '/tmp/pgimg-release'; select(undef, undef, undef, 0.1) }"]);
+        r#"run(["perl", "-MFcntl", "-e", "open(my $f, '>>', '/var/cache/apt/archives/lock') or die $!; my $l = pack('s s x4 q q i x4', F_WRLCK, 0, 0, 0, 0); fcntl($f, F_SETLK, $l) or die \"lock: $!\"; $| = 1; print \"holding the apt archives lock\\n\"; for (1..600) { last if -e '/tmp/pgimg-release'; sleep 1 }"]);
 "#,
     );
     let installer = write_recipe(
