@@ -203,6 +203,43 @@ fn grow_refuses_shrink_and_same_size_is_a_no_op() {
     );
 }
 
+/// bottlerocket-os/bottlerocket#333: a file extended with a plain `truncate`
+/// keeps its backup header in the middle; grow at the file's own size (no
+/// `--size`, or `--size` equal to it) moves it to the end and grows the root.
+#[test]
+fn grow_at_the_files_size_moves_a_backup_header_left_short_and_grows_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 256 * MIB);
+    File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(384 * MIB)
+        .unwrap();
+    let before = gpt::read(&mut File::open(&img).unwrap()).unwrap();
+    assert_eq!(before.backup_lba(), 256 * MIB / 512 - 1);
+
+    let GrowOutcome::Grown(report) = image::grow(&img, 384 * MIB).unwrap() else {
+        panic!("a table that stops at 256 MiB of a 384 MiB file was left as it was");
+    };
+    assert_eq!(report.new_backup_lba, 384 * MIB / 512 - 1);
+    let after = gpt::read(&mut File::open(&img).unwrap()).unwrap();
+    assert_eq!(after.backup_lba(), 384 * MIB / 512 - 1);
+    assert_eq!(
+        after.partition(1).unwrap().last_lba,
+        after.last_usable_lba(),
+        "the root partition reaches the last usable sector"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 384 * MIB);
+    let verify = run(&["sgdisk", "-v", path_str(&img)]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    assert_eq!(
+        image::grow(&img, 384 * MIB).unwrap(),
+        GrowOutcome::Unchanged,
+        "a second grow finds nothing to do"
+    );
+}
+
 #[test]
 fn grow_refuses_an_image_without_gpt() {
     let dir = tempfile::tempdir().unwrap();

@@ -191,12 +191,16 @@ fn acquire(b: &mut Build, base: &Path) -> Result<()> {
 }
 
 /// Extends the file to `--size`, moving the GPT backup header and growing
-/// the root partition.
+/// the root partition; without `--size`, still moves a backup header left
+/// short of the file's end and grows a root partition that stops short.
 fn grow(b: &mut Build) -> Result<()> {
-    let Some(size) = b.opts.size else {
-        return Ok(());
-    };
     let image = b.work().image();
+    let size = match b.opts.size {
+        Some(size) => size,
+        None => std::fs::metadata(&image)
+            .with_context(|| format!("reading the size of {}", image.display()))?
+            .len(),
+    };
     b.stages.run("grow", || {
         let outcome = image::grow(&image, size)?;
         log(&format!("grow: {outcome:?}"));

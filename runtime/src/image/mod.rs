@@ -118,7 +118,8 @@ pub fn copy_base(base: &Path, work: &Path) -> Result<BaseCopy, ImageError> {
 /// What [`grow`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrowOutcome {
-    /// The image already had that size.
+    /// The image already had that size, its backup GPT header is in its last
+    /// sector and the root partition reaches as far as it can.
     Unchanged,
     Grown(GrowReport),
 }
@@ -127,6 +128,11 @@ pub enum GrowOutcome {
 /// file sparsely, moves the backup GPT to the new end and grows the root
 /// partition in place. The file system is grown later, through a loop
 /// device ([`ext4::check_and_resize`]).
+///
+/// At the file's own size it still moves a backup header that is not in the
+/// last sector (a file extended with a plain `truncate`, as in
+/// bottlerocket-os/bottlerocket#333) and grows a root partition that stops
+/// short of the last usable sector; otherwise it is [`GrowOutcome::Unchanged`].
 pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -141,13 +147,13 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
             requested: new_size,
         });
     }
-    if new_size == current {
-        return Ok(GrowOutcome::Unchanged);
-    }
     let table = gpt::read(&mut file).map_err(|source| ImageError::Gpt {
         path: image.to_path_buf(),
         source,
     })?;
+    if new_size == current && spans(&table, current, image, &mut file)? {
+        return Ok(GrowOutcome::Unchanged);
+    }
     if !new_size.is_multiple_of(table.sector_size()) {
         return Err(ImageError::Unaligned {
             path: image.to_path_buf(),
@@ -156,11 +162,13 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
         });
     }
     let (root, _) = find_root(image, &mut file, &table)?;
-    if let Some(next) = table
+    let next = table
         .partitions()
         .into_iter()
-        .find(|p| p.first_lba > root.first_lba)
-    {
+        .find(|p| p.first_lba > root.first_lba);
+    // At the same size only the backup header moves then; asked for more
+    // room, the root could not take it.
+    if let (Some(next), true) = (next, new_size > current) {
         return Err(ImageError::RootNotLast {
             path: image.to_path_buf(),
             root: root.number,
@@ -182,6 +190,26 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
             })
         }
     }
+}
+
+/// Whether the table already fills a disk of `len` bytes: backup header in
+/// the last sector, and the root partition last and up to the last usable
+/// sector, or followed by another partition (then it cannot grow).
+fn spans(
+    table: &gpt::PartitionTable,
+    len: u64,
+    image: &Path,
+    file: &mut File,
+) -> Result<bool, ImageError> {
+    if table.backup_lba() + 1 != len / table.sector_size() {
+        return Ok(false);
+    }
+    let (root, _) = find_root(image, file, table)?;
+    let followed = table
+        .partitions()
+        .iter()
+        .any(|p| p.first_lba > root.first_lba);
+    Ok(followed || root.last_lba >= table.last_usable_lba())
 }
 
 fn find_root(

@@ -10,7 +10,7 @@
 //! | `/sys` | sysfs, read-only | unmounted |
 //! | `/run` | tmpfs, so what packages put there is not left in the image | unmounted |
 //! | `/proc` | a fresh proc per command, for its PID namespace | gone with the command |
-//! | `/var/cache/apt/archives` | the host's apt archives cache, bound | unmounted (also by finalize, before `apt-get clean`) |
+//! | `/var/cache/apt/archives` | the build's own folder of the host's apt archives cache ([`super::apt_archives`]), bound | unmounted (also by finalize, before `apt-get clean`); new packages go to the shared cache |
 //! | `/usr/sbin/policy-rc.d` | `exit 101`: no package starts a daemon | restored exactly (or removed) |
 //! | `/etc/resolv.conf` | the host's content, as a plain file | restored exactly: link target, or content and mode, or absence (unless the build replaced it: then the build's is kept) |
 //!
@@ -40,6 +40,7 @@ use pgimg_stdlib::target::{host_arch, tail, Command, CommandError, Facts, Output
 pub use super::exec::Stream;
 use super::exec::{self, Ending, Spec, Stdio, STDERR_KEEP};
 use super::interrupt::INTERRUPTED;
+use super::apt_archives::BuildArchives;
 use super::mounts::{mountpoints_under, Mount, MountError, MountStack};
 
 /// Where command output lines go: `(label, stream, line)`.
@@ -139,6 +140,9 @@ pub enum SetupError {
 struct State {
     mounts: MountStack,
     apt_cache: Option<Mount>,
+    /// The build's apt archives folder, bound by `apt_cache` and by each
+    /// command that asks for the cache; given back once unbound.
+    apt_archives: Option<BuildArchives>,
     torn_down: bool,
 }
 
@@ -275,8 +279,21 @@ impl ChrootTarget {
         self.borrowed
             .put_dir(root, "/proc", 0o555)
             .map_err(file_err("creating /proc"))?;
-        if let Some(host) = self.cache_dir(APT_ARCHIVES_CACHE) {
-            prepare_apt_cache(&host)?;
+        if let Some(shared) = self.cache_dir.as_ref().map(|d| d.join(APT_ARCHIVES_CACHE)) {
+            let (archives, opened) =
+                BuildArchives::open(&shared).map_err(|source| SetupError::Host {
+                    what: "preparing this build's folder of the apt archives cache",
+                    path: shared.clone(),
+                    source,
+                })?;
+            for gone in &opened.swept {
+                eprintln!(
+                    "pgimg: removed {}: the apt archives folder of a build that is gone",
+                    gone.display()
+                );
+            }
+            let host = archives.path().to_path_buf();
+            st.apt_archives = Some(archives);
             self.borrowed
                 .put_dir(root, APT_ARCHIVES, 0o755)
                 .map_err(file_err(format!("creating {APT_ARCHIVES}")))?;
@@ -388,9 +405,12 @@ impl ChrootTarget {
 
     /// Unbinds the host's apt archives cache from the image, so `apt-get
     /// clean` and finalize empty the image's own directory, never the cache.
-    pub fn release_apt_cache(&self) -> Result<(), MountError> {
-        let m = self.state.lock().unwrap().apt_cache.take();
-        m.map_or(Ok(()), Mount::close)
+    pub fn release_apt_cache(&self) -> Result<(), SetupError> {
+        let mut st = self.state.lock().unwrap();
+        if let Some(m) = st.apt_cache.take() {
+            m.close()?;
+        }
+        give_back_archives(st.apt_archives.take())
     }
 
     /// Unmounts everything, newest first, then gives back the borrowed paths
@@ -407,6 +427,9 @@ impl ChrootTarget {
             if let Err(e) = m.close() {
                 errors.push(e.into());
             }
+        }
+        if let Err(e) = give_back_archives(st.apt_archives.take()) {
+            errors.push(e);
         }
         if let Err(e) = std::mem::take(&mut st.mounts).close() {
             errors.push(e.into());
@@ -551,23 +574,18 @@ impl ChrootTarget {
 
 /// The host's apt archives cache as apt expects the directory: `partial/`
 /// and a `lock` file (apt chowns `partial/` to its `_apt` user itself).
-fn prepare_apt_cache(host: &Path) -> Result<(), SetupError> {
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SetupError::Host {
-            what: "preparing the apt archives cache",
-            path,
-            source,
-        }
+/// Puts the packages a build downloaded into the shared cache and removes
+/// the build's folder (see [`BuildArchives::give_back`]).
+fn give_back_archives(archives: Option<BuildArchives>) -> Result<(), SetupError> {
+    let Some(archives) = archives else {
+        return Ok(());
     };
-    let partial = host.join("partial");
-    std::fs::create_dir_all(&partial).map_err(err(&partial))?;
-    let lock = host.join("lock");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&lock)
-        .map_err(err(&lock))?;
+    let path = archives.path().to_path_buf();
+    archives.give_back().map_err(|source| SetupError::Host {
+        what: "giving the build's apt packages back to the cache from",
+        path,
+        source,
+    })?;
     Ok(())
 }
 
@@ -658,7 +676,13 @@ impl Target for ChrootTarget {
         Some(&self.borrowed)
     }
 
+    /// The host folder bound for the cache `name`: for the apt archives,
+    /// the build's own folder while it has one (none after finalize let it go).
     fn cache_dir(&self, name: &str) -> Option<PathBuf> {
+        if name == APT_ARCHIVES_CACHE {
+            let st = self.state.lock().unwrap();
+            return st.apt_archives.as_ref().map(|a| a.path().to_path_buf());
+        }
         self.cache_dir.as_ref().map(|d| d.join(name))
     }
 }

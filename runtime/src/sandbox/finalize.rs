@@ -19,8 +19,7 @@ use pgimg_stdlib::shared::HumanBytes;
 use pgimg_stdlib::target::{Command, CommandError, Target};
 use serde::Deserialize;
 
-use super::chroot::ChrootTarget;
-use super::mounts::MountError;
+use super::chroot::{ChrootTarget, SetupError};
 
 /// Which cleanup items run; all are on by default. A recipe switches one off
 /// by name (`#{ logs: false }`); an unknown name is an error.
@@ -132,10 +131,10 @@ pub enum FinalizeError {
         source: CommandError,
     },
     #[error("finalize {item}: {source}")]
-    Mount {
+    Sandbox {
         item: &'static str,
         #[source]
-        source: MountError,
+        source: SetupError,
     },
 }
 
@@ -150,7 +149,7 @@ pub fn finalize(
     // still bound, `apt-get clean` would empty the cache instead of the image.
     target
         .release_apt_cache()
-        .map_err(|source| FinalizeError::Mount {
+        .map_err(|source| FinalizeError::Sandbox {
             item: "apt",
             source,
         })?;
