@@ -578,7 +578,7 @@ pg_ctlcluster --skip-systemctl-redirect 15 main stop
 /// [`FIRST_BOOT`] and checks what it said; returns the seconds it all took.
 fn first_boot(out: &Path, dir: &Path, packages: &[&str], extensions: &[&str]) -> f64 {
     let copy = dir.join("first-boot.raw");
-    served::host_on(&["cp", "--sparse=always"], &[&out, &copy]);
+    served::host_on(&["cp", "--sparse=always"], &[out, &copy]);
     let started = Instant::now();
     let bad = pgimg(
         &args(&[
@@ -812,7 +812,7 @@ fn paradedb_recipe_on_the_debian_fixture() {
 
     // A copy of recipes/ and flavors/ (the lock is written beside the recipe).
     for sub in ["recipes", "flavors"] {
-        served::host_on(&["cp", "-r"], &[&repo.join(sub), &dir]);
+        served::host_on(&["cp", "-r"], &[&repo.join(sub), dir]);
     }
     let recipe = dir.join("recipes/paradedb.rhai");
 

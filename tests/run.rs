@@ -1229,9 +1229,11 @@ fn two_builds_sharing_a_cache_install_packages_at_once() {
         Pgimg::spawn(&args, None)
     };
     let mut a = spawn(&holder, "a.raw");
-    a.wait_for_line("build A holding apt's lock", Duration::from_secs(300), |l| {
-        l.ends_with("holding the apt archives lock")
-    });
+    a.wait_for_line(
+        "build A holding apt's lock",
+        Duration::from_secs(300),
+        |l| l.ends_with("holding the apt archives lock"),
+    );
     let b = spawn(&installer, "b.raw").finish(Duration::from_secs(900));
     assert_eq!(
         b.code(),
@@ -1244,11 +1246,7 @@ fn two_builds_sharing_a_cache_install_packages_at_once() {
         .into_iter()
         .find(|p| p.comm == "perl")
         .expect("build A's perl still holds the lock");
-    std::fs::write(
-        format!("/proc/{}/root/tmp/pgimg-release", perl.pid),
-        "",
-    )
-    .unwrap();
+    std::fs::write(format!("/proc/{}/root/tmp/pgimg-release", perl.pid), "").unwrap();
     let a = a.finish(Duration::from_secs(300));
     assert_eq!(a.code(), Some(0), "build A:\n{}", a.stderr);
     let shared = names_in(&cache.join("apt-archives"));

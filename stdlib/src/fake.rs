@@ -198,6 +198,8 @@ pub fn engine_on(ctx: &Ctx) -> rhai::Engine {
 
 /// The message the user sees of a primitive's failure; panics on any other
 /// error, which a test of a primitive's argument checks does not expect.
+// Boxed as `Engine::eval` returns it, so a test passes `unwrap_err()` as is.
+#[allow(clippy::boxed_local)]
 pub fn primitive_failure(err: Box<rhai::EvalAltResult>) -> String {
     match *err {
         rhai::EvalAltResult::ErrorRuntime(d, _) => d

@@ -38,6 +38,8 @@ pub fn require_root(test: &str) -> bool {
 /// [`require_root`] for the test function it stands in, named after it:
 /// returns from the test when it is skipped. The name comes from a function
 /// defined in place, so it cannot drift from the test's.
+// Not every test file that includes this module uses it (as `dead_code` above).
+#[allow(unused_macros)]
 macro_rules! skip_unless_root {
     () => {{
         fn here() {}
