@@ -14,15 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgimg-target}"
-if [ -n "${PGIMG:-}" ]; then
-    pgimg="$PGIMG"
-else
-    cargo build --release --quiet --bin pgimg
-    pgimg="$CARGO_TARGET_DIR/release/pgimg"
-fi
-
-work="$(mktemp -d /var/tmp/pgimg-bench-interrupt.XXXXXX)"
-trap 'rm -rf -- "$work"' EXIT
+. benches/lib.sh
+bench_start interrupt
 cat >"$work/busy.rhai" <<'EOF'
 log("looping");
 for i in 0..600000 { write_file("/var/tmp/pgimg-loop", `${i}`); }
