@@ -1190,6 +1190,64 @@ fn sigint_and_sigterm_stop_qemu_img_convert_mid_conversion() {
     }
 }
 
+/// The fixture's fstab mounts its ESP (p15, vfat, `LABEL=UEFI`) on
+/// `/boot/efi`. A write there must reach the ESP, or, on a kernel without
+/// vfat (this machine's), fail naming why, never land in the root file
+/// system's directory that the ESP hides at boot.
+#[test]
+fn writes_under_the_esp_reach_it_or_are_refused_naming_it() {
+    if !fixture::require_root("writes_under_the_esp_reach_it_or_are_refused_naming_it") {
+        return;
+    }
+    let vfat = std::fs::read_to_string("/proc/filesystems")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("vfat"));
+    let base = base_image();
+    let scene = Scene::new();
+    for (name, text) in [
+        (
+            "esp-file",
+            "write_file(\"/boot/efi/EFI/pgimg-test\", \"x\\n\");\n",
+        ),
+        (
+            "esp-command",
+            "run([\"sh\", \"-c\", \"echo x > /boot/efi/pgimg-test\"]);\n",
+        ),
+    ] {
+        let recipe = write_recipe(&scene.recipes, &format!("{name}.rhai"), text);
+        let out = scene.out.join(format!("{name}.raw"));
+        let f = start_run(&recipe, &base, &out, &[]).finish(Duration::from_secs(600));
+        if vfat {
+            assert_eq!(f.code(), Some(0), "{}", f.stderr);
+            assert!(
+                f.stderr.contains("mounted p15 (vfat) on /boot/efi"),
+                "{}",
+                f.stderr
+            );
+            continue;
+        }
+        assert_eq!(f.code(), Some(1), "{name}: {}", f.stderr);
+        assert!(
+            f.stderr.contains(
+                "/boot/efi: this kernel cannot mount vfat, so it is read-only for the build"
+            ),
+            "{}",
+            f.stderr
+        );
+        assert!(f.stderr.contains("Read-only file system"), "{}", f.stderr);
+        assert!(
+            f.stderr.contains(
+                "note: /boot/efi is read-only during the build: the image mounts partition 15 (vfat) there at boot"
+            ),
+            "{name}: {}",
+            f.stderr
+        );
+        assert!(!out.exists(), "no output");
+        assert_nothing_left(&scene.out, &BTreeSet::new(), &[], &base);
+    }
+}
+
 /// Build A holds apt's lock on its `/var/cache/apt/archives` (as an
 /// `apt-get install` does for its whole run) while build B, with the same
 /// `--cache-dir`, installs a package: B must not stop at "Could not get lock",
@@ -1229,9 +1287,11 @@ fn two_builds_sharing_a_cache_install_packages_at_once() {
         Pgimg::spawn(&args, None)
     };
     let mut a = spawn(&holder, "a.raw");
-    a.wait_for_line("build A holding apt's lock", Duration::from_secs(300), |l| {
-        l.ends_with("holding the apt archives lock")
-    });
+    a.wait_for_line(
+        "build A holding apt's lock",
+        Duration::from_secs(300),
+        |l| l.ends_with("holding the apt archives lock"),
+    );
     let b = spawn(&installer, "b.raw").finish(Duration::from_secs(900));
     assert_eq!(
         b.code(),
@@ -1244,11 +1304,7 @@ fn two_builds_sharing_a_cache_install_packages_at_once() {
         .into_iter()
         .find(|p| p.comm == "perl")
         .expect("build A's perl still holds the lock");
-    std::fs::write(
-        format!("/proc/{}/root/tmp/pgimg-release", perl.pid),
-        "",
-    )
-    .unwrap();
+    std::fs::write(format!("/proc/{}/root/tmp/pgimg-release", perl.pid), "").unwrap();
     let a = a.finish(Duration::from_secs(300));
     assert_eq!(a.code(), Some(0), "build A:\n{}", a.stderr);
     let shared = names_in(&cache.join("apt-archives"));

@@ -6,6 +6,7 @@
 //! at the end [`ext4::check_clean`], [`LoopGuard::close`] and
 //! [`convert::to_qcow2`] when asked. [`prepare`] chains the first three.
 
+pub mod boot_mounts;
 pub mod convert;
 pub mod ext4;
 pub mod gpt;

@@ -59,7 +59,9 @@ impl BuildArchives {
         let builds = builds_dir(shared);
         std::fs::create_dir_all(&builds)?;
         let swept = sweep(&builds)?;
-        let own = tempfile::Builder::new().prefix("build-").tempdir_in(&builds)?;
+        let own = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&builds)?;
         let held = File::create(own.path().join(".held"))?;
         let held = Flock::lock(held, FlockArg::LockExclusiveNonblock)
             .map_err(|(_, errno)| io::Error::from(errno))?;

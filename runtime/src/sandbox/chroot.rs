@@ -37,10 +37,10 @@ use pgimg_stdlib::fetch::Fetcher;
 use pgimg_stdlib::root::{Attrs, FileKind, FsError, ImageRoot};
 use pgimg_stdlib::target::{host_arch, tail, Command, CommandError, Facts, Output, Target};
 
+use super::apt_archives::BuildArchives;
 pub use super::exec::Stream;
 use super::exec::{self, Ending, Spec, Stdio, STDERR_KEEP};
 use super::interrupt::INTERRUPTED;
-use super::apt_archives::BuildArchives;
 use super::mounts::{mountpoints_under, Mount, MountError, MountStack};
 
 /// Where command output lines go: `(label, stream, line)`.
