@@ -1190,6 +1190,50 @@ fn sigint_and_sigterm_stop_qemu_img_convert_mid_conversion() {
     }
 }
 
+/// A SIGKILL of pgimg while `qemu-img convert` runs: the conversion dies
+/// with it (`PR_SET_PDEATHSIG`) instead of writing on into the orphaned
+/// work folder.
+#[test]
+fn sigkill_during_the_conversion_kills_qemu_img_too() {
+    if !fixture::require_root("sigkill_during_the_conversion_kills_qemu_img_too") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let recipe = write_recipe(
+        &scene.recipes,
+        "killconvert.rhai",
+        r#"run(["dd", "if=/dev/urandom", "of=/var/tmp/noise", "bs=1M", "count=600", "status=none"]);
+"#,
+    );
+    let out = scene.out.join("killconvert.qcow2");
+    let mut p = start_run(&recipe, &base, &out, &["--format", "qcow2", "--compress"]);
+    p.wait_for_line("the output stage", Duration::from_secs(300), |l| {
+        l == "pgimg: stage output ..."
+    });
+    let mut converter = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            converter = descendants(p.pid())
+                .into_iter()
+                .find(|c| c.comm == "qemu-img");
+            converter.is_some()
+        }),
+        "qemu-img convert is running"
+    );
+    let converter = converter.unwrap();
+    p.signal(Signal::SIGKILL);
+    let f = p.finish(Duration::from_secs(30));
+    assert_eq!(f.status.code(), None, "killed");
+    let converter = BTreeSet::from([converter]);
+    assert!(
+        eventually(Duration::from_secs(5), || alive(&converter).is_empty()),
+        "qemu-img outlived pgimg: {:?}",
+        alive(&converter)
+    );
+    assert!(!out.exists(), "nothing under the output name");
+}
+
 /// The fixture's fstab mounts its ESP (p15, vfat, `LABEL=UEFI`) on
 /// `/boot/efi`. A write there must reach the ESP, or, on a kernel without
 /// vfat (this machine's), fail naming why, never land in the root file
