@@ -240,6 +240,161 @@ fn grow_at_the_files_size_moves_a_backup_header_left_short_and_grows_the_root() 
     );
 }
 
+/// Writes an ext4 file system labelled `label`, holding the files of `tree`,
+/// into partition `number` of `img`.
+fn ext4_partition_from(img: &Path, number: u32, label: &str, tree: &Path) {
+    let part = gpt::read(&mut File::open(img).unwrap())
+        .unwrap()
+        .partition(number)
+        .unwrap();
+    let fs = img.with_extension(format!("p{number}"));
+    File::create(&fs).unwrap().set_len(part.size()).unwrap();
+    run(&[
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-L",
+        label,
+        "-d",
+        path_str(tree),
+        path_str(&fs),
+    ]);
+    run(&[
+        "dd",
+        &format!("if={}", path_str(&fs)),
+        &format!("of={}", path_str(img)),
+        "bs=1M",
+        &format!("seek={}", part.offset()),
+        "oflag=seek_bytes",
+        "conv=notrunc,sparse",
+        "status=none",
+    ]);
+    std::fs::remove_file(&fs).unwrap();
+}
+
+/// An image with a separate ext4 `/boot` (p1, label `boot`, holding
+/// `grub/`) and a root (p2, label `root`) whose `/etc/fstab` is `fstab`.
+fn separate_boot_image(dir: &Path, fstab: &str) -> PathBuf {
+    let img = dir.join("two.raw");
+    File::create(&img).unwrap().set_len(96 * MIB).unwrap();
+    run(&[
+        "sgdisk",
+        "--clear",
+        "-n",
+        "1:2048:+24M",
+        "-t",
+        "1:8300",
+        "-n",
+        "2:0:0",
+        "-t",
+        "2:8300",
+        path_str(&img),
+    ]);
+    let boot = dir.join("boot-tree");
+    std::fs::create_dir_all(boot.join("grub")).unwrap();
+    ext4_partition_from(&img, 1, "boot", &boot);
+    let root = dir.join("root-tree");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::write(root.join("etc/fstab"), fstab).unwrap();
+    ext4_partition_from(&img, 2, "root", &root);
+    img
+}
+
+const SEPARATE_BOOT_FSTAB: &str =
+    "LABEL=root / ext4 defaults 0 1\nLABEL=boot /boot ext4 defaults 0 2\n";
+
+/// A separate ext4 `/boot` beside the root (osbuild#208's layout): the root
+/// is the partition whose own fstab mounts it on `/`; without such an entry
+/// the image is refused as ambiguous, as before.
+#[test]
+fn the_root_among_several_ext4_partitions_is_the_one_its_fstab_mounts_on_slash() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = separate_boot_image(dir.path(), "LABEL=boot /boot ext4 defaults 0 2\n");
+    let err = WorkImage::open(&img).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("several partitions hold an ext4 file system (p1, p2)"),
+        "{err}"
+    );
+    let img = separate_boot_image(dir.path(), SEPARATE_BOOT_FSTAB);
+    let work = WorkImage::open(&img).unwrap();
+    assert_eq!(work.root().number, 2);
+    assert_eq!(work.root_fs().label, "root");
+}
+
+/// What the build writes to `/boot` lands on the `/boot` partition, not in
+/// the root file system's `/boot` that it hides at boot.
+#[test]
+fn a_separate_boot_partition_is_mounted_where_the_fstab_puts_it() {
+    use nix::mount::{mount, MsFlags};
+    use pgimg::image::boot_mounts::BootMounts;
+    if !fixture::require_root("a_separate_boot_partition_is_mounted_where_the_fstab_puts_it") {
+        return;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = separate_boot_image(dir.path(), SEPARATE_BOOT_FSTAB);
+    let work = WorkImage::open(&img).unwrap();
+    let lo = work.attach_root().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let root_mount = pgimg::sandbox::Mount::host(
+        Some(lo.path()),
+        &mnt,
+        Some("ext4"),
+        MsFlags::empty(),
+        None,
+        "root",
+    )
+    .unwrap();
+    let root = pgimg_stdlib::ImageRoot::open(&mnt).unwrap();
+    let lines = std::cell::RefCell::new(Vec::<String>::new());
+    let boot = BootMounts::mount(&img, &root, &|l| lines.borrow_mut().push(l.into())).unwrap();
+    assert_eq!(
+        lines.borrow().as_slice(),
+        ["mounted p1 (ext4) on /boot, as the image's fstab does at boot"]
+    );
+    assert!(
+        mnt.join("boot/grub").is_dir(),
+        "the /boot partition's files are there"
+    );
+    std::fs::write(mnt.join("boot/from-the-build"), "x\n").unwrap();
+    boot.close().unwrap();
+    drop(root);
+    root_mount.close().unwrap();
+    lo.close().unwrap();
+    let on = |n: u32, cmd: &str| {
+        let part = gpt::read(&mut File::open(&img).unwrap())
+            .unwrap()
+            .partition(n)
+            .unwrap();
+        run(&[
+            "debugfs",
+            "-R",
+            cmd,
+            &format!("{}?offset={}", path_str(&img), part.offset()),
+        ])
+    };
+    // `run` returns stderr too (debugfs's banner) after stdout.
+    assert!(on(1, "cat /from-the-build").starts_with("x\n"));
+    assert!(
+        !on(2, "ls /boot").contains("from-the-build"),
+        "the root's hidden /boot is untouched"
+    );
+    assert!(loopdev::attached_to(&img).is_empty(), "loop devices left");
+}
+
 #[test]
 fn grow_refuses_an_image_without_gpt() {
     let dir = tempfile::tempdir().unwrap();

@@ -1190,6 +1190,108 @@ fn sigint_and_sigterm_stop_qemu_img_convert_mid_conversion() {
     }
 }
 
+/// A SIGKILL of pgimg while `qemu-img convert` runs: the conversion dies
+/// with it (`PR_SET_PDEATHSIG`) instead of writing on into the orphaned
+/// work folder.
+#[test]
+fn sigkill_during_the_conversion_kills_qemu_img_too() {
+    if !fixture::require_root("sigkill_during_the_conversion_kills_qemu_img_too") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let recipe = write_recipe(
+        &scene.recipes,
+        "killconvert.rhai",
+        r#"run(["dd", "if=/dev/urandom", "of=/var/tmp/noise", "bs=1M", "count=600", "status=none"]);
+"#,
+    );
+    let out = scene.out.join("killconvert.qcow2");
+    let mut p = start_run(&recipe, &base, &out, &["--format", "qcow2", "--compress"]);
+    p.wait_for_line("the output stage", Duration::from_secs(300), |l| {
+        l == "pgimg: stage output ..."
+    });
+    let mut converter = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            converter = descendants(p.pid())
+                .into_iter()
+                .find(|c| c.comm == "qemu-img");
+            converter.is_some()
+        }),
+        "qemu-img convert is running"
+    );
+    let converter = converter.unwrap();
+    p.signal(Signal::SIGKILL);
+    let f = p.finish(Duration::from_secs(30));
+    assert_eq!(f.status.code(), None, "killed");
+    let converter = BTreeSet::from([converter]);
+    assert!(
+        eventually(Duration::from_secs(5), || alive(&converter).is_empty()),
+        "qemu-img outlived pgimg: {:?}",
+        alive(&converter)
+    );
+    assert!(!out.exists(), "nothing under the output name");
+}
+
+/// The fixture's fstab mounts its ESP (p15, vfat, `LABEL=UEFI`) on
+/// `/boot/efi`. A write there must reach the ESP, or, on a kernel without
+/// vfat (this machine's), fail naming why, never land in the root file
+/// system's directory that the ESP hides at boot.
+#[test]
+fn writes_under_the_esp_reach_it_or_are_refused_naming_it() {
+    if !fixture::require_root("writes_under_the_esp_reach_it_or_are_refused_naming_it") {
+        return;
+    }
+    let vfat = std::fs::read_to_string("/proc/filesystems")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("vfat"));
+    let base = base_image();
+    let scene = Scene::new();
+    for (name, text) in [
+        (
+            "esp-file",
+            "write_file(\"/boot/efi/EFI/pgimg-test\", \"x\\n\");\n",
+        ),
+        (
+            "esp-command",
+            "run([\"sh\", \"-c\", \"echo x > /boot/efi/pgimg-test\"]);\n",
+        ),
+    ] {
+        let recipe = write_recipe(&scene.recipes, &format!("{name}.rhai"), text);
+        let out = scene.out.join(format!("{name}.raw"));
+        let f = start_run(&recipe, &base, &out, &[]).finish(Duration::from_secs(600));
+        if vfat {
+            assert_eq!(f.code(), Some(0), "{}", f.stderr);
+            assert!(
+                f.stderr.contains("mounted p15 (vfat) on /boot/efi"),
+                "{}",
+                f.stderr
+            );
+            continue;
+        }
+        assert_eq!(f.code(), Some(1), "{name}: {}", f.stderr);
+        assert!(
+            f.stderr.contains(
+                "/boot/efi: this kernel cannot mount vfat, so it is read-only for the build"
+            ),
+            "{}",
+            f.stderr
+        );
+        assert!(f.stderr.contains("Read-only file system"), "{}", f.stderr);
+        assert!(
+            f.stderr.contains(
+                "note: /boot/efi is read-only during the build: the image mounts partition 15 (vfat) there at boot"
+            ),
+            "{name}: {}",
+            f.stderr
+        );
+        assert!(!out.exists(), "no output");
+        assert_nothing_left(&scene.out, &BTreeSet::new(), &[], &base);
+    }
+}
+
 /// Build A holds apt's lock on its `/var/cache/apt/archives` (as an
 /// `apt-get install` does for its whole run) while build B, with the same
 /// `--cache-dir`, installs a package: B must not stop at "Could not get lock",

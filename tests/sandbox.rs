@@ -1098,20 +1098,23 @@ fn apt_update_and_downloads_go_through_the_host_cache() {
             })
             .unwrap_or_default()
     };
-    let host_archives = sb.cache.path().join("apt-archives");
-    assert_eq!(
-        debs(&host_archives).len(),
-        1,
-        "{:?}",
-        fs::read_dir(&host_archives).unwrap().count()
-    );
-    assert!(host_archives.join("partial").is_dir());
+    // During the build the package is in the build's own folder of the
+    // cache (so builds sharing the cache never share apt's lock) ...
+    let builds: Vec<PathBuf> = fs::read_dir(sb.cache.path().join("apt-archives.builds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(builds.len(), 1, "{builds:?}");
+    assert_eq!(debs(&builds[0]).len(), 1, "{:?}", builds[0]);
+    assert!(builds[0].join("partial").is_dir());
+    // ... and in the shared cache once the build lets it go.
     let (rootfs, cache) = sb.teardown();
     assert_eq!(
         debs(&rootfs.join("/var/cache/apt/archives")),
         Vec::<String>::new()
     );
     assert_eq!(debs(&cache.path().join("apt-archives")).len(), 1);
+    assert!(!builds[0].exists(), "the build's folder is removed");
 }
 
 /// With the host's apt archives bound into the image, `remove` of a folder

@@ -6,6 +6,7 @@
 //! at the end [`ext4::check_clean`], [`LoopGuard::close`] and
 //! [`convert::to_qcow2`] when asked. [`prepare`] chains the first three.
 
+pub mod boot_mounts;
 pub mod convert;
 pub mod ext4;
 pub mod gpt;
@@ -212,15 +213,70 @@ fn spans(
     Ok(followed || root.last_lba >= table.last_usable_lba())
 }
 
+/// The root partition: the one ext4 partition, or, among several (a
+/// separate `/boot`), the one whose `/etc/fstab` mounts itself on `/`.
 fn find_root(
     image: &Path,
     file: &mut File,
     table: &gpt::PartitionTable,
 ) -> Result<(Partition, Superblock), ImageError> {
-    rootfs::find_root(file, table).map_err(|source| ImageError::Root {
+    let err = |source| ImageError::Root {
         path: image.to_path_buf(),
         source,
-    })
+    };
+    match rootfs::find_root(file, table) {
+        Err(rootfs::RootError::Several {
+            candidates,
+            listing,
+        }) => {
+            let mut roots = Vec::new();
+            for n in &candidates {
+                let part = table.partition(*n).expect("a candidate is a partition");
+                let Some(sb) = Superblock::read(file, part.offset()).map_err(io_error(image))?
+                else {
+                    continue;
+                };
+                if mounts_itself_on_root(image, &part, &sb) {
+                    roots.push((part, sb));
+                }
+            }
+            match roots.len() {
+                1 => Ok(roots.remove(0)),
+                _ => Err(err(rootfs::RootError::Several {
+                    candidates,
+                    listing,
+                })),
+            }
+        }
+        other => other.map_err(err),
+    }
+}
+
+/// Whether the ext file system of `part` holds an `/etc/fstab` whose `/`
+/// entry names `part`; read with debugfs (e2fsprogs, already needed for
+/// e2fsck), which opens `FILE?offset=N` (ext2fs_open2's io options) read-only
+/// without a loop device or a mount.
+fn mounts_itself_on_root(image: &Path, part: &Partition, sb: &Superblock) -> bool {
+    let mut spec = image.as_os_str().to_owned();
+    spec.push(format!("?offset={}", part.offset()));
+    let Ok(out) = tool::run([
+        std::ffi::OsString::from("debugfs"),
+        "-R".into(),
+        "cat /etc/fstab".into(),
+        spec,
+    ]) else {
+        return false;
+    };
+    let fstab = String::from_utf8_lossy(&out.stdout);
+    let ids = boot_mounts::FsIds::from(sb);
+    fstab
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?, f.next()?))
+        })
+        .any(|(source, path)| path == "/" && boot_mounts::names(source, part, &ids))
 }
 
 /// A raw working image and its root partition.
