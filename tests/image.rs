@@ -329,20 +329,10 @@ fn the_root_among_several_ext4_partitions_is_the_one_its_fstab_mounts_on_slash()
 /// the root file system's `/boot` that it hides at boot.
 #[test]
 fn a_separate_boot_partition_is_mounted_where_the_fstab_puts_it() {
-    use nix::mount::{mount, MsFlags};
+    use nix::mount::MsFlags;
     use pgimg::image::boot_mounts::BootMounts;
-    if !fixture::require_root("a_separate_boot_partition_is_mounted_where_the_fstab_puts_it") {
-        return;
-    }
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .unwrap();
+    fixture::skip_unless_root!();
+    pgimg::sandbox::namespace::private_namespace_for_calling_thread().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let img = separate_boot_image(dir.path(), SEPARATE_BOOT_FSTAB);
     let work = WorkImage::open(&img).unwrap();
@@ -771,15 +761,7 @@ fn fstrim_and_discard_punch_holes_in_the_image() {
     fixture::skip_unless_root!();
     // This test thread gets its own mount namespace: whatever happens, the
     // mount goes away with the thread.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .unwrap();
+    pgimg::sandbox::namespace::private_namespace_for_calling_thread().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let img = synthetic_image(dir.path(), 512 * MIB);
     let wi = WorkImage::open(&img).unwrap();
