@@ -73,35 +73,7 @@ fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
         "1:8300",
         path_str(&img),
     ]);
-    let root = root_partition(&img);
-    let fs = dir.join("root.ext4");
-    File::create(&fs).unwrap().set_len(root.size()).unwrap();
-    let blocks = (root.size() / 4096).to_string();
-    run(&[
-        "mke2fs",
-        "-q",
-        "-F",
-        "-t",
-        "ext4",
-        "-b",
-        "4096",
-        "-L",
-        "synthetic",
-        path_str(&fs),
-        &blocks,
-    ]);
-    let seek = format!("seek={}", root.offset());
-    run(&[
-        "dd",
-        &format!("if={}", path_str(&fs)),
-        &format!("of={}", path_str(&img)),
-        "bs=1M",
-        &seek,
-        "oflag=seek_bytes",
-        "conv=notrunc,sparse",
-        "status=none",
-    ]);
-    std::fs::remove_file(&fs).unwrap();
+    ext4_partition(&img, 1, &["-b", "4096", "-L", "synthetic"]);
     img
 }
 
@@ -243,24 +215,22 @@ fn grow_at_the_files_size_moves_a_backup_header_left_short_and_grows_the_root() 
 /// Writes an ext4 file system labelled `label`, holding the files of `tree`,
 /// into partition `number` of `img`.
 fn ext4_partition_from(img: &Path, number: u32, label: &str, tree: &Path) {
+    ext4_partition(img, number, &["-L", label, "-d", path_str(tree)]);
+}
+
+/// Writes an ext4 file system as large as partition `number` of `img`, made
+/// by `mke2fs` with `options`, into that partition.
+fn ext4_partition(img: &Path, number: u32, options: &[&str]) {
     let part = gpt::read(&mut File::open(img).unwrap())
         .unwrap()
         .partition(number)
         .unwrap();
     let fs = img.with_extension(format!("p{number}"));
     File::create(&fs).unwrap().set_len(part.size()).unwrap();
-    run(&[
-        "mke2fs",
-        "-q",
-        "-F",
-        "-t",
-        "ext4",
-        "-L",
-        label,
-        "-d",
-        path_str(tree),
-        path_str(&fs),
-    ]);
+    let mut mke2fs = vec!["mke2fs", "-q", "-F", "-t", "ext4"];
+    mke2fs.extend_from_slice(options);
+    mke2fs.push(path_str(&fs));
+    run(&mke2fs);
     run(&[
         "dd",
         &format!("if={}", path_str(&fs)),
