@@ -72,7 +72,7 @@ fn multipart_upload_of_300_mib_round_trips_with_its_sidecar_and_reruns_upload_no
     assert!(multipart_uploads(&moto.endpoint(), "images").is_empty());
     let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
     assert!(
-        summary.contains(&sha) && summary.contains("300.0 MiB") && summary.contains("19 part(s)"),
+        summary.contains(&sha) && summary.contains("300.00 MiB") && summary.contains("19 part(s)"),
         "{summary}"
     );
 

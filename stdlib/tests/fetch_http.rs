@@ -12,7 +12,7 @@ use pgimg_stdlib::fetch::{FetchError, Fetcher, HttpFetcher, RetryPolicy};
 use pgimg_stdlib::fetch_verify::{fetch_verify, Extract, FetchVerify, Installed};
 use pgimg_stdlib::{Ctx, FakeOs, FakeTarget, Target};
 
-use support::{sha256, tar_gz, tree, Member, Reply, Server};
+use support::{sha256, tar_gz, tree, GitDaemon, Member, Reply, Server};
 
 const FAST: RetryPolicy = RetryPolicy {
     attempts: 4,
@@ -438,10 +438,33 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(stdout).unwrap().trim().to_string()
 }
 
-/// A repository with two commits; returns (dir, first commit, second commit).
-fn repo() -> (tempfile::TempDir, String, String) {
+/// A repository served by `git daemon` on 127.0.0.1.
+struct Repo {
+    dir: tempfile::TempDir,
+    daemon: GitDaemon,
+}
+
+impl Repo {
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// `git://127.0.0.1:PORT/repo`.
+    fn url(&self) -> String {
+        self.daemon.url("127.0.0.1", "repo")
+    }
+
+    /// Another URL of the same repository (`localhost` for the address).
+    fn other_url(&self) -> String {
+        self.daemon.url("localhost", "repo")
+    }
+}
+
+/// A repository with two commits; returns (it, first commit, second commit).
+fn repo() -> (Repo, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
+    let p = &dir.path().join("repo");
+    std::fs::create_dir(p).unwrap();
     git(p, &["init", "-q"]);
     std::fs::write(p.join("main.go"), "package main\n").unwrap();
     std::fs::create_dir(p.join("cmd")).unwrap();
@@ -455,7 +478,8 @@ fn repo() -> (tempfile::TempDir, String, String) {
     std::fs::write(p.join("main.go"), "package main // v2\n").unwrap();
     git(p, &["commit", "-qam", "two"]);
     let second = git(p, &["rev-parse", "HEAD"]);
-    (dir, first, second)
+    let daemon = GitDaemon::serve(dir.path());
+    (Repo { dir, daemon }, first, second)
 }
 
 #[test]
@@ -463,7 +487,7 @@ fn git_fetches_a_pinned_commit_and_reuses_it_without_git() {
     let (src, first, second) = repo();
     let cache = tempfile::tempdir().unwrap();
     let (f, _) = fetcher(cache.path());
-    let url = src.path().display().to_string();
+    let url = src.url();
     // The older commit, not a branch tip; upper case is normalised.
     let tree_dir = f.git(&url, &first.to_uppercase()).unwrap().unwrap();
     assert_eq!(tree_dir, cache.path().join("git").join(&first));
@@ -489,8 +513,8 @@ fn git_fetches_a_pinned_commit_and_reuses_it_without_git() {
         ]
     );
 
-    let file_url = format!("file://{}", src.path().display());
-    let tip = f.git(&file_url, &second).unwrap().unwrap();
+    let other_url = src.other_url();
+    let tip = f.git(&other_url, &second).unwrap().unwrap();
     assert_eq!(
         std::fs::read_to_string(tip.join("main.go")).unwrap(),
         "package main // v2\n"
@@ -500,7 +524,7 @@ fn git_fetches_a_pinned_commit_and_reuses_it_without_git() {
     let (offline, _) = fetcher(cache.path());
     let offline = offline.with_git_program("/nonexistent/git");
     assert_eq!(offline.git(&url, &first).unwrap().unwrap(), tree_dir);
-    assert_eq!(offline.git(&file_url, &second).unwrap().unwrap(), tip);
+    assert_eq!(offline.git(&other_url, &second).unwrap().unwrap(), tip);
     let err = offline.git(&url, &"0".repeat(40)).unwrap_err().to_string();
     assert!(
         err.contains("/nonexistent/git"),
@@ -513,7 +537,7 @@ fn git_refuses_short_and_unknown_revisions() {
     let (src, first, _) = repo();
     let cache = tempfile::tempdir().unwrap();
     let (f, _) = fetcher(cache.path());
-    let url = src.path().display().to_string();
+    let url = src.url();
     for rev in [&first[..12], "main", "HEAD", ""] {
         let err = f.git(&url, rev).unwrap_err();
         assert!(matches!(err, FetchError::Invalid(_)), "{rev}: {err}");
@@ -554,7 +578,7 @@ fn git_falls_back_to_fetching_all_refs() {
     let cache = tempfile::tempdir().unwrap();
     let (f, log) = fetcher(cache.path());
     let f = f.with_git_program(&wrapper);
-    let url = format!("file://{}", src.path().display());
+    let url = src.url();
     let dir = f.git(&url, &first).unwrap().unwrap();
     assert_eq!(
         std::fs::read_to_string(dir.join("main.go")).unwrap(),
@@ -577,19 +601,15 @@ fn git_source_is_usable_through_the_target_fetcher() {
     let cache = tempfile::tempdir().unwrap();
     let (f, _) = fetcher(cache.path());
     let (t, _) = fake(f);
-    let dir: PathBuf = t
-        .fetcher()
-        .git(&src.path().display().to_string(), &first)
-        .unwrap()
-        .unwrap();
+    let dir: PathBuf = t.fetcher().git(&src.url(), &first).unwrap().unwrap();
     assert!(dir.join("main.go").is_file());
 }
 
 /// `repo()` with tags: annotated `v1.0` and lightweight `light` on the first
 /// commit, `v2.0` on the second.
-fn tagged_repo() -> (tempfile::TempDir, String, String) {
+fn tagged_repo() -> (Repo, String, String) {
     let (src, first, second) = repo();
-    let p = src.path();
+    let p = &src.path();
     git(p, &["tag", "-a", "v1.0", "-m", "v1.0", &first]);
     git(p, &["tag", "light", &first]);
     git(p, &["tag", "v2.0", &second]);
@@ -601,7 +621,7 @@ fn git_checkout_is_a_detached_clone_with_tags_and_origin_and_is_reused_without_g
     let (src, first, _) = tagged_repo();
     let cache = tempfile::tempdir().unwrap();
     let (f, log) = fetcher(cache.path());
-    let url = format!("file://{}", src.path().display());
+    let url = src.url();
     let dir = f
         .git_checkout(&url, &first.to_uppercase())
         .unwrap()
@@ -653,7 +673,7 @@ fn git_checkout_is_a_detached_clone_with_tags_and_origin_and_is_reused_without_g
     let offline = offline.with_git_program("/nonexistent/git");
     assert_eq!(offline.git_checkout(&url, &first).unwrap().unwrap(), dir);
     // Another URL for the same commit needs its own `origin`, so its own checkout.
-    let path_url = src.path().display().to_string();
+    let path_url = src.other_url();
     let err = offline
         .git_checkout(&path_url, &first)
         .unwrap_err()
@@ -669,7 +689,7 @@ fn git_checkout_of_an_unknown_commit_leaves_nothing_behind() {
     let (src, _, _) = tagged_repo();
     let cache = tempfile::tempdir().unwrap();
     let (f, _) = fetcher(cache.path());
-    let url = src.path().display().to_string();
+    let url = src.url();
     let missing = "1234567890123456789012345678901234567890";
     let err = f.git_checkout(&url, missing).unwrap_err();
     assert!(matches!(err, FetchError::Git { .. }), "{err}");
@@ -684,7 +704,7 @@ fn git_checkout_lands_with_its_git_dir_in_the_build_folder() {
     let cache = tempfile::tempdir().unwrap();
     let (f, _) = fetcher(cache.path());
     let (t, c) = fake(f);
-    let url = src.path().display().to_string();
+    let url = src.url();
     let source = Source::Git {
         url: url.clone(),
         rev: first.clone(),

@@ -170,3 +170,60 @@ pub fn peak_rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/self/status")
 }
+
+/// `git daemon` serving the repositories under `base` over git:// on
+/// 127.0.0.1, the smart protocol a forge speaks (pgimg refuses repositories
+/// named by a host path or `file://`); stopped on drop.
+pub struct GitDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    pub fn serve(base: &std::path::Path) -> GitDaemon {
+        // A port the kernel just handed out and took back: free for the daemon.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port on 127.0.0.1")
+            .port();
+        let child = std::process::Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                "--export-all",
+                "--informative-errors",
+                &format!("--base-path={}", base.display()),
+            ])
+            .arg(base)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("git daemon (Debian's git package) starts");
+        let mut daemon = GitDaemon { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("git daemon exited with {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon does not listen on 127.0.0.1:{port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    /// `git://HOST:PORT/NAME`, for the repository `base/NAME`.
+    pub fn url(&self, host: &str, name: &str) -> String {
+        format!("git://{host}:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
