@@ -25,6 +25,8 @@ pub struct Ctx {
     /// With `--locked`: every input must be in this lock, with the same pin.
     pub lock: Option<Arc<Lock>>,
     pub log: LogFn,
+    /// The build's step cache, which may replay a call instead of running it.
+    pub steps: Option<Arc<dyn crate::steps::Steps>>,
 }
 
 impl Ctx {
@@ -37,6 +39,7 @@ impl Ctx {
             mirrors: Arc::default(),
             lock: None,
             log: Arc::new(|loc, msg| eprintln!("{loc}: {msg}")),
+            steps: None,
         }
     }
 
@@ -58,6 +61,12 @@ impl Ctx {
     /// Makes every input checked against `lock` (`pgimg run --locked`).
     pub fn with_lock(mut self, lock: Lock) -> Self {
         self.lock = Some(Arc::new(lock));
+        self
+    }
+
+    /// Routes every primitive call through `steps` (the step cache).
+    pub fn with_steps(mut self, steps: Arc<dyn crate::steps::Steps>) -> Self {
+        self.steps = Some(steps);
         self
     }
 

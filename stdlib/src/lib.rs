@@ -26,6 +26,7 @@ pub mod require_arch;
 pub mod root;
 pub mod run;
 pub mod shared;
+pub mod steps;
 pub mod source;
 pub mod systemd;
 pub mod target;

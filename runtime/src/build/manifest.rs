@@ -37,6 +37,9 @@ pub struct Manifest {
     pub finalize: FinalizeOptions,
     pub stages: Vec<StageTime>,
     pub output: Option<OutputRecord>,
+    /// What the step cache did (absent with `--no-cache` and `--rootfs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<super::cache::CacheReport>,
 }
 
 /// The written image.

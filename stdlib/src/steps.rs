@@ -1,0 +1,25 @@
+//! The step hook: what a build's step cache sees of every primitive call (the
+//! runtime implements it; recipes on a fake root run without one).
+
+use rhai::Dynamic;
+
+use crate::ctx::Ctx;
+use crate::journal::Loc;
+
+/// Called around every primitive, actions and queries alike, in call order,
+/// from the one place primitives are registered ([`crate::register`]), so no
+/// primitive can be left out of the key.
+pub trait Steps: Send + Sync {
+    /// Before the body of `name` runs with `args`: `Ok(Some(value))` means
+    /// "replayed": the body does not run and the call returns `value`.
+    fn before(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        loc: &Loc,
+        args: &[Dynamic],
+    ) -> Result<Option<Dynamic>, String>;
+
+    /// After the body ran and returned `value`.
+    fn after(&self, ctx: &Ctx, value: &Dynamic);
+}
