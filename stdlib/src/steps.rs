@@ -10,16 +10,20 @@ use crate::journal::Loc;
 /// from the one place primitives are registered ([`crate::register`]), so no
 /// primitive can be left out of the key.
 pub trait Steps: Send + Sync {
-    /// Before the body of `name` runs with `args`: `Ok(Some(value))` means
-    /// "replayed": the body does not run and the call returns `value`.
+    /// Before the body of `name` runs with `args` (`action`: a primitive
+    /// with an effect, as the journal records it; else a query):
+    /// `Ok(Some(value))` means "replayed": the body does not run and the
+    /// call returns `value`.
     fn before(
         &self,
         ctx: &Ctx,
         name: &str,
+        action: bool,
         loc: &Loc,
         args: &[Dynamic],
     ) -> Result<Option<Dynamic>, String>;
 
-    /// After the body ran and returned `value`.
+    /// After the body ran and returned `value`. A body that failed gets no
+    /// `after`.
     fn after(&self, ctx: &Ctx, value: &Dynamic);
 }

@@ -91,6 +91,9 @@ pub struct StepRecord {
     /// The chain key after this call.
     pub key: String,
     pub name: String,
+    /// A primitive with an effect (else a query such as `param`).
+    #[serde(default)]
+    pub action: bool,
     pub location: String,
     /// What the call returned (JSON of the Rhai value).
     pub value: serde_json::Value,
@@ -350,8 +353,14 @@ pub struct CacheReport {
     /// `file:line primitive` of the checkpoint resumed from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_after: Option<String>,
-    /// Calls replayed instead of run.
-    pub steps_skipped: usize,
+    /// Its key (as `pgimg cache ls` shows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    /// Actions (primitives with an effect) replayed instead of run.
+    pub actions_skipped: usize,
+    /// Every call replayed, queries such as `param` included.
+    pub calls_replayed: usize,
+    /// Checkpoints this build wrote.
     pub checkpoints_written: usize,
 }
 
@@ -362,6 +371,9 @@ enum Mode {
         values: HashMap<String, serde_json::Value>,
         checkpoints: HashMap<String, Record>,
         best: Option<Record>,
+        /// Past the first unknown call: a recipe that catches the error must
+        /// not go on matching keys.
+        stopped: bool,
     },
     /// Return the record's values up to its last step, then execute.
     Replay(Record),
@@ -378,7 +390,8 @@ struct State {
     since: Duration,
     started: Option<Instant>,
     report: CacheReport,
-    /// A failed checkpoint turns checkpoints off for the rest of the build.
+    /// A failed checkpoint, a caught failure or a value JSON cannot carry
+    /// turns checkpoints off for the rest of the build.
     broken: bool,
 }
 
@@ -446,6 +459,7 @@ impl Session {
                 values,
                 checkpoints,
                 best: None,
+                stopped: false,
             },
             0,
         ))
@@ -498,6 +512,10 @@ impl Session {
     /// After the recipe succeeded: a last checkpoint when due; the report.
     pub fn finish(&self, target: &dyn Target, journal: &Journal) -> CacheReport {
         let mut st = self.state.lock().unwrap();
+        if st.started.take().is_some() {
+            // The last call failed and the recipe caught it (see `before`).
+            st.broken = true;
+        }
         if matches!(st.mode, Mode::Execute) {
             self.checkpoint_if_due(&mut st, target, journal);
         }
@@ -620,10 +638,15 @@ impl Steps for Session {
         &self,
         ctx: &Ctx,
         name: &str,
+        action: bool,
         loc: &Loc,
         args: &[Dynamic],
     ) -> Result<Option<Dynamic>, String> {
-        let mut st = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let st = &mut *guard;
+        if let Mode::Probe { stopped: true, .. } = st.mode {
+            return Err(UNKNOWN.into());
+        }
         let key = Session::step_key(&st.key, ctx, name, args);
         let location = loc.to_string();
         let value = match &mut st.mode {
@@ -631,8 +654,10 @@ impl Steps for Session {
                 values,
                 checkpoints,
                 best,
+                stopped,
             } => {
                 let Some(v) = values.get(&key).cloned() else {
+                    *stopped = true;
                     return Err(UNKNOWN.into());
                 };
                 if let Some(r) = checkpoints.get(&key) {
@@ -657,23 +682,36 @@ impl Steps for Session {
                 let v = rec.value.clone();
                 if i + 1 == record.steps.len() {
                     let (after, state) = (record.after.clone(), record.journal.clone());
+                    let actions = record.steps.iter().filter(|s| s.action).count();
                     state.apply(&mut ctx.journal.lock().unwrap());
                     st.report.resumed_after = Some(after.clone());
-                    st.report.steps_skipped = i + 1;
+                    st.report.resumed_from = Some(record.key.clone());
+                    st.report.actions_skipped = actions;
+                    st.report.calls_replayed = i + 1;
                     st.last_checkpoint = i + 1;
                     st.mode = Mode::Execute;
-                    log(&format!("resumed after {after}: {} steps skipped", i + 1));
+                    log(&format!("resumed after {after}: {actions} actions skipped"));
                 }
                 v
             }
             Mode::Execute => {
+                if st.started.take().is_some() && !st.broken {
+                    // The previous call failed and the recipe caught it: a
+                    // failure is not something a replay gives back.
+                    st.broken = true;
+                    log(&format!(
+                        "step cache: {} failed and the recipe went on; no more checkpoints in this build",
+                        st.steps.last().map(|s| short_location(&s.location)).unwrap_or("?")
+                    ));
+                }
                 if !st.steps.is_empty() {
                     let journal = ctx.journal.lock().unwrap();
-                    self.checkpoint_if_due(&mut st, ctx.target.as_ref(), &journal);
+                    self.checkpoint_if_due(st, ctx.target.as_ref(), &journal);
                 }
                 st.steps.push(StepRecord {
                     key: key.clone(),
                     name: name.to_string(),
+                    action,
                     location,
                     value: serde_json::Value::Null,
                 });
@@ -685,6 +723,7 @@ impl Steps for Session {
         st.steps.push(StepRecord {
             key: key.clone(),
             name: name.to_string(),
+            action,
             location,
             value: value.clone(),
         });
@@ -698,9 +737,21 @@ impl Steps for Session {
         if let Some(t) = st.started.take() {
             st.since += t.elapsed();
         }
-        let json = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        let json = serde_json::to_value(value).ok();
+        // What a replay would return must be what the body returned.
+        let back = json
+            .clone()
+            .and_then(|j| serde_json::from_value::<Dynamic>(j).ok());
+        if back.is_none_or(|b| b.type_name() != value.type_name()) && !st.broken {
+            st.broken = true;
+            log(&format!(
+                "step cache: {} returned a {} that cannot be stored; no more checkpoints in this build",
+                st.steps.last().map(|s| short_location(&s.location)).unwrap_or("?"),
+                value.type_name()
+            ));
+        }
         if let Some(last) = st.steps.last_mut() {
-            last.value = json;
+            last.value = json.unwrap_or(serde_json::Value::Null);
         }
     }
 }
