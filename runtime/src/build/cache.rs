@@ -155,6 +155,10 @@ pub struct Entry {
     pub created: u64,
     /// Seconds since the epoch of the last write or resume (LRU order).
     pub used: u64,
+    /// The same in nanoseconds, so checkpoints written within one second
+    /// still sort in the order they were used.
+    #[serde(skip)]
+    used_ns: i128,
     #[serde(skip)]
     record: PathBuf,
     #[serde(skip)]
@@ -253,11 +257,12 @@ impl Store {
                 size: im.blocks() * 512,
                 created: r.created,
                 used: rm.mtime().max(0) as u64,
+                used_ns: i128::from(rm.mtime()) * 1_000_000_000 + i128::from(rm.mtime_nsec()),
                 record,
                 image,
             });
         }
-        out.sort_by_key(|e| (e.used, e.created));
+        out.sort_by_key(|e| (e.used_ns, e.created));
         out
     }
 

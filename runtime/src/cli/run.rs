@@ -43,7 +43,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Run every step: neither resume from a checkpoint of the step cache nor write one.
-    #[arg(long, env = "PGIMG_NO_CACHE")]
+    /// `PGIMG_NO_CACHE=1` does the same (`0` or empty: use the cache).
+    #[arg(long, env = "PGIMG_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_cache: bool,
     /// Bound on the step cache's checkpoints (least recently used evicted first).
     #[arg(long, value_parser = parse_size, default_value = "10G", value_name = "SIZE")]
