@@ -161,11 +161,13 @@ fn cold_then_warm(s: &Scene) {
     assert_eq!(cold.cache["checkpoints_written"], 2, "{}", cold.run.stderr);
     let warm = s.build(&[]);
     assert_eq!(warm.resumed_after().as_deref(), Some("r.rhai:6 run"));
-    assert_eq!(warm.skipped(), 5, "mirror, write_file, run, copy_asset, run");
+    assert_eq!(
+        warm.skipped(),
+        5,
+        "mirror, write_file, run, copy_asset, run"
+    );
     assert!(
-        warm.run
-            .stderr
-            .contains("resumed after ")
+        warm.run.stderr.contains("resumed after ")
             && warm.run.stderr.contains("r.rhai:6 run: 5 actions skipped"),
         "{}",
         warm.run.stderr
@@ -259,7 +261,11 @@ fn a_changed_mirror_misses_everything() {
     }
     let s = Scene::new();
     cold_then_warm(&s);
-    misses_then_hits(&s, &base_image(), &["--mirror", "site=http://mirror.invalid/pub"]);
+    misses_then_hits(
+        &s,
+        &base_image(),
+        &["--mirror", "site=http://mirror.invalid/pub"],
+    );
 }
 
 #[test]
@@ -330,7 +336,10 @@ fn tree(root: &Path) -> BTreeMap<String, (String, u32, u32, u32, String)> {
             }
             let m = std::fs::symlink_metadata(&p).unwrap();
             let (kind, what) = if m.file_type().is_symlink() {
-                ("link", std::fs::read_link(&p).unwrap().display().to_string())
+                (
+                    "link",
+                    std::fs::read_link(&p).unwrap().display().to_string(),
+                )
             } else if m.is_dir() {
                 ("dir", String::new())
             } else if m.is_file() {
@@ -362,10 +371,7 @@ fn an_incremental_build_has_the_same_tree_as_a_build_from_scratch() {
     // after a restored checkpoint.
     s.recipe(&RECIPE.replace("LAST", "CHANGED"));
     let incremental = s.build(&[]);
-    assert_eq!(
-        incremental.resumed_after().as_deref(),
-        Some("r.rhai:6 run")
-    );
+    assert_eq!(incremental.resumed_after().as_deref(), Some("r.rhai:6 run"));
     let before = s.store_files();
     let scratch_build = s.build(&["--no-cache"]);
     assert!(scratch_build.cache.is_null(), "--no-cache: no cache report");
@@ -412,7 +418,11 @@ fn cache_ls_lists_and_prune_removes_the_least_recently_used() {
     let max = (sizes.iter().max().unwrap() * 3 / 2).to_string();
     let pruned = s.cache_cmd(&["prune", "--max-size", &max]);
     assert!(pruned.stdout.contains("r.rhai:4 run"), "{}", pruned.stdout);
-    assert!(pruned.stdout.contains("1 checkpoints removed"), "{}", pruned.stdout);
+    assert!(
+        pruned.stdout.contains("1 checkpoints removed"),
+        "{}",
+        pruned.stdout
+    );
     let ls = s.cache_cmd(&["ls"]);
     assert!(ls.stdout.contains("1 checkpoints"), "{}", ls.stdout);
     assert!(ls.stdout.contains("r.rhai:6 run"), "{}", ls.stdout);
@@ -421,7 +431,10 @@ fn cache_ls_lists_and_prune_removes_the_least_recently_used() {
     assert_eq!(b.resumed_after().as_deref(), Some("r.rhai:6 run"));
     // A resume makes a checkpoint the most recently used; a build over the
     // limit evicts the least recently used.
-    s.recipe(&RECIPE.replace("LAST", "OTHER").replace("run(\"sleep 1\");\nwrite", "run(\"sleep 1\");\nrun(\"sleep 1\");\nwrite"));
+    s.recipe(&RECIPE.replace("LAST", "OTHER").replace(
+        "run(\"sleep 1\");\nwrite",
+        "run(\"sleep 1\");\nrun(\"sleep 1\");\nwrite",
+    ));
     let b = s.build(&["--cache-max-size", &max]);
     assert!(
         b.run.stderr.contains("cache: evicted the checkpoint after"),
@@ -429,7 +442,11 @@ fn cache_ls_lists_and_prune_removes_the_least_recently_used() {
         b.run.stderr
     );
     let pruned = s.cache_cmd(&["prune", "--older-than", "0s"]);
-    assert!(pruned.stdout.contains("1 checkpoints removed"), "{}", pruned.stdout);
+    assert!(
+        pruned.stdout.contains("1 checkpoints removed"),
+        "{}",
+        pruned.stdout
+    );
     assert_eq!(s.store_files(), Vec::<String>::new());
 }
 

@@ -84,7 +84,7 @@ pub fn run_recipe_with(
     target: Arc<dyn Target>,
     log: LogFn,
     limits: &Limits,
-    steps: Option<Arc<dyn pgimg_stdlib::steps::Steps>>,
+    steps: Option<Arc<dyn pgimg_stdlib::ctx::Steps>>,
 ) -> RecipeRun {
     let journal = Arc::new(Mutex::new(Journal::default()));
     let mut ctx = recipe_ctx(recipe, inputs, target, journal.clone(), log);

@@ -26,7 +26,7 @@ pub struct Ctx {
     pub lock: Option<Arc<Lock>>,
     pub log: LogFn,
     /// The build's step cache, which may replay a call instead of running it.
-    pub steps: Option<Arc<dyn crate::steps::Steps>>,
+    pub steps: Option<Arc<dyn Steps>>,
 }
 
 impl Ctx {
@@ -65,7 +65,7 @@ impl Ctx {
     }
 
     /// Routes every primitive call through `steps` (the step cache).
-    pub fn with_steps(mut self, steps: Arc<dyn crate::steps::Steps>) -> Self {
+    pub fn with_steps(mut self, steps: Arc<dyn Steps>) -> Self {
         self.steps = Some(steps);
         self
     }
@@ -231,4 +231,27 @@ pub fn beneath(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Error> {
         )));
     }
     Ok(path)
+}
+
+/// The step hook: called around every primitive, actions and queries alike,
+/// in call order, from the one place primitives are registered
+/// (`register.rs`), so no primitive can be left out of a key. The build's
+/// step cache implements it (runtime); recipes on a fake root run without one.
+pub trait Steps: Send + Sync {
+    /// Before the body of `name` runs with `args` (`action`: a primitive
+    /// with an effect, as the journal records it; else a query):
+    /// `Ok(Some(value))` means "replayed": the body does not run and the
+    /// call returns `value`.
+    fn before(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        action: bool,
+        loc: &Loc,
+        args: &[rhai::Dynamic],
+    ) -> std::result::Result<Option<rhai::Dynamic>, String>;
+
+    /// After the body ran and returned `value`. A body that failed gets no
+    /// `after`.
+    fn after(&self, ctx: &Ctx, value: &rhai::Dynamic);
 }

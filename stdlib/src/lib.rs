@@ -26,7 +26,6 @@ pub mod require_arch;
 pub mod root;
 pub mod run;
 pub mod shared;
-pub mod steps;
 pub mod source;
 pub mod systemd;
 pub mod target;

@@ -33,13 +33,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use pgimg_stdlib::ctx::Steps;
 use pgimg_stdlib::ctx::{Input, Journal, Redirect};
-use pgimg_stdlib::steps::Steps;
 use pgimg_stdlib::{Ctx, Loc, Target};
 use rhai::Dynamic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::manifest::CacheReport;
 use super::stages::log;
 use crate::image::workcopy;
 
@@ -352,23 +353,6 @@ pub struct Resume {
     pub record: Record,
 }
 
-/// What the manifest says about the cache.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CacheReport {
-    /// `file:line primitive` of the checkpoint resumed from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resumed_after: Option<String>,
-    /// Its key (as `pgimg cache ls` shows it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resumed_from: Option<String>,
-    /// Actions (primitives with an effect) replayed instead of run.
-    pub actions_skipped: usize,
-    /// Every call replayed, queries such as `param` included.
-    pub calls_replayed: usize,
-    /// Checkpoints this build wrote.
-    pub checkpoints_written: usize,
-}
-
 enum Mode {
     /// Return recorded values while their keys are known; remember the
     /// latest checkpoint passed.
@@ -449,7 +433,9 @@ impl Session {
                 continue;
             };
             for s in &r.steps {
-                values.entry(s.key.clone()).or_insert_with(|| s.value.clone());
+                values
+                    .entry(s.key.clone())
+                    .or_insert_with(|| s.value.clone());
             }
             checkpoints.insert(r.key.clone(), r);
         }
@@ -862,8 +848,8 @@ const FITHAW: libc::c_ulong = 0xC004_5878;
 
 impl Frozen {
     fn new(mountpoint: &Path) -> Result<Frozen> {
-        let dir = File::open(mountpoint)
-            .with_context(|| format!("opening {}", mountpoint.display()))?;
+        let dir =
+            File::open(mountpoint).with_context(|| format!("opening {}", mountpoint.display()))?;
         // SAFETY: syncfs and ioctl on an fd we own; no memory is passed.
         if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
             return Err(std::io::Error::last_os_error())
@@ -937,8 +923,21 @@ mod tests {
         let changes: Vec<(&str, Box<dyn Fn(&mut KeyInputs)>)> = vec![
             ("base", Box::new(|k| k.base_sha256 = "d".repeat(64))),
             ("size", Box::new(|k| k.size = Some(5 << 30))),
-            ("param", Box::new(|k| k.params.insert("k".into(), "w".into()).map(|_| ()).unwrap_or(()))),
-            ("mirror", Box::new(|k| { k.mirrors.insert("m".into(), "http://x".into()); })),
+            (
+                "param",
+                Box::new(|k| {
+                    k.params
+                        .insert("k".into(), "w".into())
+                        .map(|_| ())
+                        .unwrap_or(())
+                }),
+            ),
+            (
+                "mirror",
+                Box::new(|k| {
+                    k.mirrors.insert("m".into(), "http://x".into());
+                }),
+            ),
             ("arch", Box::new(|k| k.arch = "arm64".into())),
             ("lock", Box::new(|k| k.lock_sha256 = Some("e".repeat(64)))),
             ("locked", Box::new(|k| k.locked = true)),

@@ -91,7 +91,7 @@ pub struct Build<'a> {
     journal: Option<Journal>,
     cache: Option<Arc<cache::Session>>,
     resume: Option<cache::Resume>,
-    cache_report: Option<cache::CacheReport>,
+    cache_report: Option<manifest::CacheReport>,
 }
 
 impl<'a> Build<'a> {

@@ -97,7 +97,11 @@ pub fn cache(cmd: &CacheCmd) -> Result<()> {
                 println!("removed {}", line(e, now));
             }
             let freed: u64 = removed.iter().map(|e| e.size).sum();
-            println!("{} checkpoints removed, {} freed", removed.len(), mib(freed));
+            println!(
+                "{} checkpoints removed, {} freed",
+                removed.len(),
+                mib(freed)
+            );
             Ok(())
         }
     }

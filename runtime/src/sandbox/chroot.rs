@@ -201,18 +201,24 @@ impl ChrootTarget {
         };
         if let Some(entries) = &opts.resumed_borrowed {
             use std::os::unix::fs::MetadataExt;
-            let dev = std::fs::metadata(dir).map(|m| m.dev()).map_err(|source| SetupError::Host {
-                what: "reading the root's device",
-                path: dir.to_path_buf(),
-                source,
-            })?;
-            target.borrowed.import(entries, dev).map_err(|e| SetupError::File {
-                what: "taking over the checkpoint's borrowed paths".into(),
-                source: FsError::Invalid {
-                    path: dir.display().to_string(),
-                    reason: e,
-                },
-            })?;
+            let dev =
+                std::fs::metadata(dir)
+                    .map(|m| m.dev())
+                    .map_err(|source| SetupError::Host {
+                        what: "reading the root's device",
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+            target
+                .borrowed
+                .import(entries, dev)
+                .map_err(|e| SetupError::File {
+                    what: "taking over the checkpoint's borrowed paths".into(),
+                    source: FsError::Invalid {
+                        path: dir.display().to_string(),
+                        reason: e,
+                    },
+                })?;
         }
         if let Err(e) = target.prepare() {
             if let Err(undo) = target.teardown() {
