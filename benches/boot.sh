@@ -21,15 +21,8 @@ memory="${MEMORY:-1024}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/pgimg-target}"
 
 bash tests/setup-boot.sh
-if [ -n "${PGIMG:-}" ]; then
-    pgimg="$PGIMG"
-else
-    cargo build --release --quiet --bin pgimg
-    pgimg="$CARGO_TARGET_DIR/release/pgimg"
-fi
-
-work="$(mktemp -d /var/tmp/pgimg-bench-boot.XXXXXX)"
-trap 'rm -rf -- "$work"' EXIT
+. benches/lib.sh
+bench_start boot
 "$pgimg" run recipes/examples/hello.rhai --output "$work/hello.raw" >"$work/build.log" 2>&1 ||
     { tail -n 30 "$work/build.log" >&2; exit 1; }
 

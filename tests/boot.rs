@@ -17,7 +17,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use fixture::{checked_base_image, loud, sha256sum};
-use pgimg_bin::{os, pgimg, Finished};
+use pgimg_bin::{assert_has_any, os, pgimg, Finished};
 
 /// Boots take turns.
 static BOOTS: Mutex<()> = Mutex::new(());
@@ -128,24 +128,26 @@ fn assert_passed(f: &Finished, what: &str) {
         .lines()
         .any(|l| l.starts_with("ok   multi-user.target reached (")));
     assert!(f.stdout.contains("ok   no failed units"));
-    assert!(
-        f.stdout.trim_end().ends_with(" passed, 0 failed"),
-        "{}",
-        f.stdout
-    );
+    assert_tally(f, " passed, 0 failed");
+}
+
+/// [`assert_passed`], and the boot went through `firmware` (`BIOS`, `UEFI`).
+fn assert_booted_by(f: &Finished, firmware: &str) {
+    assert_passed(f, firmware);
+    let said = format!("{firmware} firmware runs the image's boot loader");
+    assert!(f.stderr.contains(&said), "{}", f.stderr);
+}
+
+/// Asserts the last line of `verify`'s report ends with `tally`.
+fn assert_tally(f: &Finished, tally: &str) {
+    assert!(f.stdout.trim_end().ends_with(tally), "{}", f.stdout);
 }
 
 #[test]
 fn verify_passes_on_the_hello_example_and_leaves_the_image_unchanged() {
-    if !fixture::require_root("verify_passes_on_the_hello_example_and_leaves_the_image_unchanged") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
-    assert_passed(&h.bios, "BIOS");
-    assert!(h
-        .bios
-        .stderr
-        .contains("BIOS firmware runs the image's boot loader"));
+    assert_booted_by(&h.bios, "BIOS");
     assert_eq!(
         sha256sum(&h.image),
         h.sha256_before,
@@ -155,22 +157,14 @@ fn verify_passes_on_the_hello_example_and_leaves_the_image_unchanged() {
 
 #[test]
 fn uefi_boot_through_ovmf_and_the_esp_passes() {
-    if !fixture::require_root("uefi_boot_through_ovmf_and_the_esp_passes") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
-    assert_passed(&h.uefi, "UEFI");
-    assert!(h
-        .uefi
-        .stderr
-        .contains("UEFI firmware runs the image's boot loader"));
+    assert_booted_by(&h.uefi, "UEFI");
 }
 
 #[test]
 fn two_boots_of_one_image_get_two_machine_ids() {
-    if !fixture::require_root("two_boots_of_one_image_get_two_machine_ids") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
     let (a, b) = (note(&h.bios, "machine-id"), note(&h.uefi, "machine-id"));
     assert_eq!(a.len(), 32, "{a:?}");
@@ -179,9 +173,7 @@ fn two_boots_of_one_image_get_two_machine_ids() {
 
 #[test]
 fn sshd_is_active_with_host_keys_generated_at_first_boot() {
-    if !fixture::require_root("sshd_is_active_with_host_keys_generated_at_first_boot") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
     assert!(h
         .bios
@@ -197,9 +189,7 @@ fn sshd_is_active_with_host_keys_generated_at_first_boot() {
 
 #[test]
 fn a_grown_gpt_with_its_backup_header_moved_boots() {
-    if !fixture::require_root("a_grown_gpt_with_its_backup_header_moved_boots") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let h = hello();
     let mut disk = std::fs::File::open(&h.image).unwrap();
     let table = pgimg::image::gpt::read(&mut disk).unwrap();
@@ -222,9 +212,7 @@ fn a_grown_gpt_with_its_backup_header_moved_boots() {
 
 #[test]
 fn verify_fails_naming_a_unit_whose_exec_start_is_bin_false() {
-    if !fixture::require_root("verify_fails_naming_a_unit_whose_exec_start_is_bin_false") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let recipe = write(
         "broken-unit.rhai",
         r#"
@@ -248,32 +236,19 @@ WantedBy=multi-user.target
         Duration::from_secs(1000),
     );
     assert_eq!(f.code(), Some(1), "{}\n{}", f.stdout, f.stderr);
-    assert!(
-        f.stdout
-            .contains("FAIL no failed units: failed: broken.service"),
-        "{}",
-        f.stdout
-    );
-    assert!(
-        f.stdout.contains("--- broken.service: journal tail"),
-        "{}",
-        f.stdout
-    );
-    assert!(f.stdout.contains("ok   multi-user.target reached ("));
-    assert!(
-        f.stdout.trim_end().ends_with("1 passed, 1 failed"),
-        "{}",
-        f.stdout
-    );
+    for said in [
+        "FAIL no failed units: failed: broken.service",
+        "--- broken.service: journal tail",
+        "ok   multi-user.target reached (",
+    ] {
+        assert_has_any(&f.stdout, &[said], "the report misses a line");
+    }
+    assert_tally(&f, "1 passed, 1 failed");
 }
 
 #[test]
 fn verify_of_an_image_that_cannot_boot_fails_within_its_timeout_with_the_console_tail() {
-    if !fixture::require_root(
-        "verify_of_an_image_that_cannot_boot_fails_within_its_timeout_with_the_console_tail",
-    ) {
-        return;
-    }
+    fixture::skip_unless_root!();
     let recipe = write(
         "bad-fstab.rhai",
         "write_file(\"/etc/fstab\", \"LABEL=matches-nothing / ext4 defaults 0 1\\n\");\n",
@@ -293,16 +268,16 @@ fn verify_of_an_image_that_cannot_boot_fails_within_its_timeout_with_the_console
         f.stdout
     );
     // Either the limit passed, or the initramfs gave up first and rebooted.
-    assert!(
-        f.stdout.contains("within 60 s") || f.stdout.contains("(limit 60 s)"),
-        "{}",
-        f.stdout
+    assert_has_any(
+        &f.stdout,
+        &["within 60 s", "(limit 60 s)"],
+        "no limit named",
     );
     assert!(f.stdout.contains("console (last lines):"), "{}", f.stdout);
-    assert!(
-        f.stdout.contains("root file system") || f.stdout.contains("matches-nothing"),
-        "the console tail shows the initramfs looking for the root:\n{}",
-        f.stdout
+    assert_has_any(
+        &f.stdout,
+        &["root file system", "matches-nothing"],
+        "the console tail does not show the initramfs looking for the root",
     );
     assert!(f.seconds < 180.0, "took {:.0} s", f.seconds);
 }

@@ -21,33 +21,15 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use fixture::{checked_base_image, loud, sha256sum};
-use pgimg_bin::{os, pgimg, repo_dir, scratch};
+use pgimg_bin::{assert_has_any, os, pgimg, scratch, DEBIAN_PARAMS};
 use served::Served;
-
-/// As in `tests/recipes_real.rs`: what this machine cannot reach is skipped,
-/// the package lists are Debian's.
-const DEBIAN_PARAMS: &[&str] = &[
-    "--set",
-    "pg_versions=15",
-    "--set",
-    "package_lists=debian-bookworm",
-    "--assets",
-    "recipes/fixtures",
-    "--set",
-    "skip=pgdg,golang-backports,walg,pguint,azure,cloud-init,grub",
-];
 
 #[test]
 fn standard_flavor_boots_and_passes_its_verify_checks() {
-    if !fixture::require_root("standard_flavor_boots_and_passes_its_verify_checks") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let tmp = scratch();
     let dir = tmp.path();
-    let server = Served::folder(
-        &repo_dir().join("recipes/fixtures/releases"),
-        &dir.join("releases.log"),
-    );
+    let server = Served::fixture_releases(dir);
     let out = dir.join("standard.raw");
     let mut a: Vec<OsString> = vec!["run".into(), "recipes/standard.rhai".into()];
     a.extend(["--base".into(), checked_base_image().into()]);
@@ -91,16 +73,12 @@ fn standard_flavor_boots_and_passes_its_verify_checks() {
         "ok   expect_active(\"postgresql@15-main.service\")",
         "ok   expect_eq(\"on\", \"on\")",
     ] {
-        assert!(
-            f.stdout.contains(line),
-            "missing {line:?} in:\n{}",
-            f.stdout
-        );
+        assert_has_any(&f.stdout, &[line], "a check did not pass");
     }
-    assert!(
-        f.stdout.contains("CREATE EXTENSION") || f.stdout.contains("expect_eq(\"0\", \"0\")"),
-        "no extension answered:\n{}",
-        f.stdout
+    assert_has_any(
+        &f.stdout,
+        &["CREATE EXTENSION", "expect_eq(\"0\", \"0\")"],
+        "no extension answered",
     );
     assert_eq!(sha256sum(&out), before, "verify changed the image");
 }

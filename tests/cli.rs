@@ -3,6 +3,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+#[path = "support/recipes.rs"]
+mod recipes;
+use recipes::recipe_dir;
+
 fn pgimg(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pgimg"))
         .args(args)
@@ -36,14 +40,14 @@ fn repository_recipe_tests_pass() {
 
 #[test]
 fn failing_recipe_test_fails_the_run_with_its_location() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("r.rhai"), "write_file(\"/etc/x\", \"1\");\n").unwrap();
-    std::fs::write(
-        d.path().join("r.test.rhai"),
-        "fn test_good() {\n let t = fake_rootfs();\n t.run(\"r.rhai\");\n assert(t.file(\"/etc/x\") == \"1\", \"x written\");\n}\n\
-         fn test_bad() {\n let t = fake_rootfs(#{ arch: \"arm64\" });\n t.run(\"r.rhai\");\n assert_eq(t.file(\"/etc/x\"), \"2\");\n}\n",
-    )
-    .unwrap();
+    let d = recipe_dir(&[
+        ("r.rhai", "write_file(\"/etc/x\", \"1\");\n"),
+        (
+            "r.test.rhai",
+            "fn test_good() {\n let t = fake_rootfs();\n t.run(\"r.rhai\");\n assert(t.file(\"/etc/x\") == \"1\", \"x written\");\n}\n\
+             fn test_bad() {\n let t = fake_rootfs(#{ arch: \"arm64\" });\n t.run(\"r.rhai\");\n assert_eq(t.file(\"/etc/x\"), \"2\");\n}\n",
+        ),
+    ]);
     let o = pgimg(&["test", "."], d.path());
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
@@ -58,32 +62,27 @@ fn failing_recipe_test_fails_the_run_with_its_location() {
 
 #[test]
 fn check_exits_2_with_the_error() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("ok.rhai"), "mkdir(\"/opt/a\");\n").unwrap();
-    std::fs::write(
-        d.path().join("bad.rhai"),
-        "mkdir(\"/opt/a\");\nmkdir(\"rel\");\n",
-    )
-    .unwrap();
+    let d = recipe_dir(&[
+        ("ok.rhai", "mkdir(\"/opt/a\");\n"),
+        ("bad.rhai", "mkdir(\"/opt/a\");\nmkdir(\"rel\");\n"),
+    ]);
     let o = pgimg(&["check", "ok.rhai"], d.path());
     assert!(o.status.success(), "{}", text(&o));
     let o = pgimg(&["check", "ok.rhai", "bad.rhai"], d.path());
-    assert_eq!(o.status.code(), Some(2));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
-        text(&o).contains("bad.rhai:2:1: mkdir: `rel` must be an absolute path"),
-        "{}",
-        text(&o)
+        out.contains("bad.rhai:2:1: mkdir: `rel` must be an absolute path"),
+        "{out}"
     );
 }
 
 #[test]
 fn plan_json_is_one_array_with_primitive_args_location() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(
-        d.path().join("p.rhai"),
+    let d = recipe_dir(&[(
+        "p.rhai",
         "write_file(\"/etc/a\", \"x\", #{ mode: 0o600 });\nrun([\"true\"]);\n",
-    )
-    .unwrap();
+    )]);
     let o = pgimg(&["plan", "--json", "p.rhai"], d.path());
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -4,25 +4,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgimg::engine::{build_engine, run_file, Limits};
-use pgimg_stdlib::{Ctx, FakeTarget, Target};
+use pgimg::engine::Limits;
+use pgimg_stdlib::{FakeTarget, Target};
 
-fn recipe_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
-}
+#[path = "support/recipes.rs"]
+mod recipes;
+use recipes::{recipe_dir, run_on_fake};
 
 fn run(dir: &Path, main: &str, limits: Limits) -> (Arc<FakeTarget>, Result<(), String>) {
-    let target = Arc::new(FakeTarget::ubuntu());
-    let ctx = Ctx::new(target.clone()).with_log(Arc::new(|_, _| {}));
-    let engine = build_engine(&ctx, &limits);
-    let r = run_file(&engine, &dir.join(main)).map_err(|e| e.0);
-    (target, r)
+    run_on_fake(&dir.join(main), &limits)
 }
 
 fn shown(dir: &Path, file: &str) -> String {

@@ -43,6 +43,14 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Partition 1 of `img`'s table: the root in every image here.
+fn root_partition(img: &Path) -> gpt::Partition {
+    gpt::read(&mut File::open(img).unwrap())
+        .unwrap()
+        .partition(1)
+        .unwrap()
+}
+
 /// An image laid out like Ubuntu's cloud image (p14 BIOS boot, p15 EFI,
 /// then p1 ext4 to the end), made with sgdisk and mke2fs; no root needed.
 fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
@@ -65,38 +73,7 @@ fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
         "1:8300",
         path_str(&img),
     ]);
-    let root = gpt::read(&mut File::open(&img).unwrap())
-        .unwrap()
-        .partition(1)
-        .unwrap();
-    let fs = dir.join("root.ext4");
-    File::create(&fs).unwrap().set_len(root.size()).unwrap();
-    let blocks = (root.size() / 4096).to_string();
-    run(&[
-        "mke2fs",
-        "-q",
-        "-F",
-        "-t",
-        "ext4",
-        "-b",
-        "4096",
-        "-L",
-        "synthetic",
-        path_str(&fs),
-        &blocks,
-    ]);
-    let seek = format!("seek={}", root.offset());
-    run(&[
-        "dd",
-        &format!("if={}", path_str(&fs)),
-        &format!("of={}", path_str(&img)),
-        "bs=1M",
-        &seek,
-        "oflag=seek_bytes",
-        "conv=notrunc,sparse",
-        "status=none",
-    ]);
-    std::fs::remove_file(&fs).unwrap();
+    ext4_partition(&img, 1, &["-b", "4096", "-L", "synthetic"]);
     img
 }
 
@@ -129,12 +106,7 @@ fn gpt_grow_is_byte_identical_to_sgdisk() {
     let img = synthetic_image(dir.path(), 256 * MIB);
     let ours = copy_of(&img, &dir.path().join("ours.raw"));
     let theirs = copy_of(&img, &dir.path().join("theirs.raw"));
-    let guid = gpt::read(&mut File::open(&img).unwrap())
-        .unwrap()
-        .partition(1)
-        .unwrap()
-        .unique_guid
-        .to_string();
+    let guid = root_partition(&img).unique_guid.to_string();
 
     let outcome = image::grow(&ours, 512 * MIB).unwrap();
     let GrowOutcome::Grown(report) = outcome else {
@@ -201,6 +173,186 @@ fn grow_refuses_shrink_and_same_size_is_a_no_op() {
         std::fs::read(&img).unwrap() == before,
         "refusals changed the image"
     );
+}
+
+/// bottlerocket-os/bottlerocket#333: a file extended with a plain `truncate`
+/// keeps its backup header in the middle; grow at the file's own size (no
+/// `--size`, or `--size` equal to it) moves it to the end and grows the root.
+#[test]
+fn grow_at_the_files_size_moves_a_backup_header_left_short_and_grows_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = synthetic_image(dir.path(), 256 * MIB);
+    File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(384 * MIB)
+        .unwrap();
+    let before = gpt::read(&mut File::open(&img).unwrap()).unwrap();
+    assert_eq!(before.backup_lba(), 256 * MIB / 512 - 1);
+
+    let GrowOutcome::Grown(report) = image::grow(&img, 384 * MIB).unwrap() else {
+        panic!("a table that stops at 256 MiB of a 384 MiB file was left as it was");
+    };
+    assert_eq!(report.new_backup_lba, 384 * MIB / 512 - 1);
+    let after = gpt::read(&mut File::open(&img).unwrap()).unwrap();
+    assert_eq!(after.backup_lba(), 384 * MIB / 512 - 1);
+    assert_eq!(
+        after.partition(1).unwrap().last_lba,
+        after.last_usable_lba(),
+        "the root partition reaches the last usable sector"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 384 * MIB);
+    let verify = run(&["sgdisk", "-v", path_str(&img)]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    assert_eq!(
+        image::grow(&img, 384 * MIB).unwrap(),
+        GrowOutcome::Unchanged,
+        "a second grow finds nothing to do"
+    );
+}
+
+/// Writes an ext4 file system labelled `label`, holding the files of `tree`,
+/// into partition `number` of `img`.
+fn ext4_partition_from(img: &Path, number: u32, label: &str, tree: &Path) {
+    ext4_partition(img, number, &["-L", label, "-d", path_str(tree)]);
+}
+
+/// Writes an ext4 file system as large as partition `number` of `img`, made
+/// by `mke2fs` with `options`, into that partition.
+fn ext4_partition(img: &Path, number: u32, options: &[&str]) {
+    let part = gpt::read(&mut File::open(img).unwrap())
+        .unwrap()
+        .partition(number)
+        .unwrap();
+    let fs = img.with_extension(format!("p{number}"));
+    File::create(&fs).unwrap().set_len(part.size()).unwrap();
+    let mut mke2fs = vec!["mke2fs", "-q", "-F", "-t", "ext4"];
+    mke2fs.extend_from_slice(options);
+    mke2fs.push(path_str(&fs));
+    run(&mke2fs);
+    run(&[
+        "dd",
+        &format!("if={}", path_str(&fs)),
+        &format!("of={}", path_str(img)),
+        "bs=1M",
+        &format!("seek={}", part.offset()),
+        "oflag=seek_bytes",
+        "conv=notrunc,sparse",
+        "status=none",
+    ]);
+    std::fs::remove_file(&fs).unwrap();
+}
+
+/// An image with a separate ext4 `/boot` (p1, label `boot`, holding
+/// `grub/`) and a root (p2, label `root`) whose `/etc/fstab` is `fstab`.
+fn separate_boot_image(dir: &Path, fstab: &str) -> PathBuf {
+    let img = dir.join("two.raw");
+    File::create(&img).unwrap().set_len(96 * MIB).unwrap();
+    run(&[
+        "sgdisk",
+        "--clear",
+        "-n",
+        "1:2048:+24M",
+        "-t",
+        "1:8300",
+        "-n",
+        "2:0:0",
+        "-t",
+        "2:8300",
+        path_str(&img),
+    ]);
+    let boot = dir.join("boot-tree");
+    std::fs::create_dir_all(boot.join("grub")).unwrap();
+    ext4_partition_from(&img, 1, "boot", &boot);
+    let root = dir.join("root-tree");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::write(root.join("etc/fstab"), fstab).unwrap();
+    ext4_partition_from(&img, 2, "root", &root);
+    img
+}
+
+const SEPARATE_BOOT_FSTAB: &str =
+    "LABEL=root / ext4 defaults 0 1\nLABEL=boot /boot ext4 defaults 0 2\n";
+
+/// A separate ext4 `/boot` beside the root (osbuild#208's layout): the root
+/// is the partition whose own fstab mounts it on `/`; without such an entry
+/// the image is refused as ambiguous, as before.
+#[test]
+fn the_root_among_several_ext4_partitions_is_the_one_its_fstab_mounts_on_slash() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = separate_boot_image(dir.path(), "LABEL=boot /boot ext4 defaults 0 2\n");
+    let err = WorkImage::open(&img).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("several partitions hold an ext4 file system (p1, p2)"),
+        "{err}"
+    );
+    let img = separate_boot_image(dir.path(), SEPARATE_BOOT_FSTAB);
+    let work = WorkImage::open(&img).unwrap();
+    assert_eq!(work.root().number, 2);
+    assert_eq!(work.root_fs().label, "root");
+}
+
+/// What the build writes to `/boot` lands on the `/boot` partition, not in
+/// the root file system's `/boot` that it hides at boot.
+#[test]
+fn a_separate_boot_partition_is_mounted_where_the_fstab_puts_it() {
+    use nix::mount::MsFlags;
+    use pgimg::image::boot_mounts::BootMounts;
+    fixture::skip_unless_root!();
+    pgimg::sandbox::namespace::private_namespace_for_calling_thread().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = separate_boot_image(dir.path(), SEPARATE_BOOT_FSTAB);
+    let work = WorkImage::open(&img).unwrap();
+    let lo = work.attach_root().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let root_mount = pgimg::sandbox::Mount::host(
+        Some(lo.path()),
+        &mnt,
+        Some("ext4"),
+        MsFlags::empty(),
+        None,
+        "root",
+    )
+    .unwrap();
+    let root = pgimg_stdlib::ImageRoot::open(&mnt).unwrap();
+    let lines = std::cell::RefCell::new(Vec::<String>::new());
+    let boot = BootMounts::mount(&img, &root, &|l| lines.borrow_mut().push(l.into())).unwrap();
+    assert_eq!(
+        lines.borrow().as_slice(),
+        ["mounted p1 (ext4) on /boot, as the image's fstab does at boot"]
+    );
+    assert!(
+        mnt.join("boot/grub").is_dir(),
+        "the /boot partition's files are there"
+    );
+    std::fs::write(mnt.join("boot/from-the-build"), "x\n").unwrap();
+    boot.close().unwrap();
+    drop(root);
+    root_mount.close().unwrap();
+    lo.close().unwrap();
+    let on = |n: u32, cmd: &str| {
+        let part = gpt::read(&mut File::open(&img).unwrap())
+            .unwrap()
+            .partition(n)
+            .unwrap();
+        run(&[
+            "debugfs",
+            "-R",
+            cmd,
+            &format!("{}?offset={}", path_str(&img), part.offset()),
+        ])
+    };
+    // `run` returns stderr too (debugfs's banner) after stdout.
+    assert!(on(1, "cat /from-the-build").starts_with("x\n"));
+    assert!(
+        !on(2, "ls /boot").contains("from-the-build"),
+        "the root's hidden /boot is untouched"
+    );
+    assert!(loopdev::attached_to(&img).is_empty(), "loop devices left");
 }
 
 #[test]
@@ -286,9 +438,7 @@ impl Timer {
 /// The image stages end to end on the Debian fixture, with timings.
 #[test]
 fn fixture_copy_grow_attach_resize_detach() {
-    if !fixture::require_root("fixture_copy_grow_attach_resize_detach") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let t = Timer::start("fixture (build or reuse)");
     let base = fixture::base_image();
     t.stop();
@@ -405,11 +555,8 @@ fn fixture_copy_grow_attach_resize_detach() {
 /// A built image's manifest is read by `inspect` with debugfs, no mount.
 #[test]
 fn inspect_shows_an_embedded_manifest() {
-    if !fixture::require_root("inspect_shows_an_embedded_manifest") {
-        return;
-    }
-    let base = fixture::base_image();
-    let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
+    fixture::skip_unless_root!();
+    let (base, dir) = fixture::base_and_scratch();
     let work = dir.path().join("work.raw");
     image::copy_base(&base, &work).unwrap();
     let wi = WorkImage::open(&work).unwrap();
@@ -454,11 +601,8 @@ fn inspect_shows_an_embedded_manifest() {
 /// qcow2 → (prepare) raw → qcow2 keeps every byte; inspect reads qcow2.
 #[test]
 fn qcow2_round_trip() {
-    if !fixture::require_root("qcow2_round_trip") {
-        return;
-    }
-    let base = fixture::base_image();
-    let dir = tempfile::tempdir_in(fixture::fixture_dir()).unwrap();
+    fixture::skip_unless_root!();
+    let (base, dir) = fixture::base_and_scratch();
     let qcow = dir.path().join("base.qcow2");
 
     let t = Timer::start("raw -> qcow2 (compressed)");
@@ -490,9 +634,7 @@ fn qcow2_round_trip() {
 /// detaches it when that holder lets go. Drop alone also detaches.
 #[test]
 fn loop_guard_close_and_drop() {
-    if !fixture::require_root("loop_guard_close_and_drop") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let dir = tempfile::tempdir().unwrap();
     let img = synthetic_image(dir.path(), 256 * MIB);
     let wi = WorkImage::open(&img).unwrap();
@@ -539,12 +681,7 @@ fn grow_refuses_a_root_partition_that_is_not_last() {
     let img = synthetic_image(dir.path(), 256 * MIB);
     // Shorten the root entry and put p2 behind it; grow refuses before it
     // looks at the (now too long) file system.
-    let guid = gpt::read(&mut File::open(&img).unwrap())
-        .unwrap()
-        .partition(1)
-        .unwrap()
-        .unique_guid
-        .to_string();
+    let guid = root_partition(&img).unique_guid.to_string();
     run(&[
         "sgdisk",
         "-d",
@@ -591,20 +728,10 @@ fn write_mib(path: &Path, mib: usize) {
 #[test]
 fn fstrim_and_discard_punch_holes_in_the_image() {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    if !fixture::require_root("fstrim_and_discard_punch_holes_in_the_image") {
-        return;
-    }
+    fixture::skip_unless_root!();
     // This test thread gets its own mount namespace: whatever happens, the
     // mount goes away with the thread.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .unwrap();
+    pgimg::sandbox::namespace::private_namespace_for_calling_thread().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let img = synthetic_image(dir.path(), 512 * MIB);
     let wi = WorkImage::open(&img).unwrap();

@@ -10,7 +10,12 @@ use std::sync::Arc;
 
 use pgimg::engine::{build_engine, normalize, run_file, Limits};
 use pgimg::image::{self, Format};
+use pgimg_stdlib::fake::host_tool;
 use pgimg_stdlib::{Ctx, FakeTarget, Target};
+
+#[path = "support/recipes.rs"]
+mod recipes;
+use recipes::{recipe_dir, run_on_fake};
 
 const SECRET: &[u8] = b"HOST-SECRET-a1b2c3 aws_secret_access_key=xyz\n";
 
@@ -24,15 +29,9 @@ fn host_secret(dir: &Path) -> PathBuf {
 }
 
 fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("running qemu-img (tests/setup.sh installs qemu-utils)");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut qemu_img = Command::new("qemu-img");
+    qemu_img.args(args);
+    host_tool(&mut qemu_img, "tests/setup.sh installs qemu-utils");
 }
 
 /// Copies `base` to a fresh work file and returns the error, checking that
@@ -152,23 +151,9 @@ fn base_raw_and_self_contained_qcow2_are_accepted() {
 
 // ---- imports ----
 
-fn recipe_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
-}
-
 /// Runs `recipe` on a fake root; returns the error and the fake target.
 fn run_recipe(recipe: &Path) -> (Arc<FakeTarget>, Result<(), String>) {
-    let target = Arc::new(FakeTarget::ubuntu());
-    let ctx = Ctx::new(target.clone()).with_log(Arc::new(|_, _| {}));
-    let engine = build_engine(&ctx, &Limits::default());
-    let r = run_file(&engine, recipe).map_err(|e| e.0);
-    (target, r)
+    run_on_fake(recipe, &Limits::default())
 }
 
 /// `pgimg check RECIPE` run from `cwd`: (success, stdout + stderr).

@@ -88,6 +88,12 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts the helper exited with `code` and said `said` on stderr.
+fn assert_exit(o: &Output, code: i32, said: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+    assert!(stderr(o).contains(said), "{}", stderr(o));
+}
+
 #[test]
 fn the_script_is_executable_posix_sh() {
     let mode = std::fs::metadata(script()).unwrap().permissions().mode();
@@ -102,7 +108,7 @@ fn the_script_is_executable_posix_sh() {
 fn installs_one_version_and_the_common_set_offline() {
     let b = Cache::new();
     let o = b.run(&["16"], &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_exit(&o, 0, "PostgreSQL 16 installed");
     let c = b.cache().display().to_string();
     assert_eq!(
         b.apt_args().unwrap(),
@@ -125,11 +131,6 @@ fn installs_one_version_and_the_common_set_offline() {
             format!("{c}/common/pgbouncer_1.23.1-1_amd64.deb"),
         ]
     );
-    assert!(
-        stderr(&o).contains("PostgreSQL 16 installed"),
-        "{}",
-        stderr(&o)
-    );
 }
 
 #[test]
@@ -150,39 +151,26 @@ fn usage_errors_exit_2_and_list_the_versions_there() {
     ];
     for (args, want) in cases {
         let o = b.run(&args, &[]);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
+        assert_exit(&o, 2, &want);
         assert!(b.apt_args().is_none(), "{args:?}: apt-get ran");
     }
     let o = b.run(&["--help"], &[]);
-    assert_eq!(o.status.code(), Some(0));
-    assert!(
-        stderr(&o).contains("Available versions: 16 17"),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 0, "Available versions: 16 17");
 }
 
 #[test]
 fn failures_exit_1_with_the_reason() {
     let b = Cache::new();
     let o = b.run(&["18"], &[]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("/18 holds no .deb files"),
-        "{}",
-        stderr(&o)
-    );
+    assert_exit(&o, 1, "/18 holds no .deb files");
     let o = b.run(&["16"], &[("STUB_UID", "1000")]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("must run as root"), "{}", stderr(&o));
+    assert_exit(&o, 1, "must run as root");
     assert!(b.apt_args().is_none(), "apt-get ran as non-root");
     let o = b.run(&["17"], &[("APT_STATUS", "100")]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("installing PostgreSQL 17 failed (see apt-get's message above)"),
-        "{}",
-        stderr(&o)
+    assert_exit(
+        &o,
+        1,
+        "installing PostgreSQL 17 failed (see apt-get's message above)",
     );
 }
 

@@ -30,22 +30,10 @@ use std::time::{Duration, Instant};
 
 use fixture::{assert_base_unchanged, checked_base_image, loud};
 use output::{check_finalized, e2fsck_clean, field, group_members, names_in, with_root_read_only};
-use pgimg_bin::{pgimg, print_stages, read_json, repo_dir, scratch, sidecar, Finished, Pgimg};
+use pgimg_bin::{
+    pgimg, print_stages, read_json, repo_dir, scratch, sidecar, Finished, Pgimg, DEBIAN_PARAMS,
+};
 use served::Served;
-
-/// The parameters of `recipes/debian.test.rhai`: PostgreSQL 15 and the
-/// package lists of Debian's archive; the steps this machine cannot run left
-/// out (why: [`NOT_RUN`]).
-const DEBIAN_PARAMS: &[&str] = &[
-    "--set",
-    "pg_versions=15",
-    "--set",
-    "package_lists=debian-bookworm",
-    "--assets",
-    "recipes/fixtures",
-    "--set",
-    "skip=pgdg,golang-backports,walg,pguint,azure,cloud-init,grub",
-];
 
 /// The steps of BEHAVIOUR.md's "Inside the image" these builds cannot run
 /// here, and why. Everything else in that section runs for real.
@@ -123,6 +111,21 @@ fn print_not_run(title: &str, extra: &[(&str, &str)]) {
         text.push_str(&format!("  - {step}\n      {why}\n"));
     }
     loud(&text);
+}
+
+/// `e2fsck` of the output, then `check` on its root mounted read-only;
+/// returns the seconds both took.
+fn checked_read_only(out: &Path, check: impl FnOnce(&Path) + Send) -> f64 {
+    let started = Instant::now();
+    loud(&e2fsck_clean(out));
+    with_root_read_only(out, check);
+    started.elapsed().as_secs_f64()
+}
+
+/// Where every flavor build here starts: the host's Debian architecture,
+/// the checked fixture, and a scratch folder.
+fn flavor_start() -> (String, PathBuf, tempfile::TempDir) {
+    (arch(), checked_base_image(), scratch())
 }
 
 /// The host's (and so the fixture's) Debian architecture.
@@ -575,16 +578,7 @@ pg_ctlcluster --skip-systemctl-redirect 15 main stop
 /// [`FIRST_BOOT`] and checks what it said; returns the seconds it all took.
 fn first_boot(out: &Path, dir: &Path, packages: &[&str], extensions: &[&str]) -> f64 {
     let copy = dir.join("first-boot.raw");
-    served::host(
-        &[
-            "cp",
-            "--sparse=always",
-            out.to_str().unwrap(),
-            copy.to_str().unwrap(),
-        ],
-        None,
-        &[],
-    );
+    served::host_on(&["cp", "--sparse=always"], &[out, &copy]);
     let started = Instant::now();
     let bad = pgimg(
         &args(&[
@@ -709,17 +703,10 @@ fn exporter_paths(arch: &str) -> Vec<String> {
 
 #[test]
 fn standard_recipe_on_the_debian_fixture() {
-    if !fixture::require_root("standard_recipe_on_the_debian_fixture") {
-        return;
-    }
-    let arch = arch();
-    let base = checked_base_image();
-    let tmp = scratch();
+    fixture::skip_unless_root!();
+    let (arch, base, tmp) = flavor_start();
     let dir = tmp.path();
-    let server = Served::folder(
-        &repo_dir().join("recipes/fixtures/releases"),
-        &dir.join("releases.log"),
-    );
+    let server = Served::fixture_releases(dir);
     let out = dir.join("standard.raw");
 
     let run = build(
@@ -746,10 +733,7 @@ fn standard_recipe_on_the_debian_fixture() {
     assert_all_served(&server, &exporter_paths(&arch));
     assert_base_unchanged(&base);
 
-    let checks = Instant::now();
-    loud(&e2fsck_clean(&out));
-    with_root_read_only(&out, |root| check_image(root, "standard", &arch));
-    let checks = checks.elapsed().as_secs_f64();
+    let checks = checked_read_only(&out, |root| check_image(root, "standard", &arch));
 
     let packages = [
         "postgresql-15",
@@ -815,57 +799,28 @@ fn paradedb_standin(
     .unwrap();
     std::fs::create_dir_all(out_dir).unwrap();
     let deb = out_dir.join(format!("postgresql-15-{deb_name}_{deb_version}_{arch}.deb"));
-    served::host(
-        &[
-            "dpkg-deb",
-            "--root-owner-group",
-            "-b",
-            tree.to_str().unwrap(),
-            deb.to_str().unwrap(),
-        ],
-        None,
-        &[],
-    );
+    served::host_on(&["dpkg-deb", "--root-owner-group", "-b"], &[&tree, &deb]);
     deb
 }
 
 #[test]
 fn paradedb_recipe_on_the_debian_fixture() {
-    if !fixture::require_root("paradedb_recipe_on_the_debian_fixture") {
-        return;
-    }
-    let arch = arch();
-    let base = checked_base_image();
-    let tmp = scratch();
+    fixture::skip_unless_root!();
+    let (arch, base, tmp) = flavor_start();
     let dir = tmp.path();
     let repo = repo_dir();
 
     // A copy of recipes/ and flavors/ (the lock is written beside the recipe).
     for sub in ["recipes", "flavors"] {
-        served::host(
-            &[
-                "cp",
-                "-r",
-                repo.join(sub).to_str().unwrap(),
-                dir.to_str().unwrap(),
-            ],
-            None,
-            &[],
-        );
+        served::host_on(&["cp", "-r"], &[&repo.join(sub), dir]);
     }
     let recipe = dir.join("recipes/paradedb.rhai");
 
     // The release downloads: the exporters' stand-ins and ParadeDB's.
     let releases = dir.join("releases");
-    served::host(
-        &[
-            "cp",
-            "-r",
-            repo.join("recipes/fixtures/releases").to_str().unwrap(),
-            releases.to_str().unwrap(),
-        ],
-        None,
-        &[],
+    served::host_on(
+        &["cp", "-r"],
+        &[&repo.join("recipes/fixtures/releases"), &releases],
     );
     let debs: Vec<(String, PathBuf)> = [
         (
@@ -995,9 +950,7 @@ fn paradedb_recipe_on_the_debian_fixture() {
     assert_all_served(&server, &want);
     assert_base_unchanged(&base);
 
-    let checks = Instant::now();
-    loud(&e2fsck_clean(&out));
-    with_root_read_only(&out, |root| {
+    let checks = checked_read_only(&out, |root| {
         check_image(root, "paradedb", &arch);
         // Beside PostgreSQL 15's packages, so the helper installs them with it.
         for (_, deb) in &debs {
@@ -1009,7 +962,6 @@ fn paradedb_recipe_on_the_debian_fixture() {
             assert_eq!(ids(&p), (0, 0));
         }
     });
-    let checks = checks.elapsed().as_secs_f64();
 
     let packages = [
         "postgresql-15",

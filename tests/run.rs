@@ -1153,6 +1153,219 @@ fn sigint_and_sigterm_while_the_output_is_hashed_leave_no_output() {
 }
 
 #[test]
+fn sigint_and_sigterm_stop_qemu_img_convert_mid_conversion() {
+    if !fixture::require_root("sigint_and_sigterm_stop_qemu_img_convert_mid_conversion") {
+        return;
+    }
+    // Incompressible data makes `qemu-img convert -c` take tens of seconds,
+    // so the signal lands while it runs.
+    let text = r#"run(["dd", "if=/dev/urandom", "of=/var/tmp/noise", "bs=1M", "count=600", "status=none"]);
+"#;
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        let f = interrupt_at(
+            "convert",
+            false,
+            text,
+            &["--format", "qcow2", "--compress"],
+            sig,
+            &|p| {
+                let line = p.wait_for_line("the output stage", Duration::from_secs(300), |l| {
+                    l == "pgimg: stage output ..."
+                });
+                let converting = eventually(Duration::from_secs(30), || {
+                    descendants(p.pid()).iter().any(|c| c.comm == "qemu-img")
+                });
+                assert!(converting, "qemu-img convert is running");
+                line
+            },
+            &[],
+        );
+        assert!(
+            f.stderr.contains("`qemu-img convert -f raw -O qcow2 -c")
+                && f.stderr.contains("was stopped: interrupted by a signal"),
+            "the conversion was stopped, not waited for:\n{}",
+            f.stderr
+        );
+        assert!(!f.stderr.contains("wrote "), "{}", f.stderr);
+    }
+}
+
+/// A SIGKILL of pgimg while `qemu-img convert` runs: the conversion dies
+/// with it (`PR_SET_PDEATHSIG`) instead of writing on into the orphaned
+/// work folder.
+#[test]
+fn sigkill_during_the_conversion_kills_qemu_img_too() {
+    if !fixture::require_root("sigkill_during_the_conversion_kills_qemu_img_too") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let recipe = write_recipe(
+        &scene.recipes,
+        "killconvert.rhai",
+        r#"run(["dd", "if=/dev/urandom", "of=/var/tmp/noise", "bs=1M", "count=600", "status=none"]);
+"#,
+    );
+    let out = scene.out.join("killconvert.qcow2");
+    let mut p = start_run(&recipe, &base, &out, &["--format", "qcow2", "--compress"]);
+    p.wait_for_line("the output stage", Duration::from_secs(300), |l| {
+        l == "pgimg: stage output ..."
+    });
+    let mut converter = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            converter = descendants(p.pid())
+                .into_iter()
+                .find(|c| c.comm == "qemu-img");
+            converter.is_some()
+        }),
+        "qemu-img convert is running"
+    );
+    let converter = converter.unwrap();
+    p.signal(Signal::SIGKILL);
+    let f = p.finish(Duration::from_secs(30));
+    assert_eq!(f.status.code(), None, "killed");
+    let converter = BTreeSet::from([converter]);
+    assert!(
+        eventually(Duration::from_secs(5), || alive(&converter).is_empty()),
+        "qemu-img outlived pgimg: {:?}",
+        alive(&converter)
+    );
+    assert!(!out.exists(), "nothing under the output name");
+}
+
+/// The fixture's fstab mounts its ESP (p15, vfat, `LABEL=UEFI`) on
+/// `/boot/efi`. A write there must reach the ESP, or, on a kernel without
+/// vfat (this machine's), fail naming why, never land in the root file
+/// system's directory that the ESP hides at boot.
+#[test]
+fn writes_under_the_esp_reach_it_or_are_refused_naming_it() {
+    if !fixture::require_root("writes_under_the_esp_reach_it_or_are_refused_naming_it") {
+        return;
+    }
+    let vfat = std::fs::read_to_string("/proc/filesystems")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("vfat"));
+    let base = base_image();
+    let scene = Scene::new();
+    for (name, text) in [
+        (
+            "esp-file",
+            "write_file(\"/boot/efi/EFI/pgimg-test\", \"x\\n\");\n",
+        ),
+        (
+            "esp-command",
+            "run([\"sh\", \"-c\", \"echo x > /boot/efi/pgimg-test\"]);\n",
+        ),
+    ] {
+        let recipe = write_recipe(&scene.recipes, &format!("{name}.rhai"), text);
+        let out = scene.out.join(format!("{name}.raw"));
+        let f = start_run(&recipe, &base, &out, &[]).finish(Duration::from_secs(600));
+        if vfat {
+            assert_eq!(f.code(), Some(0), "{}", f.stderr);
+            assert!(
+                f.stderr.contains("mounted p15 (vfat) on /boot/efi"),
+                "{}",
+                f.stderr
+            );
+            continue;
+        }
+        assert_eq!(f.code(), Some(1), "{name}: {}", f.stderr);
+        assert!(
+            f.stderr.contains(
+                "/boot/efi: this kernel cannot mount vfat, so it is read-only for the build"
+            ),
+            "{}",
+            f.stderr
+        );
+        assert!(f.stderr.contains("Read-only file system"), "{}", f.stderr);
+        assert!(
+            f.stderr.contains(
+                "note: /boot/efi is read-only during the build: the image mounts partition 15 (vfat) there at boot"
+            ),
+            "{name}: {}",
+            f.stderr
+        );
+        assert!(!out.exists(), "no output");
+        assert_nothing_left(&scene.out, &BTreeSet::new(), &[], &base);
+    }
+}
+
+/// Build A holds apt's lock on its `/var/cache/apt/archives` (as an
+/// `apt-get install` does for its whole run) while build B, with the same
+/// `--cache-dir`, installs a package: B must not stop at "Could not get lock",
+/// and the package B downloaded ends up in the shared cache.
+#[test]
+fn two_builds_sharing_a_cache_install_packages_at_once() {
+    if !fixture::require_root("two_builds_sharing_a_cache_install_packages_at_once") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let cache = scene.out.join("shared-cache");
+    // apt takes its lock with fcntl(F_SETLK); perl (perl-base, always in
+    // Debian) holds the same kind of lock until the test lets it go.
+    let holder = write_recipe(
+        &scene.recipes,
+        "holder.rhai",
+        r#"run(["perl", "-MFcntl", "-e", "open(my $f, '>>', '/var/cache/apt/archives/lock') or die $!; my $l = pack('s s x4 q q i x4', F_WRLCK, 0, 0, 0, 0); fcntl($f, F_SETLK, $l) or die \"lock: $!\"; $| = 1; print \"holding the apt archives lock\\n\"; for (1..600) { last if -e '/tmp/pgimg-release'; sleep 1 }"]);
+"#,
+    );
+    let installer = write_recipe(
+        &scene.recipes,
+        "installer.rhai",
+        "apt_update();\napt_install([\"hello\"]);\n",
+    );
+    let spawn = |recipe: &Path, name: &str| {
+        let args: Vec<OsString> = os(&[
+            "run",
+            recipe.to_str().unwrap(),
+            "--base",
+            base.to_str().unwrap(),
+            "--output",
+            scene.out.join(name).to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        Pgimg::spawn(&args, None)
+    };
+    let mut a = spawn(&holder, "a.raw");
+    a.wait_for_line(
+        "build A holding apt's lock",
+        Duration::from_secs(300),
+        |l| l.ends_with("holding the apt archives lock"),
+    );
+    let b = spawn(&installer, "b.raw").finish(Duration::from_secs(900));
+    assert_eq!(
+        b.code(),
+        Some(0),
+        "build B installs while build A holds its apt lock:\n{}",
+        b.stderr
+    );
+    assert!(!b.stderr.contains("Could not get lock"), "{}", b.stderr);
+    let perl = descendants(a.pid())
+        .into_iter()
+        .find(|p| p.comm == "perl")
+        .expect("build A's perl still holds the lock");
+    std::fs::write(format!("/proc/{}/root/tmp/pgimg-release", perl.pid), "").unwrap();
+    let a = a.finish(Duration::from_secs(300));
+    assert_eq!(a.code(), Some(0), "build A:\n{}", a.stderr);
+    let shared = names_in(&cache.join("apt-archives"));
+    assert!(
+        shared
+            .iter()
+            .any(|n| n.starts_with("hello_") && n.ends_with(".deb")),
+        "the package B downloaded is in the shared cache: {shared:?}"
+    );
+    assert_eq!(
+        names_in(&cache.join("apt-archives.builds")),
+        Vec::<String>::new(),
+        "both builds removed their own folders"
+    );
+}
+
+#[test]
 fn sigkill_leaves_only_the_work_file_and_the_next_build_sweeps_it() {
     if !fixture::require_root("sigkill_leaves_only_the_work_file_and_the_next_build_sweeps_it") {
         return;

@@ -30,34 +30,12 @@ use pgimg_stdlib::fetch::RecordingFetcher;
 use pgimg_stdlib::target::{CommandError, Target};
 use pgimg_stdlib::Command;
 
+#[path = "support/fixture.rs"]
+mod fixture;
+use fixture::{fixture_dir, loud};
+
 // ---------------------------------------------------------------------------
 // Support: root check, the cached rootfs, mount inspection.
-
-fn have_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("PGIMG_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("{test} needs root and PGIMG_REQUIRE_ROOT_TESTS=1 forbids skipping it");
-    }
-    loud(&format!(
-        "\n!!!!! sandbox::{test}: SKIPPED (needs root) !!!!!\n"
-    ));
-    false
-}
-
-/// Straight to the stderr fd: libtest captures `eprintln!` of passing tests,
-/// and a skip or a fixture build must be seen.
-fn loud(message: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{message}");
-}
-
-fn fixture_dir() -> PathBuf {
-    std::env::var_os("PGIMG_FIXTURE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/pgimg-fixtures"))
-}
 
 /// The machine's Debian mirror, from its apt sources (one-line or deb822 format).
 fn debian_mirror() -> String {
@@ -331,9 +309,7 @@ fn processes_with(argv: &[&str]) -> Vec<u32> {
 
 #[test]
 fn runs_a_command_and_returns_its_stdout() {
-    if !have_root("runs_a_command_and_returns_its_stdout") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let want = fs::read_to_string(sb.rootfs.join("/etc/debian_version")).unwrap();
     assert_eq!(sb.stdout(&["cat", "/etc/debian_version"]), want);
@@ -368,9 +344,7 @@ fn runs_a_command_and_returns_its_stdout() {
 
 #[test]
 fn the_environment_is_clean_plus_the_commands_own() {
-    if !have_root("the_environment_is_clean_plus_the_commands_own") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let c = cmd(&["env"]).env("GOFLAGS", "-trimpath");
     let out = String::from_utf8(sb.target.run(&c).unwrap().stdout).unwrap();
@@ -396,9 +370,7 @@ fn the_environment_is_clean_plus_the_commands_own() {
 
 #[test]
 fn a_failing_command_reports_its_status_and_stderr_tail() {
-    if !have_root("a_failing_command_reports_its_status_and_stderr_tail") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let e = sb
         .run(&[
@@ -455,9 +427,7 @@ fn a_failing_command_reports_its_status_and_stderr_tail() {
 
 #[test]
 fn a_daemon_started_by_a_command_dies_with_it() {
-    if !have_root("a_daemon_started_by_a_command_dies_with_it") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     // Double fork plus setsid: the classic daemon, reparented away from the command.
     let out = sb.stdout(&[
@@ -477,9 +447,7 @@ fn a_daemon_started_by_a_command_dies_with_it() {
 
 #[test]
 fn a_timeout_kills_the_whole_namespace() {
-    if !have_root("a_timeout_kills_the_whole_namespace") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let mut c = cmd(&["sh", "-c", "sleep 1002.5 & sleep 1002.5"]);
     c.timeout = Some(Duration::from_millis(500));
@@ -499,9 +467,7 @@ fn a_timeout_kills_the_whole_namespace() {
 
 #[test]
 fn an_interrupt_stops_the_command_and_refuses_the_next() {
-    if !have_root("an_interrupt_stops_the_command_and_refuses_the_next") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let flag = sb.interrupt;
     let t = std::thread::spawn(move || {
@@ -561,15 +527,13 @@ fn sigint_to_pgimg_interrupts_the_running_command() {
     );
     assert_eq!(interrupt::signal(), Some(nix::sys::signal::Signal::SIGINT));
     if !root {
-        have_root("sigint_to_pgimg_interrupts_the_running_command (the command part)");
+        fixture::require_root("sigint_to_pgimg_interrupts_the_running_command (the command part)");
     }
 }
 
 #[test]
 fn an_interactive_command_gets_pgimgs_terminal_and_reports_its_code() {
-    if !have_root("an_interactive_command_gets_pgimgs_terminal_and_reports_its_code") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     assert_eq!(
         sb.target
@@ -609,9 +573,7 @@ fn an_interactive_command_gets_pgimgs_terminal_and_reports_its_code() {
 
 #[test]
 fn a_full_disk_is_reported_as_such() {
-    if !have_root("a_full_disk_is_reported_as_such") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|r| fs::create_dir_all(r.join("/var/tmp/small")).unwrap());
     let small = Mount::host(
         Some(Path::new("tmpfs")),
@@ -644,9 +606,7 @@ fn a_full_disk_is_reported_as_such() {
 
 #[test]
 fn ptys_work_inside_the_chroot() {
-    if !have_root("ptys_work_inside_the_chroot") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let out = sb.stdout(&["script", "-qec", "tty; echo pty-ok", "/dev/null"]);
     assert!(out.contains("/dev/pts/0"), "{out}");
@@ -707,9 +667,8 @@ fn cap_bits(status: &str, field: &str) -> u64 {
 
 #[test]
 fn command_cannot_reach_host_files_through_proc_pid_root() {
-    if !have_root("command_cannot_reach_host_files_through_proc_pid_root")
-        || !in_own_namespaces("command_cannot_reach_host_files_through_proc_pid_root")
-    {
+    fixture::skip_unless_root!();
+    if !in_own_namespaces("command_cannot_reach_host_files_through_proc_pid_root") {
         return;
     }
     // A host folder the test owns: nothing else is touched even if a guard fails.
@@ -754,9 +713,8 @@ fn command_cannot_reach_host_files_through_proc_pid_root() {
 
 #[test]
 fn command_cannot_rename_the_host() {
-    if !have_root("command_cannot_rename_the_host")
-        || !in_own_namespaces("command_cannot_rename_the_host")
-    {
+    fixture::skip_unless_root!();
+    if !in_own_namespaces("command_cannot_rename_the_host") {
         return;
     }
     let before = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -784,9 +742,7 @@ fn command_cannot_rename_the_host() {
 
 #[test]
 fn command_cannot_see_host_ipc_objects() {
-    if !have_root("command_cannot_see_host_ipc_objects") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600) };
     assert!(id >= 0, "shmget: {}", std::io::Error::last_os_error());
@@ -803,9 +759,7 @@ fn command_cannot_see_host_ipc_objects() {
 
 #[test]
 fn command_capabilities_exclude_what_package_installs_never_need() {
-    if !have_root("command_capabilities_exclude_what_package_installs_never_need") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let status = sb.stdout(&["cat", "/proc/self/status"]);
     // CAP_DAC_READ_SEARCH 2, CAP_NET_ADMIN 12, CAP_SYS_MODULE 16, CAP_SYS_RAWIO 17,
@@ -828,9 +782,8 @@ fn command_capabilities_exclude_what_package_installs_never_need() {
 
 #[test]
 fn command_cannot_write_kernel_settings_or_remount_them() {
-    if !have_root("command_cannot_write_kernel_settings_or_remount_them")
-        || !in_own_namespaces("command_cannot_write_kernel_settings_or_remount_them")
-    {
+    fixture::skip_unless_root!();
+    if !in_own_namespaces("command_cannot_write_kernel_settings_or_remount_them") {
         return;
     }
     let sb = Sandbox::new(|_| {});
@@ -874,9 +827,7 @@ fn command_cannot_write_kernel_settings_or_remount_them() {
 
 #[test]
 fn command_cannot_open_or_make_device_nodes() {
-    if !have_root("command_cannot_open_or_make_device_nodes") {
-        return;
-    }
+    fixture::skip_unless_root!();
     // A node a base image might ship; /dev/null's numbers, so opening it is harmless.
     let sb = Sandbox::new(|r| {
         nix::sys::stat::mknod(
@@ -900,9 +851,7 @@ fn command_cannot_open_or_make_device_nodes() {
 
 #[test]
 fn command_holds_no_descriptor_to_a_host_file() {
-    if !have_root("command_holds_no_descriptor_to_a_host_file") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     // Every descriptor of the shell: the image's /dev/null (same device and
     // inode as the in-image path) or a pipe.
@@ -920,9 +869,7 @@ fn command_holds_no_descriptor_to_a_host_file() {
 
 #[test]
 fn command_cannot_use_the_kernel_keyring() {
-    if !have_root("command_cannot_use_the_kernel_keyring") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING, 0): root's user
     // keyring is the host root's. 250 on x86_64, 219 on arm64.
@@ -961,10 +908,7 @@ fn host_state(p: &Path) -> HostState {
 
 #[test]
 fn resolv_conf_and_policy_rc_d_are_replaced_during_the_build_and_restored_exactly() {
-    if !have_root("resolv_conf_and_policy_rc_d_are_replaced_during_the_build_and_restored_exactly")
-    {
-        return;
-    }
+    fixture::skip_unless_root!();
     let host_dns = fs::read_to_string("/etc/resolv.conf").unwrap();
     type Seed = fn(&Path);
     let cases: [(&str, Seed, Seed); 3] = [
@@ -1036,9 +980,7 @@ fn resolv_conf_and_policy_rc_d_are_replaced_during_the_build_and_restored_exactl
 
 #[test]
 fn a_resolv_conf_the_build_replaced_is_kept() {
-    if !have_root("a_resolv_conf_the_build_replaced_is_kept") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb =
         Sandbox::new(|r| fs::write(r.join("/etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap());
     sb.stdout(&[
@@ -1063,9 +1005,7 @@ fn a_resolv_conf_the_build_replaced_is_kept() {
 /// must give way, and the package's link must be in the image afterwards.
 #[test]
 fn a_policy_rc_d_a_package_provides_through_alternatives_survives() {
-    if !have_root("a_policy_rc_d_a_package_provides_through_alternatives_survives") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     sb.stdout(&["apt-get", "update"]);
     let install = cmd(&[
@@ -1091,9 +1031,7 @@ fn a_policy_rc_d_a_package_provides_through_alternatives_survives() {
 
 #[test]
 fn run_is_a_tmpfs_left_out_of_the_image() {
-    if !have_root("run_is_a_tmpfs_left_out_of_the_image") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     sb.stdout(&[
         "sh",
@@ -1107,9 +1045,7 @@ fn run_is_a_tmpfs_left_out_of_the_image() {
 
 #[test]
 fn a_failed_setup_undoes_itself() {
-    if !have_root("a_failed_setup_undoes_itself") {
-        return;
-    }
+    fixture::skip_unless_root!();
     namespace::private_namespace_for_calling_thread().unwrap();
     let rootfs = Rootfs::new();
     // A directory where resolv.conf should be: setup refuses to replace it,
@@ -1138,9 +1074,7 @@ fn a_failed_setup_undoes_itself() {
 
 #[test]
 fn apt_update_and_downloads_go_through_the_host_cache() {
-    if !have_root("apt_update_and_downloads_go_through_the_host_cache") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     sb.stdout(&["apt-get", "update"]);
     // The apt primitive also asks for the same cache per command; both binds coexist.
@@ -1164,29 +1098,30 @@ fn apt_update_and_downloads_go_through_the_host_cache() {
             })
             .unwrap_or_default()
     };
-    let host_archives = sb.cache.path().join("apt-archives");
-    assert_eq!(
-        debs(&host_archives).len(),
-        1,
-        "{:?}",
-        fs::read_dir(&host_archives).unwrap().count()
-    );
-    assert!(host_archives.join("partial").is_dir());
+    // During the build the package is in the build's own folder of the
+    // cache (so builds sharing the cache never share apt's lock) ...
+    let builds: Vec<PathBuf> = fs::read_dir(sb.cache.path().join("apt-archives.builds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(builds.len(), 1, "{builds:?}");
+    assert_eq!(debs(&builds[0]).len(), 1, "{:?}", builds[0]);
+    assert!(builds[0].join("partial").is_dir());
+    // ... and in the shared cache once the build lets it go.
     let (rootfs, cache) = sb.teardown();
     assert_eq!(
         debs(&rootfs.join("/var/cache/apt/archives")),
         Vec::<String>::new()
     );
     assert_eq!(debs(&cache.path().join("apt-archives")).len(), 1);
+    assert!(!builds[0].exists(), "the build's folder is removed");
 }
 
 /// With the host's apt archives bound into the image, `remove` of a folder
 /// above it refuses and deletes nothing, in the image or in the host cache.
 #[test]
 fn remove_never_reaches_into_the_bound_apt_cache() {
-    if !have_root("remove_never_reaches_into_the_bound_apt_cache") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let cached = sb.cache.path().join("apt-archives/hello_2.10-3_amd64.deb");
     fs::write(&cached, b"a cached package").unwrap();
@@ -1206,9 +1141,7 @@ fn remove_never_reaches_into_the_bound_apt_cache() {
 
 #[test]
 fn per_command_caches_are_bound_for_that_command_only() {
-    if !have_root("per_command_caches_are_bound_for_that_command_only") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|_| {});
     let c = cmd(&["sh", "-c", "echo built > /root/.cache/go-build/entry"])
         .cache("go-build", "/root/.cache/go-build");
@@ -1238,9 +1171,7 @@ fn per_command_caches_are_bound_for_that_command_only() {
 
 #[test]
 fn finalize_empties_what_it_should() {
-    if !have_root("finalize_empties_what_it_should") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let sb = Sandbox::new(|r| {
         let w = |p: &str, content: &str| {
             let p = r.join(p);
@@ -1416,9 +1347,7 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn sigkill_leaves_no_mount_loop_device_or_process() {
-    if !have_root("sigkill_leaves_no_mount_loop_device_or_process") {
-        return;
-    }
+    fixture::skip_unless_root!();
     let rootfs = Rootfs::new();
     let img = rootfs.path().with_extension("ext4");
     let _img_guard = FileGuard(img.clone());
@@ -1514,9 +1443,7 @@ impl Drop for FileGuard {
 
 #[test]
 fn overhead_of_one_command() {
-    if !have_root("overhead_of_one_command") {
-        return;
-    }
+    fixture::skip_unless_root!();
     namespace::private_namespace_for_calling_thread().unwrap();
     let rootfs = Rootfs::new();
     let cache = tempfile::tempdir().unwrap();

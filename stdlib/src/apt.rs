@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::api::{options, string_list, to_array};
 use crate::ctx::{Ctx, Loc};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::files::image_path;
 use crate::register::Str;
 use crate::rhai_fns;
@@ -48,11 +48,7 @@ pub enum AptError {
     NotFound(Vec<String>),
 }
 
-impl From<AptError> for Error {
-    fn from(e: AptError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(AptError);
 
 /// A package as apt takes it: `name`, `name:arch`, `name=version`, `name/release`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,9 +322,9 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::fake_ctx;
     use crate::run::scripted::{stdout, Scripted};
     use crate::target::{Output, Target};
-    use crate::FakeTarget;
     use std::sync::Arc;
 
     fn loc() -> Loc {
@@ -343,14 +339,14 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn fake() -> (Arc<FakeTarget>, Ctx) {
-        let t = Arc::new(FakeTarget::ubuntu());
-        (t.clone(), Ctx::new(t))
+    /// `apt_download(pkgs, dest)` without options.
+    fn download(c: &Ctx, pkgs: &[&str], dest: &str) -> Result<Vec<String>> {
+        apt_download(c, &loc(), &names(pkgs), dest, &DownloadOpts::default())
     }
 
     #[test]
     fn update_install_purge_commands() {
-        let (t, c) = fake();
+        let (t, c) = fake_ctx();
         let deb = "/var/cache/x/pg_search.deb";
         t.root().write(deb, b"deb", Attrs::default()).unwrap();
         apt_update(&c, &loc()).unwrap();
@@ -394,7 +390,7 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused_before_anything_runs() {
-        let (t, c) = fake();
+        let (t, c) = fake_ctx();
         for bad in [
             "-y",
             "--allow-unauthenticated",
@@ -415,14 +411,7 @@ mod tests {
             .to_string()
             .contains("no package"));
         assert!(apt_purge(&c, &loc(), &names(&["/x/a.deb"])).is_err());
-        assert!(apt_download(
-            &c,
-            &loc(),
-            &names(&["-o"]),
-            "/var/cache/d",
-            &DownloadOpts::default()
-        )
-        .is_err());
+        assert!(download(&c, &["-o"], "/var/cache/d").is_err());
         assert!(t.commands().is_empty());
     }
 
@@ -588,14 +577,7 @@ libfoo:arm64:
                 Attrs::default(),
             )
             .unwrap();
-        let got = apt_download(
-            &c,
-            &loc(),
-            &names(&["postgresql-16", "bash"]),
-            "/var/cache/pg/16",
-            &DownloadOpts::default(),
-        )
-        .unwrap();
+        let got = download(&c, &["postgresql-16", "bash"], "/var/cache/pg/16").unwrap();
         assert_eq!(
             got,
             [
@@ -613,13 +595,11 @@ libfoo:arm64:
 
     #[test]
     fn download_on_the_fake_answers_like_apt() {
-        let (t, c) = fake();
-        let got = apt_download(
+        let (t, c) = fake_ctx();
+        let got = download(
             &c,
-            &loc(),
-            &names(&["postgresql-16", "postgresql-client-16"]),
+            &["postgresql-16", "postgresql-client-16"],
             "/var/cache/postgresql-packages/16",
-            &DownloadOpts::default(),
         )
         .unwrap();
         assert_eq!(
@@ -641,7 +621,7 @@ libfoo:arm64:
 
     #[test]
     fn download_with_dependencies_leaves_out_apts_bookkeeping() {
-        let (t, c) = fake();
+        let (t, c) = fake_ctx();
         let dest = "/var/cache/postgresql-packages/common";
         let opts = DownloadOpts {
             dependencies: Some(true),
@@ -670,14 +650,8 @@ libfoo:arm64:
 
     #[test]
     fn a_typo_fails_naming_the_package_on_the_fake_too() {
-        let (_, c) = fake();
-        let e = apt_download(
-            &c,
-            &loc(),
-            &names(&["postgresql-16=9.9"]),
-            "/d",
-            &DownloadOpts::default(),
-        );
+        let (_, c) = fake_ctx();
+        let e = download(&c, &["postgresql-16=9.9"], "/d");
         assert!(e.unwrap_err().to_string().contains("postgresql-16=9.9"));
     }
 }

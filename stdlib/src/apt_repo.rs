@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::api::options;
 use crate::ctx::Ctx;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fetch::normalize_sha256;
 use crate::register::Str;
 use crate::rhai_fns;
@@ -89,11 +89,7 @@ pub enum RepoError {
     BadKey { key: String, reason: String },
 }
 
-impl From<RepoError> for Error {
-    fn from(e: RepoError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(RepoError);
 
 /// How a key file is encoded, which apt tells by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,8 +436,8 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RecordingFetcher;
-    use crate::{FakeOs, FakeTarget, Target};
+    use crate::fake::{engine_on, host_tool, primitive_failure};
+    use crate::{FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::process::Command as Process;
     use std::sync::{Arc, OnceLock};
@@ -456,18 +452,11 @@ mod tests {
     }
 
     fn gpg(home: &Path, args: &[&str]) -> Vec<u8> {
-        let out = Process::new("gpg")
-            .env("GNUPGHOME", home)
+        let mut gpg = Process::new("gpg");
+        gpg.env("GNUPGHOME", home)
             .args(["--batch", "--quiet", "--no-tty"])
-            .args(args)
-            .output()
-            .expect("running gpg (the apt_repo tests need it to make keys)");
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
+            .args(args);
+        host_tool(&mut gpg, "the apt_repo tests need it to make keys")
     }
 
     fn keys() -> &'static Keys {
@@ -539,13 +528,7 @@ mod tests {
             .iter()
             .map(|f| (format!("https://keys.example/{f}"), assets.path().join(f)))
             .collect();
-        let t = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let t = Arc::new(FakeTarget::with_fixtures(fixtures));
         let c = Ctx::new(t.clone()).with_asset_dirs(vec![assets.path().to_path_buf()]);
         (t, c, assets)
     }
@@ -972,8 +955,7 @@ mod tests {
     #[test]
     fn from_rhai_with_array_components_and_unknown_keys() {
         let (t, c, _a) = setup();
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, &c);
+        let engine = engine_on(&c);
         let script = format!(
             r#"apt_repo("deb", #{{ uri: "http://deb.debian.org/debian", suite: "bookworm", components: ["main", "contrib"], key: "one.gpg", key_sha256: "{}" }})"#,
             sha(&keys().binary)
@@ -987,13 +969,11 @@ mod tests {
             .read_string("/etc/apt/sources.list.d/deb.sources")
             .unwrap()
             .contains("Components: main contrib\n"));
-        let e = engine
-            .eval::<String>(r#"apt_repo("x", #{ uri: "u", suit: "s" })"#)
-            .unwrap_err();
-        let rhai::EvalAltResult::ErrorRuntime(d, _) = *e else {
-            panic!("{e}")
-        };
-        let msg = d.cast::<crate::api::PrimitiveFailure>().message;
+        let msg = primitive_failure(
+            engine
+                .eval::<String>(r#"apt_repo("x", #{ uri: "u", suit: "s" })"#)
+                .unwrap_err(),
+        );
         assert!(
             msg.contains("apt_repo: options: unknown field `suit`"),
             "{msg}"

@@ -382,12 +382,7 @@ fn host_path(root: &ImageRoot, path: &str) -> std::result::Result<PathBuf, FsErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn root() -> (tempfile::TempDir, ImageRoot) {
-        let d = tempfile::tempdir().unwrap();
-        let r = ImageRoot::open(d.path()).unwrap();
-        (d, r)
-    }
+    use crate::fake::temp_root;
 
     const P: &str = "/etc/apt/sources.list";
 
@@ -415,7 +410,7 @@ mod tests {
     #[test]
     fn an_untouched_borrowed_path_gets_its_original_back_exactly() {
         for (name, seed) in seeds() {
-            let (_d, r) = root();
+            let (_d, r) = temp_root();
             r.mkdir_all("/etc/apt", Attrs::default()).unwrap();
             seed(&r);
             let before = Saved::capture(&r, P).unwrap();
@@ -463,7 +458,7 @@ mod tests {
         ];
         for (name, change) in changes {
             for (seed_name, seed) in seeds() {
-                let (_d, r) = root();
+                let (_d, r) = temp_root();
                 r.mkdir_all("/etc/apt", Attrs::default()).unwrap();
                 seed(&r);
                 let b = Borrowed::default();
@@ -487,7 +482,7 @@ mod tests {
     /// pgimg's own link is recognised as such and goes.
     #[test]
     fn a_borrowed_link_is_given_back_too() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.write(
             "/usr/sbin/policy-rc.d",
             b"#!/bin/sh\nexit 0\n",
@@ -506,7 +501,7 @@ mod tests {
     /// Mount points pgimg made go again when empty; one the build filled stays.
     #[test]
     fn directories_pgimg_created_go_when_left_empty() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.mkdir_all("/root", Attrs::mode(0o700)).unwrap();
         let b = Borrowed::default();
         b.put_dir(&r, "/root/.cache/go-build", 0o755).unwrap();
@@ -521,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_directory_is_not_borrowed() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.mkdir_all(P, Attrs::default()).unwrap();
         assert!(Borrowed::default().put_file(&r, P, b"x", 0o644).is_err());
         assert_eq!(r.kind(P), Some(FileKind::Dir));

@@ -23,3 +23,17 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `impl From<$module_error> for Error` as [`Error::Invalid`]: for the
+/// errors of a primitive's own checks (arguments, the image's state), which
+/// carry their whole message and no cause.
+macro_rules! invalid_from {
+    ($($module_error:ty),+) => {$(
+        impl From<$module_error> for $crate::error::Error {
+            fn from(e: $module_error) -> Self {
+                $crate::error::Error::Invalid(e.to_string())
+            }
+        }
+    )+};
+}
+pub(crate) use invalid_from;

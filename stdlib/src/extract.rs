@@ -724,48 +724,9 @@ fn write_zip(archive: &Path, plan: &[Vec<Member>], w: &mut Writer<'_>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{gzip as gz, host_tree as tree, raw_tar, TarMember as M};
     use crate::root::FileKind;
     use std::io::Write;
-
-    /// One archive member; names and link targets are written into the
-    /// header byte for byte, so hostile names can be built.
-    enum M<'a> {
-        File(&'a str, &'a [u8], u32),
-        Dir(&'a str, u32),
-        Sym(&'a str, &'a str),
-        Hard(&'a str, &'a str),
-        Fifo(&'a str),
-        Char(&'a str),
-    }
-
-    fn raw_tar(members: &[M]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for m in members {
-            let (name, link, kind, mode, data): (&str, &str, _, u32, &[u8]) = match m {
-                M::File(n, d, mode) => (n, "", tar::EntryType::Regular, *mode, d),
-                M::Dir(n, mode) => (n, "", tar::EntryType::Directory, *mode, b""),
-                M::Sym(n, t) => (n, t, tar::EntryType::Symlink, 0o777, b""),
-                M::Hard(n, t) => (n, t, tar::EntryType::Link, 0o644, b""),
-                M::Fifo(n) => (n, "", tar::EntryType::Fifo, 0o644, b""),
-                M::Char(n) => (n, "", tar::EntryType::Char, 0o644, b""),
-            };
-            let mut h = tar::Header::new_gnu();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-            h.set_entry_type(kind);
-            h.set_mode(mode);
-            h.set_size(data.len() as u64);
-            h.set_cksum();
-            b.append(&h, data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
-    fn gz(bytes: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(bytes).unwrap();
-        e.finish().unwrap()
-    }
 
     struct Env {
         _dirs: (tempfile::TempDir, tempfile::TempDir),
@@ -806,23 +767,6 @@ mod tests {
         )
     }
 
-    /// Everything under the image directory, for "nothing was written" checks.
-    fn tree(dir: &Path) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).unwrap() {
-                let p = entry.unwrap().path();
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-                if p.is_dir() && !p.is_symlink() {
-                    stack.push(p);
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-
     #[test]
     fn hostile_members_are_refused_and_nothing_is_written() {
         let ok = M::File("pkg/ok", b"ok", 0o644);
@@ -841,37 +785,37 @@ mod tests {
             ),
             (
                 "link up",
-                vec![M::Sym("pkg/l", "../../../etc")],
+                vec![M::Symlink("pkg/l", "../../../etc")],
                 "pkg/l",
                 "outside the destination",
             ),
             (
                 "link up from top",
-                vec![M::Sym("l", "..")],
+                vec![M::Symlink("l", "..")],
                 "l",
                 "outside the destination",
             ),
             (
                 "absolute link",
-                vec![M::Sym("pkg/l", "/etc/shadow")],
+                vec![M::Symlink("pkg/l", "/etc/shadow")],
                 "pkg/l",
                 "outside the destination",
             ),
             (
                 "absolute link with ..",
-                vec![M::Sym("pkg/l", "/opt/x/../../etc")],
+                vec![M::Symlink("pkg/l", "/opt/x/../../etc")],
                 "pkg/l",
                 "outside the destination",
             ),
             (
                 "through own link",
-                vec![M::Sym("s", "."), M::File("s/s/f", b"x", 0o644)],
+                vec![M::Symlink("s", "."), M::File("s/s/f", b"x", 0o644)],
                 "s/s/f",
                 "a symbolic link in the same archive",
             ),
             (
                 "link chain escape",
-                vec![M::Sym("s", "."), M::Sym("l", "s/s/s/../../..")],
+                vec![M::Symlink("s", "."), M::Symlink("l", "s/s/s/../../..")],
                 "l",
                 "passes through another link",
             ),
@@ -925,7 +869,7 @@ mod tests {
             match self {
                 M::File(a, b, c) => M::File(a, b, *c),
                 M::Dir(a, b) => M::Dir(a, *b),
-                M::Sym(a, b) => M::Sym(a, b),
+                M::Symlink(a, b) => M::Symlink(a, b),
                 M::Hard(a, b) => M::Hard(a, b),
                 M::Fifo(a) => M::Fifo(a),
                 M::Char(a) => M::Char(a),
@@ -938,9 +882,9 @@ mod tests {
         let e = env(&raw_tar(&[
             M::Dir("app-1/", 0o750),
             M::File("app-1/bin/tool", b"tool", 0o755),
-            M::Sym("app-1/current", "bin/tool"),
-            M::Sym("app-1/bin/up", "../current"),
-            M::Sym("app-1/abs", "/opt/app/bin/tool"),
+            M::Symlink("app-1/current", "bin/tool"),
+            M::Symlink("app-1/bin/up", "../current"),
+            M::Symlink("app-1/abs", "/opt/app/bin/tool"),
             M::Hard("app-1/bin/tool2", "app-1/bin/tool"),
         ]));
         let got = run(&e, ArchiveKind::Tar, "/opt/app/", None, 1).unwrap();

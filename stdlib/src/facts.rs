@@ -136,18 +136,22 @@ pub fn param_or(ctx: &Ctx, name: &str, default: Dynamic) -> Result<Dynamic> {
             "parameter `{name}`: `{value}` is not {what} (the type of its default)"
         ))
     };
+    // `value` parsed as a T, or the error naming `what` a T is.
+    fn parsed<T: std::str::FromStr + rhai::Variant + Clone>(
+        value: &str,
+        bad: impl Fn(&str) -> Error,
+        what: &str,
+    ) -> Result<Dynamic> {
+        value
+            .trim()
+            .parse::<T>()
+            .map(Dynamic::from)
+            .map_err(|_| bad(what))
+    }
     if default.is_int() {
-        value
-            .trim()
-            .parse::<rhai::INT>()
-            .map(Dynamic::from)
-            .map_err(|_| bad("an integer"))
+        parsed::<rhai::INT>(value, bad, "an integer")
     } else if default.is_float() {
-        value
-            .trim()
-            .parse::<rhai::FLOAT>()
-            .map(Dynamic::from)
-            .map_err(|_| bad("a number"))
+        parsed::<rhai::FLOAT>(value, bad, "a number")
     } else if default.is_bool() {
         match value.trim() {
             "true" | "yes" | "1" | "on" => Ok(Dynamic::TRUE),
@@ -183,7 +187,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::FakeOs;
+    use crate::fake::{eval_on as eval, FakeOs};
     use crate::fetch::RecordingFetcher;
     use crate::root::Attrs;
     use crate::{FakeTarget, Target};
@@ -196,18 +200,6 @@ mod tests {
         };
         let t = Arc::new(FakeTarget::new(&os, Box::new(RecordingFetcher::default())).unwrap());
         (t.clone(), Ctx::new(t))
-    }
-
-    /// Evaluates `script` with these primitives; an error becomes the message the user sees.
-    fn eval<T: rhai::Variant + Clone>(c: &Ctx, script: &str) -> Result<T, String> {
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, c);
-        engine.eval::<T>(script).map_err(|e| match *e {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => {
-                d.cast::<crate::api::PrimitiveFailure>().message
-            }
-            other => other.to_string(),
-        })
     }
 
     #[test]

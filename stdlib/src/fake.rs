@@ -7,8 +7,10 @@
 //! [`FakeTarget::answer`]), so every primitive has one code path.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+use crate::ctx::Ctx;
 use crate::fetch::{Fetcher, RecordingFetcher};
 use crate::root::{Attrs, FsError, ImageRoot};
 use crate::target::{Command, CommandError, Facts, Output, Target};
@@ -155,7 +157,17 @@ impl FakeTarget {
 
     /// A fake Ubuntu 22.04 amd64 root that records every fetch.
     pub fn ubuntu() -> Self {
-        FakeTarget::new(&FakeOs::default(), Box::new(RecordingFetcher::default()))
+        FakeTarget::with_fetcher(RecordingFetcher::default())
+    }
+
+    /// A fake Ubuntu 22.04 amd64 root whose fetches are answered from
+    /// `fixtures` (URL → a local file or folder), and recorded.
+    pub fn with_fixtures(fixtures: BTreeMap<String, PathBuf>) -> Self {
+        FakeTarget::with_fetcher(RecordingFetcher::new(fixtures))
+    }
+
+    fn with_fetcher(fetcher: RecordingFetcher) -> Self {
+        FakeTarget::new(&FakeOs::default(), Box::new(fetcher))
             .expect("creating a fake root in the temporary directory")
     }
 
@@ -168,6 +180,159 @@ impl FakeTarget {
     pub fn owner(&self, path: &str) -> Option<(u32, u32)> {
         self.owners.lock().unwrap().get(path).copied()
     }
+}
+
+/// A fake Ubuntu root and a [`Ctx`] acting on it: where most primitive
+/// tests start.
+pub fn fake_ctx() -> (Arc<FakeTarget>, Ctx) {
+    let t = Arc::new(FakeTarget::ubuntu());
+    (t.clone(), Ctx::new(t))
+}
+
+/// An engine with every primitive registered on `ctx`: what a recipe sees.
+pub fn engine_on(ctx: &Ctx) -> rhai::Engine {
+    let mut engine = rhai::Engine::new();
+    crate::register(&mut engine, ctx);
+    engine
+}
+
+/// The message the user sees of a primitive's failure; panics on any other
+/// error, which a test of a primitive's argument checks does not expect.
+// Boxed as `Engine::eval` returns it, so a test passes `unwrap_err()` as is.
+#[allow(clippy::boxed_local)]
+pub fn primitive_failure(err: Box<rhai::EvalAltResult>) -> String {
+    match *err {
+        rhai::EvalAltResult::ErrorRuntime(d, _) => d
+            .try_cast::<crate::api::PrimitiveFailure>()
+            .map(|f| f.message)
+            .expect("a primitive's failure"),
+        other => panic!("not a primitive's failure: {other}"),
+    }
+}
+
+/// Evaluates `script` with the primitives on `ctx`; an error becomes the
+/// message the user sees (a primitive's, or Rhai's own).
+pub fn eval_on<T: rhai::Variant + Clone>(ctx: &Ctx, script: &str) -> Result<T, String> {
+    engine_on(ctx).eval::<T>(script).map_err(|e| match *e {
+        rhai::EvalAltResult::ErrorRuntime(d, _) => d.cast::<crate::api::PrimitiveFailure>().message,
+        other => other.to_string(),
+    })
+}
+
+/// The inputs `ctx`'s journal recorded so far, as (kind, url, pin): what a
+/// test of a fetching primitive checks it pinned.
+pub fn recorded_inputs(ctx: &Ctx) -> Vec<(String, String, String)> {
+    let journal = ctx.journal.lock().unwrap();
+    journal
+        .inputs
+        .iter()
+        .map(|i| (i.kind.clone(), i.url.clone(), i.pin.clone()))
+        .collect()
+}
+
+/// An empty [`ImageRoot`] in a fresh temporary directory, for tests of code
+/// that works on a root directly; the directory lives as long as the
+/// returned guard.
+pub fn temp_root() -> (tempfile::TempDir, ImageRoot) {
+    let dir = tempfile::tempdir().expect("creating a temporary directory");
+    let root = ImageRoot::open(dir.path()).expect("opening the temporary directory as a root");
+    (dir, root)
+}
+
+/// Runs a host tool that makes a test's fixture and returns its stdout;
+/// panics with its output when it fails, and with `needed` (why the tests
+/// need it, or what installs it) when it cannot start.
+pub fn host_tool(cmd: &mut std::process::Command, needed: &str) -> Vec<u8> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} ({needed}): {e}"));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A temporary host folder holding `files` (relative path → content) and
+/// the folders they need: the assets or recipes of a test.
+pub fn host_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+/// Every path under the host folder `dir`, relative and sorted: for tests'
+/// "nothing else was written" checks.
+pub fn host_tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One member of a test archive; names and link targets are written into
+/// the header byte for byte, so hostile archives can be built (the tar
+/// crate's builder refuses `..`).
+pub enum TarMember<'a> {
+    /// Path, content, mode.
+    File(&'a str, &'a [u8], u32),
+    Dir(&'a str, u32),
+    /// Path, link target.
+    Symlink(&'a str, &'a str),
+    /// Path, the member it links to.
+    Hard(&'a str, &'a str),
+    Fifo(&'a str),
+    Char(&'a str),
+}
+
+/// An uncompressed tar archive of `members`, in order.
+pub fn raw_tar(members: &[TarMember]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for m in members {
+        let (name, link, kind, mode, data): (&str, &str, _, u32, &[u8]) = match m {
+            TarMember::File(n, d, mode) => (n, "", tar::EntryType::Regular, *mode, d),
+            TarMember::Dir(n, mode) => (n, "", tar::EntryType::Directory, *mode, b""),
+            TarMember::Symlink(n, t) => (n, t, tar::EntryType::Symlink, 0o777, b""),
+            TarMember::Hard(n, t) => (n, t, tar::EntryType::Link, 0o644, b""),
+            TarMember::Fifo(n) => (n, "", tar::EntryType::Fifo, 0o644, b""),
+            TarMember::Char(n) => (n, "", tar::EntryType::Char, 0o644, b""),
+        };
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// `bytes` gzip-compressed.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
 }
 
 /// The version every package has on the fake root.

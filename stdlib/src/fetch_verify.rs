@@ -45,6 +45,23 @@ pub struct FetchVerify {
     pub owner: Option<String>,
 }
 
+impl FetchVerify {
+    /// A download pinned by its sha256 and installed as is at `dest`: the
+    /// plainest call, which the other options refine.
+    pub fn pinned(url: &str, sha256: &str, dest: &str) -> Self {
+        FetchVerify {
+            url: url.into(),
+            sha256: Some(sha256.into()),
+            sha256_from: None,
+            dest: dest.into(),
+            extract: None,
+            strip: None,
+            mode: None,
+            owner: None,
+        }
+    }
+}
+
 /// What `fetch_verify` installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Installed {
@@ -303,7 +320,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RecordingFetcher;
+    use crate::fake::{engine_on as engine, primitive_failure as failure};
     use crate::{FakeOs, FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::io::Write;
@@ -322,27 +339,29 @@ mod tests {
             Vec::new(),
             flate2::Compression::fast(),
         ));
-        let mut add = |path: &str, data: &[u8], mode: u32, kind: tar::EntryType| {
+        let entries: [(&str, &[u8], u32, tar::EntryType); 4] = [
+            ("tool-1.0/", b"", 0o755, tar::EntryType::Directory),
+            (
+                "tool-1.0/tool",
+                b"#!/bin/sh\necho tool\n",
+                0o4755,
+                tar::EntryType::Regular,
+            ),
+            ("tool-1.0/LICENSE", b"MIT\n", 0o644, tar::EntryType::Regular),
+            (
+                "tool-1.0/conf/a.yml",
+                b"a: 1\n",
+                0o640,
+                tar::EntryType::Regular,
+            ),
+        ];
+        for (path, data, mode, kind) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(kind);
             h.set_mode(mode);
             h.set_size(data.len() as u64);
             b.append_data(&mut h, path, data).unwrap();
-        };
-        add("tool-1.0/", b"", 0o755, tar::EntryType::Directory);
-        add(
-            "tool-1.0/tool",
-            b"#!/bin/sh\necho tool\n",
-            0o4755,
-            tar::EntryType::Regular,
-        );
-        add("tool-1.0/LICENSE", b"MIT\n", 0o644, tar::EntryType::Regular);
-        add(
-            "tool-1.0/conf/a.yml",
-            b"a: 1\n",
-            0o640,
-            tar::EntryType::Regular,
-        );
+        }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -370,13 +389,7 @@ mod tests {
                 fixtures.insert(url.to_string(), p);
             }
         }
-        let target = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let target = Arc::new(FakeTarget::with_fixtures(fixtures));
         Fixture {
             _dir: dir,
             ctx: Ctx::new(target.clone()),
@@ -387,16 +400,7 @@ mod tests {
     }
 
     fn opts(url: &str, sha256: &str, dest: &str) -> FetchVerify {
-        FetchVerify {
-            url: url.into(),
-            sha256: Some(sha256.into()),
-            sha256_from: None,
-            dest: dest.into(),
-            extract: None,
-            strip: None,
-            mode: None,
-            owner: None,
-        }
+        FetchVerify::pinned(url, sha256, dest)
     }
 
     #[test]
@@ -622,13 +626,7 @@ mod tests {
         if with_tarball {
             fixtures.insert(URL.to_string(), f._dir.path().join("t.tgz"));
         }
-        let target = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let target = Arc::new(FakeTarget::with_fixtures(fixtures));
         Fixture {
             ctx: Ctx::new(target.clone()),
             target,
@@ -815,23 +813,6 @@ mod tests {
         assert_eq!(i.from.as_deref(), Some(LIST_URL));
     }
 
-    /// The message a failing primitive raised.
-    fn failure(err: rhai::EvalAltResult) -> String {
-        match err {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => d
-                .try_cast::<crate::api::PrimitiveFailure>()
-                .map(|f| f.message),
-            _ => None,
-        }
-        .unwrap_or_else(|| panic!("not a primitive failure"))
-    }
-
-    fn engine(ctx: &Ctx) -> rhai::Engine {
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, ctx);
-        engine
-    }
-
     #[test]
     fn from_rhai_returns_string_or_array_and_rejects_unknown_keys() {
         let f = fixture(true);
@@ -854,13 +835,13 @@ mod tests {
             r#"fetch_verify(#{{ url: "{URL}", sha256: "{}", dest: "/opt/t", extarct: true }})"#,
             f.tar_sha
         );
-        let err = failure(*e.eval::<Dynamic>(&script).unwrap_err());
+        let err = failure(e.eval::<Dynamic>(&script).unwrap_err());
         assert!(
             err.contains("fetch_verify: options: unknown field `extarct`"),
             "{err}"
         );
         let err = failure(
-            *e.eval::<Dynamic>(r#"fetch_verify(#{ url: "https://h/x", dest: "/x" })"#)
+            e.eval::<Dynamic>(r#"fetch_verify(#{ url: "https://h/x", dest: "/x" })"#)
                 .unwrap_err(),
         );
         assert!(

@@ -146,17 +146,12 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FakeTarget, Target};
-    use std::sync::Arc;
-
-    fn ctx() -> (Arc<FakeTarget>, Ctx) {
-        let t = Arc::new(FakeTarget::ubuntu());
-        (t.clone(), Ctx::new(t))
-    }
+    use crate::fake::{fake_ctx, host_dir};
+    use crate::Target;
 
     #[test]
     fn write_with_mode_and_owner() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let opts = FileOpts {
             mode: Some(0o600),
             owner: Some("www-data".into()),
@@ -195,10 +190,8 @@ mod tests {
 
     #[test]
     fn copy_asset_owner_never_follows_a_copied_link() {
-        let (t, c) = ctx();
-        let assets = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(assets.path().join("tree")).unwrap();
-        std::fs::write(assets.path().join("tree/f"), "f").unwrap();
+        let (t, c) = fake_ctx();
+        let assets = host_dir(&[("tree/f", "f")]);
         std::os::unix::fs::symlink("/etc/passwd", assets.path().join("tree/pw")).unwrap();
         let c = c.with_asset_dirs(vec![assets.path().to_path_buf()]);
         copy_asset(
@@ -218,7 +211,7 @@ mod tests {
 
     #[test]
     fn append_mkdir() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         append_file(&c, "/etc/motd", "one\n").unwrap();
         append_file(&c, "/etc/motd", "two\n").unwrap();
         assert_eq!(t.root().read_string("/etc/motd").unwrap(), "one\ntwo\n");
@@ -236,11 +229,8 @@ mod tests {
 
     #[test]
     fn copy_asset_file_and_tree() {
-        let (t, c) = ctx();
-        let assets = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(assets.path().join("units/sub")).unwrap();
-        std::fs::write(assets.path().join("units/a.service"), "[Unit]\n").unwrap();
-        std::fs::write(assets.path().join("units/sub/b"), "b").unwrap();
+        let (t, c) = fake_ctx();
+        let assets = host_dir(&[("units/a.service", "[Unit]\n"), ("units/sub/b", "b")]);
         let c = c.with_asset_dirs(vec![assets.path().to_path_buf()]);
         let w = copy_asset(&c, "units", "/etc/u", &FileOpts::default()).unwrap();
         assert_eq!(

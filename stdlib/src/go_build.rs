@@ -180,11 +180,32 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RecordingFetcher;
+    use crate::fake::recorded_inputs;
     use crate::run::scripted::Scripted;
     use crate::target::{CommandError, Output, Target};
-    use crate::{FakeOs, FakeTarget};
+    use crate::FakeTarget;
     use std::sync::{Arc, Mutex};
+
+    /// A target whose fetcher hands over `src` for `URL`, where `install` runs
+    /// as coreutils' would and every other command goes to `build` with its
+    /// working folder: the source is staged there while the build runs.
+    fn staged_source(
+        src: &std::path::Path,
+        build: impl Fn(&crate::root::ImageRoot, &Command, &str) -> Result<Output, CommandError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Arc<Scripted> {
+        let mut scripted = Scripted::new(move |root, cmd| {
+            if cmd.argv[0] == "install" {
+                return crate::run::scripted::install(root, cmd);
+            }
+            build(root, cmd, cmd.cwd.as_deref().unwrap())
+        });
+        let fixtures = BTreeMap::from([(URL.to_string(), src.to_path_buf())]);
+        scripted.fake = FakeTarget::with_fixtures(fixtures);
+        Arc::new(scripted)
+    }
 
     const REV: &str = "cf1ce0f5b69048e31d740b508a79d8294707e339";
     const URL: &str = "https://github.com/wal-g/wal-g.git";
@@ -251,14 +272,9 @@ mod tests {
         assert_eq!(t.root().stat("/usr/bin/wal-g").unwrap().mode, 0o755);
         assert_eq!(t.root().read("/usr/bin/wal-g").unwrap(), b"");
         assert!(!t.root().exists(DIR));
-        let j = c.journal.lock().unwrap();
         assert_eq!(
-            (
-                j.inputs[0].kind.as_str(),
-                j.inputs[0].url.as_str(),
-                j.inputs[0].pin.as_str()
-            ),
-            ("git", URL, REV)
+            recorded_inputs(&c)[0],
+            ("git".into(), URL.into(), REV.into())
         );
     }
 
@@ -269,11 +285,7 @@ mod tests {
         std::fs::write(src.path().join("go.mod"), "module example.org/tool\n").unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        let mut scripted = Scripted::new(move |root, cmd| {
-            if cmd.argv[0] == "install" {
-                return crate::run::scripted::install(root, cmd);
-            }
-            let cwd = cmd.cwd.clone().unwrap();
+        let t = staged_source(src.path(), move |root, cmd, cwd| {
             // The source is in place while the build runs.
             s2.lock()
                 .unwrap()
@@ -288,14 +300,6 @@ mod tests {
             }
             Ok(Output::default())
         });
-        let fixtures =
-            std::collections::BTreeMap::from([(URL.to_string(), src.path().to_path_buf())]);
-        scripted.fake = FakeTarget::new(
-            &FakeOs::default(),
-            Box::new(RecordingFetcher::new(fixtures)),
-        )
-        .unwrap();
-        let t = Arc::new(scripted);
         let c = Ctx::new(t.clone());
         let opts = GoOpts {
             git: Some(URL.into()),
@@ -338,11 +342,7 @@ mod tests {
         std::fs::write(src.path().join("Makefile"), "deps:\n").unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        let mut scripted = Scripted::new(move |root, cmd| {
-            if cmd.argv[0] == "install" {
-                return crate::run::scripted::install(root, cmd);
-            }
-            let cwd = cmd.cwd.clone().unwrap();
+        let t = staged_source(src.path(), move |root, cmd, cwd| {
             let head = root.read_string(format!("{cwd}/.git/HEAD")).unwrap();
             let tag = root.exists(format!("{cwd}/.git/refs/tags/v3.0.3"));
             s2.lock()
@@ -350,13 +350,6 @@ mod tests {
                 .push(format!("{}: {} {tag}", cmd.argv.join(" "), head.trim()));
             Ok(crate::run::scripted::stdout(&head))
         });
-        let fixtures = BTreeMap::from([(URL.to_string(), src.path().to_path_buf())]);
-        scripted.fake = FakeTarget::new(
-            &FakeOs::default(),
-            Box::new(RecordingFetcher::new(fixtures)),
-        )
-        .unwrap();
-        let t = Arc::new(scripted);
         let c = Ctx::new(t.clone());
         let opts = GoOpts {
             keep_git: Some(true),

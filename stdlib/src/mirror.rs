@@ -169,9 +169,7 @@ mod tests {
     #[test]
     fn from_rhai_the_plan_shows_the_redirect() {
         let c = ctx(&[("pgdg", "http://127.0.0.1:9/pgdg")]);
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, &c);
-        let got: String = engine
+        let got: String = crate::fake::engine_on(&c)
             .eval(r#"mirror("pgdg", "https://apt.postgresql.org/pub/repos/apt") + "|" + mirror("releases", "https://github.com")"#)
             .unwrap();
         assert_eq!(got, "http://127.0.0.1:9/pgdg|https://github.com");

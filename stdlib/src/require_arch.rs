@@ -37,6 +37,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{engine_on, primitive_failure};
     use crate::fetch::RecordingFetcher;
     use crate::{FakeOs, FakeTarget};
     use std::sync::Arc;
@@ -68,13 +69,8 @@ mod tests {
     #[test]
     fn from_rhai_the_error_is_located() {
         let c = ctx("arm64");
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, &c);
-        let e = engine.run(r#"require_arch(["amd64"], "why")"#).unwrap_err();
-        let rhai::EvalAltResult::ErrorRuntime(d, _) = *e else {
-            panic!("{e}")
-        };
-        let msg = d.cast::<crate::api::PrimitiveFailure>().message;
+        let e = engine_on(&c).run(r#"require_arch(["amd64"], "why")"#);
+        let msg = primitive_failure(e.unwrap_err());
         assert!(
             msg.ends_with("require_arch: this recipe builds amd64 images only, not arm64: why"),
             "{msg}"

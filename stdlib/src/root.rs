@@ -433,14 +433,7 @@ impl ImageRoot {
             return Err(mount_point_error(path));
         }
         if is_dir {
-            let sub = nix::fcntl::openat(
-                &dir,
-                name.as_os_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| errno_io(path, e))?;
-            check_tree(sub, id, path)?;
+            check_subtree(&dir, name.as_os_str(), id, path)?;
         }
         Ok(())
     }
@@ -611,17 +604,28 @@ fn check_tree(dir: OwnedFd, id: u64, path: &Path) -> Result<(), FsError> {
             return Err(mount_point_error(&child));
         }
         if is_dir {
-            let sub = nix::fcntl::openat(
-                &dir,
-                name.as_os_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| errno_io(&child, e))?;
-            check_tree(sub, id, &child)?;
+            check_subtree(&dir, name.as_os_str(), id, &child)?;
         }
     }
     Ok(())
+}
+
+/// [`check_tree`] on the directory `name` in `dir` (found at `path`), opened
+/// without following a link so the walk cannot leave the tree.
+fn check_subtree(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    id: u64,
+    path: &Path,
+) -> Result<(), FsError> {
+    let sub = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno_io(path, e))?;
+    check_tree(sub, id, path)
 }
 
 fn stat_fd(path: &Path, fd: std::os::fd::BorrowedFd<'_>) -> Result<Stat, FsError> {
@@ -658,16 +662,11 @@ pub fn display(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn root() -> (tempfile::TempDir, ImageRoot) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = ImageRoot::open(dir.path()).unwrap();
-        (dir, root)
-    }
+    use crate::fake::temp_root;
 
     #[test]
     fn write_read_roundtrip_creates_parents() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.write("/etc/a/b.conf", b"x=1\n", Attrs::mode(0o640))
             .unwrap();
         assert_eq!(r.read_string("/etc/a/b.conf").unwrap(), "x=1\n");
@@ -688,7 +687,7 @@ mod tests {
             host_file.display().to_string(),
             format!("../../../../..{}", host_file.display()),
         ] {
-            let (d, r) = root();
+            let (d, r) = temp_root();
             std::fs::create_dir(d.path().join("etc")).unwrap();
             std::os::unix::fs::symlink(&target, d.path().join("etc/foo")).unwrap();
             r.write("/etc/foo", b"image", Attrs::default()).unwrap();
@@ -702,7 +701,7 @@ mod tests {
     fn reads_through_links_resolve_inside_the_root() {
         let host = tempfile::tempdir().unwrap();
         std::fs::write(host.path().join("secret"), "host secret").unwrap();
-        let (d, r) = root();
+        let (d, r) = temp_root();
         std::os::unix::fs::symlink(host.path().join("secret"), d.path().join("link")).unwrap();
         assert!(r.read("/link").unwrap_err().is_not_found());
         std::fs::create_dir(d.path().join("etc")).unwrap();
@@ -718,7 +717,7 @@ mod tests {
 
     #[test]
     fn append_through_a_link_lands_at_its_in_root_target() {
-        let (d, r) = root();
+        let (d, r) = temp_root();
         r.write("/var/real.log", b"a", Attrs::default()).unwrap();
         std::os::unix::fs::symlink("/var/real.log", d.path().join("log")).unwrap();
         r.append("/log", b"b").unwrap();
@@ -727,7 +726,7 @@ mod tests {
 
     #[test]
     fn symlink_replace_and_remove_never_follow() {
-        let (d, r) = root();
+        let (d, r) = temp_root();
         r.write("/data/keep", b"k", Attrs::default()).unwrap();
         r.symlink("/data", "/l").unwrap();
         r.symlink("/other", "/l").unwrap();
@@ -740,7 +739,7 @@ mod tests {
 
     #[test]
     fn refuses_root_as_file_name() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         assert!(r.write("/", b"x", Attrs::default()).is_err());
         assert!(r.write("/..", b"x", Attrs::default()).is_err());
     }
@@ -765,7 +764,7 @@ mod tests {
         .unwrap();
         let host = tempfile::tempdir().unwrap();
         std::fs::write(host.path().join("hello_2.10.deb"), b"deb").unwrap();
-        let (d, r) = root();
+        let (d, r) = temp_root();
         r.write("/var/cache/apt/pkgcache.bin", b"x", Attrs::default())
             .unwrap();
         r.mkdir_all("/var/cache/apt/archives", Attrs::default())
@@ -796,7 +795,7 @@ mod tests {
 
     #[test]
     fn mkdir_and_read_dir() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.mkdir_all("/a/b/c", Attrs::mode(0o700)).unwrap();
         r.write("/a/b/z", b"", Attrs::default()).unwrap();
         assert_eq!(r.read_dir("/a/b").unwrap(), vec!["c", "z"]);

@@ -195,14 +195,7 @@ mod tests {
     use std::sync::Arc;
 
     fn eval(c: &Ctx, script: &str) -> Result<String, String> {
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, c);
-        engine.eval::<String>(script).map_err(|e| match *e {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => {
-                d.cast::<crate::api::PrimitiveFailure>().message
-            }
-            other => other.to_string(),
-        })
+        crate::fake::eval_on(c, script)
     }
 
     #[test]

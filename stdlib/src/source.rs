@@ -1,7 +1,7 @@
 //! Build sources for `go_build` and `pgxs_build`: a pinned git commit or an asset folder, staged in the image.
 
 use crate::ctx::{Ctx, Loc};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fetch::normalize_commit;
 use crate::root::Attrs;
 use crate::run::command;
@@ -33,11 +33,7 @@ pub enum SourceError {
     NotADir(String),
 }
 
-impl From<SourceError> for Error {
-    fn from(e: SourceError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(SourceError);
 
 /// Where a build's source comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,8 +232,9 @@ pub fn with_build_dir<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fetch::RecordingFetcher;
-    use crate::{FakeOs, FakeTarget, Target};
+    use crate::error::Error;
+    use crate::fake::recorded_inputs;
+    use crate::{FakeTarget, Target};
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -353,13 +350,7 @@ mod tests {
         let src = tree();
         let url = "https://github.com/petere/pguint.git";
         let fixtures = BTreeMap::from([(url.to_string(), src.path().join("my_ext"))]);
-        let t = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let t = Arc::new(FakeTarget::with_fixtures(fixtures));
         let c = Ctx::new(t.clone());
         let source = Source::Git {
             url: url.into(),
@@ -373,14 +364,9 @@ mod tests {
         .unwrap();
         assert_eq!(seen, "int a;\n");
         assert!(!t.root().exists("/var/tmp/pgimg-build/pguint-cf1ce0f5b690"));
-        let j = c.journal.lock().unwrap();
         assert_eq!(
-            (
-                j.inputs[0].kind.as_str(),
-                j.inputs[0].url.as_str(),
-                j.inputs[0].pin.as_str()
-            ),
-            ("git", url, REV)
+            recorded_inputs(&c)[0],
+            ("git".into(), url.into(), REV.into())
         );
     }
 
@@ -450,13 +436,7 @@ mod tests {
         let src = checkout();
         let url = "https://github.com/wal-g/wal-g.git";
         let fixtures = BTreeMap::from([(url.to_string(), src.path().to_path_buf())]);
-        let t = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let t = Arc::new(FakeTarget::with_fixtures(fixtures));
         let c = Ctx::new(t.clone());
         let staged = with_build_dir(&c, &loc(), &keep_git(url), |d| {
             Ok((
@@ -478,13 +458,7 @@ mod tests {
         // A plain tree where a checkout is asked for is refused, not built without git.
         let plain = tree();
         let fixtures = BTreeMap::from([(url.to_string(), plain.path().join("my_ext"))]);
-        let t = Arc::new(
-            FakeTarget::new(
-                &FakeOs::default(),
-                Box::new(RecordingFetcher::new(fixtures)),
-            )
-            .unwrap(),
-        );
+        let t = Arc::new(FakeTarget::with_fixtures(fixtures));
         let c = Ctx::new(t.clone());
         let e = with_build_dir(&c, &loc(), &keep_git(url), |_| Ok(())).unwrap_err();
         assert!(e.to_string().contains("is not a git checkout"), "{e}");
@@ -503,11 +477,7 @@ mod tests {
             Ok(stdout(&head.unwrap_or_default()))
         });
         let fixtures = BTreeMap::from([(url.to_string(), src.path().to_path_buf())]);
-        scripted.fake = FakeTarget::new(
-            &FakeOs::default(),
-            Box::new(RecordingFetcher::new(fixtures)),
-        )
-        .unwrap();
+        scripted.fake = FakeTarget::with_fixtures(fixtures);
         let t = Arc::new(scripted);
         let c = Ctx::new(t.clone());
         with_build_dir(&c, &loc(), &keep_git(url), |_| Ok(())).unwrap();

@@ -111,11 +111,7 @@ pub enum SystemdError {
     },
 }
 
-impl From<SystemdError> for Error {
-    fn from(e: SystemdError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(SystemdError);
 
 /// Options of `systemd_unit`.
 #[derive(Debug, Default, Deserialize)]
@@ -729,6 +725,7 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{engine_on, fake_ctx, primitive_failure};
 
     #[test]
     fn disable_removes_the_enable_links_and_mask_links_to_dev_null() {
@@ -811,12 +808,16 @@ mod tests {
     use crate::{FakeTarget, Target};
     use std::sync::Arc;
 
-    fn ctx() -> (Arc<FakeTarget>, Ctx) {
-        let t = Arc::new(FakeTarget::ubuntu());
-        (t.clone(), Ctx::new(t))
-    }
-
     const ENABLE: UnitOpts = UnitOpts { enable: Some(true) };
+
+    /// Asserts that `systemd_unit` with `enable` refuses `text` as `name`,
+    /// saying `why`.
+    fn assert_enable_refused(c: &Ctx, name: &str, text: &str, why: &str) {
+        let e = systemd_unit(c, name, text, &ENABLE)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{name}: {e}");
+    }
 
     /// Every symlink under /etc/systemd/system, as (link, target), sorted.
     fn links(t: &FakeTarget) -> Vec<(String, String)> {
@@ -928,7 +929,7 @@ mod tests {
 
     #[test]
     fn install_errors_carry_file_and_line() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let e = systemd_unit(
             &c,
             "x.service",
@@ -973,7 +974,7 @@ mod tests {
             let e = unit_name(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
-        let (_t, c) = ctx();
+        let (_t, c) = fake_ctx();
         let e = systemd_unit(&c, "foo", "[Unit]\n", &UnitOpts::default())
             .unwrap_err()
             .to_string();
@@ -1042,7 +1043,7 @@ mod tests {
             ),
         ];
         for (what, text, want) in cases {
-            let (t, c) = ctx();
+            let (t, c) = fake_ctx();
             systemd_unit(&c, "a.service", &text, &ENABLE).unwrap_or_else(|e| panic!("{what}: {e}"));
             let want: Vec<(&str, &str)> = want.iter().map(|(a, b)| (a.as_str(), *b)).collect();
             assert_eq!(links(&t), pairs(&want), "{what}");
@@ -1061,7 +1062,7 @@ mod tests {
 
     #[test]
     fn templates_use_default_instance() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let text = "[Service]\nExecStart=/bin/x %i\n[Install]\nWantedBy=multi-user.target\nDefaultInstance=main\n";
         systemd_unit(&c, "pg@.service", text, &ENABLE).unwrap();
         assert_eq!(
@@ -1088,7 +1089,7 @@ mod tests {
 
     #[test]
     fn enable_errors() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let cases = [
             (
                 "no [Install]",
@@ -1122,10 +1123,8 @@ mod tests {
             ),
         ];
         for (what, text, needle) in cases {
-            let e = systemd_unit(&c, "a.service", text, &ENABLE)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(needle), "{what}: {e}");
+            let e = systemd_unit(&c, "a.service", text, &ENABLE).unwrap_err();
+            assert!(e.to_string().contains(needle), "{what}: {e}");
         }
         assert!(links(&t).is_empty(), "{:?}", links(&t));
         assert!(
@@ -1139,20 +1138,17 @@ mod tests {
                 Attrs::default(),
             )
             .unwrap();
-        let e = systemd_unit(
+        assert_enable_refused(
             &c,
             "a.service",
             "[Install]\nWantedBy=multi-user.target\n",
-            &ENABLE,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("exists and is not a symlink"), "{e}");
+            "exists and is not a symlink",
+        );
     }
 
     #[test]
     fn also_enables_installed_units_where_they_are() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         t.root()
             .write(
                 "/lib/systemd/system/a.socket",
@@ -1187,15 +1183,12 @@ mod tests {
         t.root()
             .symlink("/dev/null", "/etc/systemd/system/m.socket")
             .unwrap();
-        let e = systemd_unit(&c, "b.service", "[Install]\nAlso=m.socket\n", &ENABLE)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("masked"), "{e}");
+        assert_enable_refused(&c, "b.service", "[Install]\nAlso=m.socket\n", "masked");
     }
 
     #[test]
     fn idempotent_and_replaces_foreign_links() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let text =
             "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\nAlias=b.service\n";
         t.root()
@@ -1226,7 +1219,7 @@ mod tests {
 
     #[test]
     fn unit_enabled_looks_at_wants_and_requires() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         assert!(!unit_enabled(t.root(), "a.service").unwrap());
         systemd_unit(
             &c,
@@ -1260,7 +1253,7 @@ mod tests {
 
     #[test]
     fn dropins() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let p = systemd_dropin(
             &c,
             "postgresql@.service",
@@ -1297,7 +1290,7 @@ mod tests {
 
     #[test]
     fn content_from_asset() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let assets = tempfile::tempdir().unwrap();
         std::fs::create_dir(assets.path().join("units")).unwrap();
         let text = "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\n";
@@ -1327,9 +1320,8 @@ mod tests {
 
     #[test]
     fn rhai_overloads() {
-        let (t, c) = ctx();
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, &c);
+        let (t, c) = fake_ctx();
+        let engine = engine_on(&c);
         let p: String = engine
             .eval(r#"systemd_unit("a.service", "[Service]\nExecStart=/x\n[Install]\nWantedBy=multi-user.target\n", #{ enable: true })"#)
             .unwrap();
@@ -1342,15 +1334,11 @@ mod tests {
             .eval::<String>(r#"systemd_dropin("b.service", "x", "[Service]\nUser=pg\n")"#)
             .unwrap();
         assert!(t.root().exists("/etc/systemd/system/b.service.d/x.conf"));
-        let e = match *engine
-            .eval::<String>(r#"systemd_unit("c.service", "[Unit]\n", #{ enabled: true })"#)
-            .unwrap_err()
-        {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => {
-                d.cast::<crate::api::PrimitiveFailure>().message
-            }
-            other => panic!("{other}"),
-        };
+        let e = primitive_failure(
+            engine
+                .eval::<String>(r#"systemd_unit("c.service", "[Unit]\n", #{ enabled: true })"#)
+                .unwrap_err(),
+        );
         assert!(
             e.contains("systemd_unit: options: unknown field `enabled`"),
             "{e}"

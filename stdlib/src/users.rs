@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 use crate::api::options;
 use crate::ctx::Ctx;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::register::Str;
 use crate::rhai_fns;
 use crate::root::{Attrs, FileKind, ImageRoot};
@@ -117,11 +117,7 @@ pub enum UserError {
     SkelSpecial { path: String },
 }
 
-impl From<UserError> for Error {
-    fn from(e: UserError) -> Self {
-        Error::Invalid(e.to_string())
-    }
-}
+crate::error::invalid_from!(UserError);
 
 /// Options of `add_group`.
 #[derive(Debug, Default, Deserialize)]
@@ -906,13 +902,8 @@ rhai_fns! { pub(crate) fn register;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{engine_on, fake_ctx, primitive_failure};
     use crate::FakeTarget;
-    use std::sync::Arc;
-
-    fn ctx() -> (Arc<FakeTarget>, Ctx) {
-        let t = Arc::new(FakeTarget::ubuntu());
-        (t.clone(), Ctx::new(t))
-    }
 
     fn dbs(t: &FakeTarget) -> [String; 4] {
         [PASSWD, GROUP, SHADOW, GSHADOW].map(|p| t.root().read_string(p).unwrap())
@@ -974,7 +965,7 @@ mod tests {
 
     #[test]
     fn normal_user_gets_matching_ids_home_from_skel_and_shadow() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let uid = add_user(&c, "alice", &UserOpts::default()).unwrap();
         assert_eq!(uid, 1000);
         let [passwd, group, shadow, gshadow] = dbs(&t);
@@ -1007,7 +998,7 @@ mod tests {
 
     #[test]
     fn system_user_defaults() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         // The fake's `users` group holds gid 100, so the first id free as both uid and gid is 101.
         assert_eq!(add_user(&c, "postgres", &system()).unwrap(), 101);
         let [passwd, group, ..] = dbs(&t);
@@ -1088,7 +1079,7 @@ mod tests {
             },
         ];
         for case in cases {
-            let (t, c) = ctx();
+            let (t, c) = fake_ctx();
             for (db, text) in case.setup {
                 t.root().append(db, text.as_bytes()).unwrap();
             }
@@ -1106,7 +1097,7 @@ mod tests {
 
     #[test]
     fn groups_allocate_and_respect_explicit_gids() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         assert_eq!(
             add_group(
                 &c,
@@ -1157,7 +1148,7 @@ mod tests {
 
     #[test]
     fn conflicts_name_both_values() {
-        let (_t, c) = ctx();
+        let (_t, c) = fake_ctx();
         let cases: Vec<(&str, Result<u32>, &[&str])> = vec![
             (
                 "existing group, other gid",
@@ -1266,7 +1257,7 @@ mod tests {
 
     #[test]
     fn second_call_changes_nothing() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let opts = UserOpts {
             groups: Some(vec!["cert_readers".into(), "sudo".into()]),
             ..UserOpts::default()
@@ -1305,7 +1296,7 @@ mod tests {
 
     #[test]
     fn supplementary_groups_are_created_and_joined() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         add_user(
             &c,
             "prometheus",
@@ -1356,7 +1347,7 @@ mod tests {
 
     #[test]
     fn add_to_group_requires_both_and_never_duplicates() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         add_user(&c, "alice", &UserOpts::default()).unwrap();
         add_to_group(&c, "alice", "sudo").unwrap();
         add_to_group(&c, "www-data", "sudo").unwrap();
@@ -1374,7 +1365,7 @@ mod tests {
 
     #[test]
     fn invalid_names_are_refused() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let before = dbs(&t);
         let long = "a".repeat(33);
         for bad in [
@@ -1417,7 +1408,7 @@ mod tests {
 
     #[test]
     fn unknown_lines_kept_verbatim_and_malformed_names_refused() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         let odd = "# managed by hand\n+@netgroup::::::\nweird:x:007:7::/w:/bin/sh\n\n";
         t.root().append(PASSWD, odd.as_bytes()).unwrap();
         let before = t.root().read_string(PASSWD).unwrap();
@@ -1441,7 +1432,7 @@ mod tests {
 
     #[test]
     fn missing_shadow_files_are_created_private() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         t.root().remove(SHADOW).unwrap();
         t.root().remove(GSHADOW).unwrap();
         add_user(&c, "alice", &UserOpts::default()).unwrap();
@@ -1455,7 +1446,7 @@ mod tests {
 
     #[test]
     fn create_home_explicit_and_existing_home_kept() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         t.root().mkdir_all("/srv/app", Attrs::mode(0o700)).unwrap();
         t.root()
             .write("/srv/app/data", b"keep", Attrs::default())
@@ -1491,7 +1482,7 @@ mod tests {
 
     #[test]
     fn skel_subdirectories_and_links_are_copied() {
-        let (t, c) = ctx();
+        let (t, c) = fake_ctx();
         t.root()
             .write("/etc/skel/.config/app/rc", b"x", Attrs::mode(0o600))
             .unwrap();
@@ -1508,9 +1499,8 @@ mod tests {
 
     #[test]
     fn rhai_calls_return_ids_and_reject_unknown_options() {
-        let (t, c) = ctx();
-        let mut engine = rhai::Engine::new();
-        crate::register(&mut engine, &c);
+        let (t, c) = fake_ctx();
+        let engine = engine_on(&c);
         let uid: i64 = engine
             .eval(r#"add_group("cert_readers", #{ system: true }); add_user("postgres", #{ system: true, groups: ["cert_readers"] })"#)
             .unwrap();
@@ -1521,15 +1511,11 @@ mod tests {
         engine
             .eval::<()>(r#"add_to_group("alice", "sudo")"#)
             .unwrap();
-        let e = match *engine
-            .eval::<i64>(r#"add_user("bob", #{ sytem: true })"#)
-            .unwrap_err()
-        {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => {
-                d.cast::<crate::api::PrimitiveFailure>().message
-            }
-            other => panic!("{other}"),
-        };
+        let e = primitive_failure(
+            engine
+                .eval::<i64>(r#"add_user("bob", #{ sytem: true })"#)
+                .unwrap_err(),
+        );
         assert!(
             e.contains(": add_user: options: unknown field `sytem`"),
             "{e}"

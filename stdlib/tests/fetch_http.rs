@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgimg_stdlib::fake::host_tool;
 use pgimg_stdlib::fetch::{FetchError, Fetcher, HttpFetcher, RetryPolicy};
 use pgimg_stdlib::fetch_verify::{fetch_verify, Extract, FetchVerify, Installed};
 use pgimg_stdlib::{Ctx, FakeOs, FakeTarget, Target};
@@ -32,22 +33,31 @@ fn fetcher(cache: &Path) -> (HttpFetcher, Arc<Mutex<Vec<String>>>) {
     (f, lines)
 }
 
+/// A fake root fetching over HTTP into a fresh cache, which lives as long as
+/// the returned guard: where the `fetch_verify` tests start.
+fn fake_fetching() -> (tempfile::TempDir, Arc<FakeTarget>, Ctx) {
+    let cache = tempfile::tempdir().unwrap();
+    let (f, _) = fetcher(cache.path());
+    let (t, ctx) = fake(f);
+    (cache, t, ctx)
+}
+
+/// Runs `o`, which must be refused, and checks that the image root is as it
+/// was; returns the error message.
+fn refused(t: &FakeTarget, ctx: &Ctx, o: &FetchVerify) -> String {
+    let before = tree(t.root().host_dir());
+    let msg = fetch_verify(ctx, o).unwrap_err().to_string();
+    assert_eq!(tree(t.root().host_dir()), before, "{msg}");
+    msg
+}
+
 fn fake(f: HttpFetcher) -> (Arc<FakeTarget>, Ctx) {
     let t = Arc::new(FakeTarget::new(&FakeOs::default(), Box::new(f)).unwrap());
     (t.clone(), Ctx::new(t))
 }
 
 fn opts(url: &str, sha: &str, dest: &str) -> FetchVerify {
-    FetchVerify {
-        url: url.into(),
-        sha256: Some(sha.into()),
-        sha256_from: None,
-        dest: dest.into(),
-        extract: None,
-        strip: None,
-        mode: None,
-        owner: None,
-    }
+    FetchVerify::pinned(url, sha, dest)
 }
 
 fn extracting(url: &str, sha: &str, dest: &str) -> FetchVerify {
@@ -128,19 +138,14 @@ fn cache_hit_makes_no_request() {
 #[test]
 fn sha_mismatch_leaves_nothing_in_root_or_cache() {
     let server = Server::start(vec![("/tampered", Reply::Bytes(b"tampered".to_vec()))]);
-    let cache = tempfile::tempdir().unwrap();
-    let (f, _) = fetcher(cache.path());
-    let (t, ctx) = fake(f);
-    let before = tree(t.root().host_dir());
+    let (cache, t, ctx) = fake_fetching();
     let pinned = sha256(b"original");
     let url = server.url("/tampered");
-    let err = fetch_verify(&ctx, &opts(&url, &pinned, "/usr/local/bin/tool")).unwrap_err();
-    let msg = err.to_string();
+    let msg = refused(&t, &ctx, &opts(&url, &pinned, "/usr/local/bin/tool"));
     assert!(
         msg.contains(&url) && msg.contains(&pinned) && msg.contains(&sha256(b"tampered")),
         "{msg}"
     );
-    assert_eq!(tree(t.root().host_dir()), before);
     assert_eq!(
         cache_files(cache.path()),
         ["sha256"],
@@ -158,19 +163,13 @@ fn tarball_with_dotdot_member_is_refused() {
     ]);
     let sha = sha256(&tgz);
     let server = Server::start(vec![("/app.tar.gz", Reply::Bytes(tgz))]);
-    let cache = tempfile::tempdir().unwrap();
-    let (f, _) = fetcher(cache.path());
-    let (t, ctx) = fake(f);
-    let before = tree(t.root().host_dir());
+    let (_cache, t, ctx) = fake_fetching();
     let url = server.url("/app.tar.gz");
-    let msg = fetch_verify(&ctx, &extracting(&url, &sha, "/opt/app"))
-        .unwrap_err()
-        .to_string();
+    let msg = refused(&t, &ctx, &extracting(&url, &sha, "/opt/app"));
     assert!(
         msg.contains("member `app/../../../etc/cron.d/evil`") && msg.contains(&url),
         "{msg}"
     );
-    assert_eq!(tree(t.root().host_dir()), before);
 }
 
 #[test]
@@ -182,20 +181,16 @@ fn tarball_with_escaping_symlink_is_refused() {
     ]);
     let sha = sha256(&tgz);
     let server = Server::start(vec![("/app.tgz", Reply::Bytes(tgz))]);
-    let cache = tempfile::tempdir().unwrap();
-    let (f, _) = fetcher(cache.path());
-    let (t, ctx) = fake(f);
-    let before = tree(t.root().host_dir());
+    let (_cache, t, ctx) = fake_fetching();
     let o = FetchVerify {
         strip: Some(1),
         ..extracting(&server.url("/app.tgz"), &sha, "/opt/app")
     };
-    let msg = fetch_verify(&ctx, &o).unwrap_err().to_string();
+    let msg = refused(&t, &ctx, &o);
     assert!(
         msg.contains("member `app/etc`") && msg.contains("outside the destination"),
         "{msg}"
     );
-    assert_eq!(tree(t.root().host_dir()), before);
 }
 
 #[test]
@@ -211,9 +206,7 @@ fn zip_is_extracted() {
     let sha = sha256(&bytes);
     // No extension in the URL: the kind comes from the magic bytes.
     let server = Server::start(vec![("/download", Reply::Bytes(bytes))]);
-    let cache = tempfile::tempdir().unwrap();
-    let (f, _) = fetcher(cache.path());
-    let (t, ctx) = fake(f);
+    let (_cache, t, ctx) = fake_fetching();
     let o = FetchVerify {
         strip: Some(1),
         extract: Some(Extract::Matching("exporter".into())),
@@ -429,26 +422,20 @@ fn streams_a_1gib_download_to_disk_with_flat_memory() {
 // ---- git ----
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=pgimg",
-            "-c",
-            "user.email=pgimg@localhost",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    let mut git = std::process::Command::new("git");
+    git.args([
+        "-c",
+        "user.name=pgimg",
+        "-c",
+        "user.email=pgimg@localhost",
+        "-c",
+        "init.defaultBranch=main",
+    ])
+    .args(args)
+    .current_dir(dir)
+    .env("LC_ALL", "C");
+    let stdout = host_tool(&mut git, "the git fetcher tests need it");
+    String::from_utf8(stdout).unwrap().trim().to_string()
 }
 
 /// A repository with two commits; returns (dir, first commit, second commit).

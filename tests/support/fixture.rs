@@ -35,6 +35,33 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// [`require_root`] for the test function it stands in, named after it:
+/// returns from the test when it is skipped. The name comes from a function
+/// defined in place, so it cannot drift from the test's.
+// Not every test file that includes this module uses it (as `dead_code` above).
+#[allow(unused_macros)]
+macro_rules! skip_unless_root {
+    () => {{
+        fn here() {}
+        let path = std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        let test = path.rsplit("::").next().unwrap_or(path);
+        if !$crate::fixture::require_root(test) {
+            return;
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use skip_unless_root;
+
+/// The base image and a scratch folder beside it (the same file system, so
+/// a work copy can share the base's blocks).
+pub fn base_and_scratch() -> (PathBuf, tempfile::TempDir) {
+    let base = base_image();
+    let dir = tempfile::tempdir_in(fixture_dir()).unwrap();
+    (base, dir)
+}
+
 /// Writes straight to the stderr fd: libtest captures `eprintln!` of passing
 /// tests, and a skip or a minute-long build must be seen.
 pub fn loud(message: &str) {

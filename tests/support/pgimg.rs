@@ -253,6 +253,30 @@ pub fn shell_sh(image: &Path, script: &str) -> String {
     f.stdout
 }
 
+/// The parameters of `recipes/debian.test.rhai`, which the flavor builds
+/// of the system tests use: PostgreSQL 15 and the package lists of Debian's
+/// archive; the steps this machine cannot run left out (why:
+/// `NOT_RUN` in `tests/recipes_real.rs`).
+pub const DEBIAN_PARAMS: &[&str] = &[
+    "--set",
+    "pg_versions=15",
+    "--set",
+    "package_lists=debian-bookworm",
+    "--assets",
+    "recipes/fixtures",
+    "--set",
+    "skip=pgdg,golang-backports,walg,pguint,azure,cloud-init,grub",
+];
+
+/// Asserts that `text` contains at least one of `any`; `what` says what
+/// that shows, and `text` is printed when it does not.
+pub fn assert_has_any(text: &str, any: &[&str], what: &str) {
+    assert!(
+        any.iter().any(|s| text.contains(s)),
+        "{what}: none of {any:?} in:\n{text}"
+    );
+}
+
 pub fn sidecar(output: &Path, suffix: &str) -> PathBuf {
     let mut s = output.as_os_str().to_owned();
     s.push(".");

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use pgimg_stdlib::fake::host_tool;
+
 /// Fingerprint of the committed throwaway key `tests/fixtures/apt-repo/signing-key.asc`;
 /// its public half is `recipes/examples/assets/keys/pgimg-test-repo.asc`.
 pub const SIGNING_KEY_FINGERPRINT: &str = "83539AC9B314AAAA23495BA6F0BC5918A10E1B2E";
@@ -38,17 +40,16 @@ pub fn host(argv: &[&str], cwd: Option<&Path>, env: &[(&str, &Path)]) -> String 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let stdout = host_tool(&mut cmd, "tests/setup.sh installs the tools");
+    String::from_utf8_lossy(&stdout).into_owned()
+}
+
+/// [`host`] with `paths` as the last arguments: the files a command such as
+/// `cp` or `dpkg-deb -b` works on.
+pub fn host_on(argv: &[&str], paths: &[&Path]) -> String {
+    let mut all = argv.to_vec();
+    all.extend(paths.iter().map(|p| p.to_str().expect("a UTF-8 path")));
+    host(&all, None, &[])
 }
 
 /// `python3 -m http.server` serving a folder on 127.0.0.1 on a port the
@@ -103,6 +104,16 @@ impl Served {
             port,
             log: log.to_path_buf(),
         }
+    }
+
+    /// The release archives of `recipes/fixtures/releases` (made by
+    /// `make-fixtures.sh`), logged to `dir/releases.log`: the builds' upstream
+    /// downloads, offline.
+    pub fn fixture_releases(dir: &Path) -> Served {
+        Served::folder(
+            &repo_file("recipes/fixtures/releases"),
+            &dir.join("releases.log"),
+        )
     }
 
     /// `http://127.0.0.1:PORT`
@@ -240,16 +251,7 @@ impl AptRepo {
         for entry in std::fs::read_dir(&download).unwrap() {
             let deb = entry.unwrap().path();
             let tree = root.join("tree");
-            host(
-                &[
-                    "dpkg-deb",
-                    "-R",
-                    deb.to_str().unwrap(),
-                    tree.to_str().unwrap(),
-                ],
-                None,
-                &[],
-            );
+            host_on(&["dpkg-deb", "-R"], &[&deb, &tree]);
             let control = tree.join("DEBIAN/control");
             let text = std::fs::read_to_string(&control).unwrap();
             let field = |name: &str| {
@@ -269,17 +271,9 @@ impl AptRepo {
                 .split_once(':')
                 .map_or(new_version.as_str(), |v| v.1);
             let out = pool.join(format!("{name}_{file_version}_{arch}.deb"));
-            host(
-                &[
-                    "dpkg-deb",
-                    "--root-owner-group",
-                    "-Zxz",
-                    "-b",
-                    tree.to_str().unwrap(),
-                    out.to_str().unwrap(),
-                ],
-                None,
-                &[],
+            host_on(
+                &["dpkg-deb", "--root-owner-group", "-Zxz", "-b"],
+                &[&tree, &out],
             );
             std::fs::remove_dir_all(&tree).unwrap();
             versions.push((name, new_version));

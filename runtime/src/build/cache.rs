@@ -850,6 +850,12 @@ impl Frozen {
     fn new(mountpoint: &Path) -> Result<Frozen> {
         let dir =
             File::open(mountpoint).with_context(|| format!("opening {}", mountpoint.display()))?;
+        // What the build mounted under /boot (an ESP, a separate /boot) is in
+        // the same image file but another file system: flushed too. No
+        // command runs between two primitive calls, so nothing writes there
+        // while the copy is made.
+        // SAFETY: sync takes no arguments.
+        unsafe { libc::sync() };
         // SAFETY: syncfs and ioctl on an fd we own; no memory is passed.
         if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
             return Err(std::io::Error::last_os_error())

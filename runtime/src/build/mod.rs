@@ -28,6 +28,7 @@ use pgimg_stdlib::Target;
 
 use crate::engine::{display_path, Limits};
 use crate::host::{self, RecipeInputs};
+use crate::image::boot_mounts::BootMounts;
 use crate::image::{self, ext4, inspect::MANIFEST_PATH, LoopGuard, WorkImage};
 use crate::sandbox::{self, interrupt, ChrootTarget, Mount, SandboxOptions};
 use manifest::{finalize_options, BaseRecord, Manifest};
@@ -82,6 +83,8 @@ pub struct RecipeFailed(pub String);
 /// device, then the work folder.
 pub struct Build<'a> {
     target: Option<Arc<ChrootTarget>>,
+    /// Declared before `root_mount`: dropped (unmounted) before it.
+    boot_mounts: Option<BootMounts>,
     root_mount: Option<Mount>,
     loop_dev: Option<LoopGuard>,
     work: Option<WorkDir>,
@@ -98,6 +101,7 @@ impl<'a> Build<'a> {
     fn new(opts: &'a RunOptions) -> Build<'a> {
         Build {
             target: None,
+            boot_mounts: None,
             root_mount: None,
             loop_dev: None,
             work: None,
@@ -301,17 +305,21 @@ fn step_cache(
 }
 
 /// Extends the file to `--size`, moving the GPT backup header and growing
-/// the root partition.
+/// the root partition; without `--size`, still moves a backup header left
+/// short of the file's end and grows a root partition that stops short.
 fn grow(b: &mut Build) -> Result<()> {
-    let Some(size) = b.opts.size else {
-        return Ok(());
-    };
     if b.resume.is_some() {
-        // The checkpoint was cut from an image already grown to this size
-        // (the size is part of its key).
+        // The checkpoint was cut from an image already grown (the final size
+        // is part of its key).
         return Ok(());
     }
     let image = b.work().image();
+    let size = match b.opts.size {
+        Some(size) => size,
+        None => std::fs::metadata(&image)
+            .with_context(|| format!("reading the size of {}", image.display()))?
+            .len(),
+    };
     b.stages.run("grow", || {
         let outcome = image::grow(&image, size)?;
         log(&format!("grow: {outcome:?}"));
@@ -347,16 +355,19 @@ fn check_resize(b: &mut Build) -> Result<()> {
     })
 }
 
-/// Mounts the root file system and sets up the sandbox on it.
+/// Mounts the root file system and what its fstab mounts under `/boot`,
+/// and sets up the sandbox on it.
 fn mount(b: &mut Build) -> Result<()> {
     let mnt = b.work().mountpoint();
+    let image = b.work().image();
     let dev = b.loop_dev().path().to_path_buf();
     let opts = b.opts;
     let borrowed = b.resume.as_ref().map(|r| r.record.borrowed.clone());
-    // The mount is kept before the sandbox is set up, so a failing setup
-    // still unmounts it.
+    // Each mount is kept as soon as it exists, so a failure after it still
+    // unmounts it.
     let stages = &mut b.stages;
     let root_mount = &mut b.root_mount;
+    let boot_mounts = &mut b.boot_mounts;
     let target = stages.run("mount", || {
         std::fs::create_dir_all(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
         *root_mount = Some(Mount::host(
@@ -367,6 +378,11 @@ fn mount(b: &mut Build) -> Result<()> {
             None,
             "root file system",
         )?);
+        let root = pgimg_stdlib::ImageRoot::open(&mnt)?;
+        *boot_mounts = Some(
+            BootMounts::mount(&image, &root, &|l| log(l))
+                .context("mounting what the image's fstab mounts under /boot")?,
+        );
         let mut sandbox = sandbox_options(opts)?;
         sandbox.resumed_borrowed = borrowed;
         Ok(Arc::new(ChrootTarget::setup(&mnt, sandbox)?))
@@ -414,7 +430,12 @@ fn recipe(b: &mut Build) -> Result<()> {
             if let Err(t) = target.teardown() {
                 log(&format!("warning: tearing down the sandbox: {t}"));
             }
-            Err(RecipeFailed(msg.0).into())
+            let note = b.boot_mounts.as_ref().and_then(|m| m.explain(&msg.0));
+            Err(RecipeFailed(match note {
+                Some(note) => format!("{}\n{note}", msg.0),
+                None => msg.0,
+            })
+            .into())
         }
     }
 }
@@ -426,10 +447,14 @@ fn finalize(b: &mut Build) -> Result<()> {
     let embedded = serde_json::to_vec_pretty(&b.manifest()?)?;
     let fin = finalize_options(b.journal.as_ref().expect("the recipe ran"))?;
     let target = b.target.take().expect("mounted");
+    let boot_mounts = b.boot_mounts.take().expect("mounted");
     let root_mount = b.root_mount.take().expect("mounted");
     let lo = b.loop_dev.take().expect("attached");
     let mnt = b.work().mountpoint();
     b.stages.run("finalize", move || {
+        // Nothing writes under /boot after the recipe; and finalize refuses
+        // to delete while a mount it does not own is in the root.
+        boot_mounts.close()?;
         let report = sandbox::finalize(&target, &fin);
         let written = report.is_ok().then(|| {
             target

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use indicatif::HumanBytes;
 use pgimg_publish::progress::{Progress, Unit};
 
@@ -65,18 +65,27 @@ pub fn write_output(
             work.converted()
         }
     };
-    let sha = sha256_file(&produced)?;
+    let stopped = |how: &str| {
+        anyhow::anyhow!(
+            "interrupted before the image was renamed to {}{how}",
+            output.display()
+        )
+    };
+    let sha = match sha256_file(&produced) {
+        Ok(sha) => sha,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            return Err(stopped(&format!(" ({e})")))
+        }
+        Err(e) => return Err(e).with_context(|| format!("hashing {}", produced.display())),
+    };
     let name = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Hashing a large image takes seconds; a SIGINT/SIGTERM meanwhile must
-    // still stop the build before anything appears under the output name.
+    // A signal between the hash's last chunk and here must still stop the
+    // build before anything appears under the output name.
     if interrupt::interrupted() {
-        bail!(
-            "interrupted before the image was renamed to {}",
-            output.display()
-        );
+        return Err(stopped(""));
     }
     let sums = sidecar(output, "sha256");
     std::fs::write(&sums, format!("{sha}  {name}\n"))

@@ -276,24 +276,27 @@ fn at_least(
     }
 }
 
+/// Runs `path arg` and requires the version after `marker` to be `min` or
+/// newer; `why` tells the user what older versions lack.
+fn version_at_least(
+    path: &Path,
+    arg: &str,
+    marker: &str,
+    min: (u32, u32),
+    why: &str,
+) -> Result<(), String> {
+    let out = version_output(path, arg)?;
+    at_least(version_after(&out, marker), min, &out, why)
+}
+
 fn check_qemu_img(path: &Path) -> Result<(), String> {
-    let out = version_output(path, "--version")?;
-    at_least(
-        version_after(&out, "version "),
-        (4, 0),
-        &out,
-        "older ones do not report a qcow2's external data file",
-    )
+    let why = "older ones do not report a qcow2's external data file";
+    version_at_least(path, "--version", "version ", (4, 0), why)
 }
 
 fn check_mke2fs(path: &Path) -> Result<(), String> {
-    let out = version_output(path, "-V")?;
-    at_least(
-        version_after(&out, "mke2fs "),
-        (1, 43),
-        &out,
-        "the fixture fills the file system with `mke2fs -d`",
-    )
+    let why = "the fixture fills the file system with `mke2fs -d`";
+    version_at_least(path, "-V", "mke2fs ", (1, 43), why)
 }
 
 /// debootstrap has no `--version`; it knows a suite when it has its script.

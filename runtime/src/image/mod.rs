@@ -6,6 +6,7 @@
 //! at the end [`ext4::check_clean`], [`LoopGuard::close`] and
 //! [`convert::to_qcow2`] when asked. [`prepare`] chains the first three.
 
+pub mod boot_mounts;
 pub mod convert;
 pub mod ext4;
 pub mod gpt;
@@ -118,7 +119,8 @@ pub fn copy_base(base: &Path, work: &Path) -> Result<BaseCopy, ImageError> {
 /// What [`grow`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrowOutcome {
-    /// The image already had that size.
+    /// The image already had that size, its backup GPT header is in its last
+    /// sector and the root partition reaches as far as it can.
     Unchanged,
     Grown(GrowReport),
 }
@@ -127,6 +129,11 @@ pub enum GrowOutcome {
 /// file sparsely, moves the backup GPT to the new end and grows the root
 /// partition in place. The file system is grown later, through a loop
 /// device ([`ext4::check_and_resize`]).
+///
+/// At the file's own size it still moves a backup header that is not in the
+/// last sector (a file extended with a plain `truncate`, as in
+/// bottlerocket-os/bottlerocket#333) and grows a root partition that stops
+/// short of the last usable sector; otherwise it is [`GrowOutcome::Unchanged`].
 pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -141,13 +148,13 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
             requested: new_size,
         });
     }
-    if new_size == current {
-        return Ok(GrowOutcome::Unchanged);
-    }
     let table = gpt::read(&mut file).map_err(|source| ImageError::Gpt {
         path: image.to_path_buf(),
         source,
     })?;
+    if new_size == current && spans(&table, current, image, &mut file)? {
+        return Ok(GrowOutcome::Unchanged);
+    }
     if !new_size.is_multiple_of(table.sector_size()) {
         return Err(ImageError::Unaligned {
             path: image.to_path_buf(),
@@ -156,11 +163,13 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
         });
     }
     let (root, _) = find_root(image, &mut file, &table)?;
-    if let Some(next) = table
+    let next = table
         .partitions()
         .into_iter()
-        .find(|p| p.first_lba > root.first_lba)
-    {
+        .find(|p| p.first_lba > root.first_lba);
+    // At the same size only the backup header moves then; asked for more
+    // room, the root could not take it.
+    if let (Some(next), true) = (next, new_size > current) {
         return Err(ImageError::RootNotLast {
             path: image.to_path_buf(),
             root: root.number,
@@ -184,15 +193,90 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
     }
 }
 
+/// Whether the table already fills a disk of `len` bytes: backup header in
+/// the last sector, and the root partition last and up to the last usable
+/// sector, or followed by another partition (then it cannot grow).
+fn spans(
+    table: &gpt::PartitionTable,
+    len: u64,
+    image: &Path,
+    file: &mut File,
+) -> Result<bool, ImageError> {
+    if table.backup_lba() + 1 != len / table.sector_size() {
+        return Ok(false);
+    }
+    let (root, _) = find_root(image, file, table)?;
+    let followed = table
+        .partitions()
+        .iter()
+        .any(|p| p.first_lba > root.first_lba);
+    Ok(followed || root.last_lba >= table.last_usable_lba())
+}
+
+/// The root partition: the one ext4 partition, or, among several (a
+/// separate `/boot`), the one whose `/etc/fstab` mounts itself on `/`.
 fn find_root(
     image: &Path,
     file: &mut File,
     table: &gpt::PartitionTable,
 ) -> Result<(Partition, Superblock), ImageError> {
-    rootfs::find_root(file, table).map_err(|source| ImageError::Root {
+    let err = |source| ImageError::Root {
         path: image.to_path_buf(),
         source,
-    })
+    };
+    match rootfs::find_root(file, table) {
+        Err(rootfs::RootError::Several {
+            candidates,
+            listing,
+        }) => {
+            let mut roots = Vec::new();
+            for n in &candidates {
+                let part = table.partition(*n).expect("a candidate is a partition");
+                let Some(sb) = Superblock::read(file, part.offset()).map_err(io_error(image))?
+                else {
+                    continue;
+                };
+                if mounts_itself_on_root(image, &part, &sb) {
+                    roots.push((part, sb));
+                }
+            }
+            match roots.len() {
+                1 => Ok(roots.remove(0)),
+                _ => Err(err(rootfs::RootError::Several {
+                    candidates,
+                    listing,
+                })),
+            }
+        }
+        other => other.map_err(err),
+    }
+}
+
+/// Whether the ext file system of `part` holds an `/etc/fstab` whose `/`
+/// entry names `part`; read with debugfs (e2fsprogs, already needed for
+/// e2fsck), which opens `FILE?offset=N` (ext2fs_open2's io options) read-only
+/// without a loop device or a mount.
+fn mounts_itself_on_root(image: &Path, part: &Partition, sb: &Superblock) -> bool {
+    let mut spec = image.as_os_str().to_owned();
+    spec.push(format!("?offset={}", part.offset()));
+    let Ok(out) = tool::run([
+        std::ffi::OsString::from("debugfs"),
+        "-R".into(),
+        "cat /etc/fstab".into(),
+        spec,
+    ]) else {
+        return false;
+    };
+    let fstab = String::from_utf8_lossy(&out.stdout);
+    let ids = boot_mounts::FsIds::from(sb);
+    fstab
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?, f.next()?))
+        })
+        .any(|(source, path)| path == "/" && boot_mounts::names(source, part, &ids))
 }
 
 /// A raw working image and its root partition.
@@ -236,22 +320,17 @@ impl WorkImage {
     /// Attach stage: the root partition on a loop device, read-write, by
     /// offset and size limit, with auto-clear.
     pub fn attach_root(&self) -> Result<LoopGuard, ImageError> {
-        Ok(loopdev::attach(
-            &self.path,
-            self.root.offset(),
-            self.root.size(),
-            false,
-        )?)
+        self.attach_root_as(false)
     }
 
     /// Like [`attach_root`](Self::attach_root), read-only.
     pub fn attach_root_read_only(&self) -> Result<LoopGuard, ImageError> {
-        Ok(loopdev::attach(
-            &self.path,
-            self.root.offset(),
-            self.root.size(),
-            true,
-        )?)
+        self.attach_root_as(true)
+    }
+
+    fn attach_root_as(&self, read_only: bool) -> Result<LoopGuard, ImageError> {
+        let (offset, size) = (self.root.offset(), self.root.size());
+        Ok(loopdev::attach(&self.path, offset, size, read_only)?)
     }
 }
 

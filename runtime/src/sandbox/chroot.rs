@@ -10,7 +10,7 @@
 //! | `/sys` | sysfs, read-only | unmounted |
 //! | `/run` | tmpfs, so what packages put there is not left in the image | unmounted |
 //! | `/proc` | a fresh proc per command, for its PID namespace | gone with the command |
-//! | `/var/cache/apt/archives` | the host's apt archives cache, bound | unmounted (also by finalize, before `apt-get clean`) |
+//! | `/var/cache/apt/archives` | the build's own folder of the host's apt archives cache ([`super::apt_archives`]), bound | unmounted (also by finalize, before `apt-get clean`); new packages go to the shared cache |
 //! | `/usr/sbin/policy-rc.d` | `exit 101`: no package starts a daemon | restored exactly (or removed) |
 //! | `/etc/resolv.conf` | the host's content, as a plain file | restored exactly: link target, or content and mode, or absence (unless the build replaced it: then the build's is kept) |
 //!
@@ -37,6 +37,7 @@ use pgimg_stdlib::fetch::Fetcher;
 use pgimg_stdlib::root::{Attrs, FileKind, FsError, ImageRoot};
 use pgimg_stdlib::target::{host_arch, tail, Command, CommandError, Facts, Output, Target};
 
+use super::apt_archives::BuildArchives;
 pub use super::exec::Stream;
 use super::exec::{self, Ending, Spec, Stdio, STDERR_KEEP};
 use super::interrupt::INTERRUPTED;
@@ -144,6 +145,9 @@ pub enum SetupError {
 struct State {
     mounts: MountStack,
     apt_cache: Option<Mount>,
+    /// The build's apt archives folder, bound by `apt_cache` and by each
+    /// command that asks for the cache; given back once unbound.
+    apt_archives: Option<BuildArchives>,
     torn_down: bool,
 }
 
@@ -246,52 +250,54 @@ impl ChrootTarget {
                     .map_err(file_err(format!("creating {dir}")))?;
             }
         }
-        st.mounts.push(Mount::in_root(
-            root,
-            "/dev",
-            Some(Path::new("tmpfs")),
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID,
-            Some("mode=0755,size=4m"),
-            "/dev (tmpfs)",
-        )?);
-        self.populate_dev()?;
-        st.mounts.push(Mount::in_root(
-            root,
-            "/dev/pts",
-            Some(Path::new("devpts")),
-            Some("devpts"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-            "/dev/pts (devpts)",
-        )?);
-        st.mounts.push(Mount::in_root(
-            root,
-            "/dev/shm",
-            Some(Path::new("tmpfs")),
-            Some("tmpfs"),
-            nodev,
-            Some("mode=1777"),
-            "/dev/shm (tmpfs)",
-        )?);
-        st.mounts.push(Mount::in_root(
-            root,
-            "/sys",
-            Some(Path::new("sysfs")),
-            Some("sysfs"),
-            nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-            None,
-            "/sys (sysfs, read-only)",
-        )?);
-        st.mounts.push(Mount::in_root(
-            root,
-            "/run",
-            Some(Path::new("tmpfs")),
-            Some("tmpfs"),
-            nodev,
-            Some("mode=0755"),
-            "/run (tmpfs)",
-        )?);
+        // The kernel's file systems over the image's own folders, in this
+        // order: (where, type, flags, options, how errors name it).
+        let kernel_fs: [(&str, &str, MsFlags, Option<&str>, &str); 5] = [
+            (
+                "/dev",
+                "tmpfs",
+                MsFlags::MS_NOSUID,
+                Some("mode=0755,size=4m"),
+                "/dev (tmpfs)",
+            ),
+            (
+                "/dev/pts",
+                "devpts",
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+                "/dev/pts (devpts)",
+            ),
+            (
+                "/dev/shm",
+                "tmpfs",
+                nodev,
+                Some("mode=1777"),
+                "/dev/shm (tmpfs)",
+            ),
+            (
+                "/sys",
+                "sysfs",
+                nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                None,
+                "/sys (sysfs, read-only)",
+            ),
+            ("/run", "tmpfs", nodev, Some("mode=0755"), "/run (tmpfs)"),
+        ];
+        for (path, fstype, flags, data, what) in kernel_fs {
+            st.mounts.push(Mount::in_root(
+                root,
+                path,
+                Some(Path::new(fstype)),
+                Some(fstype),
+                flags,
+                data,
+                what,
+            )?);
+            // The device nodes go on the fresh /dev before anything mounts below it.
+            if path == "/dev" {
+                self.populate_dev()?;
+            }
+        }
         // Debian's /var/lock is a link to /run/lock.
         root.mkdir_all("/run/lock", Attrs::mode(0o1777))
             .map_err(file_err("creating /run/lock"))?;
@@ -299,8 +305,21 @@ impl ChrootTarget {
         self.borrowed
             .put_dir(root, "/proc", 0o555)
             .map_err(file_err("creating /proc"))?;
-        if let Some(host) = self.cache_dir(APT_ARCHIVES_CACHE) {
-            prepare_apt_cache(&host)?;
+        if let Some(shared) = self.cache_dir.as_ref().map(|d| d.join(APT_ARCHIVES_CACHE)) {
+            let (archives, opened) =
+                BuildArchives::open(&shared).map_err(|source| SetupError::Host {
+                    what: "preparing this build's folder of the apt archives cache",
+                    path: shared.clone(),
+                    source,
+                })?;
+            for gone in &opened.swept {
+                eprintln!(
+                    "pgimg: removed {}: the apt archives folder of a build that is gone",
+                    gone.display()
+                );
+            }
+            let host = archives.path().to_path_buf();
+            st.apt_archives = Some(archives);
             self.borrowed
                 .put_dir(root, APT_ARCHIVES, 0o755)
                 .map_err(file_err(format!("creating {APT_ARCHIVES}")))?;
@@ -352,7 +371,13 @@ impl ChrootTarget {
             ("urandom", 1, 9),
             ("tty", 5, 0),
         ] {
-            let what = || format!("creating /dev/{name}");
+            let failed = |e: nix::errno::Errno| SetupError::File {
+                what: format!("creating /dev/{name}"),
+                source: FsError::Io {
+                    path: format!("/dev/{name}"),
+                    source: e.into(),
+                },
+            };
             mknodat(
                 dev.as_fd(),
                 name,
@@ -360,13 +385,7 @@ impl ChrootTarget {
                 Mode::from_bits_truncate(0o666),
                 makedev(major, minor),
             )
-            .map_err(|e| SetupError::File {
-                what: what(),
-                source: FsError::Io {
-                    path: format!("/dev/{name}"),
-                    source: e.into(),
-                },
-            })?;
+            .map_err(failed)?;
             // mknod applied the umask.
             fchmodat(
                 dev.as_fd(),
@@ -382,13 +401,7 @@ impl ChrootTarget {
                     FchmodatFlags::FollowSymlink,
                 )
             })
-            .map_err(|e| SetupError::File {
-                what: what(),
-                source: FsError::Io {
-                    path: format!("/dev/{name}"),
-                    source: e.into(),
-                },
-            })?;
+            .map_err(failed)?;
         }
         for (target, link) in [
             ("pts/ptmx", "/dev/ptmx"),
@@ -423,9 +436,12 @@ impl ChrootTarget {
 
     /// Unbinds the host's apt archives cache from the image, so `apt-get
     /// clean` and finalize empty the image's own directory, never the cache.
-    pub fn release_apt_cache(&self) -> Result<(), MountError> {
-        let m = self.state.lock().unwrap().apt_cache.take();
-        m.map_or(Ok(()), Mount::close)
+    pub fn release_apt_cache(&self) -> Result<(), SetupError> {
+        let mut st = self.state.lock().unwrap();
+        if let Some(m) = st.apt_cache.take() {
+            m.close()?;
+        }
+        give_back_archives(st.apt_archives.take())
     }
 
     /// Unmounts everything, newest first, then gives back the borrowed paths
@@ -442,6 +458,9 @@ impl ChrootTarget {
             if let Err(e) = m.close() {
                 errors.push(e.into());
             }
+        }
+        if let Err(e) = give_back_archives(st.apt_archives.take()) {
+            errors.push(e);
         }
         if let Err(e) = std::mem::take(&mut st.mounts).close() {
             errors.push(e.into());
@@ -586,23 +605,18 @@ impl ChrootTarget {
 
 /// The host's apt archives cache as apt expects the directory: `partial/`
 /// and a `lock` file (apt chowns `partial/` to its `_apt` user itself).
-fn prepare_apt_cache(host: &Path) -> Result<(), SetupError> {
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SetupError::Host {
-            what: "preparing the apt archives cache",
-            path,
-            source,
-        }
+/// Puts the packages a build downloaded into the shared cache and removes
+/// the build's folder (see [`BuildArchives::give_back`]).
+fn give_back_archives(archives: Option<BuildArchives>) -> Result<(), SetupError> {
+    let Some(archives) = archives else {
+        return Ok(());
     };
-    let partial = host.join("partial");
-    std::fs::create_dir_all(&partial).map_err(err(&partial))?;
-    let lock = host.join("lock");
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&lock)
-        .map_err(err(&lock))?;
+    let path = archives.path().to_path_buf();
+    archives.give_back().map_err(|source| SetupError::Host {
+        what: "giving the build's apt packages back to the cache from",
+        path,
+        source,
+    })?;
     Ok(())
 }
 
@@ -693,7 +707,13 @@ impl Target for ChrootTarget {
         Some(&self.borrowed)
     }
 
+    /// The host folder bound for the cache `name`: for the apt archives,
+    /// the build's own folder while it has one (none after finalize let it go).
     fn cache_dir(&self, name: &str) -> Option<PathBuf> {
+        if name == APT_ARCHIVES_CACHE {
+            let st = self.state.lock().unwrap();
+            return st.apt_archives.as_ref().map(|a| a.path().to_path_buf());
+        }
         self.cache_dir.as_ref().map(|d| d.join(name))
     }
 }
@@ -713,12 +733,7 @@ impl Drop for ChrootTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn root() -> (tempfile::TempDir, ImageRoot) {
-        let d = tempfile::tempdir().unwrap();
-        let r = ImageRoot::open(d.path()).unwrap();
-        (d, r)
-    }
+    use pgimg_stdlib::fake::temp_root;
 
     #[test]
     fn recognises_a_full_disk() {
@@ -741,7 +756,7 @@ mod tests {
     #[test]
     fn command_env_overrides_the_base() {
         let opts = SandboxOptions::new(Box::new(pgimg_stdlib::fetch::RecordingFetcher::default()));
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         let t = ChrootTarget {
             dir: PathBuf::from("/nonexistent"),
             root: r,

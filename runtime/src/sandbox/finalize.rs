@@ -19,8 +19,7 @@ use pgimg_stdlib::shared::HumanBytes;
 use pgimg_stdlib::target::{Command, CommandError, Target};
 use serde::Deserialize;
 
-use super::chroot::ChrootTarget;
-use super::mounts::MountError;
+use super::chroot::{ChrootTarget, SetupError};
 
 /// Which cleanup items run; all are on by default. A recipe switches one off
 /// by name (`#{ logs: false }`); an unknown name is an error.
@@ -132,10 +131,10 @@ pub enum FinalizeError {
         source: CommandError,
     },
     #[error("finalize {item}: {source}")]
-    Mount {
+    Sandbox {
         item: &'static str,
         #[source]
-        source: MountError,
+        source: SetupError,
     },
 }
 
@@ -150,7 +149,7 @@ pub fn finalize(
     // still bound, `apt-get clean` would empty the cache instead of the image.
     target
         .release_apt_cache()
-        .map_err(|source| FinalizeError::Mount {
+        .map_err(|source| FinalizeError::Sandbox {
             item: "apt",
             source,
         })?;
@@ -569,16 +568,23 @@ fn random_seed(root: &ImageRoot, r: &mut ItemReport) -> Result<(), FsError> {
 #[cfg(test)]
 mod first_boot_tests {
     use super::*;
+    use pgimg_stdlib::fake::temp_root;
 
-    fn root() -> (tempfile::TempDir, ImageRoot) {
-        let d = tempfile::tempdir().unwrap();
-        let r = ImageRoot::open(d.path()).unwrap();
+    /// A root with an ssh server, ssh-keygen and the unit file `unit`, after
+    /// the first-boot key generation item ran on it.
+    fn keygen_beside(unit: &str, text: &[u8]) -> (tempfile::TempDir, ImageRoot) {
+        let (d, r) = temp_root();
+        for file in ["/usr/sbin/sshd", "/usr/bin/ssh-keygen"] {
+            r.write(file, b"", Attrs::default()).unwrap();
+        }
+        r.write(unit, text, Attrs::default()).unwrap();
+        ssh_keygen_at_first_boot(&r).unwrap();
         (d, r)
     }
 
     #[test]
     fn dbus_machine_id_becomes_a_link_to_etc_machine_id() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.write(
             "/var/lib/dbus/machine-id",
             b"0123456789abcdef0123456789abcdef\n",
@@ -599,17 +605,10 @@ mod first_boot_tests {
 
     #[test]
     fn ssh_keygen_unit_is_installed_when_nothing_recreates_host_keys() {
-        let (_d, r) = root();
-        r.write("/usr/sbin/sshd", b"", Attrs::default()).unwrap();
-        r.write("/usr/bin/ssh-keygen", b"", Attrs::default())
-            .unwrap();
-        r.write(
+        let (_d, r) = keygen_beside(
             "/lib/systemd/system/ssh.service",
             b"[Service]\nExecStartPre=/usr/sbin/sshd -t\n",
-            Attrs::default(),
-        )
-        .unwrap();
-        ssh_keygen_at_first_boot(&r).unwrap();
+        );
         let unit = r
             .read_string(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}"))
             .unwrap();
@@ -624,30 +623,23 @@ mod first_boot_tests {
 
     #[test]
     fn ssh_keygen_unit_is_not_installed_beside_the_images_own_generator() {
-        let (_d, r) = root();
-        r.write("/usr/sbin/sshd", b"", Attrs::default()).unwrap();
-        r.write("/usr/bin/ssh-keygen", b"", Attrs::default())
-            .unwrap();
-        r.write(
+        let (_d, r) = keygen_beside(
             "/usr/lib/systemd/system/sshdgenkeys.service",
             b"[Service]\nExecStart=/usr/bin/ssh-keygen -A\n",
-            Attrs::default(),
-        )
-        .unwrap();
-        ssh_keygen_at_first_boot(&r).unwrap();
+        );
         assert!(!r.exists(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}")));
     }
 
     #[test]
     fn no_ssh_server_no_keygen_unit() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         ssh_keygen_at_first_boot(&r).unwrap();
         assert!(!r.exists(format!("/etc/systemd/system/{SSH_KEYGEN_UNIT}")));
     }
 
     #[test]
     fn random_seed_is_removed() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.write("/var/lib/systemd/random-seed", b"1234", Attrs::default())
             .unwrap();
         let mut rep = ItemReport::default();
@@ -660,6 +652,7 @@ mod first_boot_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgimg_stdlib::fake::temp_root;
 
     #[test]
     fn clears_only_the_password_field_of_the_user() {
@@ -707,15 +700,9 @@ mod tests {
         assert!(serde_json::from_str::<FinalizeOptions>(r#"{"log": false}"#).is_err());
     }
 
-    fn root() -> (tempfile::TempDir, ImageRoot) {
-        let d = tempfile::tempdir().unwrap();
-        let r = ImageRoot::open(d.path()).unwrap();
-        (d, r)
-    }
-
     #[test]
     fn logs_are_truncated_in_place_and_rotated_ones_removed() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.write("/var/log/syslog", b"12345", Attrs::mode(0o640))
             .unwrap();
         r.write("/var/log/syslog.1", b"123", Attrs::default())
@@ -750,7 +737,7 @@ mod tests {
 
     #[test]
     fn empty_dir_keeps_what_it_is_told_and_counts() {
-        let (_d, r) = root();
+        let (_d, r) = temp_root();
         r.write("/l/partial/x", b"1", Attrs::default()).unwrap();
         r.write("/l/lock", b"", Attrs::default()).unwrap();
         r.write("/l/a_Packages", b"1234", Attrs::default()).unwrap();

@@ -9,6 +9,7 @@
 //! 3. the recipe runs against the target;
 //! 4. [`finalize::finalize`], then [`ChrootTarget::teardown`], then the image is unmounted.
 
+mod apt_archives;
 pub mod chroot;
 mod exec;
 pub mod finalize;

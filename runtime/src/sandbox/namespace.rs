@@ -26,6 +26,15 @@ pub enum NamespaceError {
     Unshare(#[source] nix::Error),
     #[error("making / recursively private: {0}")]
     MakePrivate(#[source] nix::Error),
+    /// mount(2) answers EINVAL for a path that is not a mount point: `/` of a
+    /// plain chroot. Making a mount of our own there would propagate to the
+    /// host's namespace, so pgimg stops instead.
+    #[error(
+        "making / recursively private: / is not a mount point (is pgimg running in a chroot?): \
+         run it where / is a mount (a VM or a container), or make the chroot a mount point first \
+         (`mount --bind DIR DIR`, then chroot into DIR)"
+    )]
+    RootNotAMount,
 }
 
 /// Moves the whole pgimg process into a new, private mount namespace.
@@ -61,7 +70,10 @@ pub fn private_namespace_for_calling_thread() -> Result<(), NamespaceError> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(NamespaceError::MakePrivate)
+    .map_err(|e| match e {
+        nix::Error::EINVAL => NamespaceError::RootNotAMount,
+        e => NamespaceError::MakePrivate(e),
+    })
 }
 
 fn thread_count() -> Result<usize, NamespaceError> {

@@ -16,7 +16,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -94,31 +93,16 @@ pub fn inject(disk: &BootDisk, scratch: &Path) -> Result<(), VmError> {
     ));
     requests.push(format!("symlink {wants}/{UNIT} /etc/systemd/system/{UNIT}"));
     for request in requests {
-        let out = Command::new("debugfs")
-            .arg("-w")
-            .arg("-R")
-            .arg(&request)
-            .arg(format!(
-                "{}?offset={}",
-                disk.raw.display(),
-                disk.root.offset()
-            ))
-            .output()
-            .map_err(|e| VmError::Tool {
-                tool: "debugfs",
-                cause: e.to_string(),
-            })?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let complaint = stderr
-            .lines()
-            .find(|l| !l.starts_with("debugfs ") && !l.starts_with("Allocated inode"));
-        if !out.status.success() || complaint.is_some() {
+        let done = disk.debugfs_request(true, &request, |l| l.starts_with("Allocated inode"))?;
+        if let Err(complaint) = done {
+            let complaint = if complaint.is_empty() {
+                "failed"
+            } else {
+                &complaint
+            };
             return Err(VmError::Tool {
                 tool: "debugfs",
-                cause: format!(
-                    "injecting the verify agent ({request}): {}",
-                    complaint.unwrap_or("failed").trim()
-                ),
+                cause: format!("injecting the verify agent ({request}): {complaint}"),
             });
         }
     }
@@ -265,6 +249,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     /// The agent runs on dash, busybox sh and bash alike: no bashisms.
     #[test]

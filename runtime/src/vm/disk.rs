@@ -92,10 +92,20 @@ impl BootDisk {
         format!("{}?offset={}", self.raw.display(), self.root.offset())
     }
 
-    /// Runs one read-only debugfs request and returns its stdout. debugfs exits
-    /// 0 even when a path is missing, so an error line on stderr decides.
-    fn debugfs(&self, request: &str) -> Result<Vec<u8>, VmError> {
-        let out = Command::new("debugfs")
+    /// Runs one debugfs request (`-w`: writable) and returns its stdout, or
+    /// `Ok(Err(line))` with the first stderr line `is_noise` does not pass:
+    /// debugfs exits 0 even when a request fails, so stderr decides.
+    pub(super) fn debugfs_request(
+        &self,
+        writable: bool,
+        request: &str,
+        is_noise: fn(&str) -> bool,
+    ) -> Result<Result<Vec<u8>, String>, VmError> {
+        let mut cmd = Command::new("debugfs");
+        if writable {
+            cmd.arg("-w");
+        }
+        let out = cmd
             .arg("-R")
             .arg(request)
             .arg(self.debugfs_spec())
@@ -107,15 +117,25 @@ impl BootDisk {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let complaint = stderr
             .lines()
-            .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty());
-        if !out.status.success() || complaint.is_some() {
-            return Err(VmError::ReadFile {
+            .find(|l| !l.starts_with("debugfs ") && !is_noise(l));
+        Ok(match complaint {
+            None if out.status.success() => Ok(out.stdout),
+            _ => Err(complaint.unwrap_or("").trim().to_string()),
+        })
+    }
+
+    /// Runs one read-only debugfs request and returns its stdout.
+    fn debugfs(&self, request: &str) -> Result<Vec<u8>, VmError> {
+        self.debugfs_request(false, request, |l| l.trim().is_empty())?
+            .map_err(|complaint| VmError::ReadFile {
                 image: self.path.clone(),
                 request: request.to_string(),
-                cause: complaint.unwrap_or("debugfs failed").trim().to_string(),
-            });
-        }
-        Ok(out.stdout)
+                cause: if complaint.is_empty() {
+                    "debugfs failed".to_string()
+                } else {
+                    complaint
+                },
+            })
     }
 
     /// The target of `path` when it is a symbolic link (fast or slow), `None` otherwise.

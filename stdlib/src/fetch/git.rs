@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
 use super::{normalize_commit, FetchError, FetchLog};
@@ -130,7 +131,10 @@ impl GitFetcher {
         if dest.is_dir() {
             return Ok(dest);
         }
-        let mirror = self.mirror_with_commit(url, &rev)?;
+        let mirror = {
+            let _fetching = self.lock_mirror(url)?;
+            self.mirror_with_commit(url, &rev)?
+        };
         let tmp = self.tempdir_in(url, &trees, &format!(".tmp-{rev}-"))?;
         let tree = tmp.path().join("tree");
         std::fs::create_dir(&tree)
@@ -172,8 +176,12 @@ impl GitFetcher {
         if dest.is_dir() {
             return Ok(dest);
         }
-        let mirror = self.mirror_with_commit(url, &rev)?;
-        self.fetch_tags_at(url, &mirror, &rev)?;
+        let mirror = {
+            let _fetching = self.lock_mirror(url)?;
+            let mirror = self.mirror_with_commit(url, &rev)?;
+            self.fetch_tags_at(url, &mirror, &rev)?;
+            mirror
+        };
         let parent = dest.parent().expect("checkout dir has a parent");
         let tmp = self.tempdir_in(url, parent, ".tmp-")?;
         let repo = tmp.path().join("repo");
@@ -206,6 +214,44 @@ impl GitFetcher {
             });
         }
         publish(url, &repo, &dest)
+    }
+
+    /// An exclusive `flock` on `<mirror>.lock`, held while fetching into the
+    /// mirror: two `git fetch`es updating the same refs at once fail ("cannot
+    /// lock ref"), so a build that finds another fetching says so and waits.
+    /// Reading the mirror (export, clone) needs no lock.
+    fn lock_mirror(&self, url: &str) -> Result<Flock<std::fs::File>, FetchError> {
+        let mut path = self.mirror_dir(url).into_os_string();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| io_error(url, format!("creating {}", parent.display()), e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error(url, format!("opening {}", path.display()), e))?;
+        let failed = |errno: nix::errno::Errno| {
+            io_error(
+                url,
+                format!("locking {}", path.display()),
+                std::io::Error::from(errno),
+            )
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(lock),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                (self.log)(&format!(
+                    "git: waiting for another build fetching {url} (lock {})",
+                    path.display()
+                ));
+                Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| failed(errno))
+            }
+            Err((_, errno)) => Err(failed(errno)),
+        }
     }
 
     /// The mirror for `url`, holding commit `rev` (fetched unless it was there).
@@ -249,6 +295,18 @@ impl GitFetcher {
             return Ok(());
         }
         let refspecs: Vec<String> = tags.iter().map(|t| format!("+{t}:{t}")).collect();
+        self.fetch_exactly(url, mirror, &refspecs)?;
+        Ok(())
+    }
+
+    /// `git fetch` of exactly `refspecs` from `url` into the mirror: no tags
+    /// beyond those named, and no FETCH_HEAD left behind.
+    fn fetch_exactly<S: AsRef<str>>(
+        &self,
+        url: &str,
+        mirror: &Path,
+        refspecs: &[S],
+    ) -> Result<String, FetchError> {
         let mut args = vec![
             "fetch",
             "--quiet",
@@ -257,9 +315,8 @@ impl GitFetcher {
             "--",
             url,
         ];
-        args.extend(refspecs.iter().map(String::as_str));
-        self.git(url, mirror, &args, None)?;
-        Ok(())
+        args.extend(refspecs.iter().map(AsRef::as_ref));
+        self.git(url, mirror, &args, None)
     }
 
     /// A temporary directory in `parent` (created when missing), removed on drop.
@@ -321,20 +378,7 @@ impl GitFetcher {
     /// second fetch of all branches and tags, which must then contain it.
     fn fetch_commit(&self, url: &str, mirror: &Path, rev: &str) -> Result<(), FetchError> {
         let by_id = format!("+{rev}:refs/pgimg/{rev}");
-        let first = self.git(
-            url,
-            mirror,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-write-fetch-head",
-                "--",
-                url,
-                &by_id,
-            ],
-            None,
-        );
+        let first = self.fetch_exactly(url, mirror, &[by_id]);
         let first_err = match first {
             Ok(_) => return Ok(()),
             Err(e) => e,
@@ -507,6 +551,40 @@ fn git_reason(e: &FetchError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_fetch_into_the_same_mirror_waits_for_the_first_saying_so() {
+        let cache = tempfile::tempdir().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let fetcher = Arc::new(
+            GitFetcher::new(cache.path())
+                .with_log(Arc::new(move |l| sink.lock().unwrap().push(l.into()))),
+        );
+        let url = "https://example.invalid/r.git";
+        let first = fetcher.lock_mirror(url).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = {
+            let fetcher = fetcher.clone();
+            std::thread::spawn(move || {
+                let lock = fetcher.lock_mirror(url).unwrap();
+                tx.send(()).unwrap();
+                drop(lock);
+            })
+        };
+        let waiting = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            !lines.lock().unwrap().is_empty()
+        });
+        assert!(waiting, "the second build says it waits");
+        assert!(rx.try_recv().is_err(), "and has not got the lock");
+        assert!(lines.lock().unwrap()[0]
+            .starts_with("git: waiting for another build fetching https://example.invalid/r.git"));
+        drop(first);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second gets the lock once the first lets go");
+        second.join().unwrap();
+    }
 
     #[test]
     fn refuses_option_and_helper_urls() {

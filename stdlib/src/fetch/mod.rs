@@ -49,26 +49,23 @@ pub enum FetchError {
 
 /// Checks that `sha256` is 64 lowercase-or-uppercase hex digits; returns it lowercased.
 pub fn normalize_sha256(sha256: &str) -> Result<String, FetchError> {
-    let s = sha256.trim().to_ascii_lowercase();
-    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(s)
-    } else {
-        Err(FetchError::Invalid(format!(
-            "`{sha256}` is not a sha256 (64 hex digits)"
-        )))
-    }
+    lower_hex(sha256, 64)
+        .ok_or_else(|| FetchError::Invalid(format!("`{sha256}` is not a sha256 (64 hex digits)")))
 }
 
 /// Checks that `rev` is a full 40-hex git commit id (a branch or tag is not a pin).
 pub fn normalize_commit(rev: &str) -> Result<String, FetchError> {
-    let s = rev.trim().to_ascii_lowercase();
-    if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(s)
-    } else {
-        Err(FetchError::Invalid(format!(
+    lower_hex(rev, 40).ok_or_else(|| {
+        FetchError::Invalid(format!(
             "`{rev}` is not a full git commit id (40 hex digits); branches and tags are not pins"
-        )))
-    }
+        ))
+    })
+}
+
+/// `text` trimmed and lowercased when it is exactly `digits` hex digits.
+fn lower_hex(text: &str, digits: usize) -> Option<String> {
+    let s = text.trim().to_ascii_lowercase();
+    (s.len() == digits && s.bytes().all(|b| b.is_ascii_hexdigit())).then_some(s)
 }
 
 /// Gets pinned inputs onto the host.

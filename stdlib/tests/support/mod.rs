@@ -149,33 +149,11 @@ impl Read for Generated {
     }
 }
 
-/// One tar member with its name and link target written byte for byte, so
-/// hostile archives can be built (the tar crate's builder refuses `..`).
-pub enum Member<'a> {
-    File(&'a str, &'a [u8], u32),
-    Symlink(&'a str, &'a str),
-}
+pub use pgimg_stdlib::fake::{host_tree as tree, TarMember as Member};
 
+/// A gzip-compressed tar archive of `members`, written byte for byte.
 pub fn tar_gz(members: &[Member]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for m in members {
-        let (name, link, kind, mode, data): (&str, &str, _, u32, &[u8]) = match m {
-            Member::File(n, d, mode) => (n, "", tar::EntryType::Regular, *mode, d),
-            Member::Symlink(n, t) => (n, t, tar::EntryType::Symlink, 0o777, b""),
-        };
-        let mut h = tar::Header::new_gnu();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
+    pgimg_stdlib::fake::gzip(&pgimg_stdlib::fake::raw_tar(members))
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -191,21 +169,4 @@ pub fn peak_rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/self/status")
-}
-
-/// Every path under `dir`, relative and sorted.
-pub fn tree(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
