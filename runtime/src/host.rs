@@ -73,8 +73,24 @@ pub fn run_recipe(
     log: LogFn,
     limits: &Limits,
 ) -> RecipeRun {
+    run_recipe_with(recipe, inputs, target, log, limits, None)
+}
+
+/// [`run_recipe`] with every primitive call going through `steps` (the
+/// build's step cache).
+pub fn run_recipe_with(
+    recipe: &Path,
+    inputs: &RecipeInputs,
+    target: Arc<dyn Target>,
+    log: LogFn,
+    limits: &Limits,
+    steps: Option<Arc<dyn pgimg_stdlib::ctx::Steps>>,
+) -> RecipeRun {
     let journal = Arc::new(Mutex::new(Journal::default()));
-    let ctx = recipe_ctx(recipe, inputs, target, journal.clone(), log);
+    let mut ctx = recipe_ctx(recipe, inputs, target, journal.clone(), log);
+    if let Some(steps) = steps {
+        ctx = ctx.with_steps(steps);
+    }
     let engine = build_engine(&ctx, limits);
     let result = run_file(&engine, recipe);
     let unused_mirrors = pgimg_stdlib::mirror::unused_mirrors(&ctx);

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use crate::root::{Attrs, FileKind, FsError, ImageRoot};
 
 /// What was at an in-image path before pgimg borrowed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Saved {
     Absent,
     Symlink(PathBuf),
@@ -87,14 +87,14 @@ impl Saved {
 }
 
 /// pgimg's version of a borrowed path: the inode it made and what it held.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Ours {
     dev: u64,
     ino: u64,
     state: Saved,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Entry {
     /// A file or link pgimg put in place of `original`.
     Path {
@@ -222,6 +222,42 @@ impl Borrowed {
             });
         }
         Ok(())
+    }
+
+    /// The borrowed entries, for a checkpoint of the image (see
+    /// [`Borrowed::import`]).
+    pub fn export(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.entries.lock().unwrap()).unwrap_or_default()
+    }
+
+    /// Takes over the entries [`Borrowed::export`] wrote for the same image,
+    /// now mounted with device number `dev` (inode numbers survive a copy of
+    /// the file system; its device number does not): a build resumed from a
+    /// checkpoint gives back the image's originals, not pgimg's versions the
+    /// checkpoint holds.
+    pub fn import(&self, entries: &serde_json::Value, dev: u64) -> std::result::Result<(), String> {
+        let mut list: Vec<Entry> =
+            serde_json::from_value(entries.clone()).map_err(|e| e.to_string())?;
+        for e in &mut list {
+            match e {
+                Entry::Path { ours, .. } => ours.dev = dev,
+                Entry::Dir { dev: d, .. } => *d = dev,
+            }
+        }
+        *self.entries.lock().unwrap() = list;
+        Ok(())
+    }
+
+    /// Whether pgimg's version is still at `path`: `None` when `path` is not
+    /// borrowed, `Some(false)` when the recipe made it its own.
+    pub fn holds(&self, root: &ImageRoot, path: &str) -> Option<bool> {
+        let entries = self.entries.lock().unwrap();
+        entries.iter().find_map(|e| match e {
+            Entry::Path { path: p, ours, .. } if p == path => {
+                Some(identity(root, path).is_ok_and(|now| &now == ours))
+            }
+            _ => None,
+        })
     }
 
     /// The paths borrowed so far, in order.

@@ -25,6 +25,8 @@ pub struct Ctx {
     /// With `--locked`: every input must be in this lock, with the same pin.
     pub lock: Option<Arc<Lock>>,
     pub log: LogFn,
+    /// The build's step cache, which may replay a call instead of running it.
+    pub steps: Option<Arc<dyn Steps>>,
 }
 
 impl Ctx {
@@ -37,6 +39,7 @@ impl Ctx {
             mirrors: Arc::default(),
             lock: None,
             log: Arc::new(|loc, msg| eprintln!("{loc}: {msg}")),
+            steps: None,
         }
     }
 
@@ -58,6 +61,12 @@ impl Ctx {
     /// Makes every input checked against `lock` (`pgimg run --locked`).
     pub fn with_lock(mut self, lock: Lock) -> Self {
         self.lock = Some(Arc::new(lock));
+        self
+    }
+
+    /// Routes every primitive call through `steps` (the step cache).
+    pub fn with_steps(mut self, steps: Arc<dyn Steps>) -> Self {
+        self.steps = Some(steps);
         self
     }
 
@@ -222,4 +231,27 @@ pub fn beneath(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Error> {
         )));
     }
     Ok(path)
+}
+
+/// The step hook: called around every primitive, actions and queries alike,
+/// in call order, from the one place primitives are registered
+/// (`register.rs`), so no primitive can be left out of a key. The build's
+/// step cache implements it (runtime); recipes on a fake root run without one.
+pub trait Steps: Send + Sync {
+    /// Before the body of `name` runs with `args` (`action`: a primitive
+    /// with an effect, as the journal records it; else a query):
+    /// `Ok(Some(value))` means "replayed": the body does not run and the
+    /// call returns `value`.
+    fn before(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        action: bool,
+        loc: &Loc,
+        args: &[rhai::Dynamic],
+    ) -> std::result::Result<Option<rhai::Dynamic>, String>;
+
+    /// After the body ran and returned `value`. A body that failed gets no
+    /// `after`.
+    fn after(&self, ctx: &Ctx, value: &rhai::Dynamic);
 }

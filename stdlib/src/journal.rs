@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A place in a recipe: `file:line:col`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -53,7 +53,7 @@ impl Action {
 }
 
 /// A pinned input the recipe pulled in (URL by sha256, git by commit).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Input {
     /// `url` (pin: sha256), `git` (commit), `apt-key` (sha256 of the key
     /// file), `openpgp` (fingerprint of a key fetched by URL).
@@ -80,7 +80,7 @@ impl Input {
 }
 
 /// A `mirror(name, default)` call that `--mirror` redirected.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Redirect {
     pub name: String,
     pub default: String,

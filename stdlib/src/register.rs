@@ -54,7 +54,23 @@ fn primitive<R: Variant + Clone>(m: &mut Module, def: Def, record: bool, body: i
         if record {
             ctx.record_action(Action::new(name, &loc, &args));
         }
-        body(&ctx, &loc, args).map_err(|e| failure(&loc, name, e))
+        let Some(steps) = ctx.steps.clone() else {
+            return body(&ctx, &loc, args).map_err(|e| failure(&loc, name, e));
+        };
+        let replayed = steps.before(&ctx, name, record, &loc, &args);
+        if let Some(v) = replayed.map_err(|e| failure(&loc, name, e))? {
+            let kind = v.type_name();
+            let msg = || {
+                format!(
+                    "the step cache recorded a {kind}, not a {}",
+                    type_name::<R>()
+                )
+            };
+            return v.try_cast::<R>().ok_or_else(|| failure(&loc, name, msg()));
+        }
+        let value = body(&ctx, &loc, args).map_err(|e| failure(&loc, name, e))?;
+        steps.after(&ctx, &Dynamic::from(value.clone()));
+        Ok(value)
     });
 }
 

@@ -95,9 +95,13 @@ impl Pgimg {
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
+        // Builds in the other tests run every step, as they did before the
+        // step cache: a resumed build would not show what they look for
+        // (downloads, command output). tests/cache.rs turns it back on.
         let mut child = Command::new(PGIMG)
             .args(args)
             .current_dir(repo_dir())
+            .env("PGIMG_NO_CACHE", "1")
             .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()

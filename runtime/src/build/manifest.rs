@@ -37,6 +37,26 @@ pub struct Manifest {
     pub finalize: FinalizeOptions,
     pub stages: Vec<StageTime>,
     pub output: Option<OutputRecord>,
+    /// What the step cache did (absent with `--no-cache` and `--rootfs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheReport>,
+}
+
+/// What the manifest says about the cache.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CacheReport {
+    /// `file:line primitive` of the checkpoint resumed from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_after: Option<String>,
+    /// Its key (as `pgimg cache ls` shows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    /// Actions (primitives with an effect) replayed instead of run.
+    pub actions_skipped: usize,
+    /// Every call replayed, queries such as `param` included.
+    pub calls_replayed: usize,
+    /// Checkpoints this build wrote.
+    pub checkpoints_written: usize,
 }
 
 /// The written image.

@@ -11,6 +11,7 @@
 //! detaches. The base image is only ever read, and nothing appears under the
 //! output name until the final rename.
 
+pub mod cache;
 pub mod manifest;
 pub mod output;
 pub mod stages;
@@ -60,6 +61,15 @@ pub struct RunOptions {
     pub inputs: RecipeInputs,
     pub cache_dir: PathBuf,
     pub limits: Limits,
+    /// The step cache (`None` with `--no-cache`).
+    pub step_cache: Option<StepCacheOptions>,
+}
+
+/// How a build uses the step cache under `<cache_dir>/steps`.
+#[derive(Debug, Clone)]
+pub struct StepCacheOptions {
+    /// Bound on the checkpoints' total allocated size; least recently used go first.
+    pub max_size: u64,
 }
 
 /// The recipe itself failed (its message already names file:line:col).
@@ -82,6 +92,9 @@ pub struct Build<'a> {
     stages: StageTimer,
     base: Option<BaseRecord>,
     journal: Option<Journal>,
+    cache: Option<Arc<cache::Session>>,
+    resume: Option<cache::Resume>,
+    cache_report: Option<manifest::CacheReport>,
 }
 
 impl<'a> Build<'a> {
@@ -96,6 +109,9 @@ impl<'a> Build<'a> {
             stages: StageTimer::default(),
             base: None,
             journal: None,
+            cache: None,
+            resume: None,
+            cache_report: None,
         }
     }
 
@@ -128,6 +144,7 @@ impl<'a> Build<'a> {
             finalize: finalize_options(journal)?,
             stages: self.stages.done.clone(),
             output: None,
+            cache: self.cache_report.clone(),
         })
     }
 }
@@ -180,24 +197,122 @@ fn acquire(b: &mut Build, base: &Path) -> Result<()> {
         );
     }
     let work = WorkDir::create(&b.opts.output)?;
-    let sha = b.stages.run("acquire", || {
+    let opts = b.opts;
+    let acquired = b.stages.run("acquire", || {
         let sha =
             sha256_file(base).with_context(|| format!("reading the base {}", base.display()))?;
-        image::copy_base(base, &work.image())?;
-        Ok(sha)
+        let (session, resume) = match &opts.step_cache {
+            Some(c) => match step_cache(opts, c, &sha) {
+                Ok(found) => found,
+                Err(e) => {
+                    log(&format!("warning: building without the step cache: {e:#}"));
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        let restored = resume.as_ref().map(|r| {
+            cache::Session::restore(&cache::Store::new(&opts.cache_dir), r, &work.image())
+        });
+        let resume = match restored {
+            Some(Ok(())) => resume,
+            Some(Err(e)) => {
+                // Evicted or damaged meanwhile: the cache must never fail a build.
+                log(&format!("warning: building from the start: {e:#}"));
+                if let Some(s) = &session {
+                    s.forget_resume();
+                }
+                let _ = std::fs::remove_file(work.image());
+                image::copy_base(base, &work.image())?;
+                None
+            }
+            None => {
+                image::copy_base(base, &work.image())?;
+                None
+            }
+        };
+        Ok((sha, session, resume))
     });
     b.work = Some(work);
+    let (sha, session, resume) = acquired?;
     b.base = Some(BaseRecord {
         path: base.display().to_string(),
-        sha256: Some(sha?),
+        sha256: Some(sha),
     });
+    b.cache = session;
+    b.resume = resume;
     Ok(())
+}
+
+/// The first key, the checkpoint to resume from (found by a probe run of the
+/// recipe), and the session of the real run.
+fn step_cache(
+    opts: &RunOptions,
+    c: &StepCacheOptions,
+    base_sha256: &str,
+) -> Result<(Option<Arc<cache::Session>>, Option<cache::Resume>)> {
+    let lock = opts
+        .recipe
+        .parent()
+        .map(|d| d.join("pgimg.lock"))
+        .filter(|p| p.is_file());
+    let k0 = cache::KeyInputs {
+        identity: cache::build_identity()?,
+        pgimg_version: env!("CARGO_PKG_VERSION").to_string(),
+        base_sha256: base_sha256.to_string(),
+        size: opts.size,
+        params: opts.inputs.params.clone(),
+        mirrors: opts.inputs.mirrors.clone(),
+        arch: pgimg_stdlib::target::host_arch()
+            .map_err(anyhow::Error::msg)?
+            .to_string(),
+        lock_sha256: lock.map(|p| sha256_file(&p)).transpose()?,
+        locked: opts.inputs.lock.is_some(),
+    }
+    .first_key();
+    let store = cache::Store::new(&opts.cache_dir);
+    let recipe = display_path(&opts.recipe);
+    let resume = match cache::Session::probe(&store, &recipe, k0.clone()) {
+        None => None,
+        Some(probe) => {
+            let probe = Arc::new(probe);
+            let target = pgimg_stdlib::FakeTarget::new(
+                &pgimg_stdlib::FakeOs::default(),
+                Box::new(pgimg_stdlib::fetch::RecordingFetcher::default()),
+            )
+            .context("creating the probe's fake root")?;
+            let _ = host::run_recipe_with(
+                &opts.recipe,
+                &opts.inputs,
+                Arc::new(target),
+                Arc::new(|_, _| {}),
+                &opts.limits,
+                Some(cache::as_steps(&probe)),
+            );
+            probe.found()
+        }
+    };
+    match &resume {
+        Some(r) => log(&format!(
+            "step cache: resuming from the checkpoint after {} ({} steps)",
+            r.record.after,
+            r.record.steps.len()
+        )),
+        None => log("step cache: no checkpoint matches; building from the start"),
+    }
+    let session = cache::Session::build(store, &recipe, k0, resume.clone(), c.max_size);
+    Ok((Some(Arc::new(session)), resume))
 }
 
 /// Extends the file to `--size`, moving the GPT backup header and growing
 /// the root partition; without `--size`, still moves a backup header left
 /// short of the file's end and grows a root partition that stops short.
 fn grow(b: &mut Build) -> Result<()> {
+    if b.resume.is_some() {
+        // The checkpoint was cut from an image already grown (the final size
+        // is part of its key).
+        return Ok(());
+    }
     let image = b.work().image();
     let size = match b.opts.size {
         Some(size) => size,
@@ -247,6 +362,7 @@ fn mount(b: &mut Build) -> Result<()> {
     let image = b.work().image();
     let dev = b.loop_dev().path().to_path_buf();
     let opts = b.opts;
+    let borrowed = b.resume.as_ref().map(|r| r.record.borrowed.clone());
     // Each mount is kept as soon as it exists, so a failure after it still
     // unmounts it.
     let stages = &mut b.stages;
@@ -267,9 +383,17 @@ fn mount(b: &mut Build) -> Result<()> {
             BootMounts::mount(&image, &root, &|l| log(l))
                 .context("mounting what the image's fstab mounts under /boot")?,
         );
-        Ok(Arc::new(ChrootTarget::setup(&mnt, sandbox_options(opts)?)?))
+        let mut sandbox = sandbox_options(opts)?;
+        sandbox.resumed_borrowed = borrowed;
+        Ok(Arc::new(ChrootTarget::setup(&mnt, sandbox)?))
     })?;
     b.target = Some(target);
+    if let Some(c) = &b.cache {
+        c.set_source(cache::Source {
+            image: b.work().image(),
+            mountpoint: b.work().mountpoint(),
+        });
+    }
     Ok(())
 }
 
@@ -278,17 +402,26 @@ fn mount(b: &mut Build) -> Result<()> {
 fn recipe(b: &mut Build) -> Result<()> {
     let target = b.target();
     let opts = b.opts;
+    let session = b.cache.clone();
     let run = b.stages.run("recipe", || {
-        let run = host::run_recipe(
+        let run = host::run_recipe_with(
             &opts.recipe,
             &opts.inputs,
             target.clone(),
             Arc::new(|loc, msg| eprintln!("{loc}: {msg}")),
             &opts.limits,
+            session.as_ref().map(cache::as_steps),
         );
-        Ok(run)
+        let run = run.into_journal();
+        let report = match (&run, &session) {
+            (Ok(journal), Some(s)) => Some(s.finish(target.as_ref(), journal)),
+            _ => None,
+        };
+        Ok((run, report))
     })?;
-    match run.into_journal() {
+    let (run, report) = run;
+    b.cache_report = report;
+    match run {
         Ok(journal) => {
             b.journal = Some(journal);
             Ok(())

@@ -3,6 +3,7 @@
 //! errors to exit statuses. Nothing outside `cli` and `main` imports it.
 
 pub mod boot;
+pub mod cache;
 pub mod check;
 pub mod defs;
 pub mod inspect;
@@ -51,6 +52,9 @@ pub enum Cmd {
     /// `pgimg run recipes/examples/hello.rhai --output hello.raw` works anywhere.
     /// The base image is never modified; nothing appears under --output unless the build succeeds.
     Run(run::RunArgs),
+    /// The step cache: `pgimg cache ls` lists its checkpoints, `pgimg cache prune` removes some.
+    #[command(subcommand)]
+    Cache(cache::CacheCmd),
     /// Open an interactive shell inside an image (mounted the same way as for a build).
     ///
     /// Changes made in the shell are written to IMAGE. Everything is torn down on exit.
@@ -86,6 +90,7 @@ impl Cmd {
     pub fn run(&self) -> anyhow::Result<()> {
         match self {
             Cmd::Run(a) => run::run(a),
+            Cmd::Cache(c) => cache::cache(c),
             Cmd::Shell(a) => shell::shell(a),
             Cmd::Publish(a) => publish::publish(a),
             Cmd::Prune(a) => prune::prune(a),

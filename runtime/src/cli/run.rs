@@ -42,6 +42,13 @@ pub struct RunArgs {
     /// Default: $XDG_CACHE_HOME/pgimg (or ~/.cache/pgimg).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Run every step: neither resume from a checkpoint of the step cache nor write one.
+    /// `PGIMG_NO_CACHE=1` does the same (`0` or empty: use the cache).
+    #[arg(long, env = "PGIMG_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_cache: bool,
+    /// Bound on the step cache's checkpoints (least recently used evicted first).
+    #[arg(long, value_parser = parse_size, default_value = "10G", value_name = "SIZE")]
+    pub cache_max_size: u64,
 }
 
 /// `pgimg run`. Call inside the private mount namespace.
@@ -81,6 +88,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(pgimg_stdlib::fetch::default_cache_dir),
         limits: Limits::default(),
+        step_cache: (!args.no_cache).then_some(build::StepCacheOptions {
+            max_size: args.cache_max_size,
+        }),
     };
     match (&base, &args.rootfs) {
         (_, Some(dir)) => build::build_rootfs(&opts, dir),

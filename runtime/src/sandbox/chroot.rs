@@ -87,6 +87,10 @@ pub struct SandboxOptions {
     pub interrupt: &'static AtomicBool,
     /// The host file whose content becomes the image's `/etc/resolv.conf`.
     pub host_resolv_conf: PathBuf,
+    /// The borrowed paths of a build resumed from a checkpoint
+    /// ([`pgimg_stdlib::borrow::Borrowed::export`]): the image already holds
+    /// pgimg's versions, and the originals to give back are these.
+    pub resumed_borrowed: Option<serde_json::Value>,
 }
 
 impl SandboxOptions {
@@ -97,6 +101,7 @@ impl SandboxOptions {
             log: Arc::new(default_log),
             interrupt: &INTERRUPTED,
             host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            resumed_borrowed: None,
         }
     }
 }
@@ -198,6 +203,27 @@ impl ChrootTarget {
             borrowed: Borrowed::default(),
             state: Mutex::new(State::default()),
         };
+        if let Some(entries) = &opts.resumed_borrowed {
+            use std::os::unix::fs::MetadataExt;
+            let dev =
+                std::fs::metadata(dir)
+                    .map(|m| m.dev())
+                    .map_err(|source| SetupError::Host {
+                        what: "reading the root's device",
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+            target
+                .borrowed
+                .import(entries, dev)
+                .map_err(|e| SetupError::File {
+                    what: "taking over the checkpoint's borrowed paths".into(),
+                    source: FsError::Invalid {
+                        path: dir.display().to_string(),
+                        reason: e,
+                    },
+                })?;
+        }
         if let Err(e) = target.prepare() {
             if let Err(undo) = target.teardown() {
                 eprintln!("pgimg: warning: undoing a partial sandbox setup: {undo}");
@@ -310,9 +336,12 @@ impl ChrootTarget {
         // it), while it refuses to replace a regular file.
         root.write(POLICY_RC_D_SCRIPT, POLICY_RC_D_DENY, Attrs::mode(0o755))
             .map_err(file_err(format!("writing {POLICY_RC_D_SCRIPT}")))?;
-        self.borrowed
-            .put_link(root, POLICY_RC_D, POLICY_RC_D_SCRIPT)
-            .map_err(file_err("putting /usr/sbin/policy-rc.d in place"))?;
+        // Resumed from a checkpoint, a path the recipe made its own stays so.
+        if self.borrowed.holds(root, POLICY_RC_D) != Some(false) {
+            self.borrowed
+                .put_link(root, POLICY_RC_D, POLICY_RC_D_SCRIPT)
+                .map_err(file_err("putting /usr/sbin/policy-rc.d in place"))?;
+        }
 
         let host_dns =
             std::fs::read(&self.host_resolv_conf).map_err(|source| SetupError::Host {
@@ -322,9 +351,11 @@ impl ChrootTarget {
             })?;
         // Often a link to a file that exists only on a booted system
         // (systemd-resolved): a plain file takes its place for the build.
-        self.borrowed
-            .put_file(root, RESOLV_CONF, &host_dns, 0o644)
-            .map_err(file_err("putting /etc/resolv.conf in place"))?;
+        if self.borrowed.holds(root, RESOLV_CONF) != Some(false) {
+            self.borrowed
+                .put_file(root, RESOLV_CONF, &host_dns, 0o644)
+                .map_err(file_err("putting /etc/resolv.conf in place"))?;
+        }
         Ok(())
     }
 
