@@ -507,7 +507,7 @@ fn every_primitive_for_real() {
         inspect.stdout
     );
 
-    go_build_from_a_local_git_repository(dir, &out, &sha);
+    go_build_from_a_git_repository_served_on_localhost(dir, &out, &sha);
 
     // Last: a shell writes to the image.
     loud("----- PostgreSQL, the Go binary and the tarball in a chroot of the output -----");
@@ -529,10 +529,12 @@ fn every_primitive_for_real() {
 }
 
 /// A second build on the first one's output (which has Go): `go_build` from
-/// a local git repository at a pinned commit that is not its HEAD. The
-/// base, here the first output, stays as it was.
-fn go_build_from_a_local_git_repository(dir: &Path, base: &Path, base_sha: &str) {
-    loud("----- go_build from a local git repository at a pinned commit -----");
+/// a git repository served over HTTP at a pinned commit that is not its
+/// HEAD. A path or `file://` URL to the same repository is refused: a recipe
+/// must not read the host's repositories. The base, here the first output,
+/// stays as it was.
+fn go_build_from_a_git_repository_served_on_localhost(dir: &Path, base: &Path, base_sha: &str) {
+    loud("----- go_build from a served git repository at a pinned commit -----");
     let git_dir = dir.join("hello.git");
     std::fs::create_dir_all(&git_dir).unwrap();
     for f in ["go.mod", "main.go"] {
@@ -567,19 +569,45 @@ fn go_build_from_a_local_git_repository(dir: &Path, base: &Path, base_sha: &str)
     .unwrap();
     git(&["commit", "-q", "-am", "later"]);
 
+    // Git's "dumb" HTTP transport: a bare copy with its info/refs listing.
+    let served_dir = dir.join("git-served");
+    std::fs::create_dir_all(&served_dir).unwrap();
+    let bare = served_dir.join("hello.git");
+    git(&["clone", "-q", "--bare", ".", bare.to_str().unwrap()]);
+    served::host(&["git", "update-server-info"], Some(&bare), &[]);
+    let server = Served::folder(&served_dir, &dir.join("git-served.log"));
+
+    let host_repo = write_recipe(
+        dir,
+        "git-from-host.rhai",
+        &format!(
+            "go_build(#{{ git: \"file://{}\", rev: \"{pinned}\", build: #{{ \"bin/hello\": \".\" }} }});\n",
+            git_dir.display()
+        ),
+    );
+    let refused = start_run(&host_repo, base, &dir.join("out/git-from-host.raw"), &[])
+        .finish(Duration::from_secs(300));
+    assert_ne!(refused.code(), Some(0), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("on the build host")
+            && refused.stderr.contains("git-from-host.rhai:1"),
+        "a host repository is refused, naming the recipe line:\n{}",
+        refused.stderr
+    );
+
     let recipe = write_recipe(
         dir,
         "git-build.rhai",
         &format!(
             r#"let built = go_build(#{{
-    git: "file://{}",
+    git: "{}/hello.git",
     rev: "{pinned}",
     build: #{{ "bin/hello": "." }},
     install: #{{ "bin/hello": "/usr/local/bin/hello-from-git" }},
 }});
 log(`installed ${{built}}`);
 "#,
-            git_dir.display()
+            server.url()
         ),
     );
     let out = dir.join("out/git-build.raw");
@@ -643,7 +671,7 @@ fn a_no_op_recipe_on_the_fixture_grown_to_4g() {
     assert_eq!(inspect.code(), Some(0), "{}", inspect.stderr);
     loud(&inspect.stdout);
     for want in [
-        "format      raw (disk 4.0 GiB)",
+        "format      raw (disk 4.00 GiB)",
         "ext4 \"cloudimg-rootfs\"  (root)",
         "manifest    /usr/share/pgimg/manifest.json:",
         "\"recipe\": \"recipes/examples/hello.rhai\"",
@@ -755,7 +783,7 @@ fn inspect_shows_the_fixture() {
     assert_eq!(f.code(), Some(0), "{}", f.stderr);
     loud(&f.stdout);
     for want in [
-        "format      raw (disk 2.0 GiB)",
+        "format      raw (disk 2.00 GiB)",
         "table       GPT, 512-byte sectors",
         "BIOS boot",
         "EFI system",

@@ -24,6 +24,13 @@ pub fn sha256_file(file: &File, size: u64, progress: &dyn Progress) -> std::io::
     let mut offset = 0u64;
     progress.start("hashing", size, Unit::Bytes);
     while offset < size {
+        if progress.cancelled() {
+            progress.stop();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                format!("hashing stopped at byte {offset} of {size}: interrupted"),
+            ));
+        }
         let want = ((size - offset) as usize).min(CHUNK);
         read_exact_at(file, &mut buf[..want], offset)?;
         hasher.update(&buf[..want]);

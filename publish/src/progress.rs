@@ -21,6 +21,11 @@ pub trait Progress: Sync {
     fn stop(&self) {}
     /// A one-line message for the user (e.g. "already uploaded; nothing to do").
     fn note(&self, message: &str);
+    /// Whether the work should stop now (SIGINT/SIGTERM reached the caller);
+    /// long loops ask between chunks.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// What a phase counts.

@@ -317,7 +317,7 @@ pub fn render(err: &EvalAltResult, file: &str) -> String {
     match err {
         EvalAltResult::ErrorRuntime(v, pos) => {
             if let Some(f) = v.read_lock::<PrimitiveFailure>() {
-                return relative_location(&f.0);
+                return relative_location(&f.message);
             }
             format!("{}: {}", locate(&file, *pos), v)
         }

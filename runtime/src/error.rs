@@ -33,3 +33,43 @@ pub struct RecipeError(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct Interrupted(#[from] pub anyhow::Error);
+
+/// `e` and its causes joined with `: `, each cause left out when the text
+/// before it already says it. Many error types print their source in their
+/// own message *and* expose it as `source()` (thiserror's `{source}` with
+/// `#[source]`), so anyhow's `{:#}` would print that cause twice or more.
+pub fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the GPT: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let io = std::io::Error::other("no GPT partition table found");
+        let e = anyhow::Error::new(Outer(io)).context("acquire: base.raw");
+        assert_eq!(
+            chain_text(&e),
+            "acquire: base.raw: reading the GPT: no GPT partition table found"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(chain_text(&plain), "outer: inner");
+    }
+}

@@ -4,9 +4,11 @@
 use clap::Parser;
 use pgimg::cli::Cli;
 use pgimg::error::{
-    Interrupted, RecipeError, Reported, UsageError, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE,
+    chain_text, Interrupted, RecipeError, Reported, UsageError, EXIT_FAILED, EXIT_INTERRUPTED,
+    EXIT_USAGE,
 };
 use pgimg::sandbox::{interrupt, namespace};
+use pgimg_stdlib::shared::escape_controls_keep_lines;
 
 fn main() {
     let cli = Cli::parse();
@@ -35,10 +37,10 @@ fn report(e: &anyhow::Error) -> i32 {
         return r.code;
     }
     if let Some(r) = e.downcast_ref::<RecipeError>() {
-        eprintln!("{r}");
+        eprintln!("{}", escape_controls_keep_lines(&r.to_string()));
         return EXIT_USAGE;
     }
-    eprintln!("pgimg: {e:#}");
+    eprintln!("pgimg: {}", escape_controls_keep_lines(&chain_text(e)));
     if let Some(sig) = interrupt::signal() {
         eprintln!("pgimg: interrupted by {sig}; everything was torn down");
         return EXIT_INTERRUPTED;

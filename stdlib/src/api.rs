@@ -6,10 +6,41 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::journal::Loc;
 
-/// The error value a failing primitive raises. Its message already starts
-/// with `file:line:col: primitive:`, so the CLI prints it as is.
+/// The error value a failing primitive raises. Its `message` already starts
+/// with `file:line:col: primitive:`, so the CLI prints it as is. A recipe that
+/// catches it (`try { … } catch (e) { … }`) reads the same text as `${e}` and
+/// the parts as `e.file`, `e.line`, `e.col`, `e.primitive`, `e.cause`;
+/// `type_of(e)` is `"PrimitiveFailure"` (see [`register_failure`]).
 #[derive(Debug, Clone)]
-pub struct PrimitiveFailure(pub String);
+pub struct PrimitiveFailure {
+    /// `file:line:col: primitive: cause`
+    pub message: String,
+    pub file: String,
+    /// 1-based; 0 when Rhai gave no position.
+    pub line: usize,
+    /// 1-based; 0 when Rhai gave no position.
+    pub col: usize,
+    pub primitive: String,
+    pub cause: String,
+}
+
+/// Makes [`PrimitiveFailure`] readable from a recipe that catches it:
+/// without this, `${e}` shows the Rust type's name.
+pub fn register_failure(m: &mut rhai::Module) {
+    m.set_custom_type::<PrimitiveFailure>("PrimitiveFailure");
+    m.set_native_fn("to_string", |f: &mut PrimitiveFailure| {
+        Ok(f.message.clone())
+    });
+    m.set_native_fn("to_debug", |f: &mut PrimitiveFailure| Ok(f.message.clone()));
+    m.set_getter_fn("message", |f: &mut PrimitiveFailure| Ok(f.message.clone()));
+    m.set_getter_fn("file", |f: &mut PrimitiveFailure| Ok(f.file.clone()));
+    m.set_getter_fn("line", |f: &mut PrimitiveFailure| Ok(f.line as rhai::INT));
+    m.set_getter_fn("col", |f: &mut PrimitiveFailure| Ok(f.col as rhai::INT));
+    m.set_getter_fn("primitive", |f: &mut PrimitiveFailure| {
+        Ok(f.primitive.clone())
+    });
+    m.set_getter_fn("cause", |f: &mut PrimitiveFailure| Ok(f.cause.clone()));
+}
 
 /// Where the primitive was called from.
 pub fn location(nctx: &NativeCallContext) -> Loc {
@@ -33,7 +64,14 @@ pub fn failure(loc: &Loc, name: &str, err: impl std::fmt::Display) -> Box<EvalAl
         rhai::Position::NONE
     };
     EvalAltResult::ErrorRuntime(
-        Dynamic::from(PrimitiveFailure(format!("{loc}: {name}: {err}"))),
+        Dynamic::from(PrimitiveFailure {
+            message: format!("{loc}: {name}: {err}"),
+            file: loc.file.clone(),
+            line: loc.line,
+            col: loc.col,
+            primitive: name.to_string(),
+            cause: err.to_string(),
+        }),
         pos,
     )
     .into()
@@ -90,6 +128,35 @@ mod tests {
     struct Opts {
         #[allow(dead_code)]
         mode: Option<i64>,
+    }
+
+    #[test]
+    fn a_caught_primitive_failure_reads_as_its_message_and_parts() {
+        use crate::fake::FakeOs;
+        use crate::fetch::RecordingFetcher;
+        use crate::FakeTarget;
+        let t = FakeTarget::new(&FakeOs::default(), Box::new(RecordingFetcher::default())).unwrap();
+        let ctx = crate::Ctx::new(std::sync::Arc::new(t));
+        let mut engine = rhai::Engine::new();
+        crate::register(&mut engine, &ctx);
+        let got: rhai::Array = engine
+            .eval(
+                "let r = [];\n\
+                 try { write_file(\"etc/relative\", \"x\"); }\n\
+                 catch (e) { r = [`${e}`, type_of(e), e.file, e.line, e.col, e.primitive, e.cause]; }\n\
+                 r",
+            )
+            .unwrap();
+        let got: Vec<String> = got.into_iter().map(|v| v.to_string()).collect();
+        assert!(
+            got[0].starts_with("<recipe>:2:7: write_file: ") && got[0].ends_with(&got[6]),
+            "{got:?}"
+        );
+        assert!(got[6].contains("etc/relative"), "{got:?}");
+        assert_eq!(
+            got[1..6],
+            ["PrimitiveFailure", "<recipe>", "2", "7", "write_file"]
+        );
     }
 
     #[test]

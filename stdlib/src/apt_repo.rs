@@ -993,7 +993,7 @@ mod tests {
         let rhai::EvalAltResult::ErrorRuntime(d, _) = *e else {
             panic!("{e}")
         };
-        let msg = d.cast::<crate::api::PrimitiveFailure>().0;
+        let msg = d.cast::<crate::api::PrimitiveFailure>().message;
         assert!(
             msg.contains("apt_repo: options: unknown field `suit`"),
             "{msg}"

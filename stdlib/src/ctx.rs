@@ -66,8 +66,9 @@ impl Ctx {
         self
     }
 
+    /// A recipe's log line, control characters escaped: one call, one line.
     pub fn log(&self, loc: &Loc, msg: &str) {
-        (self.log)(loc, msg)
+        (self.log)(loc, &crate::shared::escape_controls(msg))
     }
 
     /// Runs a command inside the target, labelled with the recipe location.

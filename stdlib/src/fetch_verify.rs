@@ -818,9 +818,9 @@ mod tests {
     /// The message a failing primitive raised.
     fn failure(err: rhai::EvalAltResult) -> String {
         match err {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => {
-                d.try_cast::<crate::api::PrimitiveFailure>().map(|f| f.0)
-            }
+            rhai::EvalAltResult::ErrorRuntime(d, _) => d
+                .try_cast::<crate::api::PrimitiveFailure>()
+                .map(|f| f.message),
             _ => None,
         }
         .unwrap_or_else(|| panic!("not a primitive failure"))

@@ -43,6 +43,7 @@ pub fn register(engine: &mut rhai::Engine, ctx: &Ctx) {
     macro_rules! each { ($($module:ident),*) => { $($module::register(&mut m);)* } }
     each! { files, facts, run, apt, apt_repo, go_build, pgxs, fetch_verify, users, systemd, mirror,
     require_arch, read_asset, borrow_file }
+    api::register_failure(&mut m);
     engine.register_global_module(m.into());
     engine.set_default_tag(rhai::Dynamic::from(ctx.clone()));
 }

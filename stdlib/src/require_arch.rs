@@ -74,7 +74,7 @@ mod tests {
         let rhai::EvalAltResult::ErrorRuntime(d, _) = *e else {
             panic!("{e}")
         };
-        let msg = d.cast::<crate::api::PrimitiveFailure>().0;
+        let msg = d.cast::<crate::api::PrimitiveFailure>().message;
         assert!(
             msg.ends_with("require_arch: this recipe builds amd64 images only, not arm64: why"),
             "{msg}"

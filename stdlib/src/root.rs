@@ -22,16 +22,18 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags};
 use pathrs::flags::OpenFlags;
 use pathrs::Root;
 
+use crate::shared::escape_controls;
+
 /// An error from a confined file operation; carries the in-image path.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", escape_controls(path))]
     Io {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", escape_controls(path))]
     Invalid { path: String, reason: String },
 }
 

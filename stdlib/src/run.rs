@@ -198,7 +198,9 @@ mod tests {
         let mut engine = rhai::Engine::new();
         crate::register(&mut engine, c);
         engine.eval::<String>(script).map_err(|e| match *e {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => d.cast::<crate::api::PrimitiveFailure>().0,
+            rhai::EvalAltResult::ErrorRuntime(d, _) => {
+                d.cast::<crate::api::PrimitiveFailure>().message
+            }
             other => other.to_string(),
         })
     }

@@ -1,5 +1,6 @@
 //! Helpers shared by pgimg's crates (stdlib, runtime, publish): hashes, output tails, sizes for people.
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::Path;
 
@@ -45,6 +46,36 @@ pub fn tail_lines(bytes: &[u8], lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// `text` with every control character written as its escape (`\n`, `\r`,
+/// `\t`, `\0`, `\u{1b}`, as Rust's `escape_debug`), so a value from a
+/// recipe cannot start a line of its own, rewrite one (`\r`) or drive the
+/// terminal (ESC) in what pgimg prints.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    escape_controls_except(text, &[])
+}
+
+/// [`escape_controls`] keeping newlines and tabs, for messages whose lines
+/// are meant (an error ending with a command's output).
+pub fn escape_controls_keep_lines(text: &str) -> Cow<'_, str> {
+    escape_controls_except(text, &['\n', '\t'])
+}
+
+fn escape_controls_except<'a>(text: &'a str, keep: &[char]) -> Cow<'a, str> {
+    let escaped = |c: char| c.is_control() && !keep.contains(&c);
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// `; <label>:\n<tail>` to end an error message with a command's output, or
 /// nothing when the tail is blank.
 pub fn tail_suffix(label: &str, tail: &str) -> String {
@@ -58,6 +89,17 @@ pub fn tail_suffix(label: &str, tail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_cannot_forge_or_rewrite_a_line() {
+        let v = "a\npgimg: done\r\0\u{1b}[2Jz\tü";
+        assert_eq!(escape_controls(v), "a\\npgimg: done\\r\\0\\u{1b}[2Jz\\tü");
+        assert_eq!(
+            escape_controls_keep_lines(v),
+            "a\npgimg: done\\r\\0\\u{1b}[2Jz\tü"
+        );
+        assert!(matches!(escape_controls("plain ü"), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn tails_keep_the_end_on_line_boundaries() {

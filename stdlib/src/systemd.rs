@@ -1346,7 +1346,9 @@ mod tests {
             .eval::<String>(r#"systemd_unit("c.service", "[Unit]\n", #{ enabled: true })"#)
             .unwrap_err()
         {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => d.cast::<crate::api::PrimitiveFailure>().0,
+            rhai::EvalAltResult::ErrorRuntime(d, _) => {
+                d.cast::<crate::api::PrimitiveFailure>().message
+            }
             other => panic!("{other}"),
         };
         assert!(

@@ -1525,7 +1525,9 @@ mod tests {
             .eval::<i64>(r#"add_user("bob", #{ sytem: true })"#)
             .unwrap_err()
         {
-            rhai::EvalAltResult::ErrorRuntime(d, _) => d.cast::<crate::api::PrimitiveFailure>().0,
+            rhai::EvalAltResult::ErrorRuntime(d, _) => {
+                d.cast::<crate::api::PrimitiveFailure>().message
+            }
             other => panic!("{other}"),
         };
         assert!(

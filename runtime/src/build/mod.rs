@@ -24,7 +24,6 @@ use nix::mount::MsFlags;
 use pgimg_stdlib::ctx::Journal;
 use pgimg_stdlib::fetch::HttpFetcher;
 use pgimg_stdlib::Target;
-use serde::Serialize;
 
 use crate::engine::{display_path, Limits};
 use crate::host::{self, RecipeInputs};
@@ -45,23 +44,7 @@ pub enum Base {
     Rootfs(PathBuf),
 }
 
-/// Output file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Raw,
-    Qcow2,
-}
-
-impl Format {
-    /// The name `qemu-img` and file extensions use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Qcow2 => "qcow2",
-        }
-    }
-}
+pub use crate::image::convert::Format;
 
 /// Everything `pgimg run` needs.
 #[derive(Debug, Clone)]

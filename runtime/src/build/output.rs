@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use indicatif::HumanBytes;
+use pgimg_publish::progress::{Progress, Unit};
 
 use super::manifest::OutputRecord;
 use super::stages::log;
@@ -30,9 +31,24 @@ pub fn allocated(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Hex sha256 of a file, streamed.
+/// Hex sha256 of a file, streamed; stops with `ErrorKind::Interrupted`
+/// once SIGINT/SIGTERM arrived.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    pgimg_publish::hash::sha256_path(path, &pgimg_publish::progress::Quiet)
+    pgimg_publish::hash::sha256_path(path, &UntilInterrupted)
+}
+
+/// Reports nothing; cancels on SIGINT/SIGTERM.
+struct UntilInterrupted;
+
+impl Progress for UntilInterrupted {
+    fn start(&self, _: &str, _: u64, _: Unit) {}
+    fn advance(&self, _: u64) {}
+    fn set(&self, _: u64) {}
+    fn finish(&self) {}
+    fn note(&self, _: &str) {}
+    fn cancelled(&self) -> bool {
+        interrupt::interrupted()
+    }
 }
 
 /// Writes the built image in `work` to `output` in `format`.

@@ -30,28 +30,23 @@ pub enum ConvertError {
     Exists(PathBuf),
 }
 
-/// A base image format pgimg accepts, as `qemu-img` names it. Others (vmdk,
-/// vhdx, …) are refused: their headers can name host files that qemu-img
-/// would read as the disk's content.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(into = "String")]
+/// An image format pgimg reads (base) and writes (`--format`), as
+/// `qemu-img` names it. Others (vmdk, vhdx, …) are refused as bases: their
+/// headers can name host files that qemu-img would read as the disk's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     Raw,
     Qcow2,
 }
 
 impl Format {
-    pub fn as_str(&self) -> &str {
+    /// The name `qemu-img` and file extensions use.
+    pub fn as_str(self) -> &'static str {
         match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
         }
-    }
-}
-
-impl From<Format> for String {
-    fn from(f: Format) -> String {
-        f.as_str().to_string()
     }
 }
 

@@ -6,13 +6,15 @@
 
 use std::path::Path;
 
+use pgimg_stdlib::shared::tail_suffix;
+
 use super::tool::{self, Argv, ToolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
     #[error(transparent)]
     Tool(#[from] ToolError),
-    #[error("`{argv}` exited with {code}: {}{}", explain_fsck(*.code), tail_suffix(.tail))]
+    #[error("`{argv}` exited with {code}: {}{}", explain_fsck(*.code), tail_suffix("output", .tail))]
     Fsck { argv: Argv, code: i32, tail: String },
     #[error("syncing {mountpoint} before fstrim: {source}")]
     Sync {
@@ -22,14 +24,6 @@ pub enum Ext4Error {
     },
     #[error("`{argv}` printed no trimmed byte count: {output:?}")]
     TrimOutput { argv: Argv, output: String },
-}
-
-fn tail_suffix(tail: &str) -> String {
-    if tail.trim().is_empty() {
-        String::new()
-    } else {
-        format!("; output:\n{}", tail.trim_end())
-    }
 }
 
 /// e2fsck's exit status is a bit mask (e2fsck(8), "EXIT CODE").

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use super::convert::{self, Format};
 use super::gpt::{self, Guid};
 use super::loopdev;
-use super::rootfs::{self, human_size};
+use pgimg_stdlib::shared::HumanBytes;
+
+use super::rootfs;
 use super::superblock::Superblock;
 use super::tool;
 use super::workcopy::allocated_size;
@@ -181,13 +183,13 @@ impl fmt::Display for Inspection {
             f,
             "format      {} (disk {})",
             self.format,
-            human_size(self.virtual_size)
+            HumanBytes(self.virtual_size)
         )?;
         writeln!(
             f,
             "size        {} apparent, {} allocated ({} / {} bytes)",
-            human_size(self.apparent_size),
-            human_size(self.allocated_size),
+            HumanBytes(self.apparent_size),
+            HumanBytes(self.allocated_size),
             self.apparent_size,
             self.allocated_size
         )?;
@@ -214,7 +216,7 @@ impl fmt::Display for Inspection {
                 part.number,
                 part.first_lba,
                 part.last_lba,
-                human_size(part.size()),
+                HumanBytes(part.size()),
                 p.type_name,
                 part.unique_guid,
                 fs,
@@ -231,8 +233,8 @@ impl fmt::Display for Inspection {
                 f,
                 "root fs     p{n}: {}, {} ({} free), label {:?}, UUID {}",
                 sb.kind,
-                human_size(sb.size()),
-                human_size(sb.free_blocks * sb.block_size),
+                HumanBytes(sb.size()),
+                HumanBytes(sb.free_blocks * sb.block_size),
                 sb.label,
                 sb.uuid
             )?,

@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::io::{Read, Seek};
 
+use pgimg_stdlib::shared::HumanBytes;
+
 use super::gpt::{Partition, PartitionTable};
 use super::superblock::Superblock;
 
@@ -102,27 +104,12 @@ pub fn listing(probed: &[Probed]) -> String {
             part.number,
             part.first_lba,
             part.last_lba,
-            human_size(part.size()),
+            HumanBytes(part.size()),
             part.type_name(),
             fs
         );
     }
     out.trim_end().to_string()
-}
-
-/// `1.9 GiB`, `106.0 MiB`, `512 B`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -179,17 +166,5 @@ mod tests {
         assert!(msg.contains("(p1, p15)"), "{msg}");
         assert!(msg.contains("ext4 \"other\""), "{msg}");
         assert!(msg.contains("p14"), "{msg}");
-    }
-
-    #[test]
-    fn human_sizes() {
-        for (bytes, text) in [
-            (512, "512 B"),
-            (4 * MIB, "4.0 MiB"),
-            (106 * MIB, "106.0 MiB"),
-            (2 << 30, "2.0 GiB"),
-        ] {
-            assert_eq!(human_size(bytes), text);
-        }
     }
 }

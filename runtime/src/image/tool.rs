@@ -2,7 +2,14 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use pgimg_stdlib::shared::{tail_lines, tail_suffix};
+
+use crate::sandbox::interrupt;
 
 /// Lines of output kept for an error message.
 const TAIL_LINES: usize = 20;
@@ -30,20 +37,14 @@ pub enum ToolError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{argv}` {status}{}", tail_suffix(.tail))]
+    #[error("`{argv}` {status}{}", tail_suffix("output", .tail))]
     Failed {
         argv: Argv,
         status: ExitStatus,
         tail: String,
     },
-}
-
-fn tail_suffix(tail: &str) -> String {
-    if tail.trim().is_empty() {
-        String::new()
-    } else {
-        format!("; output:\n{}", tail.trim_end())
-    }
+    #[error("`{argv}` was stopped: interrupted by a signal")]
+    Interrupted { argv: Argv },
 }
 
 /// What a tool printed and how it ended.
@@ -64,7 +65,7 @@ impl ToolOutput {
         } else {
             &self.stderr
         };
-        tail(stream, TAIL_LINES)
+        tail_lines(stream, TAIL_LINES)
     }
 
     pub fn failed(self) -> ToolError {
@@ -76,13 +77,6 @@ impl ToolOutput {
     }
 }
 
-/// The last `lines` lines of `bytes`.
-pub fn tail(bytes: &[u8], lines: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let all: Vec<&str> = text.trim_end().lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Runs `argv` with stdin closed and the C locale (so output can be parsed);
 /// whatever its exit status.
 pub fn run<I, S>(argv: I) -> Result<ToolOutput, ToolError>
@@ -91,21 +85,93 @@ where
     S: Into<OsString>,
 {
     let argv = Argv(argv.into_iter().map(Into::into).collect());
-    let output = Command::new(&argv.0[0])
-        .args(&argv.0[1..])
+    let mut cmd = Command::new(&argv.0[0]);
+    cmd.args(&argv.0[1..])
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ToolError::Spawn {
-            argv: argv.clone(),
-            source,
-        })?;
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_pgimg(&mut cmd);
+    let spawn_error = |source| ToolError::Spawn {
+        argv: argv.clone(),
+        source,
+    };
+    let mut child = cmd.spawn().map_err(spawn_error)?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = match wait_unless_interrupted(&mut child) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ToolError::Interrupted { argv });
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(spawn_error(e));
+        }
+    };
     Ok(ToolOutput {
         argv,
-        status: output.status,
-        stdout: output.stdout,
-        stderr: output.stderr,
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     })
+}
+
+/// SIGKILL for the tool when the thread that started it dies
+/// (`PR_SET_PDEATHSIG`, prctl(2)), so a pgimg killed with SIGKILL does not
+/// leave a `qemu-img convert` writing gigabytes into an orphaned work folder.
+fn die_with_pgimg(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            // pgimg died before prctl took effect: the signal will never come.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Reads a child's pipe to its end on a thread, so neither pipe can fill
+/// while the other is read.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// The child's exit status, or `None` once SIGINT/SIGTERM reached pgimg.
+/// Polls quickly at first (most tools end in milliseconds) and every 50 ms
+/// after that.
+fn wait_unless_interrupted(child: &mut Child) -> std::io::Result<Option<ExitStatus>> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if interrupt::interrupted() {
+            return Ok(None);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// Runs `argv` and requires exit status 0.

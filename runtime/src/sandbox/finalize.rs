@@ -15,6 +15,7 @@
 use std::fmt;
 
 use pgimg_stdlib::root::{Attrs, FileKind, FsError, ImageRoot};
+use pgimg_stdlib::shared::HumanBytes;
 use pgimg_stdlib::target::{Command, CommandError, Target};
 use serde::Deserialize;
 
@@ -102,26 +103,11 @@ impl fmt::Display for FinalizeReport {
                     item.name,
                     item.removed,
                     item.emptied,
-                    human_bytes(item.bytes)
+                    HumanBytes(item.bytes)
                 )?,
             }
         }
         Ok(())
-    }
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use pgimg_stdlib::shared::tail_lines;
 use rhai::{Dynamic, Engine, EvalAltResult, NativeCallContext, Position};
 
 use super::agent::{Agent, Output};
@@ -95,11 +96,6 @@ fn shown(v: &Dynamic) -> String {
     }
 }
 
-fn tail(out: &str, lines: usize) -> String {
-    let all: Vec<&str> = out.trim_end().lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// The engine with the checks API, acting through `state`.
 fn engine(state: Shared) -> Engine {
     let mut engine = Engine::new();
@@ -138,7 +134,11 @@ fn engine(state: Shared) -> Engine {
                     &format!("journalctl -b -u '{unit}' -n 15 --no-pager -o cat"),
                     pos,
                 )?;
-                format!("state: {}\n{}", state, tail(&journal.0.out, 15))
+                format!(
+                    "state: {}\n{}",
+                    state,
+                    tail_lines(journal.0.out.as_bytes(), 15)
+                )
             };
             Ok(record(&st, format!("expect_active({unit:?})"), ok, detail))
         },
@@ -152,7 +152,11 @@ fn engine(state: Shared) -> Engine {
             let detail = if ok {
                 String::new()
             } else {
-                format!("exit status {}\n{}", out.0.status, tail(&out.0.out, 15))
+                format!(
+                    "exit status {}\n{}",
+                    out.0.status,
+                    tail_lines(out.0.out.as_bytes(), 15)
+                )
             };
             Ok(record(&st, format!("expect_ok({cmd:?})"), ok, detail))
         },
@@ -189,7 +193,7 @@ fn engine(state: Shared) -> Engine {
             let detail = if ok {
                 String::new()
             } else {
-                format!("in: {}", tail(&text(&hay), 15))
+                format!("in: {}", tail_lines(text(&hay).as_bytes(), 15))
             };
             record(&st, format!("expect_contains(…, {needle:?})"), ok, detail)
         },

@@ -68,7 +68,28 @@ fn check_git_url(url: &str) -> Result<(), FetchError> {
     if url.contains(['\n', '\0']) {
         return invalid("contains a control character");
     }
+    if is_local(url) {
+        return invalid(
+            "names a repository on the build host; serve it (http://, https://, git://, ssh) \
+             or put the tree in the recipe's asset folder and build from `dir`",
+        );
+    }
     Ok(())
+}
+
+/// Whether git would read `url` from the local file system: `file://`, or
+/// no `scheme://` and either no `:` or a `/` before the first `:` — git's
+/// own rule for telling a path from scp-like `host:path` (git-clone(1),
+/// "GIT URLS"). A recipe must not read the host's repositories, like any
+/// other host file outside its asset folder.
+fn is_local(url: &str) -> bool {
+    if let Some((scheme, _)) = url.split_once("://") {
+        return scheme.eq_ignore_ascii_case("file");
+    }
+    match url.find(':') {
+        None => true,
+        Some(colon) => url[..colon].contains('/'),
+    }
 }
 
 impl GitFetcher {
@@ -491,9 +512,9 @@ mod tests {
     fn refuses_option_and_helper_urls() {
         let cases = [
             ("https://github.com/paradedb/paradedb.git", true),
-            ("file:///srv/repo", true),
-            ("/srv/repo", true),
             ("git@github.com:org/repo.git", true),
+            ("ssh://git@example.org/repo.git", true),
+            ("git://127.0.0.1/repo.git", true),
             ("--upload-pack=touch /tmp/x", false),
             ("ext::sh -c touch% /tmp/pwned", false),
             ("fd::3", false),
@@ -501,6 +522,22 @@ mod tests {
         ];
         for (url, ok) in cases {
             assert_eq!(check_git_url(url).is_ok(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn refuses_repositories_on_the_build_host() {
+        for url in [
+            "file:///srv/repo",
+            "FILE:///root/secret.git",
+            "/srv/repo",
+            "./repo",
+            "../repo.git",
+            "repo",
+            "srv/with:colon",
+        ] {
+            let e = check_git_url(url).unwrap_err().to_string();
+            assert!(e.contains("on the build host"), "{url}: {e}");
         }
     }
 
