@@ -170,7 +170,11 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Application Default Credentials gave no token.
-    #[error("getting a token from Application Default Credentials: {0}")]
+    #[error(
+        "getting a token from Application Default Credentials: {0} (point \
+         GOOGLE_APPLICATION_CREDENTIALS at a service-account key or a workload identity \
+         federation file, or run `gcloud auth application-default login`)"
+    )]
     Auth(String),
     /// A call failed: operation, what it was about, the service's message.
     #[error("{op} {target}: {message}")]

@@ -269,6 +269,43 @@ mod tests {
         assert!(members.next().is_none());
     }
 
+    /// GNU tar is the format's reference: it must list the member with the
+    /// image's size and extract it byte for byte, holes as holes.
+    #[test]
+    fn gnu_tar_extracts_the_member_as_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("img.raw");
+        let content = sparse_image(&image);
+        let out = dir.path().join("img.tar.gz");
+        pack(&image, &out, &Quiet, &AtomicBool::new(false)).unwrap();
+        let extract = dir.path().join("x");
+        std::fs::create_dir(&extract).unwrap();
+        let run = |args: &[&str]| {
+            let o = std::process::Command::new("tar")
+                .args(args)
+                .current_dir(&extract)
+                .output()
+                .expect("running tar (GNU tar, Debian's essential package)");
+            assert!(
+                o.status.success(),
+                "tar {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let listed = run(&["-tvzf", out.to_str().unwrap()]);
+        assert!(
+            listed.contains(&(64u64 << 20).to_string()) && listed.trim_end().ends_with(MEMBER),
+            "{listed}"
+        );
+        run(&["-xSzf", out.to_str().unwrap()]);
+        let extracted = extract.join(MEMBER);
+        assert!(std::fs::read(&extracted).unwrap() == content, "GNU tar extracted something else");
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(&extracted).unwrap().blocks() * 512;
+        assert!(allocated < 8 << 20, "extracted with {allocated} bytes allocated: holes were filled");
+    }
+
     #[test]
     fn an_all_hole_image_is_one_empty_entry_at_its_end() {
         let dir = tempfile::tempdir().unwrap();
