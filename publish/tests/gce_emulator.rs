@@ -138,8 +138,14 @@ impl Gcs {
 
     /// Names of the objects in [`BUCKET`].
     fn objects(&self) -> Vec<String> {
-        let r = http_raw(self.port, "GET", &format!("/storage/v1/b/{BUCKET}/o"), &[], b"")
-            .unwrap();
+        let r = http_raw(
+            self.port,
+            "GET",
+            &format!("/storage/v1/b/{BUCKET}/o"),
+            &[],
+            b"",
+        )
+        .unwrap();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let listed: Value = serde_json::from_slice(&r.body).unwrap();
         listed["items"]
@@ -255,7 +261,9 @@ fn answer(w: &mut World, r: &Recorded, gcs_port: u16, ending: Ending) -> RawResp
         ("POST", IMAGES) => {
             let name = body["name"].as_str().unwrap_or_default().to_string();
             if w.images.contains_key(&name) {
-                let message = format!("The resource 'projects/{PROJECT}/global/images/{name}' already exists");
+                let message = format!(
+                    "The resource 'projects/{PROJECT}/global/images/{name}' already exists"
+                );
                 return json_response(
                     409,
                     &json!({"error": {"code": 409, "message": message,
@@ -526,8 +534,14 @@ fn publish_uploads_a_sparse_tarball_creates_a_public_image_and_deletes_the_tarba
     let calls = compute.calls();
     let first = |c: &str| calls.iter().position(|x| x.starts_with(c)).unwrap();
     assert_eq!(calls[0], format!("GET {IMAGES}/{name}"));
-    assert!(first("POST /compute/v1/projects/pgimg-test-project/global/images") < first("GET /compute/v1/projects/pgimg-test-project/global/operations"));
-    assert!(first(&format!("GET {IMAGES}/{name}/getIamPolicy")) > first("GET /compute/v1/projects/pgimg-test-project/global/operations"));
+    assert!(
+        first("POST /compute/v1/projects/pgimg-test-project/global/images")
+            < first("GET /compute/v1/projects/pgimg-test-project/global/operations")
+    );
+    assert!(
+        first(&format!("GET {IMAGES}/{name}/getIamPolicy"))
+            > first("GET /compute/v1/projects/pgimg-test-project/global/operations")
+    );
 
     // The tarball is gone from the bucket and from the image's folder.
     assert_eq!(gcs.objects(), Vec::<String>::new());
@@ -542,7 +556,10 @@ fn publish_uploads_a_sparse_tarball_creates_a_public_image_and_deletes_the_tarba
         .iter()
         .any(|n| n.contains(&format!("deleted gs://{BUCKET}/{name}.tar.gz"))));
     let md = std::fs::read_to_string(&summary).unwrap();
-    assert!(md.contains(&format!("projects/{PROJECT}/global/images/{name}")), "{md}");
+    assert!(
+        md.contains(&format!("projects/{PROJECT}/global/images/{name}")),
+        "{md}"
+    );
 }
 
 #[test]
@@ -555,16 +572,21 @@ fn a_failed_image_creation_names_the_cause_and_still_deletes_the_tarball() {
 
     let err = gce::publish(&o, &path, &Recording::default()).unwrap_err();
     let text = format!("{err}");
-    assert!(
-        matches!(err, gce::Error::ImageFailed { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, gce::Error::ImageFailed { .. }), "{err:?}");
     assert!(
         text.contains("pg-fails") && text.contains("IMAGE_PREPARATION_FAILED"),
         "{text}"
     );
-    assert_eq!(compute.world.lock().unwrap().sources.len(), 1, "never uploaded");
-    assert_eq!(gcs.objects(), Vec::<String>::new(), "the tarball was left in the bucket");
+    assert_eq!(
+        compute.world.lock().unwrap().sources.len(),
+        1,
+        "never uploaded"
+    );
+    assert_eq!(
+        gcs.objects(),
+        Vec::<String>::new(),
+        "the tarball was left in the bucket"
+    );
 }
 
 #[test]
@@ -579,7 +601,11 @@ fn an_image_that_never_becomes_ready_ends_the_bounded_wait_and_the_tarball_is_de
     let err = gce::publish(&o, &path, &Recording::default()).unwrap_err();
     assert!(matches!(err, gce::Error::Timeout { .. }), "{err:?}");
     assert!(format!("{err}").contains("gave up after"), "{err}");
-    assert_eq!(gcs.objects(), Vec::<String>::new(), "the tarball was left in the bucket");
+    assert_eq!(
+        gcs.objects(),
+        Vec::<String>::new(),
+        "the tarball was left in the bucket"
+    );
 }
 
 #[test]
@@ -603,5 +629,8 @@ fn an_image_already_there_is_reported_and_nothing_is_uploaded() {
         "a re-run only looks at the image: {again:?}"
     );
     assert_eq!(compute.world.lock().unwrap().sources.len(), 1);
-    assert!(progress.notes().iter().any(|n| n.contains("already exists")));
+    assert!(progress
+        .notes()
+        .iter()
+        .any(|n| n.contains("already exists")));
 }

@@ -205,7 +205,7 @@ mod tests {
             (0u64, b"00000000000\0".to_vec()),
             (0o644, b"00000000644\0".to_vec()),
             ((8 << 30) - 1, b"77777777777\0".to_vec()),
-            (8 << 30, vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0]),
+            (8 << 30, vec![0x80, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0]),
         ] {
             let mut f = [0xffu8; 12];
             number(&mut f, value);
@@ -300,10 +300,47 @@ mod tests {
         );
         run(&["-xSzf", out.to_str().unwrap()]);
         let extracted = extract.join(MEMBER);
-        assert!(std::fs::read(&extracted).unwrap() == content, "GNU tar extracted something else");
+        assert!(
+            std::fs::read(&extracted).unwrap() == content,
+            "GNU tar extracted something else"
+        );
         use std::os::unix::fs::MetadataExt;
         let allocated = std::fs::metadata(&extracted).unwrap().blocks() * 512;
-        assert!(allocated < 8 << 20, "extracted with {allocated} bytes allocated: holes were filled");
+        assert!(
+            allocated < 8 << 20,
+            "extracted with {allocated} bytes allocated: holes were filled"
+        );
+    }
+
+    /// Offsets and the real size past 8 GiB do not fit 11 octal digits and
+    /// are written base-256; GNU tar must read them back.
+    #[test]
+    fn gnu_tar_reads_offsets_and_sizes_past_8_gib() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("big.raw");
+        let f = File::create(&image).unwrap();
+        let size = 9u64 << 30;
+        f.set_len(size).unwrap();
+        let far = (8u64 << 30) + (256 << 20);
+        f.write_all_at(b"beyond eight gibibytes", far).unwrap();
+        f.write_all_at(b"first", 0).unwrap();
+        drop(f);
+        let out = dir.path().join("big.tar.gz");
+        let packed = pack(&image, &out, &Quiet, &AtomicBool::new(false)).unwrap();
+        assert!(packed.stored <= 8192, "{packed:?}");
+        let o = std::process::Command::new("tar")
+            .args(["-xSzf", out.to_str().unwrap()])
+            .current_dir(dir.path())
+            .output()
+            .expect("running tar");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let x = File::open(dir.path().join(MEMBER)).unwrap();
+        assert_eq!(x.metadata().unwrap().len(), size);
+        let mut buf = [0u8; 22];
+        x.read_exact_at(&mut buf, far).unwrap();
+        assert_eq!(&buf, b"beyond eight gibibytes");
+        x.read_exact_at(&mut buf[..5], 0).unwrap();
+        assert_eq!(&buf[..5], b"first");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 #[path = "../../../tests/support/moto.rs"]
 mod moto_path;
+#[allow(unused_imports)]
 pub use moto_path::gcs_emulator;
 
 use std::collections::HashMap;
