@@ -89,11 +89,13 @@ fn json_response(status: u16, body: &Value) -> RawResponse {
 // ---------------------------------------------------------------------------
 // Cloud Storage: the emulator
 
-/// A `gcp-storage-emulator` child process with [`BUCKET`]; killed and reaped on drop.
+/// A `gcp-storage-emulator` child process with [`BUCKET`], behind a recording
+/// proxy; killed and reaped on drop.
 struct Gcs {
     child: Child,
     port: u16,
     log: tempfile::NamedTempFile,
+    proxy: Option<Recorder>,
 }
 
 impl Gcs {
@@ -108,7 +110,12 @@ impl Gcs {
             .stderr(log.reopen().unwrap())
             .spawn()
             .expect("starting gcp-storage-emulator");
-        let mut gcs = Gcs { child, port, log };
+        let mut gcs = Gcs {
+            child,
+            port,
+            log,
+            proxy: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = gcs.child.try_wait().unwrap() {
@@ -129,11 +136,18 @@ impl Gcs {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        gcs.proxy = Some(Recorder::start(port));
         gcs
     }
 
+    /// The proxy's endpoint: what pgimg is pointed at.
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.proxy.as_ref().unwrap().endpoint()
+    }
+
+    /// The requests pgimg sent to Cloud Storage.
+    fn requests(&self) -> Vec<Recorded> {
+        self.proxy.as_ref().unwrap().requests()
     }
 
     /// Names of the objects in [`BUCKET`].
@@ -148,6 +162,7 @@ impl Gcs {
         .unwrap();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let listed: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(listed["kind"], "storage#objects", "{listed}");
         listed["items"]
             .as_array()
             .map(|items| {
@@ -541,6 +556,37 @@ fn publish_uploads_a_sparse_tarball_creates_a_public_image_and_deletes_the_tarba
     assert!(
         first(&format!("GET {IMAGES}/{name}/getIamPolicy"))
             > first("GET /compute/v1/projects/pgimg-test-project/global/operations")
+    );
+
+    // Cloud Storage: a resumable upload in two chunks (16 MiB, then the
+    // rest), then the tarball deleted; every request authorized.
+    let object = format!("{name}.tar.gz");
+    let total = sources[0].len();
+    let storage: Vec<String> = gcs
+        .requests()
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                r.header("authorization"),
+                Some(format!("Bearer {TOKEN}").as_str()),
+                "{} {}",
+                r.method,
+                r.url
+            );
+            match r.header("content-range") {
+                Some(range) => format!("{} {range}", r.method),
+                None => format!("{} {}", r.method, r.url.split('&').next().unwrap()),
+            }
+        })
+        .collect();
+    assert_eq!(
+        storage,
+        [
+            format!("POST /upload/storage/v1/b/{BUCKET}/o?uploadType=resumable"),
+            format!("PUT bytes 0-{}/{total}", (16 << 20) - 1),
+            format!("PUT bytes {}-{}/{total}", 16 << 20, total - 1),
+            format!("DELETE /storage/v1/b/{BUCKET}/o/{object}"),
+        ]
     );
 
     // The tarball is gone from the bucket and from the image's folder.
