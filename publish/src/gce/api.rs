@@ -89,15 +89,13 @@ impl Google {
         method: Method,
         url: &str,
         headers: &[(&str, String)],
-        body: Option<reqwest::Body>,
-        body_again: impl Fn() -> Option<reqwest::Body>,
+        body: impl Fn() -> Option<reqwest::Body>,
     ) -> Result<Reply, Error> {
-        let mut first = Some(body);
         let result = retry(
             self.backoff,
             |e: &Attempt| e.retryable,
             |_| {
-                let body = first.take().unwrap_or_else(&body_again);
+                let body = body();
                 let method = method.clone();
                 async move {
                     let token = self.token().await.map_err(Attempt::fatal)?;
@@ -163,9 +161,7 @@ impl Google {
             None => vec![],
         };
         let make = || text.clone().map(reqwest::Body::from);
-        let reply = self
-            .send(op, target, method, url, &headers, make(), make)
-            .await?;
+        let reply = self.send(op, target, method, url, &headers, make).await?;
         if reply.status == StatusCode::NOT_FOUND && missing_ok {
             return Ok(None);
         }
@@ -206,7 +202,6 @@ impl Google {
                 Method::POST,
                 &url,
                 &headers,
-                make(),
                 make,
             )
             .await?;
@@ -244,17 +239,10 @@ impl Google {
                 format!("bytes {offset}-{}/{total}", end - 1)
             },
         )];
-        let again = data.clone();
         let reply = self
-            .send(
-                "uploading",
-                target,
-                Method::PUT,
-                session,
-                &headers,
-                Some(reqwest::Body::from(data)),
-                || Some(reqwest::Body::from(again.clone())),
-            )
+            .send("uploading", target, Method::PUT, session, &headers, || {
+                Some(reqwest::Body::from(data.clone()))
+            })
             .await?;
         persisted(&reply, total)
             .ok_or_else(|| api("uploading", target, message(reply.status, &reply.body)))
