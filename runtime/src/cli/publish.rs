@@ -37,8 +37,9 @@ An image of that name already there is reported, not duplicated.
 
 Credentials come from Application Default Credentials: GOOGLE_APPLICATION_CREDENTIALS (a \
 service-account key or a workload identity federation config, as google-github-actions/auth \
-writes it), `gcloud auth application-default login`, or the metadata server. Prints one JSON \
-object with the outcome on stdout.
+writes it), `gcloud auth application-default login`, or the metadata server. The account \
+needs roles/compute.storageAdmin on the project and object create and delete on the bucket. \
+Prints one JSON object with the outcome on stdout.
 
 Example (the release workflow's publishing):
   pgimg publish gce postgres-ubuntu-2204-x64-20260115.raw --project my-project \\
