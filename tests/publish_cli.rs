@@ -386,6 +386,46 @@ fn prune_without_a_rule_or_with_an_empty_prefix_is_a_usage_error() {
 }
 
 #[test]
+fn publish_gce_bad_names_labels_and_features_are_usage_errors_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("img.raw");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let image = image.to_str().unwrap();
+    let base = ["publish", "gce", image, "--project", "p", "--bucket", "b"];
+    for (extra, why) in [
+        (&["--name", "Pg_16"][..], "image name"),
+        (&["--name", "pg", "--family", "Pg"][..], "family"),
+        (&["--name", "pg", "--labels", "Flavor=x"][..], "label key"),
+        (&["--name", "pg", "--labels", "novalue"][..], "KEY=VALUE"),
+        (
+            &["--name", "pg", "--guest-os-features", "gvnic"][..],
+            "guest OS feature",
+        ),
+    ] {
+        // Nothing may be contacted: the endpoints are closed ports.
+        let o = Command::new(env!("CARGO_BIN_EXE_pgimg"))
+            .args(base)
+            .args(extra)
+            .args([
+                "--storage-endpoint",
+                "http://127.0.0.1:9",
+                "--compute-endpoint",
+                "http://127.0.0.1:9",
+            ])
+            .env("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/adc.json")
+            .env_remove("GITHUB_STEP_SUMMARY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(why), "{extra:?}: {err}");
+    }
+}
+
+#[test]
 fn publish_help_teaches_each_targets_flags_with_an_example() {
     for (target, flags) in [
         (
@@ -405,6 +445,23 @@ fn publish_help_teaches_each_targets_flags_with_an_example() {
                 "--skip-zero-blocks",
                 "--parent-snapshot-id",
                 "encrypted",
+                "Example",
+            ][..],
+        ),
+        (
+            "gce",
+            &[
+                "--project",
+                "--bucket",
+                "--name",
+                "--family",
+                "--guest-os-features",
+                "--labels",
+                "--public",
+                "allAuthenticatedUsers",
+                "GNU sparse",
+                "Application Default Credentials",
+                "deleted",
                 "Example",
             ][..],
         ),

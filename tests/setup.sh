@@ -9,7 +9,9 @@
 #  - moto (the S3/EC2/EBS emulator of the publish tests), >= 5.2.5, in a
 #    virtualenv under $PGIMG_TOOLS_DIR (default /var/tmp/pgimg-tools), so the
 #    machine's own moto never matters (5.2.0-5.2.4 answer
-#    CompleteMultipartUpload with an XML root the Rust SDK rejects).
+#    CompleteMultipartUpload with an XML root the Rust SDK rejects);
+#  - gcp-storage-emulator (the Cloud Storage emulator of the GCE publish
+#    tests), >= $gcs_min, in the same virtualenv.
 # Idempotent: a second run installs nothing. It always refreshes the apt
 # lists, since the system tests `apt-get download` .debs on the host.
 set -euo pipefail
@@ -18,6 +20,7 @@ say() { printf 'tests/setup.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
 moto_min=5.2.5
+gcs_min=2026.7.19
 tools_dir=${PGIMG_TOOLS_DIR:-/var/tmp/pgimg-tools}
 venv=$tools_dir/venv
 
@@ -92,25 +95,30 @@ check_version python3 "$(python3 -c 'import sys; print("%d.%d" % sys.version_inf
 [ -e /usr/share/debootstrap/scripts/bookworm ] ||
     die "debootstrap does not know Debian bookworm: install debootstrap 1.0.124 or newer (e.g. from backports)"
 
-# moto in its own virtualenv. pip reads the machine's pip configuration
-# (/etc/pip.conf, PIP_* variables: a mirror or CA bundle).
-moto_ok() {
-    [ -x "$venv/bin/moto_server" ] && "$venv/bin/python" - "$moto_min" 2>/dev/null <<'PY'
+# moto and the Cloud Storage emulator in their own virtualenv. pip reads the
+# machine's pip configuration (/etc/pip.conf, PIP_* variables: a mirror or CA
+# bundle).
+venv_has() { # distribution minimum executable
+    [ -x "$venv/bin/$3" ] && "$venv/bin/python" - "$1" "$2" 2>/dev/null <<'PY'
 import importlib.metadata as m, sys
-have = tuple(int(x) for x in m.version("moto").split(".")[:3])
-want = tuple(int(x) for x in sys.argv[1].split("."))
+have = tuple(int(x) for x in m.version(sys.argv[1]).split(".")[:3])
+want = tuple(int(x) for x in sys.argv[2].split("."))
 raise SystemExit(0 if have >= want else 1)
 PY
 }
-if ! moto_ok; then
-    say "installing moto[server]>=$moto_min into $venv"
+venv_install() { # distribution minimum executable requirement
+    venv_has "$1" "$2" "$3" && return 0
+    say "installing $4 into $venv"
     mkdir -p "$tools_dir"
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv" ||
         die "python3 -m venv $venv failed (apt-get install python3-venv)"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "moto[server]>=$moto_min" ||
-        die "pip could not install moto[server]>=$moto_min into $venv (is PyPI or your pip mirror reachable?)"
-    moto_ok || die "$venv/bin/moto_server is still missing or older than $moto_min after pip install"
-fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$4" ||
+        die "pip could not install $4 into $venv (is PyPI or your pip mirror reachable?)"
+    venv_has "$1" "$2" "$3" || die "$venv/bin/$3 is still missing or older than $2 after pip install"
+}
+venv_install moto "$moto_min" moto_server "moto[server]>=$moto_min"
+# The oldest release these tests were run against.
+venv_install gcp-storage-emulator "$gcs_min" gcp-storage-emulator "gcp-storage-emulator>=$gcs_min"
 # QEMU, OVMF, GRUB's module sets and mtools for the boot tests (tests/boot.rs).
 bash "$(dirname "$0")/setup-boot.sh"
-say "ready: $("$venv/bin/python" -c 'import importlib.metadata as m; print("moto", m.version("moto"))'), $(qemu-img --version | head -n 1)"
+say "ready: $("$venv/bin/python" -c 'import importlib.metadata as m; print("moto", m.version("moto") + ", gcp-storage-emulator", m.version("gcp-storage-emulator"))'), $(qemu-img --version | head -n 1)"

@@ -1,4 +1,4 @@
-//! Publishing built images (S3-compatible object stores, AWS AMIs) and pruning old ones.
+//! Publishing built images (S3-compatible object stores, AWS AMIs, GCE images) and pruning old ones.
 //!
 //! The CLI is synchronous; every entry point here builds its own tokio runtime,
 //! runs to completion and returns a serde-serializable outcome. Credentials come
@@ -9,7 +9,11 @@
 #[cfg(feature = "ami")]
 pub mod ami;
 pub mod conn;
+#[cfg(feature = "gce")]
+pub mod gce;
 pub mod hash;
+#[cfg(any(feature = "ami", feature = "gce"))]
+mod holes;
 pub mod progress;
 pub mod prune;
 mod retry;

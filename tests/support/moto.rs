@@ -1,6 +1,7 @@
-//! Where the tests find `moto_server` (the S3/EC2/EBS emulator): the
-//! virtualenv `tests/setup.sh` makes, so the machine's own moto (maybe too
-//! old) never matters. Shared by the root package's and pgimg-publish's tests.
+//! Where the tests find `moto_server` (the S3/EC2/EBS emulator) and
+//! `gcp-storage-emulator` (Cloud Storage): the virtualenv `tests/setup.sh`
+//! makes, so the machine's own copies (maybe too old) never matter. Shared by
+//! the root package's and pgimg-publish's tests.
 
 #![allow(dead_code)]
 
@@ -30,6 +31,24 @@ pub fn moto_server() -> PathBuf {
         "{} is missing: these tests need moto_server >= {MIN_MOTO} (a real S3/EC2/EBS emulator).\n\
          Run `bash tests/setup.sh` as root: it installs moto in a virtualenv there \
          (or point PGIMG_MOTO_SERVER at a moto_server >= {MIN_MOTO}).",
+        venv.display()
+    )
+}
+
+/// `$PGIMG_GCS_EMULATOR` when set, else the virtualenv's `gcp-storage-emulator`;
+/// panics naming the fix when neither exists.
+pub fn gcs_emulator() -> PathBuf {
+    if let Some(p) = std::env::var_os("PGIMG_GCS_EMULATOR") {
+        return PathBuf::from(p);
+    }
+    let venv = tools_dir().join("venv/bin/gcp-storage-emulator");
+    if venv.is_file() {
+        return venv;
+    }
+    panic!(
+        "{} is missing: these tests need gcp-storage-emulator (a real Cloud Storage emulator).\n\
+         Run `bash tests/setup.sh` as root: it installs it in a virtualenv there \
+         (or point PGIMG_GCS_EMULATOR at one).",
         venv.display()
     )
 }

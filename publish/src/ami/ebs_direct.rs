@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use aws_sdk_ebs::primitives::ByteStream;
@@ -20,6 +19,7 @@ use tokio::task::JoinSet;
 use super::{register, Ctx, Error};
 use crate::conn::data_plane;
 use crate::hash;
+pub(super) use crate::holes::data_ranges;
 use crate::progress::{Progress, Unit};
 use crate::retry::{retry, sdk_retryable, Backoff};
 use crate::rt::Interrupt;
@@ -373,45 +373,6 @@ async fn wait_completed(
             signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
         }
     }
-}
-
-/// Block-aligned `[start, end)` ranges that may hold data, from SEEK_DATA /
-/// SEEK_HOLE: holes of a sparse image are never read. File systems without
-/// hole reporting give one range over the whole file.
-pub(super) fn data_ranges(file: &File, size: u64, block: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let end_of_file = size.div_ceil(block) * block;
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    let mut offset = 0u64;
-    while offset < size {
-        // SAFETY: lseek on a valid descriptor we own; reads go through pread,
-        // so moving the file position does not disturb them.
-        let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::ENXIO) => Ok(ranges),
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(vec![(0, end_of_file)]),
-                _ => Err(err),
-            };
-        }
-        let data = data as u64;
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            size
-        } else {
-            (hole as u64).min(size)
-        };
-        let start = data / block * block;
-        let end = (hole.div_ceil(block) * block).min(end_of_file);
-        match ranges.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => ranges.push((start, end)),
-        }
-        offset = hole.max(data + 1);
-    }
-    Ok(ranges)
 }
 
 /// What to write of the image.

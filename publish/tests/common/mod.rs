@@ -3,6 +3,8 @@
 
 #[path = "../../../tests/support/moto.rs"]
 mod moto_path;
+#[allow(unused_imports)]
+pub use moto_path::gcs_emulator;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -356,7 +358,7 @@ struct Rule {
 /// An HTTP proxy on 127.0.0.1 in front of moto: records every request, answers
 /// the calls moto lacks from recorded AWS responses, forwards the rest.
 /// A plain HTTP/1.1 server (thread per connection, keep-alive) small enough
-/// to trust in a test.
+/// to trust in a test; [`Recorder::serve`] makes one that answers everything itself.
 pub struct Recorder {
     accept: Option<JoinHandle<()>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -365,24 +367,60 @@ pub struct Recorder {
     pub port: u16,
 }
 
+/// How a [`Recorder`] answers a request.
+pub type Respond = Arc<dyn Fn(&Recorded) -> RawResponse + Send + Sync>;
+
 impl Recorder {
     pub fn start(upstream_port: u16) -> Recorder {
+        let rules: Arc<Mutex<Vec<Rule>>> = Arc::new(Mutex::new(Vec::new()));
+        let respond: Respond = {
+            let rules = rules.clone();
+            Arc::new(move |rec: &Recorded| {
+                let canned = {
+                    let mut rules = rules.lock().unwrap();
+                    rules.iter_mut().find(|r| (r.matches)(rec)).map(|r| {
+                        let answer = r.answers[r.used.min(r.answers.len() - 1)].clone();
+                        r.used += 1;
+                        answer
+                    })
+                };
+                match canned {
+                    Some(c) => RawResponse {
+                        status: c.status,
+                        headers: c.headers,
+                        body: c.body.into_bytes(),
+                    },
+                    None => forward(upstream_port, rec).unwrap_or_else(|e| RawResponse {
+                        status: 502,
+                        headers: vec![],
+                        body: format!("proxy: {e}").into_bytes(),
+                    }),
+                }
+            })
+        };
+        let mut recorder = Recorder::serve(respond);
+        recorder.rules = rules;
+        recorder
+    }
+
+    /// A server that records every request and answers it with `respond`:
+    /// the stand-in for an API that has no emulator.
+    pub fn serve(respond: Respond) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let rules: Arc<Mutex<Vec<Rule>>> = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let accept = {
-            let (log, rules, stop) = (log.clone(), rules.clone(), stop.clone());
+            let (log, stop) = (log.clone(), stop.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(std::sync::atomic::Ordering::SeqCst) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (log, rules) = (log.clone(), rules.clone());
+                    let (log, respond) = (log.clone(), respond.clone());
                     std::thread::spawn(move || {
-                        let _ = serve_connection(conn, upstream_port, &log, &rules);
+                        let _ = serve_connection(conn, &log, &*respond);
                     });
                 }
             })
@@ -391,7 +429,7 @@ impl Recorder {
             accept: Some(accept),
             stop,
             log,
-            rules,
+            rules: Arc::new(Mutex::new(Vec::new())),
             port,
         }
     }
@@ -441,9 +479,8 @@ impl Drop for Recorder {
 /// One keep-alive connection: read a request, answer it, repeat until EOF.
 fn serve_connection(
     conn: TcpStream,
-    upstream_port: u16,
     log: &Mutex<Vec<Recorded>>,
-    rules: &Mutex<Vec<Rule>>,
+    respond: &(dyn Fn(&Recorded) -> RawResponse + Send + Sync),
 ) -> std::io::Result<()> {
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
@@ -499,26 +536,7 @@ fn serve_connection(
             body,
         };
         log.lock().unwrap().push(rec.clone());
-        let canned = {
-            let mut rules = rules.lock().unwrap();
-            rules.iter_mut().find(|r| (r.matches)(&rec)).map(|r| {
-                let answer = r.answers[r.used.min(r.answers.len() - 1)].clone();
-                r.used += 1;
-                answer
-            })
-        };
-        let resp = match canned {
-            Some(c) => RawResponse {
-                status: c.status,
-                headers: c.headers,
-                body: c.body.into_bytes(),
-            },
-            None => forward(upstream_port, &rec).unwrap_or_else(|e| RawResponse {
-                status: 502,
-                headers: vec![],
-                body: format!("proxy: {e}").into_bytes(),
-            }),
-        };
+        let resp = respond(&rec);
         let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
         for (k, v) in &resp.headers {
             if !matches!(

@@ -59,7 +59,7 @@ pub enum Cmd {
     ///
     /// Changes made in the shell are written to IMAGE. Everything is torn down on exit.
     Shell(shell::ShellArgs),
-    /// Publish an image: S3-compatible upload, or AWS AMIs.
+    /// Publish an image: S3-compatible upload, AWS AMIs, or a GCE image.
     #[command(subcommand)]
     Publish(publish::PublishCmd),
     /// Delete old published releases (AMIs with snapshots, objects with sidecars); dry run by default.

@@ -1,4 +1,4 @@
-//! `pgimg publish s3|ami`: command-line arguments for the `pgimg-publish` library.
+//! `pgimg publish s3|ami|gce`: command-line arguments for the `pgimg-publish` library.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,32 @@ pub enum PublishCmd {
     #[cfg(feature = "ami")]
     #[command(long_about = AMI_ABOUT)]
     Ami(AmiArgs),
+    /// Make a GCE image from a raw image: GNU sparse tar.gz, upload to GCS, images.insert, share.
+    #[cfg(feature = "gce")]
+    #[command(long_about = GCE_ABOUT)]
+    Gce(GceArgs),
 }
+
+#[cfg(feature = "gce")]
+const GCE_ABOUT: &str = "\
+Make a GCE image from a raw image: pack it as `disk.raw` in a GNU sparse tar.gz (holes stay \
+holes), upload that to the Cloud Storage bucket, create the image from it (images.insert), \
+wait until it is READY (bounded by --timeout-minutes), and with --public let every \
+authenticated Google account use it (allAuthenticatedUsers as roles/compute.imageUser). \
+The tarball is deleted from the bucket afterwards, also when something failed or on Ctrl-C. \
+An image of that name already there is reported, not duplicated.
+
+Credentials come from Application Default Credentials: GOOGLE_APPLICATION_CREDENTIALS (a \
+service-account key or a workload identity federation config, as google-github-actions/auth \
+writes it), `gcloud auth application-default login`, or the metadata server. The account \
+needs roles/compute.storageAdmin on the project and object create and delete on the bucket. \
+Prints one JSON object with the outcome on stdout.
+
+Example (the release workflow's publishing):
+  pgimg publish gce postgres-ubuntu-2204-x64-20260115.raw --project my-project \\
+    --bucket my-image-uploads --name postgres-ubuntu-2204-x64-20260115 \\
+    --family postgres-ubuntu-2204-x64 --guest-os-features VIRTIO_SCSI_MULTIQUEUE,GVNIC \\
+    --labels flavor=standard,pg=16 --public";
 
 #[cfg(feature = "ami")]
 const AMI_ABOUT: &str = "\
@@ -185,6 +210,69 @@ pub struct AmiArgs {
     pub conn: ConnArgs,
 }
 
+#[cfg(feature = "gce")]
+#[derive(Args, Debug)]
+pub struct GceArgs {
+    /// The raw image file.
+    pub image: PathBuf,
+    /// Google Cloud project of the image.
+    #[arg(long)]
+    pub project: String,
+    /// Cloud Storage bucket for the tarball (deleted afterwards, also on failure).
+    #[arg(long)]
+    pub bucket: String,
+    /// Image name: lowercase letters, digits and -, starting with a letter (at most 63).
+    #[arg(long)]
+    pub name: String,
+    /// Image family, e.g. postgres-ubuntu-2204-x64.
+    #[arg(long)]
+    pub family: Option<String>,
+    /// Image description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// CPU architecture of the image: X86_64 or ARM64.
+    #[arg(long, value_parser = ["X86_64", "ARM64"])]
+    pub architecture: Option<String>,
+    /// Guest OS features, comma-separated (e.g. VIRTIO_SCSI_MULTIQUEUE,GVNIC,UEFI_COMPATIBLE).
+    #[arg(long, value_delimiter = ',', value_name = "FEATURE,...",
+          value_parser = pgimg_publish::gce::parse_guest_os_feature)]
+    pub guest_os_features: Vec<String>,
+    /// Labels, comma-separated KEY=VALUE (lowercase letters, digits, _ and -).
+    #[arg(long, value_delimiter = ',', value_name = "KEY=VALUE,...",
+          value_parser = pgimg_publish::gce::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Let every authenticated Google account use the image (allAuthenticatedUsers).
+    #[arg(long)]
+    pub public: bool,
+    /// Object name of the tarball in the bucket; default: <name>.tar.gz.
+    #[arg(long)]
+    pub object: Option<String>,
+    /// Folder for the tarball while it is made; default: the image's folder.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Give up waiting for the image to become READY after this many minutes.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_minutes: u64,
+    /// Seconds between polls of the image creation.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub poll_secs: u64,
+    /// Attempts per request before giving up (with exponential backoff between them).
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
+    /// Cloud Storage endpoint (an emulator); default: https://storage.googleapis.com.
+    #[arg(long, value_name = "URL")]
+    pub storage_endpoint: Option<String>,
+    /// Compute Engine endpoint; default: https://compute.googleapis.com/compute/v1.
+    #[arg(long, value_name = "URL")]
+    pub compute_endpoint: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Append a Markdown summary to this file (default: $GITHUB_STEP_SUMMARY when set).
+    #[arg(long, env = "GITHUB_STEP_SUMMARY")]
+    pub step_summary: Option<PathBuf>,
+}
+
 pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -280,6 +368,43 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
                         format!("publishing {} as an AMI", a.image.display()),
                     )
                 })?;
+            print_json(&outcome)
+        }
+        #[cfg(feature = "gce")]
+        PublishCmd::Gce(a) => {
+            use pgimg_publish::gce::{self, GceOptions};
+            ensure_exists(&a.image)?;
+            let mut opts = GceOptions::new(a.project.clone(), a.bucket.clone(), a.name.clone());
+            opts.family = a.family.clone();
+            opts.description = a.description.clone();
+            opts.architecture = a.architecture.clone();
+            opts.guest_os_features = a.guest_os_features.clone();
+            opts.labels = a.labels.clone();
+            opts.public = a.public;
+            opts.object = a.object.clone();
+            opts.work_dir = a.work_dir.clone();
+            opts.timeout = std::time::Duration::from_secs(a.timeout_minutes.saturating_mul(60));
+            opts.poll = std::time::Duration::from_secs(a.poll_secs);
+            opts.attempts = a.attempts;
+            opts.storage_endpoint = a.storage_endpoint.clone();
+            opts.compute_endpoint = a.compute_endpoint.clone();
+            opts.step_summary = a.step_summary.clone();
+            let progress: Box<dyn Progress> = if a.quiet {
+                Box::new(Quiet)
+            } else {
+                Box::new(Bar::new())
+            };
+            let outcome = gce::publish(&opts, &a.image, progress.as_ref()).map_err(|e| {
+                if let gce::Error::Invalid(m) = &e {
+                    return UsageError(m.clone()).into();
+                }
+                let interrupted = e.is_interrupted();
+                failed(
+                    e,
+                    interrupted,
+                    format!("publishing {} as a GCE image", a.image.display()),
+                )
+            })?;
             print_json(&outcome)
         }
     }
