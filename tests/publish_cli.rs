@@ -3,6 +3,8 @@
 
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/throttle.rs"]
+mod throttle;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -184,10 +186,13 @@ fn sigint_mid_upload_aborts_the_multipart_upload_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("sigint.raw");
     noise_image(&image, 200 << 20);
+    // 30 MiB at full speed, then 10 MiB/s: the upload is still running when
+    // the first progress line (at least a second in) brings the signal.
+    let slow = throttle::Throttle::start(moto.port, 30 << 20, 10 << 20);
     let mut child = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
         .args(["publish", "s3"])
         .arg(&image)
-        .args(["--bucket", "sigint", "--endpoint", &moto.endpoint()])
+        .args(["--bucket", "sigint", "--endpoint", &slow.endpoint()])
         .args(["--path-style", "--part-size-mib", "5", "--concurrency", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
