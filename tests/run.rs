@@ -904,6 +904,112 @@ fn a_base_that_is_not_a_file_is_named_for_what_it_is() {
     }
 }
 
+/// `--base URL --base-sha256`: the base is an input like any other. The
+/// fixture, as qcow2, is served on 127.0.0.1: the first build downloads and
+/// converts it, the second does neither (one GET in the server's log), the
+/// manifest records the URL and pin, and a wrong pin or a missing one is
+/// refused before anything is built.
+#[test]
+fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
+    if !fixture::require_root("a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked")
+    {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let served_dir = scene.out.join("served");
+    std::fs::create_dir_all(&served_dir).unwrap();
+    let qcow2 = served_dir.join("base.qcow2");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&base)
+        .arg(&qcow2)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let pin = served::host(&["sha256sum", qcow2.to_str().unwrap()], None, &[])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let server = Served::folder(&served_dir, &scene.out.join("served.log"));
+    let url = format!("{}/base.qcow2", server.url());
+    // A cache of its own: the first build must download.
+    let cache = scene.out.join("cache");
+    let recipe = write_recipe(&scene.recipes, "noop.rhai", "log(\"nothing\");\n");
+    let build = |out: &Path, pin: Option<&str>| {
+        let mut args = os(&["run", recipe.to_str().unwrap(), "--base", &url]);
+        if let Some(pin) = pin {
+            args.extend(os(&["--base-sha256", pin]));
+        }
+        args.extend(os(&["--output", out.to_str().unwrap()]));
+        args.extend(os(&["--cache-dir", cache.to_str().unwrap()]));
+        Pgimg::spawn(&args, None).finish(Duration::from_secs(300))
+    };
+
+    let first = build(&scene.out.join("first.raw"), Some(&pin));
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    assert!(
+        first.stderr.contains("base: downloading"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first
+            .stderr
+            .contains("converting the qcow2 image to raw, once"),
+        "{}",
+        first.stderr
+    );
+    let manifest = read_json(&sidecar(&scene.out.join("first.raw"), "manifest.json"));
+    assert_eq!(manifest["base"]["download"]["url"], url.as_str());
+    assert_eq!(manifest["base"]["download"]["sha256"], pin.as_str());
+    let raw = cache.join(format!("bases/{pin}.raw"));
+    assert_eq!(manifest["base"]["path"], raw.to_str().unwrap());
+    assert_eq!(
+        manifest["base"]["sha256"].as_str().unwrap(),
+        served::host(&["sha256sum", raw.to_str().unwrap()], None, &[])
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
+
+    let second = build(&scene.out.join("second.raw"), Some(&pin));
+    assert_eq!(second.code(), Some(0), "{}", second.stderr);
+    for says in ["already downloaded", "converted before", "remembered"] {
+        assert!(
+            second.stderr.contains(says),
+            "{says:?} in {}",
+            second.stderr
+        );
+    }
+    let gets = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET /base.qcow2 "))
+        .count();
+    assert_eq!(gets, 1, "downloaded once:\n{}", server.log());
+
+    let wrong = "0".repeat(64);
+    let refused = build(&scene.out.join("wrong.raw"), Some(&wrong));
+    assert_eq!(refused.code(), Some(1), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(&url) && refused.stderr.contains(&wrong),
+        "the error names the URL and the pin: {}",
+        refused.stderr
+    );
+    assert!(!scene.out.join("wrong.raw").exists());
+
+    let unpinned = build(&scene.out.join("unpinned.raw"), None);
+    assert_eq!(unpinned.code(), Some(2), "{}", unpinned.stderr);
+    assert!(
+        unpinned.stderr.contains("a URL needs --base-sha256"),
+        "{}",
+        unpinned.stderr
+    );
+    assert_base_unchanged(&base);
+}
+
 /// Starts a build of `text`, waits for `ready`, sends `sig`, and checks
 /// that it failed saying it was interrupted and left nothing. `attached`:
 /// the image is mounted and on a loop device at that moment (checked, so

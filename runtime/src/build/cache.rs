@@ -570,6 +570,11 @@ impl Session {
             let _frozen = Frozen::new(&source.mountpoint)?;
             workcopy::copy(&source.image, &tmp.image)?;
         }
+        // On disk before the record names it: a crash must not leave a
+        // record whose image is partly unwritten.
+        File::open(&tmp.image)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", tmp.image.display()))?;
         std::fs::write(&tmp.record, serde_json::to_vec(&record)?)
             .with_context(|| format!("writing {}", tmp.record.display()))?;
         let _ = std::fs::set_permissions(&tmp.record, std::fs::Permissions::from_mode(0o600));

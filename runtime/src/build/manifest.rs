@@ -19,8 +19,14 @@ pub struct StageTime {
 /// The base the image was built from.
 #[derive(Debug, Clone, Serialize)]
 pub struct BaseRecord {
+    /// The file built from (for `--base URL`, the cached download or its
+    /// conversion to raw).
     pub path: String,
+    /// The sha256 of that file (absent for `--rootfs`).
     pub sha256: Option<String>,
+    /// `--base URL`: the URL and the pinned sha256 of the download.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download: Option<super::base_source::BaseDownload>,
 }
 
 /// The manifest of one build.

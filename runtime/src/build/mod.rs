@@ -11,6 +11,8 @@
 //! detaches. The base image is only ever read, and nothing appears under the
 //! output name until the final rename.
 
+mod base_digest;
+pub mod base_source;
 pub mod cache;
 pub mod manifest;
 pub mod output;
@@ -63,6 +65,8 @@ pub struct RunOptions {
     pub limits: Limits,
     /// The step cache (`None` with `--no-cache`).
     pub step_cache: Option<StepCacheOptions>,
+    /// Where the base was downloaded from (`--base URL`), for the manifest.
+    pub base_download: Option<base_source::BaseDownload>,
 }
 
 /// How a build uses the step cache under `<cache_dir>/steps`.
@@ -87,6 +91,8 @@ pub struct Build<'a> {
     boot_mounts: Option<BootMounts>,
     root_mount: Option<Mount>,
     loop_dev: Option<LoopGuard>,
+    /// The output's hash under way; stopped before the work folder goes.
+    prehash: Option<output::Prehash>,
     work: Option<WorkDir>,
     opts: &'a RunOptions,
     stages: StageTimer,
@@ -104,6 +110,7 @@ impl<'a> Build<'a> {
             boot_mounts: None,
             root_mount: None,
             loop_dev: None,
+            prehash: None,
             work: None,
             opts,
             stages: StageTimer::default(),
@@ -168,6 +175,7 @@ pub fn build_rootfs(opts: &RunOptions, dir: &Path) -> Result<Manifest> {
     b.base = Some(BaseRecord {
         path: dir.display().to_string(),
         sha256: None,
+        download: None,
     });
     b.target = Some(b.stages.run("mount", || {
         Ok(Arc::new(ChrootTarget::setup(dir, sandbox_options(opts)?)?))
@@ -199,8 +207,27 @@ fn acquire(b: &mut Build, base: &Path) -> Result<()> {
     let work = WorkDir::create(&b.opts.output)?;
     let opts = b.opts;
     let acquired = b.stages.run("acquire", || {
-        let sha =
-            sha256_file(base).with_context(|| format!("reading the base {}", base.display()))?;
+        let image = work.image();
+        let remembered = base_digest::remembered(&opts.cache_dir, base);
+        let (sha, mut copied) = match remembered {
+            Some(sha) => {
+                log(&format!(
+                    "base: sha256 {sha}, remembered (file unchanged since hashed)"
+                ));
+                (sha, false)
+            }
+            // Hashing and copying read the same file, each on a core; the
+            // copy is only wasted when a checkpoint replaces it below.
+            None => std::thread::scope(|s| {
+                let hashing = s.spawn(|| base_sha256(opts, base));
+                let copy = image::copy_base(base, &image);
+                let sha = hashing
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                copy?;
+                anyhow::Ok((sha?, true))
+            })?,
+        };
         let (session, resume) = match &opts.step_cache {
             Some(c) => match step_cache(opts, c, &sha) {
                 Ok(found) => found,
@@ -211,26 +238,31 @@ fn acquire(b: &mut Build, base: &Path) -> Result<()> {
             },
             None => (None, None),
         };
-        let restored = resume.as_ref().map(|r| {
-            cache::Session::restore(&cache::Store::new(&opts.cache_dir), r, &work.image())
-        });
-        let resume = match restored {
-            Some(Ok(())) => resume,
-            Some(Err(e)) => {
-                // Evicted or damaged meanwhile: the cache must never fail a build.
-                log(&format!("warning: building from the start: {e:#}"));
-                if let Some(s) = &session {
-                    s.forget_resume();
+        let resume = match resume {
+            None => None,
+            Some(r) => {
+                if copied {
+                    std::fs::remove_file(&image)
+                        .with_context(|| format!("removing {}", image.display()))?;
+                    copied = false;
                 }
-                let _ = std::fs::remove_file(work.image());
-                image::copy_base(base, &work.image())?;
-                None
-            }
-            None => {
-                image::copy_base(base, &work.image())?;
-                None
+                match cache::Session::restore(&cache::Store::new(&opts.cache_dir), &r, &image) {
+                    Ok(()) => Some(r),
+                    Err(e) => {
+                        // Evicted or damaged meanwhile: the cache must never fail a build.
+                        log(&format!("warning: building from the start: {e:#}"));
+                        if let Some(s) = &session {
+                            s.forget_resume();
+                        }
+                        let _ = std::fs::remove_file(&image);
+                        None
+                    }
+                }
             }
         };
+        if resume.is_none() && !copied {
+            image::copy_base(base, &image)?;
+        }
         Ok((sha, session, resume))
     });
     b.work = Some(work);
@@ -238,10 +270,24 @@ fn acquire(b: &mut Build, base: &Path) -> Result<()> {
     b.base = Some(BaseRecord {
         path: base.display().to_string(),
         sha256: Some(sha),
+        download: b.opts.base_download.clone(),
     });
     b.cache = session;
     b.resume = resume;
     Ok(())
+}
+
+/// Reads the whole base for its sha256, and remembers the digest for the
+/// next build while the file stays unchanged.
+fn base_sha256(opts: &RunOptions, base: &Path) -> Result<String> {
+    let before = base_digest::FileVersion::of(base)?;
+    let sha = sha256_file(base).with_context(|| format!("reading the base {}", base.display()))?;
+    if let Err(e) = base_digest::remember(&opts.cache_dir, base, &before, &sha) {
+        log(&format!(
+            "warning: the base's digest is not remembered: {e:#}"
+        ));
+    }
+    Ok(sha)
 }
 
 /// The first key, the checkpoint to resume from (found by a probe run of the
@@ -451,7 +497,9 @@ fn finalize(b: &mut Build) -> Result<()> {
     let root_mount = b.root_mount.take().expect("mounted");
     let lo = b.loop_dev.take().expect("attached");
     let mnt = b.work().mountpoint();
-    b.stages.run("finalize", move || {
+    let image = b.work().image();
+    let format = b.opts.format;
+    b.prehash = b.stages.run("finalize", move || {
         // Nothing writes under /boot after the recipe; and finalize refuses
         // to delete while a mount it does not own is in the root.
         boot_mounts.close()?;
@@ -471,10 +519,13 @@ fn finalize(b: &mut Build) -> Result<()> {
         let trimmed = ext4::fstrim(&mnt)?;
         log(&format!("fstrim returned {trimmed} bytes as holes"));
         root_mount.close()?;
+        // The image is final: its hash runs beside the check and the detach.
+        let prehash = matches!(format, Format::Raw).then(|| output::Prehash::start(image));
         ext4::check_clean(lo.path())?;
         lo.close()?;
-        Ok(())
-    })
+        Ok(prehash)
+    })?;
+    Ok(())
 }
 
 /// Writes the output and its sidecars; returns the manifest.
@@ -482,8 +533,9 @@ fn output(b: &mut Build) -> Result<Manifest> {
     let mut m = b.manifest()?;
     let opts = b.opts;
     let work = b.work.take().expect("acquired");
+    let prehash = b.prehash.take();
     let record = b.stages.run("output", || {
-        output::write_output(&work, &opts.output, opts.format, opts.compress)
+        output::write_output(&work, &opts.output, opts.format, opts.compress, prehash)
     })?;
     m.stages = b.stages.done.clone();
     m.output = Some(record);

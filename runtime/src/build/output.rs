@@ -3,6 +3,9 @@
 //! leaves nothing under the output name.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 use indicatif::HumanBytes;
@@ -34,35 +37,87 @@ pub fn allocated(path: &Path) -> u64 {
 /// Hex sha256 of a file, streamed; stops with `ErrorKind::Interrupted`
 /// once SIGINT/SIGTERM arrived.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    pgimg_publish::hash::sha256_path(path, &UntilInterrupted)
+    pgimg_publish::hash::sha256_path(path, &UNTIL_INTERRUPTED)
 }
 
-/// Reports nothing; cancels on SIGINT/SIGTERM.
-struct UntilInterrupted;
+/// Reports nothing; cancels on SIGINT/SIGTERM, or once `abandoned` is set.
+struct UntilInterrupted<'a> {
+    abandoned: Option<&'a AtomicBool>,
+}
 
-impl Progress for UntilInterrupted {
+const UNTIL_INTERRUPTED: UntilInterrupted<'static> = UntilInterrupted { abandoned: None };
+
+impl Progress for UntilInterrupted<'_> {
     fn start(&self, _: &str, _: u64, _: Unit) {}
     fn advance(&self, _: u64) {}
     fn set(&self, _: u64) {}
     fn finish(&self) {}
     fn note(&self, _: &str) {}
     fn cancelled(&self) -> bool {
-        interrupt::interrupted()
+        interrupt::interrupted() || self.abandoned.is_some_and(|a| a.load(Ordering::Relaxed))
     }
 }
 
-/// Writes the built image in `work` to `output` in `format`.
+/// The raw image's sha256, computed on a thread of its own from the moment
+/// the image's content is final (the root file system unmounted) while the
+/// build checks the file system and detaches the loop device, which only
+/// read it. Dropped without [`Prehash::wait`] (the build failed), it stops
+/// the thread at its next chunk and waits for it.
+pub struct Prehash {
+    abandoned: Arc<AtomicBool>,
+    thread: Option<JoinHandle<std::io::Result<String>>>,
+}
+
+impl Prehash {
+    pub fn start(image: PathBuf) -> Prehash {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let flag = abandoned.clone();
+        let thread = std::thread::spawn(move || {
+            let progress = UntilInterrupted {
+                abandoned: Some(&flag),
+            };
+            pgimg_publish::hash::sha256_path(&image, &progress)
+        });
+        Prehash {
+            abandoned,
+            thread: Some(thread),
+        }
+    }
+
+    /// The digest, once the thread is done.
+    fn wait(mut self) -> std::io::Result<String> {
+        let thread = self.thread.take().expect("waited once");
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for Prehash {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.abandoned.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes the built image in `work` to `output` in `format`; `prehash` is
+/// the raw image's digest under way (used when the output is raw).
 pub fn write_output(
     work: &WorkDir,
     output: &Path,
     format: Format,
     compress: bool,
+    prehash: Option<Prehash>,
 ) -> Result<OutputRecord> {
-    let produced = match format {
-        Format::Raw => work.image(),
+    let (produced, prehash) = match format {
+        Format::Raw => (work.image(), prehash),
         Format::Qcow2 => {
+            // The digest is of the converted file.
+            drop(prehash);
             image::convert::to_qcow2(&work.image(), &work.converted(), compress)?;
-            work.converted()
+            (work.converted(), None)
         }
     };
     let stopped = |how: &str| {
@@ -71,7 +126,11 @@ pub fn write_output(
             output.display()
         )
     };
-    let sha = match sha256_file(&produced) {
+    let hashed = match prehash {
+        Some(prehash) => prehash.wait(),
+        None => sha256_file(&produced),
+    };
+    let sha = match hashed {
         Ok(sha) => sha,
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
             return Err(stopped(&format!(" ({e})")))

@@ -15,9 +15,15 @@ use crate::error::UsageError;
 pub struct RunArgs {
     /// The recipe to run.
     pub recipe: PathBuf,
-    /// Base disk image (raw or qcow2, GPT with an ext4 root). Default: the built-in fixture.
-    #[arg(long, conflicts_with = "rootfs")]
+    /// Base disk image (raw or qcow2, GPT with an ext4 root): a file, or an
+    /// http(s) URL pinned with --base-sha256 (downloaded into the cache once,
+    /// converted to raw once). Default: the built-in fixture.
+    #[arg(long, conflicts_with = "rootfs", value_name = "FILE|URL")]
     pub base: Option<PathBuf>,
+    /// The sha256 of the --base URL's content (for an Ubuntu cloud image, its
+    /// line in the release serial's SHA256SUMS). A download that differs is refused.
+    #[arg(long, value_name = "HEX", requires = "base")]
+    pub base_sha256: Option<String>,
     /// Run on this directory in place instead of an image (no output file is written).
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -43,7 +49,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Run every step: neither resume from a checkpoint of the step cache nor write one.
-    /// `PGIMG_NO_CACHE=1` does the same (`0` or empty: use the cache).
+    /// `PGIMG_NO_CACHE=1` does the same (`0` or empty: use the cache). Downloads
+    /// stay cached (they are verified by their pins), and so does the base's
+    /// sha256 while its file is unchanged (same inode, size, mtime and ctime).
     #[arg(long, env = "PGIMG_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_cache: bool,
     /// Bound on the step cache's checkpoints (least recently used evicted first).
@@ -66,9 +74,36 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Some(img)
         }
     };
-    if let Some(img) = &base {
-        not_a_file(img).map_err(|why| UsageError(format!("--base {}: {why}", img.display())))?;
-    }
+    let base_download = match (&base, &args.base_sha256) {
+        (Some(url), pin) if build::base_source::is_url(url.as_os_str()) => {
+            let pin = pin.as_deref().ok_or_else(|| {
+                UsageError(format!(
+                    "--base {}: a URL needs --base-sha256 HEX, the sha256 of its content \
+                     (e.g. its line in the release's SHA256SUMS)",
+                    url.display()
+                ))
+            })?;
+            let sha256 = pgimg_stdlib::fetch::normalize_sha256(pin)
+                .map_err(|e| UsageError(format!("--base-sha256: {e}")))?;
+            Some(build::base_source::BaseDownload {
+                url: url.display().to_string(),
+                sha256,
+            })
+        }
+        (Some(img), Some(_)) => {
+            return Err(UsageError(format!(
+                "--base-sha256 pins a --base URL; {} is a file, which is hashed as it is",
+                img.display()
+            ))
+            .into())
+        }
+        (Some(img), None) => {
+            not_a_file(img)
+                .map_err(|why| UsageError(format!("--base {}: {why}", img.display())))?;
+            None
+        }
+        (None, _) => None,
+    };
     if !args.recipe.is_file() {
         return Err(UsageError(format!("{}: no such recipe", args.recipe.display())).into());
     }
@@ -91,6 +126,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         step_cache: (!args.no_cache).then_some(build::StepCacheOptions {
             max_size: args.cache_max_size,
         }),
+        base_download,
+    };
+    let base = match &opts.base_download {
+        Some(download) => Some(build::base_source::resolve(download, &opts.cache_dir)?),
+        None => base,
     };
     match (&base, &args.rootfs) {
         (_, Some(dir)) => build::build_rootfs(&opts, dir),

@@ -178,10 +178,9 @@ pub fn grow(image: &Path, new_size: u64) -> Result<GrowOutcome, ImageError> {
     }
     file.set_len(new_size).map_err(io_error(image))?;
     match table.grow(&mut file, root.number) {
-        Ok(report) => {
-            file.sync_all().map_err(io_error(image))?;
-            Ok(GrowOutcome::Grown(report))
-        }
+        // Not synced: the loop device reads the table's writes back through
+        // the same page cache.
+        Ok(report) => Ok(GrowOutcome::Grown(report)),
         Err(source) => {
             // Before any table write failed, the old length is still valid.
             let _ = file.set_len(current);

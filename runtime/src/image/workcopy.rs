@@ -39,6 +39,9 @@ pub enum CopyMethod {
 
 /// Copies `base` to the new file `dst` without ever writing to `base`
 /// (opened read-only). `dst` must not exist; it is removed again on failure.
+/// Not synced: a work copy is read back through the same page cache (the
+/// loop device uses it too) and thrown away after a crash; a caller that
+/// keeps the copy across crashes syncs it.
 pub fn copy(base: &Path, dst: &Path) -> Result<CopyMethod, WorkCopyError> {
     let src = File::open(base).map_err(|source| WorkCopyError::Open {
         path: base.to_path_buf(),
@@ -54,7 +57,6 @@ pub fn copy(base: &Path, dst: &Path) -> Result<CopyMethod, WorkCopyError> {
         })?;
     let result =
         reflink(&src, &out).or_else(|_| sparse_copy(&src, &out).map(|()| CopyMethod::Sparse));
-    let result = result.and_then(|method| out.sync_all().map(|()| method));
     result.map_err(|source| {
         let _ = std::fs::remove_file(dst);
         WorkCopyError::Copy {
