@@ -18,8 +18,8 @@ use crate::conn::{data_plane, sdk_config, Connection};
 use crate::hash;
 use crate::progress::{Progress, Unit};
 use crate::retry::{retry, sdk_message, sdk_retryable, Backoff};
-use crate::rt::{self, Interrupt};
-use crate::summary::{self, escape, heading, size_cell};
+use crate::rt::{self, Interrupt, IoError};
+use crate::summary::{escape, heading, size_cell};
 
 const MIB: u64 = 1 << 20;
 /// Default multipart part size (the AWS CLI's; measured faster than 16 MiB
@@ -155,6 +155,15 @@ pub enum Error {
     Task { what: String, message: String },
 }
 
+impl IoError for Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
     pub fn is_interrupted(&self) -> bool {
@@ -197,50 +206,32 @@ pub fn publish(
     image: &Path,
     progress: &dyn Progress,
 ) -> Result<S3Outcome, Error> {
-    crate::progress::stop_on_error(progress, || publish_inner(opts, image, progress))
-}
-
-fn publish_inner(
-    opts: &S3Options,
-    image: &Path,
-    progress: &dyn Progress,
-) -> Result<S3Outcome, Error> {
-    validate(opts)?;
-    let key = object_key(opts.key.as_deref(), image)?;
-    let (file, size) = open_image(image)?;
-    let sha256 = hash::sha256_file(&file, size, progress).map_err(|source| Error::Io {
-        path: image.to_path_buf(),
-        source,
-    })?;
-    let file = Arc::new(file);
-    let outcome = rt::run(|interrupt| async move {
-        let config = sdk_config(&opts.conn, opts.region.as_deref(), opts.attempts).await;
-        let client = client(&config, opts.conn.path_style);
-        let job = Upload {
-            client,
-            bucket: opts.bucket.clone(),
-            key: key.clone(),
-            path: image.to_path_buf(),
-            file,
-            size,
-            sha256: Some(sha256.clone()),
-            part_size: opts.part_size,
-            concurrency: opts.concurrency,
-            backoff: Backoff::new(opts.attempts),
+    rt::publish(image, opts.step_summary.as_deref(), progress, || {
+        validate(opts)?;
+        let key = object_key(opts.key.as_deref(), image)?;
+        let (file, size) = open_image(image)?;
+        let sha256 =
+            hash::sha256_file(&file, size, progress).map_err(|source| Error::io(image, source))?;
+        let file = Arc::new(file);
+        let flow = move |interrupt| async move {
+            let config = sdk_config(&opts.conn, opts.region.as_deref(), opts.attempts).await;
+            let client = client(&config, opts.conn.path_style);
+            let job = Upload {
+                client,
+                bucket: opts.bucket.clone(),
+                key: key.clone(),
+                path: image.to_path_buf(),
+                file,
+                size,
+                sha256: Some(sha256.clone()),
+                part_size: opts.part_size,
+                concurrency: opts.concurrency,
+                backoff: Backoff::new(opts.attempts),
+            };
+            publish_with(&job, progress, interrupt).await
         };
-        publish_with(&job, progress, interrupt).await
+        Ok((flow, |outcome: &S3Outcome| outcome.markdown(image)))
     })
-    .map_err(|source| Error::Io {
-        path: image.to_path_buf(),
-        source,
-    })??;
-    if let Some(path) = &opts.step_summary {
-        summary::append(path, &outcome.markdown(image)).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok(outcome)
 }
 
 async fn publish_with(
