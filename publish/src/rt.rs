@@ -13,6 +13,22 @@ pub(crate) trait IoError {
     fn io(path: &Path, source: std::io::Error) -> Self;
 }
 
+/// Implements [`IoError`] for an error enum whose `Io` variant is
+/// `{ path: PathBuf, source: std::io::Error }`.
+macro_rules! io_error_at {
+    ($error:ty) => {
+        impl $crate::rt::IoError for $error {
+            fn io(path: &::std::path::Path, source: ::std::io::Error) -> Self {
+                Self::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        }
+    };
+}
+pub(crate) use io_error_at;
+
 /// One publish call, as every target makes it: `prepare` checks the options
 /// and reads what it needs on this thread (no signal handler yet, so Ctrl-C
 /// still simply ends the process) and returns the flow and its Markdown;

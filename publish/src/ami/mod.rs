@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::conn::{sdk_config, Connection};
 use crate::progress::Progress;
 use crate::retry::{sdk_message, Backoff};
-use crate::rt::{self, Interrupt, IoError};
+use crate::rt::{self, Interrupt};
 use crate::s3;
 use crate::summary;
 
@@ -401,14 +401,7 @@ pub enum Error {
     Task { what: String, message: String },
 }
 
-impl IoError for Error {
-    fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
+rt::io_error_at!(Error);
 
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).

@@ -200,14 +200,7 @@ pub enum Error {
     CleanupFailed(String),
 }
 
-impl IoError for Error {
-    fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
+rt::io_error_at!(Error);
 
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
