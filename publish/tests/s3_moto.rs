@@ -135,24 +135,10 @@ fn an_object_uploaded_by_another_tool_is_recognised_by_its_sidecar() {
     let image = sparse_image(dir.path(), "old.raw", 6 * MIB, 3, 11);
     let data = std::fs::read(&image).unwrap();
     let sha = sha256_hex(&data);
-    let s3c = s3_client(&moto.endpoint());
     // What `mc cp` left: the object without metadata, and the sidecar.
-    block_on(
-        s3c.put_object()
-            .bucket("legacy")
-            .key("old.raw")
-            .body(data.into())
-            .send(),
-    )
-    .unwrap();
-    block_on(
-        s3c.put_object()
-            .bucket("legacy")
-            .key("old.raw.sha256")
-            .body(format!("{sha}  old.raw\n").into_bytes().into())
-            .send(),
-    )
-    .unwrap();
+    put_object(&moto.endpoint(), "legacy", "old.raw", data);
+    let sidecar = format!("{sha}  old.raw\n");
+    put_object(&moto.endpoint(), "legacy", "old.raw.sha256", sidecar);
     let rec = Recording::default();
     let out = s3::publish(&options(&moto, "legacy"), &image, &rec).unwrap();
     assert!(!out.uploaded && !out.sidecar_uploaded, "{out:?}");
@@ -163,14 +149,8 @@ fn an_object_uploaded_by_another_tool_is_recognised_by_its_sidecar() {
     );
 
     // A sidecar that disagrees means a different image: upload.
-    block_on(
-        s3c.put_object()
-            .bucket("legacy")
-            .key("old.raw.sha256")
-            .body(format!("{}  old.raw\n", "0".repeat(64)).into_bytes().into())
-            .send(),
-    )
-    .unwrap();
+    let sidecar = format!("{}  old.raw\n", "0".repeat(64));
+    put_object(&moto.endpoint(), "legacy", "old.raw.sha256", sidecar);
     let out = s3::publish(&options(&moto, "legacy"), &image, &Quiet).unwrap();
     assert!(out.uploaded, "{out:?}");
 }
