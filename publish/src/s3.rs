@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::conn::{data_plane, sdk_config, Connection};
 use crate::hash;
 use crate::progress::{Progress, Unit};
-use crate::retry::{retry, sdk_message, sdk_retryable, Backoff};
+use crate::retry::{self, retry, sdk_message, sdk_retryable, ApiError, Backoff};
 use crate::rt::{self, Interrupt, IoError};
 use crate::summary::{escape, heading, size_cell};
 
@@ -156,6 +156,7 @@ pub enum Error {
 }
 
 rt::io_error_at!(Error);
+retry::api_error!(Error);
 
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
@@ -166,24 +167,6 @@ impl Error {
                 cause.is_interrupted()
             }
             _ => false,
-        }
-    }
-
-    fn api<E>(
-        op: &'static str,
-        target: &str,
-        err: &aws_sdk_s3::error::SdkError<
-            E,
-            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
-        >,
-    ) -> Self
-    where
-        E: std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata + 'static,
-    {
-        Error::Api {
-            op,
-            target: target.to_string(),
-            message: sdk_message(err),
         }
     }
 }
@@ -346,7 +329,7 @@ async fn existing(job: &Upload, sidecar_key: &str) -> Result<Option<&'static str
         Err(e) if matches!(e.as_service_error(), Some(HeadObjectError::NotFound(_))) => {
             return Ok(None)
         }
-        Err(e) => return Err(Error::api("HeadObject", &job.target(), &e)),
+        Err(e) => return Err(Error::api("HeadObject", job.target(), &e)),
     };
     if head.content_length() != Some(job.size as i64) {
         return Ok(None);
@@ -410,7 +393,7 @@ async fn put_sidecar(job: &Upload, sidecar_key: &str, line: &str) -> Result<(), 
         .map_err(|e| {
             Error::api(
                 "PutObject",
-                &format!("s3://{}/{sidecar_key}", job.bucket),
+                format!("s3://{}/{sidecar_key}", job.bucket),
                 &e,
             )
         })?;
@@ -498,7 +481,7 @@ impl Upload {
                 .send()
         })
         .await
-        .map_err(|e| Error::api("PutObject", &self.target(), &e))?;
+        .map_err(|e| Error::api("PutObject", self.target(), &e))?;
         Ok(())
     }
 
@@ -517,7 +500,7 @@ impl Upload {
                 .content_type("application/octet-stream")
                 .set_metadata(self.metadata())
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .send() => r.map_err(|e| Error::api("CreateMultipartUpload", &self.target(), &e))?,
+                .send() => r.map_err(|e| Error::api("CreateMultipartUpload", self.target(), &e))?,
             signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
         };
         let upload_id = created.upload_id().unwrap_or_default().to_string();
@@ -628,7 +611,7 @@ impl Upload {
                 .send()
         })
         .await
-        .map_err(|e| Error::api("CompleteMultipartUpload", &self.target(), &e))?;
+        .map_err(|e| Error::api("CompleteMultipartUpload", self.target(), &e))?;
         // Stores that keep checksums report the composite one (SHA-256 of the
         // parts' digests, "-N"); it proves every part arrived as hashed here.
         if let (Some(got), Some(want)) = (done.checksum_sha256(), composite) {
@@ -759,7 +742,7 @@ impl PartJob {
         .map_err(|e| {
             Error::api(
                 "UploadPart",
-                &format!("{} part {}", self.target, self.number),
+                format!("{} part {}", self.target, self.number),
                 &e,
             )
         })?;

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::conn::{sdk_config, Connection};
 use crate::progress::Progress;
-use crate::retry::{sdk_message, Backoff};
+use crate::retry::{self, Backoff};
 use crate::rt::{self, Interrupt};
 use crate::s3;
 use crate::summary;
@@ -402,6 +402,7 @@ pub enum Error {
 }
 
 rt::io_error_at!(Error);
+retry::api_error!(Error);
 
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
@@ -411,24 +412,6 @@ impl Error {
             Error::Upload(e) => e.is_interrupted(),
             Error::Cleanup { cause, .. } => cause.is_interrupted(),
             _ => false,
-        }
-    }
-
-    fn api<E>(
-        op: &'static str,
-        target: impl Into<String>,
-        err: &aws_smithy_runtime_api::client::result::SdkError<
-            E,
-            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
-        >,
-    ) -> Self
-    where
-        E: std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata + 'static,
-    {
-        Error::Api {
-            op,
-            target: target.into(),
-            message: sdk_message(err),
         }
     }
 
