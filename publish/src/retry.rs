@@ -187,58 +187,48 @@ mod tests {
         Fatal,
     }
 
+    /// Runs [`retry`] over `answer` (attempt number → its result) and
+    /// returns the result and how many attempts were made.
+    async fn attempts<T>(
+        attempts: u32,
+        retryable: fn(&E) -> bool,
+        answer: fn(u32) -> Result<T, E>,
+    ) -> (Result<T, E>, u32) {
+        let calls = AtomicU32::new(0);
+        let r = retry(fast(attempts), retryable, |attempt| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(answer(attempt))
+        })
+        .await;
+        (r, calls.load(Ordering::SeqCst))
+    }
+
     #[tokio::test]
     async fn retries_transient_errors_until_success() {
-        let calls = AtomicU32::new(0);
-        let r: Result<u32, E> = retry(
-            fast(5),
+        let got = attempts(
+            5,
             |e| *e == E::Transient,
             |attempt| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if attempt < 3 {
-                        Err(E::Transient)
-                    } else {
-                        Ok(attempt)
-                    }
+                if attempt < 3 {
+                    Err(E::Transient)
+                } else {
+                    Ok(attempt)
                 }
             },
-        )
-        .await;
-        assert_eq!(r, Ok(3));
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        );
+        assert_eq!(got.await, (Ok(3), 3));
     }
 
     #[tokio::test]
     async fn stops_at_the_first_fatal_error() {
-        let calls = AtomicU32::new(0);
-        let r: Result<(), E> = retry(
-            fast(5),
-            |e| *e == E::Transient,
-            |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err(E::Fatal) }
-            },
-        )
-        .await;
-        assert_eq!(r, Err(E::Fatal));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let got = attempts::<()>(5, |e| *e == E::Transient, |_| Err(E::Fatal));
+        assert_eq!(got.await, (Err(E::Fatal), 1));
     }
 
     #[tokio::test]
     async fn gives_up_after_the_last_attempt() {
-        let calls = AtomicU32::new(0);
-        let r: Result<(), E> = retry(
-            fast(4),
-            |_| true,
-            |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err(E::Transient) }
-            },
-        )
-        .await;
-        assert_eq!(r, Err(E::Transient));
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let got = attempts::<()>(4, |_| true, |_| Err(E::Transient));
+        assert_eq!(got.await, (Err(E::Transient), 4));
     }
 
     #[test]

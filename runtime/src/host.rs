@@ -135,14 +135,19 @@ pub fn unused_mirrors_error(unused: &[String]) -> Result<(), RecipeError> {
         return Ok(());
     }
     Err(RecipeError(format!(
-        "--mirror {}: the recipe never asks for {} (see `mirror()` calls in the recipe)",
-        unused.join(", "),
-        if unused.len() == 1 {
-            "this source"
-        } else {
-            "these sources"
-        }
+        "{} (see `mirror()` calls in the recipe)",
+        unused_mirrors(unused, "the recipe never asks for")
     )))
+}
+
+/// "--mirror a, b: `nobody_asks_for` these sources" (or "this source").
+pub fn unused_mirrors(names: &[String], nobody_asks_for: &str) -> String {
+    let what = if names.len() == 1 {
+        "this source"
+    } else {
+        "these sources"
+    };
+    format!("--mirror {}: {nobody_asks_for} {what}", names.join(", "))
 }
 
 /// Asset folders of a recipe: its own `assets/`; for a flavor recipe
