@@ -167,3 +167,23 @@ pub fn asset_dirs(recipe: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
     dirs.extend(extra.iter().cloned());
     dirs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unused_mirrors_names_them_in_both_errors() {
+        let one = vec!["https://a".to_string()];
+        let two = vec!["https://a".to_string(), "https://b".to_string()];
+        assert_eq!(
+            unused_mirrors(&one, "no recipe asks for"),
+            "--mirror https://a: no recipe asks for this source"
+        );
+        assert_eq!(
+            unused_mirrors_error(&two).unwrap_err().0,
+            "--mirror https://a, https://b: the recipe never asks for these sources \
+             (see `mirror()` calls in the recipe)"
+        );
+    }
+}
