@@ -34,13 +34,26 @@ fn head(
     .expect("HeadObject")
 }
 
+/// A moto server with an empty `bucket`, and a [`sparse_image`] `name` in a
+/// new folder.
+fn bucket_and_image(
+    bucket: &str,
+    name: &str,
+    size: u64,
+    regions: usize,
+    seed: u64,
+) -> (Moto, tempfile::TempDir, std::path::PathBuf) {
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), name, size, regions, seed);
+    (moto, dir, image)
+}
+
 #[test]
 fn multipart_upload_of_300_mib_round_trips_with_its_sidecar_and_reruns_upload_nothing() {
-    let moto = Moto::start();
-    create_bucket(&moto.endpoint(), "images");
-    let dir = tempfile::tempdir().unwrap();
     let name = "postgres-ubuntu-2204-x64-test.raw";
-    let image = sparse_image(dir.path(), name, 300 * MIB, 40, 7);
+    let (moto, dir, image) = bucket_and_image("images", name, 300 * MIB, 40, 7);
     let sha = sha256_file_hex(&image);
     let mut opts = options(&moto, "images");
     opts.part_size = 16 * MIB;
@@ -129,10 +142,7 @@ fn multipart_upload_of_300_mib_round_trips_with_its_sidecar_and_reruns_upload_no
 
 #[test]
 fn an_object_uploaded_by_another_tool_is_recognised_by_its_sidecar() {
-    let moto = Moto::start();
-    create_bucket(&moto.endpoint(), "legacy");
-    let dir = tempfile::tempdir().unwrap();
-    let image = sparse_image(dir.path(), "old.raw", 6 * MIB, 3, 11);
+    let (moto, _dir, image) = bucket_and_image("legacy", "old.raw", 6 * MIB, 3, 11);
     let data = std::fs::read(&image).unwrap();
     let sha = sha256_hex(&data);
     // What `mc cp` left: the object without metadata, and the sidecar.
@@ -157,10 +167,7 @@ fn an_object_uploaded_by_another_tool_is_recognised_by_its_sidecar() {
 
 #[test]
 fn an_image_that_shrinks_mid_upload_aborts_and_leaves_no_multipart_upload() {
-    let moto = Moto::start();
-    create_bucket(&moto.endpoint(), "shrink");
-    let dir = tempfile::tempdir().unwrap();
-    let image = sparse_image(dir.path(), "shrink.raw", 160 * MIB, 20, 3);
+    let (moto, _dir, image) = bucket_and_image("shrink", "shrink.raw", 160 * MIB, 20, 3);
     let mut opts = options(&moto, "shrink");
     opts.part_size = 8 * MIB;
     opts.concurrency = 2;
