@@ -81,15 +81,7 @@ fn publish(endpoint: &str, image: &Path, summary: &Path) -> Output {
 #[test]
 fn publish_s3_uploads_once_with_a_sidecar_and_never_shows_the_secret() {
     let moto = Moto::start();
-    let made = aws(&mut Command::new("python3"))
-        .args([
-            "-c",
-            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket='images')",
-            &moto.endpoint(),
-        ])
-        .status()
-        .unwrap();
-    assert!(made.success(), "creating the bucket with boto3");
+    bucket(&moto, "images");
 
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("img.raw");
@@ -134,41 +126,41 @@ fn publish_s3_missing_image_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no such image file"));
 }
 
-fn bucket(moto: &Moto, name: &str) {
-    let made = aws(&mut Command::new("python3"))
-        .args([
-            "-c",
-            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket=sys.argv[2])",
-            &moto.endpoint(),
-            name,
-        ])
-        .status()
-        .unwrap();
-    assert!(made.success(), "creating the bucket with boto3");
-}
-
-/// Keys of the multipart uploads still open in `bucket`, and whether `key` exists.
-fn leftovers(moto: &Moto, bucket: &str, key: &str) -> String {
+/// Runs `script` in python3 with `c`, a boto3 S3 client of moto, and `args`
+/// as `sys.argv[2..]`; returns its stdout, trimmed.
+fn boto3(moto: &Moto, script: &str, args: &[&str]) -> String {
     let out = aws(&mut Command::new("python3"))
         .args([
             "-c",
-            "import boto3,sys\n\
-             c = boto3.client('s3', endpoint_url=sys.argv[1])\n\
-             ups = c.list_multipart_uploads(Bucket=sys.argv[2]).get('Uploads', [])\n\
-             objs = [o['Key'] for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []) if o['Key'] == sys.argv[3]]\n\
-             print(len(ups), len(objs))",
+            &format!(
+                "import boto3,sys\nc = boto3.client('s3', endpoint_url=sys.argv[1])\n{script}"
+            ),
             &moto.endpoint(),
-            bucket,
-            key,
         ])
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "boto3: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn bucket(moto: &Moto, name: &str) {
+    boto3(moto, "c.create_bucket(Bucket=sys.argv[2])", &[name]);
+}
+
+/// Keys of the multipart uploads still open in `bucket`, and whether `key` exists.
+fn leftovers(moto: &Moto, bucket: &str, key: &str) -> String {
+    boto3(
+        moto,
+        "ups = c.list_multipart_uploads(Bucket=sys.argv[2]).get('Uploads', [])\n\
+         objs = [o['Key'] for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []) if o['Key'] == sys.argv[3]]\n\
+         print(len(ups), len(objs))",
+        &[bucket, key],
+    )
 }
 
 fn noise_image(path: &Path, size: usize) {
@@ -265,24 +257,12 @@ fn failed_publications_report_the_failure_and_never_show_the_secret() {
 
 /// Object keys in `bucket`.
 fn object_keys(moto: &Moto, bucket: &str) -> Vec<String> {
-    let out = aws(&mut Command::new("python3"))
-        .args([
-            "-c",
-            "import boto3,sys\n\
-             c = boto3.client('s3', endpoint_url=sys.argv[1])\n\
-             print('\\n'.join(sorted(o['Key'] for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []))))",
-            &moto.endpoint(),
-            bucket,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    boto3(
+        moto,
+        "print('\\n'.join(sorted(o['Key'] for o in c.list_objects_v2(Bucket=sys.argv[2]).get('Contents', []))))",
+        &[bucket],
+    )
+    .lines()
         .map(str::to_string)
         .collect()
 }
@@ -306,20 +286,14 @@ fn prune_cli(moto: &Moto, extra: &[&str]) -> (serde_json::Value, String) {
 fn prune_cli_lists_by_default_and_deletes_only_with_yes() {
     let moto = Moto::start();
     bucket(&moto, "rel");
-    let made = aws(&mut Command::new("python3"))
-        .args([
-            "-c",
-            "import boto3,sys\n\
-             c = boto3.client('s3', endpoint_url=sys.argv[1])\n\
-             for i in range(1, 6):\n\
-             \x20   c.put_object(Bucket='rel', Key=f'pg-x64-2026010{i}.raw', Body=b'img')\n\
-             \x20   c.put_object(Bucket='rel', Key=f'pg-x64-2026010{i}.raw.sha256', Body=b'sum')\n\
-             c.put_object(Bucket='rel', Key='pg-arm64-20260101.raw', Body=b'other')",
-            &moto.endpoint(),
-        ])
-        .status()
-        .unwrap();
-    assert!(made.success());
+    boto3(
+        &moto,
+        "for i in range(1, 6):\n\
+         \x20   c.put_object(Bucket='rel', Key=f'pg-x64-2026010{i}.raw', Body=b'img')\n\
+         \x20   c.put_object(Bucket='rel', Key=f'pg-x64-2026010{i}.raw.sha256', Body=b'sum')\n\
+         c.put_object(Bucket='rel', Key='pg-arm64-20260101.raw', Body=b'other')",
+        &[],
+    );
     let before = object_keys(&moto, "rel");
     assert_eq!(before.len(), 11);
 

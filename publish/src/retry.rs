@@ -103,6 +103,36 @@ pub(crate) fn sdk_retryable<E: ProvideErrorMetadata>(err: &SdkError<E, HttpRespo
     }
 }
 
+/// An error enum with an `Api { op, target, message }` variant: the
+/// operation that failed, what it was about, the service's message.
+pub(crate) trait ApiError: Sized {
+    fn api_message(op: &'static str, target: String, message: String) -> Self;
+
+    /// The variant for a failed SDK call, its message from [`sdk_message`].
+    fn api<E>(op: &'static str, target: impl Into<String>, err: &SdkError<E, HttpResponse>) -> Self
+    where
+        E: std::error::Error + ProvideErrorMetadata + 'static,
+    {
+        Self::api_message(op, target.into(), sdk_message(err))
+    }
+}
+
+/// Implements [`ApiError`] for an error enum with that `Api` variant.
+macro_rules! api_error {
+    ($error:ty) => {
+        impl $crate::retry::ApiError for $error {
+            fn api_message(op: &'static str, target: String, message: String) -> Self {
+                Self::Api {
+                    op,
+                    target,
+                    message,
+                }
+            }
+        }
+    };
+}
+pub(crate) use api_error;
+
 /// The service's code and message (or the transport failure) without the
 /// request: SDK errors never carry credentials, but a request could.
 pub(crate) fn sdk_message<E>(err: &SdkError<E, HttpResponse>) -> String
@@ -157,58 +187,48 @@ mod tests {
         Fatal,
     }
 
+    /// Runs [`retry`] over `answer` (attempt number → its result) and
+    /// returns the result and how many attempts were made.
+    async fn attempts<T>(
+        attempts: u32,
+        retryable: fn(&E) -> bool,
+        answer: fn(u32) -> Result<T, E>,
+    ) -> (Result<T, E>, u32) {
+        let calls = AtomicU32::new(0);
+        let r = retry(fast(attempts), retryable, |attempt| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(answer(attempt))
+        })
+        .await;
+        (r, calls.load(Ordering::SeqCst))
+    }
+
     #[tokio::test]
     async fn retries_transient_errors_until_success() {
-        let calls = AtomicU32::new(0);
-        let r: Result<u32, E> = retry(
-            fast(5),
+        let got = attempts(
+            5,
             |e| *e == E::Transient,
             |attempt| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    if attempt < 3 {
-                        Err(E::Transient)
-                    } else {
-                        Ok(attempt)
-                    }
+                if attempt < 3 {
+                    Err(E::Transient)
+                } else {
+                    Ok(attempt)
                 }
             },
-        )
-        .await;
-        assert_eq!(r, Ok(3));
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        );
+        assert_eq!(got.await, (Ok(3), 3));
     }
 
     #[tokio::test]
     async fn stops_at_the_first_fatal_error() {
-        let calls = AtomicU32::new(0);
-        let r: Result<(), E> = retry(
-            fast(5),
-            |e| *e == E::Transient,
-            |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err(E::Fatal) }
-            },
-        )
-        .await;
-        assert_eq!(r, Err(E::Fatal));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let got = attempts::<()>(5, |e| *e == E::Transient, |_| Err(E::Fatal));
+        assert_eq!(got.await, (Err(E::Fatal), 1));
     }
 
     #[tokio::test]
     async fn gives_up_after_the_last_attempt() {
-        let calls = AtomicU32::new(0);
-        let r: Result<(), E> = retry(
-            fast(4),
-            |_| true,
-            |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err(E::Transient) }
-            },
-        )
-        .await;
-        assert_eq!(r, Err(E::Transient));
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let got = attempts::<()>(4, |_| true, |_| Err(E::Transient));
+        assert_eq!(got.await, (Err(E::Transient), 4));
     }
 
     #[test]

@@ -1,9 +1,62 @@
-//! The tokio runtime each publish call runs on, and its Ctrl-C / SIGTERM watch.
+//! The tokio runtime each publish call runs on, its Ctrl-C / SIGTERM watch,
+//! and the frame every publish target runs in.
 
 use std::future::Future;
+use std::path::Path;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+
+/// An error type that can say which file an I/O failure was about (the
+/// image, the step summary): every publish target's `Error::Io`.
+pub(crate) trait IoError {
+    fn io(path: &Path, source: std::io::Error) -> Self;
+}
+
+/// Implements [`IoError`] for an error enum whose `Io` variant is
+/// `{ path: PathBuf, source: std::io::Error }`.
+macro_rules! io_error_at {
+    ($error:ty) => {
+        impl $crate::rt::IoError for $error {
+            fn io(path: &::std::path::Path, source: ::std::io::Error) -> Self {
+                Self::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        }
+    };
+}
+pub(crate) use io_error_at;
+
+/// One publish call, as every target makes it: `prepare` checks the options
+/// and reads what it needs on this thread (no signal handler yet, so Ctrl-C
+/// still simply ends the process) and returns the flow and its Markdown;
+/// the flow runs on a fresh runtime watching SIGINT and SIGTERM (see [`run`]);
+/// then the Markdown is appended to `step_summary`. Any error stops the
+/// progress display.
+pub(crate) fn publish<T, E, F, Fut, M>(
+    image: &Path,
+    step_summary: Option<&Path>,
+    progress: &dyn crate::progress::Progress,
+    prepare: impl FnOnce() -> Result<(F, M), E>,
+) -> Result<T, E>
+where
+    E: IoError,
+    F: FnOnce(Interrupt) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    M: FnOnce(&T) -> String,
+{
+    crate::progress::stop_on_error(progress, || {
+        let (flow, markdown) = prepare()?;
+        let outcome = run(flow).map_err(|source| E::io(image, source))??;
+        if let Some(path) = step_summary {
+            crate::summary::append(path, &markdown(&outcome))
+                .map_err(|source| E::io(path, source))?;
+        }
+        Ok(outcome)
+    })
+}
 
 /// Builds a runtime, starts listening for SIGINT and SIGTERM, and runs `f`.
 ///

@@ -17,9 +17,9 @@ use tokio::task::JoinSet;
 use crate::conn::{data_plane, sdk_config, Connection};
 use crate::hash;
 use crate::progress::{Progress, Unit};
-use crate::retry::{retry, sdk_message, sdk_retryable, Backoff};
-use crate::rt::{self, Interrupt};
-use crate::summary::{self, escape, heading, size_cell};
+use crate::retry::{self, retry, sdk_message, sdk_retryable, ApiError, Backoff};
+use crate::rt::{self, Interrupt, IoError};
+use crate::summary::{escape, heading, size_cell};
 
 const MIB: u64 = 1 << 20;
 /// Default multipart part size (the AWS CLI's; measured faster than 16 MiB
@@ -155,6 +155,9 @@ pub enum Error {
     Task { what: String, message: String },
 }
 
+rt::io_error_at!(Error);
+retry::api_error!(Error);
+
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
     pub fn is_interrupted(&self) -> bool {
@@ -164,24 +167,6 @@ impl Error {
                 cause.is_interrupted()
             }
             _ => false,
-        }
-    }
-
-    fn api<E>(
-        op: &'static str,
-        target: &str,
-        err: &aws_sdk_s3::error::SdkError<
-            E,
-            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
-        >,
-    ) -> Self
-    where
-        E: std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata + 'static,
-    {
-        Error::Api {
-            op,
-            target: target.to_string(),
-            message: sdk_message(err),
         }
     }
 }
@@ -197,50 +182,32 @@ pub fn publish(
     image: &Path,
     progress: &dyn Progress,
 ) -> Result<S3Outcome, Error> {
-    crate::progress::stop_on_error(progress, || publish_inner(opts, image, progress))
-}
-
-fn publish_inner(
-    opts: &S3Options,
-    image: &Path,
-    progress: &dyn Progress,
-) -> Result<S3Outcome, Error> {
-    validate(opts)?;
-    let key = object_key(opts.key.as_deref(), image)?;
-    let (file, size) = open_image(image)?;
-    let sha256 = hash::sha256_file(&file, size, progress).map_err(|source| Error::Io {
-        path: image.to_path_buf(),
-        source,
-    })?;
-    let file = Arc::new(file);
-    let outcome = rt::run(|interrupt| async move {
-        let config = sdk_config(&opts.conn, opts.region.as_deref(), opts.attempts).await;
-        let client = client(&config, opts.conn.path_style);
-        let job = Upload {
-            client,
-            bucket: opts.bucket.clone(),
-            key: key.clone(),
-            path: image.to_path_buf(),
-            file,
-            size,
-            sha256: Some(sha256.clone()),
-            part_size: opts.part_size,
-            concurrency: opts.concurrency,
-            backoff: Backoff::new(opts.attempts),
+    rt::publish(image, opts.step_summary.as_deref(), progress, || {
+        validate(opts)?;
+        let key = object_key(opts.key.as_deref(), image)?;
+        let (file, size) = open_image(image)?;
+        let sha256 =
+            hash::sha256_file(&file, size, progress).map_err(|source| Error::io(image, source))?;
+        let file = Arc::new(file);
+        let flow = move |interrupt| async move {
+            let config = sdk_config(&opts.conn, opts.region.as_deref(), opts.attempts).await;
+            let client = client(&config, opts.conn.path_style);
+            let job = Upload {
+                client,
+                bucket: opts.bucket.clone(),
+                key: key.clone(),
+                path: image.to_path_buf(),
+                file,
+                size,
+                sha256: Some(sha256.clone()),
+                part_size: opts.part_size,
+                concurrency: opts.concurrency,
+                backoff: Backoff::new(opts.attempts),
+            };
+            publish_with(&job, progress, interrupt).await
         };
-        publish_with(&job, progress, interrupt).await
+        Ok((flow, |outcome: &S3Outcome| outcome.markdown(image)))
     })
-    .map_err(|source| Error::Io {
-        path: image.to_path_buf(),
-        source,
-    })??;
-    if let Some(path) = &opts.step_summary {
-        summary::append(path, &outcome.markdown(image)).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    Ok(outcome)
 }
 
 async fn publish_with(
@@ -362,7 +329,7 @@ async fn existing(job: &Upload, sidecar_key: &str) -> Result<Option<&'static str
         Err(e) if matches!(e.as_service_error(), Some(HeadObjectError::NotFound(_))) => {
             return Ok(None)
         }
-        Err(e) => return Err(Error::api("HeadObject", &job.target(), &e)),
+        Err(e) => return Err(Error::api("HeadObject", job.target(), &e)),
     };
     if head.content_length() != Some(job.size as i64) {
         return Ok(None);
@@ -426,7 +393,7 @@ async fn put_sidecar(job: &Upload, sidecar_key: &str, line: &str) -> Result<(), 
         .map_err(|e| {
             Error::api(
                 "PutObject",
-                &format!("s3://{}/{sidecar_key}", job.bucket),
+                format!("s3://{}/{sidecar_key}", job.bucket),
                 &e,
             )
         })?;
@@ -514,7 +481,7 @@ impl Upload {
                 .send()
         })
         .await
-        .map_err(|e| Error::api("PutObject", &self.target(), &e))?;
+        .map_err(|e| Error::api("PutObject", self.target(), &e))?;
         Ok(())
     }
 
@@ -533,7 +500,7 @@ impl Upload {
                 .content_type("application/octet-stream")
                 .set_metadata(self.metadata())
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .send() => r.map_err(|e| Error::api("CreateMultipartUpload", &self.target(), &e))?,
+                .send() => r.map_err(|e| Error::api("CreateMultipartUpload", self.target(), &e))?,
             signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
         };
         let upload_id = created.upload_id().unwrap_or_default().to_string();
@@ -644,7 +611,7 @@ impl Upload {
                 .send()
         })
         .await
-        .map_err(|e| Error::api("CompleteMultipartUpload", &self.target(), &e))?;
+        .map_err(|e| Error::api("CompleteMultipartUpload", self.target(), &e))?;
         // Stores that keep checksums report the composite one (SHA-256 of the
         // parts' digests, "-N"); it proves every part arrived as hashed here.
         if let (Some(got), Some(want)) = (done.checksum_sha256(), composite) {
@@ -775,7 +742,7 @@ impl PartJob {
         .map_err(|e| {
             Error::api(
                 "UploadPart",
-                &format!("{} part {}", self.target, self.number),
+                format!("{} part {}", self.target, self.number),
                 &e,
             )
         })?;

@@ -150,6 +150,15 @@ impl Gcs {
         self.proxy.as_ref().unwrap().requests()
     }
 
+    /// Panics unless [`BUCKET`] is empty: every run deletes its tarball.
+    fn assert_empty(&self) {
+        assert_eq!(
+            self.objects(),
+            Vec::<String>::new(),
+            "the tarball was left in the bucket"
+        );
+    }
+
     /// Names of the objects in [`BUCKET`].
     fn objects(&self) -> Vec<String> {
         let r = http_raw(
@@ -590,7 +599,7 @@ fn publish_uploads_a_sparse_tarball_creates_a_public_image_and_deletes_the_tarba
     );
 
     // The tarball is gone from the bucket and from the image's folder.
-    assert_eq!(gcs.objects(), Vec::<String>::new());
+    gcs.assert_empty();
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -628,11 +637,7 @@ fn a_failed_image_creation_names_the_cause_and_still_deletes_the_tarball() {
         1,
         "never uploaded"
     );
-    assert_eq!(
-        gcs.objects(),
-        Vec::<String>::new(),
-        "the tarball was left in the bucket"
-    );
+    gcs.assert_empty();
 }
 
 #[test]
@@ -647,11 +652,7 @@ fn an_image_that_never_becomes_ready_ends_the_bounded_wait_and_the_tarball_is_de
     let err = gce::publish(&o, &path, &Recording::default()).unwrap_err();
     assert!(matches!(err, gce::Error::Timeout { .. }), "{err:?}");
     assert!(format!("{err}").contains("gave up after"), "{err}");
-    assert_eq!(
-        gcs.objects(),
-        Vec::<String>::new(),
-        "the tarball was left in the bucket"
-    );
+    gcs.assert_empty();
 }
 
 #[test]

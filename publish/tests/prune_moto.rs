@@ -44,32 +44,30 @@ fn register(moto: &Moto, region: &str, name: &str) -> (String, String) {
     })
 }
 
-fn amis(moto: &Moto, region: &str) -> BTreeSet<String> {
-    let out = block_on(
-        ec2(&moto.endpoint(), region)
-            .describe_images()
-            .owners("self")
-            .send(),
-    )
-    .unwrap();
-    out.images()
-        .iter()
-        .map(|i| i.name().unwrap_or_default().to_string())
-        .collect()
-}
-
-fn snapshots(moto: &Moto, region: &str) -> BTreeSet<String> {
-    let out = block_on(
-        ec2(&moto.endpoint(), region)
+/// Names of the AMIs and ids of the snapshots this account owns in `region`.
+fn owned(moto: &Moto, region: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let c = ec2(&moto.endpoint(), region);
+    block_on(async {
+        let images = c.describe_images().owners("self").send().await.unwrap();
+        let snapshots = c
             .describe_snapshots()
             .owner_ids("self")
-            .send(),
-    )
-    .unwrap();
-    out.snapshots()
-        .iter()
-        .map(|s| s.snapshot_id().unwrap_or_default().to_string())
-        .collect()
+            .send()
+            .await
+            .unwrap();
+        (
+            images
+                .images()
+                .iter()
+                .map(|i| i.name().unwrap_or_default().to_string())
+                .collect(),
+            snapshots
+                .snapshots()
+                .iter()
+                .map(|s| s.snapshot_id().unwrap_or_default().to_string())
+                .collect(),
+        )
+    })
 }
 
 fn keys(moto: &Moto) -> BTreeSet<String> {
@@ -87,15 +85,7 @@ fn keys(moto: &Moto) -> BTreeSet<String> {
 }
 
 fn put(moto: &Moto, key: &str, body: &str) {
-    block_on(
-        s3_client(&moto.endpoint())
-            .put_object()
-            .bucket("images")
-            .key(key)
-            .body(body.as_bytes().to_vec().into())
-            .send(),
-    )
-    .unwrap();
+    put_object(&moto.endpoint(), "images", key, body);
 }
 
 #[test]
@@ -122,8 +112,7 @@ fn prune_keeps_the_newest_two_of_five_deletes_the_rest_with_snapshots_and_sideca
     put(&moto, "images/postgres-arm64-20260101.raw.sha256", "other");
     put(&moto, &format!("{}.raw", release(1)), "outside the folder");
     let all_keys = keys(&moto);
-    let all_amis: Vec<_> = REGIONS.iter().map(|r| amis(&moto, r)).collect();
-    let all_snaps: Vec<_> = REGIONS.iter().map(|r| snapshots(&moto, r)).collect();
+    let before: Vec<_> = REGIONS.iter().map(|r| owned(&moto, r)).collect();
 
     let mut o = PruneOptions::new(PREFIX);
     o.keep = Some(2);
@@ -166,8 +155,7 @@ fn prune_keeps_the_newest_two_of_five_deletes_the_rest_with_snapshots_and_sideca
     // The dry run deleted nothing.
     assert_eq!(keys(&moto), all_keys);
     for (i, region) in REGIONS.iter().enumerate() {
-        assert_eq!(amis(&moto, region), all_amis[i]);
-        assert_eq!(snapshots(&moto, region), all_snaps[i]);
+        assert_eq!(owned(&moto, region), before[i]);
     }
 
     o.delete = true;
@@ -176,13 +164,12 @@ fn prune_keeps_the_newest_two_of_five_deletes_the_rest_with_snapshots_and_sideca
     assert_eq!(done.delete, dry.delete, "deletes what the dry run listed");
     for (i, region) in REGIONS.iter().enumerate() {
         let gone: BTreeSet<String> = oldest.iter().cloned().collect();
-        let left = amis(&moto, region);
+        let (left, snaps_left) = owned(&moto, region);
         assert_eq!(
             left,
-            all_amis[i].difference(&gone).cloned().collect(),
+            before[i].0.difference(&gone).cloned().collect(),
             "{region}"
         );
-        let snaps_left = snapshots(&moto, region);
         for n in 1..=5 {
             let snap = &snaps[&(*region, n)];
             assert_eq!(
@@ -192,13 +179,14 @@ fn prune_keeps_the_newest_two_of_five_deletes_the_rest_with_snapshots_and_sideca
             );
         }
         assert_eq!(
-            all_snaps[i].len() - snaps_left.len(),
+            before[i].1.len() - snaps_left.len(),
             3,
             "{region}: only the three releases' snapshots are deleted"
         );
     }
-    assert!(amis(&moto, "us-east-1").contains("postgres-arm64-20260101"));
-    assert!(snapshots(&moto, "us-east-1").contains(&other_snap));
+    let (amis, snapshots) = owned(&moto, "us-east-1");
+    assert!(amis.contains("postgres-arm64-20260101"));
+    assert!(snapshots.contains(&other_snap));
     let mut want = all_keys.clone();
     for n in &oldest {
         want.remove(&format!("images/{n}.raw"));

@@ -34,13 +34,26 @@ fn head(
     .expect("HeadObject")
 }
 
+/// A moto server with an empty `bucket`, and a [`sparse_image`] `name` in a
+/// new folder.
+fn bucket_and_image(
+    bucket: &str,
+    name: &str,
+    size: u64,
+    regions: usize,
+    seed: u64,
+) -> (Moto, tempfile::TempDir, std::path::PathBuf) {
+    let moto = Moto::start();
+    create_bucket(&moto.endpoint(), bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), name, size, regions, seed);
+    (moto, dir, image)
+}
+
 #[test]
 fn multipart_upload_of_300_mib_round_trips_with_its_sidecar_and_reruns_upload_nothing() {
-    let moto = Moto::start();
-    create_bucket(&moto.endpoint(), "images");
-    let dir = tempfile::tempdir().unwrap();
     let name = "postgres-ubuntu-2204-x64-test.raw";
-    let image = sparse_image(dir.path(), name, 300 * MIB, 40, 7);
+    let (moto, dir, image) = bucket_and_image("images", name, 300 * MIB, 40, 7);
     let sha = sha256_file_hex(&image);
     let mut opts = options(&moto, "images");
     opts.part_size = 16 * MIB;
@@ -129,30 +142,13 @@ fn multipart_upload_of_300_mib_round_trips_with_its_sidecar_and_reruns_upload_no
 
 #[test]
 fn an_object_uploaded_by_another_tool_is_recognised_by_its_sidecar() {
-    let moto = Moto::start();
-    create_bucket(&moto.endpoint(), "legacy");
-    let dir = tempfile::tempdir().unwrap();
-    let image = sparse_image(dir.path(), "old.raw", 6 * MIB, 3, 11);
+    let (moto, _dir, image) = bucket_and_image("legacy", "old.raw", 6 * MIB, 3, 11);
     let data = std::fs::read(&image).unwrap();
     let sha = sha256_hex(&data);
-    let s3c = s3_client(&moto.endpoint());
     // What `mc cp` left: the object without metadata, and the sidecar.
-    block_on(
-        s3c.put_object()
-            .bucket("legacy")
-            .key("old.raw")
-            .body(data.into())
-            .send(),
-    )
-    .unwrap();
-    block_on(
-        s3c.put_object()
-            .bucket("legacy")
-            .key("old.raw.sha256")
-            .body(format!("{sha}  old.raw\n").into_bytes().into())
-            .send(),
-    )
-    .unwrap();
+    put_object(&moto.endpoint(), "legacy", "old.raw", data);
+    let sidecar = format!("{sha}  old.raw\n");
+    put_object(&moto.endpoint(), "legacy", "old.raw.sha256", sidecar);
     let rec = Recording::default();
     let out = s3::publish(&options(&moto, "legacy"), &image, &rec).unwrap();
     assert!(!out.uploaded && !out.sidecar_uploaded, "{out:?}");
@@ -163,24 +159,15 @@ fn an_object_uploaded_by_another_tool_is_recognised_by_its_sidecar() {
     );
 
     // A sidecar that disagrees means a different image: upload.
-    block_on(
-        s3c.put_object()
-            .bucket("legacy")
-            .key("old.raw.sha256")
-            .body(format!("{}  old.raw\n", "0".repeat(64)).into_bytes().into())
-            .send(),
-    )
-    .unwrap();
+    let sidecar = format!("{}  old.raw\n", "0".repeat(64));
+    put_object(&moto.endpoint(), "legacy", "old.raw.sha256", sidecar);
     let out = s3::publish(&options(&moto, "legacy"), &image, &Quiet).unwrap();
     assert!(out.uploaded, "{out:?}");
 }
 
 #[test]
 fn an_image_that_shrinks_mid_upload_aborts_and_leaves_no_multipart_upload() {
-    let moto = Moto::start();
-    create_bucket(&moto.endpoint(), "shrink");
-    let dir = tempfile::tempdir().unwrap();
-    let image = sparse_image(dir.path(), "shrink.raw", 160 * MIB, 20, 3);
+    let (moto, _dir, image) = bucket_and_image("shrink", "shrink.raw", 160 * MIB, 20, 3);
     let mut opts = options(&moto, "shrink");
     opts.part_size = 8 * MIB;
     opts.concurrency = 2;

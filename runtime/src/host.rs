@@ -135,14 +135,19 @@ pub fn unused_mirrors_error(unused: &[String]) -> Result<(), RecipeError> {
         return Ok(());
     }
     Err(RecipeError(format!(
-        "--mirror {}: the recipe never asks for {} (see `mirror()` calls in the recipe)",
-        unused.join(", "),
-        if unused.len() == 1 {
-            "this source"
-        } else {
-            "these sources"
-        }
+        "{} (see `mirror()` calls in the recipe)",
+        unused_mirrors(unused, "the recipe never asks for")
     )))
+}
+
+/// "--mirror a, b: `nobody_asks_for` these sources" (or "this source").
+pub fn unused_mirrors(names: &[String], nobody_asks_for: &str) -> String {
+    let what = if names.len() == 1 {
+        "this source"
+    } else {
+        "these sources"
+    };
+    format!("--mirror {}: {nobody_asks_for} {what}", names.join(", "))
 }
 
 /// Asset folders of a recipe: its own `assets/`; for a flavor recipe
@@ -161,4 +166,24 @@ pub fn asset_dirs(recipe: &Path, extra: &[PathBuf]) -> Vec<PathBuf> {
     }
     dirs.extend(extra.iter().cloned());
     dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unused_mirrors_names_them_in_both_errors() {
+        let one = vec!["https://a".to_string()];
+        let two = vec!["https://a".to_string(), "https://b".to_string()];
+        assert_eq!(
+            unused_mirrors(&one, "no recipe asks for"),
+            "--mirror https://a: no recipe asks for this source"
+        );
+        assert_eq!(
+            unused_mirrors_error(&two).unwrap_err().0,
+            "--mirror https://a, https://b: the recipe never asks for these sources \
+             (see `mirror()` calls in the recipe)"
+        );
+    }
 }

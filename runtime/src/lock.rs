@@ -178,16 +178,7 @@ pub fn lock_with(
         }
     }
     if let Some(names) = unused.filter(|u| !u.is_empty()) {
-        return Err(UsageError(format!(
-            "--mirror {}: no recipe asks for {}",
-            names.join(", "),
-            if names.len() == 1 {
-                "this source"
-            } else {
-                "these sources"
-            }
-        ))
-        .into());
+        return Err(UsageError(host::unused_mirrors(&names, "no recipe asks for")).into());
     }
     let mut lock = if path.exists() {
         load_inside(&path)?

@@ -148,11 +148,7 @@ impl Ctx {
     /// leading out of the folder is refused (see [`beneath`]).
     pub fn asset(&self, rel: &str) -> Result<PathBuf, Error> {
         let relp = Path::new(rel);
-        if relp.is_absolute()
-            || relp
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        {
+        if !stays_below(relp) {
             return Err(Error::Invalid(format!(
                 "asset `{rel}` must be a relative path inside an assets folder"
             )));
@@ -183,6 +179,15 @@ impl Ctx {
     }
 }
 
+/// Whether `rel` is relative and has no `..`, so that joined to a folder it
+/// names something below it (links aside).
+fn stays_below(rel: &Path) -> bool {
+    !rel.is_absolute()
+        && !rel
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+}
+
 /// `dir/rel`, checked to resolve inside `dir`: `rel` must be relative
 /// without `..`, and no symbolic link on the way (`rel` itself or a folder
 /// in it) may lead out of `dir`; links that stay inside are fine. The path
@@ -194,11 +199,7 @@ impl Ctx {
 /// command in the image can reach).
 pub fn beneath(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Error> {
     let relp = Path::new(rel);
-    if relp.is_absolute()
-        || relp
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-    {
+    if !stays_below(relp) {
         return Err(Error::Invalid(format!(
             "{what} `{rel}` must be a relative path inside {}",
             dir.display()

@@ -20,35 +20,38 @@ pub fn tools_dir() -> PathBuf {
 /// `$PGIMG_MOTO_SERVER` when set, else the virtualenv's `moto_server`;
 /// panics naming the fix when neither exists.
 pub fn moto_server() -> PathBuf {
-    if let Some(p) = std::env::var_os("PGIMG_MOTO_SERVER") {
-        return PathBuf::from(p);
-    }
-    let venv = tools_dir().join("venv/bin/moto_server");
-    if venv.is_file() {
-        return venv;
-    }
-    panic!(
-        "{} is missing: these tests need moto_server >= {MIN_MOTO} (a real S3/EC2/EBS emulator).\n\
-         Run `bash tests/setup.sh` as root: it installs moto in a virtualenv there \
-         (or point PGIMG_MOTO_SERVER at a moto_server >= {MIN_MOTO}).",
-        venv.display()
+    venv_tool(
+        "PGIMG_MOTO_SERVER",
+        "moto_server",
+        &format!(
+            "these tests need moto_server >= {MIN_MOTO} (a real S3/EC2/EBS emulator).\n\
+             Run `bash tests/setup.sh` as root: it installs moto in a virtualenv there \
+             (or point PGIMG_MOTO_SERVER at a moto_server >= {MIN_MOTO})."
+        ),
     )
 }
 
 /// `$PGIMG_GCS_EMULATOR` when set, else the virtualenv's `gcp-storage-emulator`;
 /// panics naming the fix when neither exists.
 pub fn gcs_emulator() -> PathBuf {
-    if let Some(p) = std::env::var_os("PGIMG_GCS_EMULATOR") {
+    venv_tool(
+        "PGIMG_GCS_EMULATOR",
+        "gcp-storage-emulator",
+        "these tests need gcp-storage-emulator (a real Cloud Storage emulator).\n\
+         Run `bash tests/setup.sh` as root: it installs it in a virtualenv there \
+         (or point PGIMG_GCS_EMULATOR at one).",
+    )
+}
+
+/// `$<var>` when set, else `<tools_dir>/venv/bin/<name>`; panics with
+/// "<that path> is missing: <fix>" when neither exists.
+fn venv_tool(var: &str, name: &str, fix: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
         return PathBuf::from(p);
     }
-    let venv = tools_dir().join("venv/bin/gcp-storage-emulator");
+    let venv = tools_dir().join("venv/bin").join(name);
     if venv.is_file() {
         return venv;
     }
-    panic!(
-        "{} is missing: these tests need gcp-storage-emulator (a real Cloud Storage emulator).\n\
-         Run `bash tests/setup.sh` as root: it installs it in a virtualenv there \
-         (or point PGIMG_GCS_EMULATOR at one).",
-        venv.display()
-    )
+    panic!("{} is missing: {fix}", venv.display())
 }

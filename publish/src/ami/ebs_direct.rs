@@ -21,7 +21,7 @@ use crate::conn::data_plane;
 use crate::hash;
 pub(super) use crate::holes::data_ranges;
 use crate::progress::{Progress, Unit};
-use crate::retry::{retry, sdk_retryable, Backoff};
+use crate::retry::{retry, sdk_retryable, ApiError, Backoff};
 use crate::rt::Interrupt;
 
 /// EBS's only block size.

@@ -7,6 +7,7 @@ use aws_sdk_ec2::Client;
 
 use super::{Ctx, Error};
 use crate::progress::{Progress, Unit};
+use crate::retry::ApiError;
 use crate::rt::Interrupt;
 use crate::s3::{self, Upload};
 

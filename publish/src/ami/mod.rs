@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::conn::{sdk_config, Connection};
 use crate::progress::Progress;
-use crate::retry::{sdk_message, Backoff};
+use crate::retry::{self, Backoff};
 use crate::rt::{self, Interrupt};
 use crate::s3;
 use crate::summary;
@@ -401,6 +401,9 @@ pub enum Error {
     Task { what: String, message: String },
 }
 
+rt::io_error_at!(Error);
+retry::api_error!(Error);
+
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
     pub fn is_interrupted(&self) -> bool {
@@ -409,24 +412,6 @@ impl Error {
             Error::Upload(e) => e.is_interrupted(),
             Error::Cleanup { cause, .. } => cause.is_interrupted(),
             _ => false,
-        }
-    }
-
-    fn api<E>(
-        op: &'static str,
-        target: impl Into<String>,
-        err: &aws_smithy_runtime_api::client::result::SdkError<
-            E,
-            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
-        >,
-    ) -> Self
-    where
-        E: std::error::Error + aws_smithy_types::error::metadata::ProvideErrorMetadata + 'static,
-    {
-        Error::Api {
-            op,
-            target: target.into(),
-            message: sdk_message(err),
         }
     }
 
@@ -450,40 +435,23 @@ pub fn publish(
     image: &Path,
     progress: &dyn Progress,
 ) -> Result<AmiOutcome, Error> {
-    crate::progress::stop_on_error(progress, || publish_inner(opts, image, progress))
-}
-
-fn publish_inner(
-    opts: &AmiOptions,
-    image: &Path,
-    progress: &dyn Progress,
-) -> Result<AmiOutcome, Error> {
-    validate(opts)?;
-    let (file, size) = s3::open_image(image).map_err(|e| match e {
-        s3::Error::Io { path, source } => Error::Io { path, source },
-        other => Error::Invalid(other.to_string()),
-    })?;
-    let file = Arc::new(file);
-    let outcome = rt::run(|interrupt| async move {
-        // No select on the interrupt here: dropping the flow would skip the
-        // cleanup its steps do when they see the signal (cancel the import
-        // task, delete the object or the half-written snapshot).
-        let ctx = Ctx::new(opts, image, file, size).await;
-        flow(&ctx, progress, interrupt).await
-    })
-    .map_err(|source| Error::Io {
-        path: image.to_path_buf(),
-        source,
-    })??;
-    if let Some(path) = &opts.step_summary {
-        summary::append(path, &outcome.markdown(image, size, &opts.name)).map_err(|source| {
-            Error::Io {
-                path: path.clone(),
-                source,
-            }
+    rt::publish(image, opts.step_summary.as_deref(), progress, || {
+        validate(opts)?;
+        let (file, size) = s3::open_image(image).map_err(|e| match e {
+            s3::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::Invalid(other.to_string()),
         })?;
-    }
-    Ok(outcome)
+        let file = Arc::new(file);
+        let steps = move |interrupt| async move {
+            // No select on the interrupt here: dropping the flow would skip the
+            // cleanup its steps do when they see the signal (cancel the import
+            // task, delete the object or the half-written snapshot).
+            let ctx = Ctx::new(opts, image, file, size).await;
+            flow(&ctx, progress, interrupt).await
+        };
+        let markdown = move |outcome: &AmiOutcome| outcome.markdown(image, size, &opts.name);
+        Ok((steps, markdown))
+    })
 }
 
 fn validate(opts: &AmiOptions) -> Result<(), Error> {

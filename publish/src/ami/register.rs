@@ -11,6 +11,7 @@ use aws_sdk_ec2::Client;
 
 use super::{Arch, BootMode, Ctx, Error, ImdsSupport, RegionImage, TpmSupport};
 use crate::progress::{Progress, Unit};
+use crate::retry::ApiError;
 use crate::rt::Interrupt;
 
 /// The root device every AMI gets, as the old workflow registered them.

@@ -145,6 +145,21 @@ impl Google {
         result.map_err(|a| a.error)
     }
 
+    /// [`Self::json`] for a call whose target must exist; no body reads as `null`.
+    async fn call(
+        &self,
+        op: &'static str,
+        target: &str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
+        Ok(self
+            .json(op, target, method, url, body, false)
+            .await?
+            .unwrap_or(Value::Null))
+    }
+
     /// A JSON call; statuses other than 2xx (and 404 when `missing_ok`) are errors.
     async fn json(
         &self,
@@ -302,17 +317,8 @@ impl Google {
             self.images_url(project),
             encode(request_id)
         );
-        Ok(self
-            .json(
-                "images.insert",
-                &name,
-                Method::POST,
-                &url,
-                Some(image),
-                false,
-            )
-            .await?
-            .unwrap_or(Value::Null))
+        self.call("images.insert", &name, Method::POST, &url, Some(image))
+            .await
     }
 
     /// `globalOperations.get`.
@@ -327,17 +333,8 @@ impl Google {
             encode(project),
             encode(operation)
         );
-        Ok(self
-            .json(
-                "globalOperations.get",
-                operation,
-                Method::GET,
-                &url,
-                None,
-                false,
-            )
-            .await?
-            .unwrap_or(Value::Null))
+        self.call("globalOperations.get", operation, Method::GET, &url, None)
+            .await
     }
 
     /// `images.getIamPolicy`.
@@ -347,10 +344,8 @@ impl Google {
             self.images_url(project),
             encode(name)
         );
-        Ok(self
-            .json("images.getIamPolicy", name, Method::GET, &url, None, false)
-            .await?
-            .unwrap_or(Value::Null))
+        self.call("images.getIamPolicy", name, Method::GET, &url, None)
+            .await
     }
 
     /// `images.setIamPolicy`.
@@ -362,17 +357,8 @@ impl Google {
     ) -> Result<Value, Error> {
         let url = format!("{}/{}/setIamPolicy", self.images_url(project), encode(name));
         let body = serde_json::json!({ "policy": policy });
-        Ok(self
-            .json(
-                "images.setIamPolicy",
-                name,
-                Method::POST,
-                &url,
-                Some(&body),
-                false,
-            )
-            .await?
-            .unwrap_or(Value::Null))
+        self.call("images.setIamPolicy", name, Method::POST, &url, Some(&body))
+            .await
     }
 }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::progress::{Progress, Unit};
-use crate::rt::{self, Interrupt};
+use crate::rt::{self, Interrupt, IoError};
 use crate::summary;
 
 pub use api::{COMPUTE, STORAGE};
@@ -200,6 +200,8 @@ pub enum Error {
     CleanupFailed(String),
 }
 
+rt::io_error_at!(Error);
+
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
     pub fn is_interrupted(&self) -> bool {
@@ -217,21 +219,11 @@ pub fn publish(
     image: &Path,
     progress: &dyn Progress,
 ) -> Result<GceOutcome, Error> {
-    crate::progress::stop_on_error(progress, || {
+    rt::publish(image, opts.step_summary.as_deref(), progress, || {
         validate(opts)?;
-        let io = |source| Error::Io {
-            path: image.to_path_buf(),
-            source,
-        };
-        std::fs::File::open(image).map_err(io)?;
-        let outcome = rt::run(|interrupt| flow(opts, image, progress, interrupt)).map_err(io)??;
-        if let Some(path) = &opts.step_summary {
-            summary::append(path, &outcome.markdown(image)).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        Ok(outcome)
+        std::fs::File::open(image).map_err(|source| Error::io(image, source))?;
+        let steps = |interrupt| flow(opts, image, progress, interrupt);
+        Ok((steps, |outcome: &GceOutcome| outcome.markdown(image)))
     })
 }
 

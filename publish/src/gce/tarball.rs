@@ -232,13 +232,20 @@ mod tests {
         std::fs::read(path).unwrap()
     }
 
-    #[test]
-    fn pack_writes_a_gnu_sparse_member_that_reads_back_as_the_image() {
+    /// [`sparse_image`] packed in a new folder: the folder, the image's
+    /// content, the tarball, and what [`pack`] reported.
+    fn packed_image() -> (tempfile::TempDir, Vec<u8>, std::path::PathBuf, Packed) {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("img.raw");
         let content = sparse_image(&image);
         let out = dir.path().join("img.tar.gz");
         let packed = pack(&image, &out, &Quiet, &AtomicBool::new(false)).unwrap();
+        (dir, content, out, packed)
+    }
+
+    #[test]
+    fn pack_writes_a_gnu_sparse_member_that_reads_back_as_the_image() {
+        let (_dir, content, out, packed) = packed_image();
         assert_eq!(packed.size, 64 << 20);
         assert!(
             packed.stored < 1 << 20,
@@ -273,11 +280,7 @@ mod tests {
     /// image's size and extract it byte for byte, holes as holes.
     #[test]
     fn gnu_tar_extracts_the_member_as_the_image() {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("img.raw");
-        let content = sparse_image(&image);
-        let out = dir.path().join("img.tar.gz");
-        pack(&image, &out, &Quiet, &AtomicBool::new(false)).unwrap();
+        let (dir, content, out, _) = packed_image();
         let extract = dir.path().join("x");
         std::fs::create_dir(&extract).unwrap();
         let run = |args: &[&str]| {

@@ -163,6 +163,17 @@ pub fn multipart_uploads(endpoint: &str, bucket: &str) -> Vec<String> {
         .collect()
 }
 
+/// PutObject with no metadata, as another tool would upload.
+pub fn put_object(endpoint: &str, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
+    let s3 = s3_client(endpoint);
+    let put = s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into().into());
+    block_on(put.send()).expect("PutObject");
+}
+
 pub fn get_object(endpoint: &str, bucket: &str, key: &str) -> Option<Vec<u8>> {
     let s3 = s3_client(endpoint);
     block_on(async {
@@ -494,18 +505,10 @@ fn serve_connection(
             (Some(m), Some(u)) => (m.to_string(), u.to_string()),
             _ => return Ok(()),
         };
-        let mut headers = HashMap::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-        }
+        let headers: HashMap<String, String> = read_headers(&mut reader)?
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         if headers
             .get("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
@@ -552,6 +555,22 @@ fn serve_connection(
         writer.flush()?;
         if close {
             return Ok(());
+        }
+    }
+}
+
+/// The header lines up to the blank line, as (name, value), trimmed.
+fn read_headers(reader: &mut impl BufRead) -> std::io::Result<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Ok(headers);
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
 }
@@ -635,18 +654,7 @@ pub fn http_raw(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
+    let headers = read_headers(&mut reader)?;
     let chunked = headers.iter().any(|(k, v)| {
         k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
     });

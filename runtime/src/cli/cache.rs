@@ -69,11 +69,7 @@ pub fn cache(cmd: &CacheCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
                 return Ok(());
             }
-            let now = now();
-            for e in &entries {
-                println!("{}", line(e, now));
-            }
-            let total: u64 = entries.iter().map(|e| e.size).sum();
+            let total = print_entries(&entries, "");
             println!(
                 "{} checkpoints, {} in {}",
                 entries.len(),
@@ -92,11 +88,7 @@ pub fn cache(cmd: &CacheCmd) -> Result<()> {
             let store = a.at.store();
             let _lock = store.lock()?;
             let removed = store.evict(a.max_size, a.older_than);
-            let now = now();
-            for e in &removed {
-                println!("removed {}", line(e, now));
-            }
-            let freed: u64 = removed.iter().map(|e| e.size).sum();
+            let freed = print_entries(&removed, "removed ");
             println!(
                 "{} checkpoints removed, {} freed",
                 removed.len(),
@@ -105,6 +97,15 @@ pub fn cache(cmd: &CacheCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints a line per entry, after `prefix`; returns their total size.
+fn print_entries(entries: &[Entry], prefix: &str) -> u64 {
+    let now = now();
+    for e in entries {
+        println!("{prefix}{}", line(e, now));
+    }
+    entries.iter().map(|e| e.size).sum()
 }
 
 fn line(e: &Entry, now: u64) -> String {
