@@ -126,6 +126,30 @@ fn publish_s3_missing_image_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no such image file"));
 }
 
+/// Options the target refuses before any request (a part size outside S3's
+/// limits, no concurrency) are usage errors, as for `ami` and `gce`: exit 2.
+#[test]
+fn publish_s3_options_out_of_range_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("small.raw");
+    std::fs::write(&image, b"image").unwrap();
+    for (flags, says) in [
+        (&["--part-size-mib", "1"][..], "outside S3's 5 MiB to 5 GiB"),
+        (&["--concurrency", "0"][..], "must be at least 1"),
+    ] {
+        let o = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
+            .args(["publish", "s3"])
+            .arg(&image)
+            .args(["--bucket", "b", "--endpoint", "http://127.0.0.1:9"])
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {says:?} in {stderr}");
+    }
+}
+
 /// Runs `script` in python3 with `c`, a boto3 S3 client of moto, and `args`
 /// as `sys.argv[2..]`; returns its stdout, trimmed.
 fn boto3(moto: &Moto, script: &str, args: &[&str]) -> String {

@@ -315,6 +315,9 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             opts.step_summary = a.conn.step_summary.clone();
             let outcome =
                 s3::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
+                    if let s3::Error::Invalid(m) = &e {
+                        return UsageError(m.clone()).into();
+                    }
                     let interrupted = e.is_interrupted();
                     failed(
                         e,
