@@ -18,6 +18,13 @@
 # Two workloads: `noop` (nothing) and `small` (a user and 2000 small files).
 # Each is run RUNS times (default 3); the median is reported.
 #
+# Then the step cache: recipes/standard.rhai in its offline configuration
+# (the one tests/recipes_real.rs builds: PostgreSQL 15 from Debian's mirror,
+# release downloads from recipes/fixtures/releases served on 127.0.0.1), a
+# full build with an empty cache against a rebuild after a change in its
+# last module (recipes/common/cleanup.rhai, in a copy of the recipes).
+# STANDARD=0 leaves this part out; WORKLOADS="" leaves out the first.
+#
 #   sudo benches/rebuild.sh            (PGIMG=/path/to/pgimg skips the release build)
 #   SIZE=4G RUNS=3 sudo benches/rebuild.sh
 #
@@ -106,7 +113,7 @@ allocation() {
     awk -v a="$alloc" -v u="$used" 'BEGIN { printf "%.0f MiB allocated, root uses %.0f MiB: %.2f×", a / 1048576, u / 1048576, a / u }'
 }
 
-for name in noop small; do
+for name in ${WORKLOADS-noop small}; do
     script=true
     [ "$name" = small ] && script="$small_sh"
     seed_t=() grow_t=() pg_t=()
@@ -124,3 +131,36 @@ for name in noop small; do
         "$name" "$size" "$s" "$g" "$p" "$(awk -v s="$s" -v p="$p" 'BEGIN { printf "%.1f", s / p }')" \
         "$stages" "$(allocation)"
 done
+
+[ "${STANDARD:-1}" = 1 ] || exit 0
+cp -r recipes flavors "$work/"
+python3 -u -m http.server --bind 127.0.0.1 --directory recipes/fixtures/releases 0 \
+    >"$work/releases.port" 2>"$work/releases.log" &
+server=$!
+trap 'kill "$server" 2>/dev/null; rm -rf -- "$work"' EXIT
+until grep -q port "$work/releases.port"; do sleep 0.1; done
+port="$(awk '{ for (i = 1; i < NF; i++) if ($i == "port") print $(i + 1) }' "$work/releases.port" | head -n 1)"
+standard() { # NAME: the build's total seconds; its log in $work/standard-NAME.log
+    local t0
+    t0="$(now)"
+    "$pgimg" run "$work/recipes/standard.rhai" --base "$base" --size "$size" \
+        --output "$work/standard-$1.raw" --cache-dir "$work/cache" \
+        --set pg_versions=15 --set package_lists=debian-bookworm --assets "$work/recipes/fixtures" \
+        --set skip=pgdg,golang-backports,walg,pguint,azure,cloud-init,grub \
+        --mirror "releases=http://127.0.0.1:$port" 2>"$work/standard-$1.log" ||
+        { tail -n 20 "$work/standard-$1.log" >&2; exit 1; }
+    since "$t0"
+}
+stage() { awk -v s="$2" '$1 == "pgimg:" && $2 == s && $3 ~ /^[0-9.]+$/ { print $3 }' "$work/standard-$1.log"; }
+# A first build warms the host's download and apt caches (the step cache is
+# then emptied): the two measured builds differ only in the step cache.
+standard warmup >/dev/null
+rm -rf "$work/cache/steps" "$work"/standard-warmup.raw*
+full="$(standard full)"
+echo 'write_file("/etc/pgimg-bench-change", "changed\n");' >>"$work/recipes/common/cleanup.rhai"
+re="$(standard rebuild)"
+resumed="$(grep -o 'resumed after .*' "$work/standard-rebuild.log" | head -n 1)"
+echo "standard: full ${full} s (recipe $(stage full recipe) s), rebuild ${re} s (recipe $(stage rebuild recipe) s): ${resumed}" >&2
+printf '| standard, offline, to %s | full build %s s (recipe %s s) | rebuild after a change in cleanup.rhai %s s (recipe %s s) | recipe stage %s %% of the full build | %s |\n' \
+    "$size" "$full" "$(stage full recipe)" "$re" "$(stage rebuild recipe)" \
+    "$(awk -v a="$(stage rebuild recipe)" -v b="$(stage full recipe)" 'BEGIN { printf "%.1f", 100 * a / b }')" "$resumed"

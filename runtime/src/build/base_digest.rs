@@ -102,6 +102,14 @@ impl FileVersion {
 mod tests {
     use super::*;
 
+    /// A cache folder holding `base.raw` with `content`.
+    fn scene(content: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("base.raw");
+        std::fs::write(&file, content).unwrap();
+        (dir, file)
+    }
+
     fn hashed(cache: &Path, file: &Path, sha: &str) {
         let before = FileVersion::of(file).unwrap();
         remember(cache, file, &before, sha).unwrap();
@@ -109,9 +117,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_file_is_remembered() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("base.raw");
-        std::fs::write(&file, b"base").unwrap();
+        let (dir, file) = scene(b"base");
         let sha = "a".repeat(64);
         assert_eq!(remembered(dir.path(), &file), None);
         hashed(dir.path(), &file, &sha);
@@ -120,9 +126,7 @@ mod tests {
 
     #[test]
     fn a_rewritten_base_is_hashed_again_even_with_its_old_mtime() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("base.raw");
-        std::fs::write(&file, b"base").unwrap();
+        let (dir, file) = scene(b"base");
         let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
         hashed(dir.path(), &file, &"b".repeat(64));
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -140,9 +144,7 @@ mod tests {
 
     #[test]
     fn a_file_replaced_under_the_same_name_is_hashed_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("base.raw");
-        std::fs::write(&file, b"one").unwrap();
+        let (dir, file) = scene(b"one");
         hashed(dir.path(), &file, &"c".repeat(64));
         let other = dir.path().join("other.raw");
         std::fs::write(&other, b"two").unwrap();
@@ -152,9 +154,7 @@ mod tests {
 
     #[test]
     fn a_file_changed_while_hashed_is_not_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("base.raw");
-        std::fs::write(&file, b"one").unwrap();
+        let (dir, file) = scene(b"one");
         let before = FileVersion::of(&file).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&file, b"one more").unwrap();
@@ -164,9 +164,7 @@ mod tests {
 
     #[test]
     fn a_damaged_record_is_a_miss() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("base.raw");
-        std::fs::write(&file, b"base").unwrap();
+        let (dir, file) = scene(b"base");
         hashed(dir.path(), &file, &"e".repeat(64));
         let records: Vec<_> = std::fs::read_dir(records_dir(dir.path()))
             .unwrap()
