@@ -908,7 +908,7 @@ fn a_base_that_is_not_a_file_is_named_for_what_it_is() {
 /// fixture, as qcow2, is served on 127.0.0.1: the first build downloads and
 /// converts it, the second does neither (one GET in the server's log), the
 /// manifest records the URL and pin, and a wrong pin or a missing one is
-/// refused before anything is built.
+/// refused before anything is built; a pin in pgimg.lock serves too.
 #[test]
 fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
     if !fixture::require_root("a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked")
@@ -1003,10 +1003,23 @@ fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
     let unpinned = build(&scene.out.join("unpinned.raw"), None);
     assert_eq!(unpinned.code(), Some(2), "{}", unpinned.stderr);
     assert!(
-        unpinned.stderr.contains("a URL needs --base-sha256"),
+        unpinned
+            .stderr
+            .contains("a URL needs its sha256: --base-sha256"),
         "{}",
         unpinned.stderr
     );
+
+    // The pin from the lock file beside the recipe.
+    std::fs::write(
+        scene.recipes.join("pgimg.lock"),
+        format!("url {url} {pin}\n"),
+    )
+    .unwrap();
+    let locked = build(&scene.out.join("locked.raw"), None);
+    assert_eq!(locked.code(), Some(0), "{}", locked.stderr);
+    let manifest = read_json(&sidecar(&scene.out.join("locked.raw"), "manifest.json"));
+    assert_eq!(manifest["base"]["download"]["sha256"], pin.as_str());
     assert_base_unchanged(&base);
 }
 

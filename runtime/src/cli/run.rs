@@ -22,6 +22,8 @@ pub struct RunArgs {
     pub base: Option<PathBuf>,
     /// The sha256 of the --base URL's content (for an Ubuntu cloud image, its
     /// line in the release serial's SHA256SUMS). A download that differs is refused.
+    /// Without it the pin is taken from a `url URL HEX` line in pgimg.lock
+    /// beside the recipe.
     #[arg(long, value_name = "HEX", requires = "base")]
     pub base_sha256: Option<String>,
     /// Run on this directory in place instead of an image (no output file is written).
@@ -76,14 +78,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let base_download = match (&base, &args.base_sha256) {
         (Some(url), pin) if build::base_source::is_url(url.as_os_str()) => {
-            let pin = pin.as_deref().ok_or_else(|| {
-                UsageError(format!(
-                    "--base {}: a URL needs --base-sha256 HEX, the sha256 of its content \
-                     (e.g. its line in the release's SHA256SUMS)",
-                    url.display()
-                ))
-            })?;
-            let sha256 = pgimg_stdlib::fetch::normalize_sha256(pin)
+            let url_text = url.display().to_string();
+            let pin = match pin {
+                Some(pin) => pin.clone(),
+                None => locked_base_pin(&args.recipe, &url_text)?.ok_or_else(|| {
+                    UsageError(format!(
+                        "--base {url_text}: a URL needs its sha256: --base-sha256 HEX (e.g. its \
+                         line in the release's SHA256SUMS), or a line `url {url_text} HEX` in {}",
+                        crate::engine::display_path(&crate::lock::lock_path(&args.recipe))
+                    ))
+                })?,
+            };
+            let sha256 = pgimg_stdlib::fetch::normalize_sha256(&pin)
                 .map_err(|e| UsageError(format!("--base-sha256: {e}")))?;
             Some(build::base_source::BaseDownload {
                 url: url.display().to_string(),
@@ -139,6 +145,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     .context("build failed")?;
     Ok(())
+}
+
+/// The pin of `url` in the lock file beside `recipe` (a `url` entry), if
+/// there is a lock file and it has one.
+fn locked_base_pin(recipe: &std::path::Path, url: &str) -> Result<Option<String>> {
+    let path = crate::lock::lock_path(recipe);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let lock = pgimg_stdlib::lock::Lock::load(&path)?;
+    Ok(lock.get("url", url).map(|e| e.pin.clone()))
 }
 
 /// `<recipe name>-<x64|arm64>.<format>` in the current folder.
