@@ -23,7 +23,8 @@
 # release downloads from recipes/fixtures/releases served on 127.0.0.1), a
 # full build with an empty cache against a rebuild after a change in its
 # last module (recipes/common/cleanup.rhai, in a copy of the recipes).
-# STANDARD=0 leaves this part out; WORKLOADS="" leaves out the first.
+# STANDARD=0 leaves this part out; WORKLOADS="" leaves out the first;
+# KEEP_LOGS=DIR keeps the standard builds' logs there.
 #
 #   sudo benches/rebuild.sh            (PGIMG=/path/to/pgimg skips the release build)
 #   SIZE=4G RUNS=3 sudo benches/rebuild.sh
@@ -157,9 +158,20 @@ stage() { awk -v s="$2" '$1 == "pgimg:" && $2 == s && $3 ~ /^[0-9.]+$/ { print $
 standard warmup >/dev/null
 rm -rf "$work/cache/steps" "$work"/standard-warmup.raw*
 full="$(standard full)"
-echo 'write_file("/etc/pgimg-bench-change", "changed\n");' >>"$work/recipes/common/cleanup.rhai"
+# Inside the module's last function (post_installation_script, called last):
+# a statement at a module's top level would run where it is imported, at the
+# start of the recipe, and rightly miss every checkpoint.
+python3 - "$work/recipes/common/cleanup.rhai" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read().rstrip("\n")
+assert text.endswith("}"), "cleanup.rhai ends with its last function"
+open(path, "w").write(text[:-1] + '    write_file("/etc/pgimg-bench-change", "changed\\n");\n}\n')
+PY
 re="$(standard rebuild)"
-resumed="$(grep -o 'resumed after .*' "$work/standard-rebuild.log" | head -n 1)"
+resumed="$(grep -o 'resumed after .*' "$work/standard-rebuild.log" | head -n 1 || true)"
+resumed="${resumed:-no checkpoint matched (log: $work/standard-rebuild.log, kept)}"
+[ -n "${KEEP_LOGS:-}" ] && cp "$work"/standard-*.log "$KEEP_LOGS/"
 echo "standard: full ${full} s (recipe $(stage full recipe) s), rebuild ${re} s (recipe $(stage rebuild recipe) s): ${resumed}" >&2
 printf '| standard, offline, to %s | full build %s s (recipe %s s) | rebuild after a change in cleanup.rhai %s s (recipe %s s) | recipe stage %s %% of the full build | %s |\n' \
     "$size" "$full" "$(stage full recipe)" "$re" "$(stage rebuild recipe)" \
