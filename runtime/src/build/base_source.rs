@@ -12,19 +12,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use pgimg_stdlib::fetch::{Fetcher, HttpFetcher};
-use serde::Serialize;
 
+pub use super::manifest::BaseDownload;
 use super::stages::log;
 use crate::image::convert::{self, Format};
 use crate::sandbox::interrupt;
-
-/// Where a downloaded base came from: recorded in the manifest.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct BaseDownload {
-    pub url: String,
-    /// The sha256 of the download (before any conversion), as pinned.
-    pub sha256: String,
-}
 
 /// Whether `--base` names a URL (`http://` or `https://`) rather than a file.
 pub fn is_url(base: &OsStr) -> bool {

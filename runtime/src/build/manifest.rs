@@ -26,7 +26,15 @@ pub struct BaseRecord {
     pub sha256: Option<String>,
     /// `--base URL`: the URL and the pinned sha256 of the download.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub download: Option<super::base_source::BaseDownload>,
+    pub download: Option<BaseDownload>,
+}
+
+/// Where a downloaded base came from (`--base URL`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BaseDownload {
+    pub url: String,
+    /// The sha256 of the download (before any conversion), as pinned.
+    pub sha256: String,
 }
 
 /// The manifest of one build.
