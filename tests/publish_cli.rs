@@ -359,7 +359,7 @@ fn prune_cli_lists_by_default_and_deletes_only_with_yes() {
 }
 
 #[test]
-fn prune_without_a_rule_or_with_an_empty_prefix_is_a_usage_error() {
+fn prune_option_mistakes_are_usage_errors_before_any_request() {
     for args in [
         &["prune", "--prefix", "pg-", "--bucket", "b"][..],
         &["prune", "--prefix", "", "--keep", "1", "--bucket", "b"][..],
@@ -373,6 +373,30 @@ fn prune_without_a_rule_or_with_an_empty_prefix_is_a_usage_error() {
             "b",
             "--yes",
             "--dry-run",
+        ][..],
+        // No GCE image name has a dot: refused before any request.
+        &[
+            "prune",
+            "--prefix",
+            "pg-16.1-",
+            "--keep",
+            "1",
+            "--gce-project",
+            "p",
+            "--compute-endpoint",
+            "http://127.0.0.1:9",
+        ][..],
+        // An endpoint for a project never given.
+        &[
+            "prune",
+            "--prefix",
+            "pg-",
+            "--keep",
+            "1",
+            "--bucket",
+            "b",
+            "--compute-endpoint",
+            "http://127.0.0.1:9",
         ][..],
     ] {
         let o = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
@@ -491,6 +515,9 @@ fn publish_help_teaches_each_targets_flags_with_an_example() {
         "--keep",
         "--older-than",
         "--yes",
+        "--gce-project",
+        "--compute-endpoint",
+        "GCE images",
         "Nothing else is ever touched",
         "Example",
     ] {
