@@ -360,55 +360,33 @@ fn prune_cli_lists_by_default_and_deletes_only_with_yes() {
 
 #[test]
 fn prune_option_mistakes_are_usage_errors_before_any_request() {
-    for args in [
-        &["prune", "--prefix", "pg-", "--bucket", "b"][..],
-        &["prune", "--prefix", "", "--keep", "1", "--bucket", "b"][..],
-        &[
-            "prune",
-            "--prefix",
-            "pg-",
-            "--keep",
-            "1",
-            "--bucket",
-            "b",
-            "--yes",
+    let gce = "--compute-endpoint http://127.0.0.1:9";
+    // The arguments, and what the message must say (not only an unknown flag).
+    for (args, says) in [
+        ("prune --prefix pg- --bucket b".to_string(), "--keep"),
+        ("prune --prefix= --keep 1 --bucket b".to_string(), "prefix"),
+        (
+            "prune --prefix pg- --keep 1 --bucket b --yes --dry-run".to_string(),
             "--dry-run",
-        ][..],
+        ),
         // No GCE image name has a dot: refused before any request.
-        &[
-            "prune",
-            "--prefix",
-            "pg-16.1-",
-            "--keep",
-            "1",
-            "--gce-project",
-            "p",
-            "--compute-endpoint",
-            "http://127.0.0.1:9",
-        ][..],
+        (
+            format!("prune --prefix pg-16.1- --keep 1 --gce-project p {gce}"),
+            "GCE image name",
+        ),
         // An endpoint for a project never given.
-        &[
-            "prune",
-            "--prefix",
-            "pg-",
-            "--keep",
-            "1",
-            "--bucket",
-            "b",
-            "--compute-endpoint",
-            "http://127.0.0.1:9",
-        ][..],
+        (
+            format!("prune --prefix pg- --keep 1 --bucket b {gce}"),
+            "--gce-project",
+        ),
     ] {
         let o = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
-            .args(args)
+            .args(args.split_whitespace())
             .output()
             .unwrap();
-        assert_eq!(
-            o.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args}: {stderr}");
+        assert!(stderr.contains(says), "{args}: {stderr}");
     }
 }
 

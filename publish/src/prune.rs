@@ -702,19 +702,8 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "gce")]
     #[test]
-    fn a_prefix_no_gce_image_name_can_have_is_refused() {
-        let mut o = PruneOptions::new("pg-16.1-");
-        o.keep = Some(1);
-        o.gce_project = Some("p".into());
-        assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("GCE image name")));
-        o.prefix = "pg-16-".into();
-        assert!(validate(&o).is_ok());
-    }
-
-    #[test]
-    fn an_empty_prefix_or_no_rule_is_refused() {
+    fn an_empty_prefix_no_rule_or_a_prefix_no_gce_image_can_have_is_refused() {
         let mut o = PruneOptions::new("");
         o.keep = Some(1);
         o.bucket = Some("b".into());
@@ -724,5 +713,13 @@ mod tests {
         assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("--keep")));
         o.keep = Some(0);
         assert!(validate(&o).is_ok());
+        #[cfg(feature = "gce")]
+        {
+            o.gce_project = Some("p".into());
+            o.prefix = "pg-16.1-".into();
+            assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("GCE image name")));
+            o.prefix = "pg-16-".into();
+            assert!(validate(&o).is_ok());
+        }
     }
 }

@@ -327,7 +327,7 @@ fn answer(w: &mut World, r: &Recorded, gcs_port: u16, ending: Ending) -> RawResp
             json_response(200, &operation(&op, "insert", &name, "RUNNING", 0, None))
         }
         ("GET", IMAGES) => list(w, r),
-        ("DELETE", p) if p.starts_with(IMAGES) => {
+        ("DELETE", p) if p.starts_with(&format!("{IMAGES}/")) => {
             let name = image_name(p, "");
             let Some(image) = w.images.get_mut(&name) else {
                 return not_found(&format!("projects/{PROJECT}/global/images/{name}"));
@@ -843,9 +843,10 @@ fn sent(r: &Recorded) -> String {
         })
         .collect();
     query.sort();
-    match query.is_empty() {
-        true => format!("{} {}", r.method, r.path()),
-        false => format!("{} {}?{}", r.method, r.path(), query.join("&")),
+    if query.is_empty() {
+        format!("{} {}", r.method, r.path())
+    } else {
+        format!("{} {}?{}", r.method, r.path(), query.join("&"))
     }
 }
 
