@@ -515,7 +515,11 @@ mod images {
 
     /// `creationTimestamp`, RFC 3339 with an offset. An image without one is
     /// an error, not the oldest of all.
-    pub(super) fn created(project: &str, name: &str, image: &serde_json::Value) -> Result<DateTime, Error> {
+    pub(super) fn created(
+        project: &str,
+        name: &str,
+        image: &serde_json::Value,
+    ) -> Result<DateTime, Error> {
         let text = image["creationTimestamp"].as_str().unwrap_or_default();
         DateTime::from_str(text, Format::DateTimeWithOffset).map_err(|e| Error::Api {
             op: "images.list",

@@ -485,7 +485,10 @@ fn list(w: &World, r: &Recorded) -> RawResponse {
         "selfLink": self_link(IMAGES),
     });
     if start < end {
-        page["items"] = names[start..end].iter().map(|n| w.images[*n].clone()).collect();
+        page["items"] = names[start..end]
+            .iter()
+            .map(|n| w.images[*n].clone())
+            .collect();
     }
     if end < names.len() {
         page["nextPageToken"] = json!(format!("page-{end}"));
@@ -907,7 +910,14 @@ fn prune_gce_keeps_the_newest_two_and_deletes_only_the_three_older_matching_imag
     assert_eq!(requests, expected);
 
     // Exactly those three are gone; the other prefix was never named.
-    let mut left: Vec<String> = compute.world.lock().unwrap().images.keys().cloned().collect();
+    let mut left: Vec<String> = compute
+        .world
+        .lock()
+        .unwrap()
+        .images
+        .keys()
+        .cloned()
+        .collect();
     left.sort();
     assert_eq!(
         left,

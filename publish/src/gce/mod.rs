@@ -509,7 +509,8 @@ pub(crate) fn request_id(what: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let d = crate::hash::digest(format!("pgimg/gce/{what}/{nanos}/{}", std::process::id()).as_bytes());
+    let d =
+        crate::hash::digest(format!("pgimg/gce/{what}/{nanos}/{}", std::process::id()).as_bytes());
     let h = crate::hash::hex(&d[..16]);
     format!(
         "{}-{}-4{}-8{}-{}",
