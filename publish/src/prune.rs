@@ -2,9 +2,9 @@
 //! S3-compatible objects with their `.sha256` sidecars, and GCE images.
 //!
 //! A release is selected when its name starts with the prefix and it is
-//! beyond the newest `keep` of its place (a region, a bucket, a project) and/or older
-//! than the cut-off. Nothing is deleted unless asked (`delete`); the prefix is
-//! checked again on every name just before its deletion.
+//! beyond the newest `keep` of its place (a region, a bucket, a project)
+//! and/or older than the cut-off. Nothing is deleted unless asked (`delete`);
+//! the prefix is checked again on every name just before its deletion.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};

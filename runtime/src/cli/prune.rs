@@ -1,4 +1,5 @@
-//! `pgimg prune`: list, then (with `--yes`) delete old releases: AMIs with their snapshots, objects with their sidecars, GCE images.
+//! `pgimg prune`: list, then (with `--yes`) delete old releases: AMIs with
+//! their snapshots, objects with their sidecars, GCE images.
 
 use anyhow::Result;
 use clap::Args;
@@ -13,8 +14,8 @@ Delete old releases: AMIs (and their snapshots) in the regions given, objects (a
 `.sha256` sidecars) in the bucket given, GCE images in the project given (--gce-project).
 
 A release is selected when its name starts with --prefix and it is beyond the newest --keep of \
-its region, bucket or project and/or older than --older-than (both must hold when both are given). \
-Nothing else is ever touched. Without --yes nothing is deleted: the JSON on stdout lists what \
+its region, bucket or project and/or older than --older-than (both must hold when both are \
+given). Nothing else is ever touched. Without --yes nothing is deleted: the JSON on stdout lists what \
 would be (`delete`) and what stays (`keep`).
 
 Example (keep the newest five of each region and the bucket):
