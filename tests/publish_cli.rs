@@ -359,32 +359,34 @@ fn prune_cli_lists_by_default_and_deletes_only_with_yes() {
 }
 
 #[test]
-fn prune_without_a_rule_or_with_an_empty_prefix_is_a_usage_error() {
-    for args in [
-        &["prune", "--prefix", "pg-", "--bucket", "b"][..],
-        &["prune", "--prefix", "", "--keep", "1", "--bucket", "b"][..],
-        &[
-            "prune",
-            "--prefix",
-            "pg-",
-            "--keep",
-            "1",
-            "--bucket",
-            "b",
-            "--yes",
+fn prune_option_mistakes_are_usage_errors_before_any_request() {
+    let gce = "--compute-endpoint http://127.0.0.1:9";
+    // The arguments, and what the message must say (not only an unknown flag).
+    for (args, says) in [
+        ("prune --prefix pg- --bucket b".to_string(), "--keep"),
+        ("prune --prefix= --keep 1 --bucket b".to_string(), "prefix"),
+        (
+            "prune --prefix pg- --keep 1 --bucket b --yes --dry-run".to_string(),
             "--dry-run",
-        ][..],
+        ),
+        // No GCE image name has a dot: refused before any request.
+        (
+            format!("prune --prefix pg-16.1- --keep 1 --gce-project p {gce}"),
+            "GCE image name",
+        ),
+        // An endpoint for a project never given.
+        (
+            format!("prune --prefix pg- --keep 1 --bucket b {gce}"),
+            "--gce-project",
+        ),
     ] {
         let o = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
-            .args(args)
+            .args(args.split_whitespace())
             .output()
             .unwrap();
-        assert_eq!(
-            o.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args}: {stderr}");
+        assert!(stderr.contains(says), "{args}: {stderr}");
     }
 }
 
@@ -491,6 +493,9 @@ fn publish_help_teaches_each_targets_flags_with_an_example() {
         "--keep",
         "--older-than",
         "--yes",
+        "--gce-project",
+        "--compute-endpoint",
+        "GCE images",
         "Nothing else is ever touched",
         "Example",
     ] {

@@ -12,7 +12,6 @@ pub mod conn;
 #[cfg(feature = "gce")]
 pub mod gce;
 pub mod hash;
-#[cfg(any(feature = "ami", feature = "gce"))]
 mod holes;
 pub mod progress;
 pub mod prune;

@@ -1,10 +1,10 @@
-//! Removing old releases: AMIs with their snapshots in every region given, and
-//! S3-compatible objects with their `.sha256` sidecars.
+//! Removing old releases: AMIs with their snapshots in every region given,
+//! S3-compatible objects with their `.sha256` sidecars, and GCE images.
 //!
 //! A release is selected when its name starts with the prefix and it is
-//! beyond the newest `keep` of its place (a region, a bucket) and/or older
-//! than the cut-off. Nothing is deleted unless asked (`delete`); the prefix is
-//! checked again on every name just before its deletion.
+//! beyond the newest `keep` of its place (a region, a bucket, a project)
+//! and/or older than the cut-off. Nothing is deleted unless asked (`delete`);
+//! the prefix is checked again on every name just before its deletion.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -33,6 +33,14 @@ pub struct PruneOptions {
     pub regions: Vec<String>,
     /// Bucket whose objects are pruned.
     pub bucket: Option<String>,
+    /// Google Cloud project whose GCE images are pruned (feature `gce`).
+    pub gce_project: Option<String>,
+    /// Compute Engine endpoint; default: https://compute.googleapis.com/compute/v1.
+    pub compute_endpoint: Option<String>,
+    /// Pause between polls of a GCE image deletion.
+    pub poll: Duration,
+    /// Bound on the wait for each GCE image deletion.
+    pub timeout: Duration,
     /// Folder of the objects in the bucket (`images/`); the object names
     /// below it must start with `prefix`.
     pub key_prefix: String,
@@ -59,6 +67,10 @@ impl PruneOptions {
             older_than: None,
             regions: Vec::new(),
             bucket: None,
+            gce_project: None,
+            compute_endpoint: None,
+            poll: Duration::from_secs(5),
+            timeout: Duration::from_secs(10 * 60),
             key_prefix: String::new(),
             s3_region: None,
             conn: Connection::default(),
@@ -73,15 +85,15 @@ impl PruneOptions {
 /// One published release.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Release {
-    /// `ami` or `object`.
+    /// `ami`, `object` or `gce`.
     pub kind: &'static str,
-    /// Region of an AMI, bucket of an object.
+    /// Region of an AMI, bucket of an object, project of a GCE image.
     pub place: String,
-    /// AMI id, or object key.
+    /// AMI id, object key, or GCE image name.
     pub id: String,
-    /// AMI name, or object name below the key prefix.
+    /// AMI name, object name below the key prefix, or GCE image name.
     pub name: String,
-    /// Creation (AMI) or last-modified (object) time, RFC 3339.
+    /// Creation (AMI, GCE image) or last-modified (object) time, RFC 3339.
     pub created: String,
     /// What goes with it: the AMI's snapshots, the object's sidecar.
     pub with: Vec<String>,
@@ -138,6 +150,10 @@ pub enum Error {
         target: String,
         message: String,
     },
+    /// A Google call failed, or a GCE image deletion failed or timed out.
+    #[cfg(feature = "gce")]
+    #[error(transparent)]
+    Gce(#[from] crate::gce::Error),
     /// The runtime could not start, or the summary could not be written.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -172,10 +188,20 @@ fn validate(opts: &PruneOptions) -> Result<(), Error> {
             "say what to keep: --keep N, --older-than AGE, or both".into(),
         ));
     }
-    if opts.regions.is_empty() && opts.bucket.is_none() {
+    if opts.regions.is_empty() && opts.bucket.is_none() && opts.gce_project.is_none() {
         return Err(Error::Invalid(
-            "nothing to look at: give --region (AMIs) and/or --bucket (objects)".into(),
+            "nothing to look at: give --region (AMIs), --bucket (objects) and/or --gce-project \
+             (GCE images)"
+                .into(),
         ));
+    }
+    if opts.gce_project.is_some() {
+        #[cfg(not(feature = "gce"))]
+        return Err(Error::Invalid(
+            "this pgimg was built without GCE support (feature `gce`)".into(),
+        ));
+        #[cfg(feature = "gce")]
+        images::validate(opts)?;
     }
     #[cfg(not(feature = "ami"))]
     if !opts.regions.is_empty() {
@@ -200,6 +226,15 @@ async fn prune_async(opts: &PruneOptions, progress: &dyn Progress) -> Result<Pru
     for region in &opts.regions {
         places.push(amis::list(opts, region).await?);
     }
+    #[cfg(feature = "gce")]
+    let google = match &opts.gce_project {
+        Some(project) => {
+            let google = images::client(opts)?;
+            places.push(images::list(&google, opts, project).await?);
+            Some(google)
+        }
+        None => None,
+    };
     let s3 = match &opts.bucket {
         Some(bucket) => {
             let config = sdk_config(&opts.conn, opts.s3_region.as_deref(), opts.attempts).await;
@@ -229,6 +264,11 @@ async fn prune_async(opts: &PruneOptions, progress: &dyn Progress) -> Result<Pru
         let result = match r.kind {
             #[cfg(feature = "ami")]
             "ami" => amis::delete(opts, r).await,
+            #[cfg(feature = "gce")]
+            "gce" => match &google {
+                Some(google) => images::delete(google, opts, r).await,
+                None => Ok(()),
+            },
             _ => match &s3 {
                 Some(client) => objects::delete(client, r).await,
                 None => Ok(()),
@@ -404,6 +444,114 @@ mod amis {
     }
 }
 
+#[cfg(feature = "gce")]
+mod images {
+    //! GCE images named `prefix*` in one project, and their deletion.
+
+    use super::*;
+    use crate::gce::api::Google;
+    use crate::gce::{self, Wait};
+
+    /// Image names are RFC 1035 labels: a prefix with any other character
+    /// matches none, and would have to be escaped in the list filter.
+    pub(super) fn validate(opts: &PruneOptions) -> Result<(), Error> {
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if !opts.prefix.chars().all(ok) {
+            return Err(Error::Invalid(format!(
+                "prefix {:?} can match no GCE image name (lowercase letters, digits and -)",
+                opts.prefix
+            )));
+        }
+        if opts.poll.is_zero() || opts.timeout.is_zero() {
+            return Err(Error::Invalid(
+                "the poll interval and the timeout must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn client(opts: &PruneOptions) -> Result<Google, Error> {
+        Ok(Google::new(
+            None,
+            opts.compute_endpoint.as_deref(),
+            opts.attempts,
+        )?)
+    }
+
+    /// `images.list` filtered to `prefix*` (an RE2 regular expression that
+    /// must match the whole name), every page.
+    pub(super) async fn list(
+        google: &Google,
+        opts: &PruneOptions,
+        project: &str,
+    ) -> Result<Vec<Release>, Error> {
+        let filter = format!("name eq \"{}.*\"", opts.prefix);
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let (page, token) = google
+                .list_images(project, &filter, next.as_deref())
+                .await?;
+            for image in &page {
+                let name = image["name"].as_str().unwrap_or_default();
+                if !name.starts_with(&opts.prefix) {
+                    continue;
+                }
+                out.push(release(
+                    "gce",
+                    project,
+                    name,
+                    name,
+                    Some(created(project, name, image)?),
+                    Vec::new(),
+                ));
+            }
+            match token {
+                Some(t) => next = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// `creationTimestamp`, RFC 3339 with an offset. An image without one is
+    /// an error, not the oldest of all.
+    pub(super) fn created(
+        project: &str,
+        name: &str,
+        image: &serde_json::Value,
+    ) -> Result<DateTime, Error> {
+        let text = image["creationTimestamp"].as_str().unwrap_or_default();
+        DateTime::from_str(text, Format::DateTimeWithOffset).map_err(|e| Error::Api {
+            op: "images.list",
+            target: format!("{name} in {project}"),
+            message: format!("creationTimestamp {text:?} is not RFC 3339: {e}"),
+        })
+    }
+
+    /// `images.delete`, then the operation waited for until DONE (bounded).
+    pub(super) async fn delete(
+        google: &Google,
+        opts: &PruneOptions,
+        r: &Release,
+    ) -> Result<(), Error> {
+        let request_id = gce::request_id(&format!("delete/{}/{}", r.place, r.name));
+        let Some(op) = google.delete_image(&r.place, &r.name, &request_id).await? else {
+            // Already gone: nothing left to delete.
+            return Ok(());
+        };
+        let Some(op) = op["name"].as_str() else {
+            return Err(Error::Api {
+                op: "images.delete",
+                target: format!("{} in {}", r.name, r.place),
+                message: "the answer names no operation".into(),
+            });
+        };
+        let wait = Wait::new(opts.poll, opts.timeout);
+        gce::wait_operation(google, &r.place, &r.name, op, wait, &|_| {}).await?;
+        Ok(())
+    }
+}
+
 mod objects {
     //! Objects `key_prefix + prefix*` in a bucket, with their sidecars.
 
@@ -542,8 +690,24 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "gce")]
     #[test]
-    fn an_empty_prefix_or_no_rule_is_refused() {
+    fn gce_creation_timestamps_keep_their_offset_and_a_missing_one_is_an_error() {
+        let at = |t: &str| {
+            images::created("p", "n", &serde_json::json!({ "creationTimestamp": t }))
+                .map(|d| d.secs())
+        };
+        // 2026-01-15T08:00:00Z, as Compute writes it (Pacific time, milliseconds).
+        assert_eq!(at("2026-01-15T00:00:00.000-08:00").unwrap(), 1_768_464_000);
+        assert_eq!(at("2026-01-15T08:00:00Z").unwrap(), 1_768_464_000);
+        for bad in ["", "yesterday"] {
+            let e = at(bad).unwrap_err();
+            assert!(e.to_string().contains("creationTimestamp"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_empty_prefix_no_rule_or_a_prefix_no_gce_image_can_have_is_refused() {
         let mut o = PruneOptions::new("");
         o.keep = Some(1);
         o.bucket = Some("b".into());
@@ -553,5 +717,13 @@ mod tests {
         assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("--keep")));
         o.keep = Some(0);
         assert!(validate(&o).is_ok());
+        #[cfg(feature = "gce")]
+        {
+            o.gce_project = Some("p".into());
+            o.prefix = "pg-16.1-".into();
+            assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("GCE image name")));
+            o.prefix = "pg-16-".into();
+            assert!(validate(&o).is_ok());
+        }
     }
 }

@@ -115,7 +115,9 @@ impl Interrupt {
 
 /// Runs `futures` concurrently within the current task and returns their
 /// outputs in order. For futures that borrow (a region's copy borrows the
-/// run's context), which `tokio::spawn` cannot take.
+/// run's context), which `tokio::spawn` cannot take. Only AMI copies use it
+/// (and its test).
+#[cfg_attr(not(feature = "ami"), allow(dead_code))]
 pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     use std::task::Poll;
     let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();

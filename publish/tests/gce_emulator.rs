@@ -1,9 +1,11 @@
 //! `gce::publish` against a real Cloud Storage emulator (gcp-storage-emulator,
 //! installed by tests/setup.sh) on 127.0.0.1. Compute Engine has no emulator:
 //! a stand-in on 127.0.0.1 records every request and answers `images.get`,
-//! `images.insert`, `globalOperations.get`, `images.getIamPolicy` and
-//! `images.setIamPolicy` with the documented resources; at `images.insert` it
-//! reads the tarball from the emulator, as Compute reads `rawDisk.source`.
+//! `images.list`, `images.insert`, `images.delete`, `globalOperations.get`,
+//! `images.getIamPolicy` and `images.setIamPolicy` with the documented
+//! resources; at `images.insert` it reads the tarball from the emulator, as
+//! Compute reads `rawDisk.source`. `prune` is tested against the same
+//! stand-in.
 //! Credentials are real Application Default Credentials: an
 //! `authorized_user` file in `GOOGLE_APPLICATION_CREDENTIALS` whose
 //! `token_uri` is a token endpoint on 127.0.0.1.
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::{http_raw, RawResponse, Recorded, Recorder, Recording};
 use pgimg_publish::gce::{self, GceOptions};
+use pgimg_publish::prune::{self, PruneOptions};
 use serde_json::{json, Value};
 
 const PROJECT: &str = "pgimg-test-project";
@@ -194,23 +197,30 @@ impl Drop for Gcs {
 // ---------------------------------------------------------------------------
 // Compute Engine: a recording stand-in
 
-/// How the stand-in's image creation ends.
+/// How the stand-in's operations (image creation, deletion) end.
 #[derive(Clone, Copy, PartialEq)]
 enum Ending {
-    /// The operation runs once, then is DONE and the image READY.
+    /// The operation runs once, then is DONE: the image READY, or gone.
     Ready,
     /// The operation is DONE with an error (as for a tarball GCE cannot read).
     Fails,
-    /// The image stays PENDING and the operation RUNNING.
+    /// The operation stays RUNNING (the image PENDING, or DELETING).
     Never,
+}
+
+/// An operation of the stand-in: what it does to which image, how often it was polled.
+struct Operation {
+    kind: &'static str,
+    image: String,
+    polls: u32,
 }
 
 #[derive(Default)]
 struct World {
     /// Image name → resource.
     images: HashMap<String, Value>,
-    /// Operation name → times polled.
-    operations: HashMap<String, u32>,
+    /// Operation name → operation.
+    operations: HashMap<String, Operation>,
     /// Image name → IAM policy.
     policies: HashMap<String, Value>,
     /// The `rawDisk.source` objects as read from Cloud Storage at `images.insert`.
@@ -312,49 +322,48 @@ fn answer(w: &mut World, r: &Recorded, gcs_port: u16, ending: Ending) -> RawResp
                 );
             }
             w.sources.push(got.body);
-            let n = w.operations.len() + 1;
-            let op = format!("operation-1768435200000-pgimg-{n}");
-            w.operations.insert(op.clone(), 0);
-            let link = self_link(&format!("{IMAGES}/{name}"));
-            let mut image = body.clone();
-            image["kind"] = json!("compute#image");
-            image["id"] = json!(format!("{}", 4_000_000_000_000_000_000u64 + n as u64));
-            image["status"] = json!("PENDING");
-            image["selfLink"] = json!(link);
-            image["sourceType"] = json!("RAW");
-            w.images.insert(name.clone(), image);
-            json_response(200, &operation(&op, &name, "RUNNING", 0, None))
+            let op = w.start("insert", &name);
+            w.add(body.clone(), "2026-01-15T00:00:00.000-08:00", "PENDING");
+            json_response(200, &operation(&op, "insert", &name, "RUNNING", 0, None))
+        }
+        ("GET", IMAGES) => list(w, r),
+        ("DELETE", p) if p.starts_with(&format!("{IMAGES}/")) => {
+            let name = image_name(p, "");
+            let Some(image) = w.images.get_mut(&name) else {
+                return not_found(&format!("projects/{PROJECT}/global/images/{name}"));
+            };
+            image["status"] = json!("DELETING");
+            let op = w.start("delete", &name);
+            json_response(200, &operation(&op, "delete", &name, "RUNNING", 0, None))
         }
         ("GET", p) if p.starts_with(OPERATIONS) => {
             let op = p[OPERATIONS.len() + 1..].to_string();
-            let Some(polls) = w.operations.get_mut(&op) else {
+            let Some(o) = w.operations.get_mut(&op) else {
                 return not_found(&format!("projects/{PROJECT}/global/operations/{op}"));
             };
-            *polls += 1;
-            let name = w
-                .images
-                .iter()
-                .find(|(_, i)| i["status"] == "PENDING")
-                .map(|(n, _)| n.clone())
-                .unwrap_or_default();
-            if *polls < 2 || ending == Ending::Never {
-                return json_response(200, &operation(&op, &name, "RUNNING", 40, None));
+            o.polls += 1;
+            let (kind, name) = (o.kind, o.image.clone());
+            if o.polls < 2 || ending == Ending::Never {
+                return json_response(200, &operation(&op, kind, &name, "RUNNING", 40, None));
             }
-            let error = (ending == Ending::Fails).then(|| {
-                json!({"errors": [{"code": "IMAGE_PREPARATION_FAILED",
-                    "message": "Image preparation failed: the tarball has no disk.raw"}]})
+            let error = (ending == Ending::Fails).then(|| match kind {
+                "insert" => json!({"errors": [{"code": "IMAGE_PREPARATION_FAILED",
+                    "message": "Image preparation failed: the tarball has no disk.raw"}]}),
+                _ => json!({"errors": [{"code": "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE",
+                    "message": format!("The image resource '{name}' is already being used")}]}),
             });
-            match &error {
-                Some(_) => {
+            match (kind, &error) {
+                ("insert", Some(_)) | ("delete", None) => {
                     w.images.remove(&name);
                 }
-                None => {
+                // Created, or not deleted after all.
+                _ => {
                     if let Some(i) = w.images.get_mut(&name) {
                         i["status"] = json!("READY");
                     }
                 }
             }
-            json_response(200, &operation(&op, &name, "DONE", 100, error))
+            json_response(200, &operation(&op, kind, &name, "DONE", 100, error))
         }
         ("GET", p) if p.starts_with(IMAGES) && p.ends_with("/getIamPolicy") => {
             let name = image_name(p, "/getIamPolicy");
@@ -393,16 +402,117 @@ fn answer(w: &mut World, r: &Recorded, gcs_port: u16, ending: Ending) -> RawResp
     }
 }
 
+impl World {
+    /// Adds the image `body` describes as Compute stores it: with kind, id,
+    /// status, selfLink and creation time.
+    fn add(&mut self, mut image: Value, created: &str, status: &str) {
+        let name = image["name"].as_str().unwrap().to_string();
+        let n = self.images.len() as u64 + 1;
+        image["kind"] = json!("compute#image");
+        image["id"] = json!(format!("{}", 4_000_000_000_000_000_000u64 + n));
+        image["creationTimestamp"] = json!(created);
+        image["status"] = json!(status);
+        image["selfLink"] = json!(self_link(&format!("{IMAGES}/{name}")));
+        image["sourceType"] = json!("RAW");
+        self.images.insert(name, image);
+    }
+
+    /// A new RUNNING operation `kind` about `image`; returns its name.
+    fn start(&mut self, kind: &'static str, image: &str) -> String {
+        let op = format!(
+            "operation-1768435200000-pgimg-{kind}-{}",
+            self.operations.len() + 1
+        );
+        let o = Operation {
+            kind,
+            image: image.to_string(),
+            polls: 0,
+        };
+        self.operations.insert(op.clone(), o);
+        op
+    }
+}
+
+/// Images in one page of `images.list`: fewer than the default 500 (a server
+/// may return fewer than `maxResults`), so that listing five takes pages.
+const PAGE: usize = 2;
+
+/// `images.list`, in name order, [`PAGE`] at a time. Of Compute's filter
+/// syntax the stand-in knows only `name eq "<literal>.*"` (RE2, matching the
+/// whole name); any other filter is answered 400, so a change shows.
+fn list(w: &World, r: &Recorded) -> RawResponse {
+    let q = r.query();
+    let matches: Box<dyn Fn(&str) -> bool> = match q.get("filter") {
+        None => Box::new(|_| true),
+        Some(f) => {
+            let literal = f
+                .strip_prefix("name eq \"")
+                .and_then(|f| f.strip_suffix(".*\""))
+                .filter(|l| !l.contains(|c: char| "\\.+*?()|[]{}^$\"".contains(c)));
+            match literal {
+                Some(l) => {
+                    let l = l.to_string();
+                    Box::new(move |name| name.starts_with(&l))
+                }
+                None => {
+                    return json_response(
+                        400,
+                        &json!({"error": {"code": 400, "message": format!(
+                            "stand-in: unsupported filter expression {f:?}")}}),
+                    )
+                }
+            }
+        }
+    };
+    let mut names: Vec<&String> = w.images.keys().filter(|n| matches(n)).collect();
+    names.sort();
+    let start = match q.get("pageToken") {
+        None => 0,
+        Some(t) => match t.strip_prefix("page-").and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => {
+                return json_response(
+                    400,
+                    &json!({"error": {"code": 400, "message": "Invalid value for field 'pageToken'"}}),
+                )
+            }
+        },
+    };
+    let end = (start + PAGE).min(names.len());
+    let mut page = json!({
+        "kind": "compute#imageList",
+        "id": format!("projects/{PROJECT}/global/images"),
+        "selfLink": self_link(IMAGES),
+    });
+    if start < end {
+        page["items"] = names[start..end]
+            .iter()
+            .map(|n| w.images[*n].clone())
+            .collect();
+    }
+    if end < names.len() {
+        page["nextPageToken"] = json!(format!("page-{end}"));
+    }
+    json_response(200, &page)
+}
+
 fn image_name(path: &str, suffix: &str) -> String {
     path[IMAGES.len() + 1..path.len() - suffix.len()].to_string()
 }
 
-fn operation(name: &str, image: &str, status: &str, progress: u32, error: Option<Value>) -> Value {
+fn operation(
+    name: &str,
+    kind: &str,
+    image: &str,
+    status: &str,
+    progress: u32,
+    error: Option<Value>,
+) -> Value {
     let mut op = json!({
         "kind": "compute#operation",
         "id": "7311042800000000001",
         "name": name,
-        "operationType": "insert",
+        "operationType": kind,
         "targetLink": self_link(&format!("{IMAGES}/{image}")),
         "targetId": "4000000000000000001",
         "status": status,
@@ -680,4 +790,172 @@ fn an_image_already_there_is_reported_and_nothing_is_uploaded() {
         .notes()
         .iter()
         .any(|n| n.contains("already exists")));
+}
+
+// ---------------------------------------------------------------------------
+// prune
+
+/// Five releases `pg-x64-2026010N`, a day apart (Compute writes Pacific
+/// time), and one older image of another prefix; deletions end as `ending` says.
+fn releases(ending: Ending) -> Compute {
+    // prune never inserts an image, so the stand-in needs no Cloud Storage.
+    let compute = Compute::start(0, ending);
+    let mut w = compute.world.lock().unwrap();
+    for day in 1..=5 {
+        w.add(
+            json!({"name": format!("pg-x64-2026010{day}"), "family": "pg-x64"}),
+            &format!("2026-01-0{day}T00:00:00.000-08:00"),
+            "READY",
+        );
+    }
+    w.add(
+        json!({"name": "pg-arm64-20251201", "family": "pg-arm64"}),
+        "2025-12-01T00:00:00.000-08:00",
+        "READY",
+    );
+    drop(w);
+    compute
+}
+
+fn prune_options(compute: &Compute) -> PruneOptions {
+    adc();
+    let mut o = PruneOptions::new("pg-x64-");
+    o.keep = Some(2);
+    o.gce_project = Some(PROJECT.into());
+    o.compute_endpoint = Some(compute.endpoint());
+    o.poll = Duration::from_millis(20);
+    o.timeout = Duration::from_secs(30);
+    o.attempts = 2;
+    o
+}
+
+/// A request as `METHOD path?query`, the query sorted and each `requestId`
+/// (new for every run) checked to be UUID-shaped and written `<uuid>`.
+fn sent(r: &Recorded) -> String {
+    let mut query: Vec<String> = r
+        .query()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "requestId" {
+                let parts: Vec<usize> = v.split('-').map(str::len).collect();
+                assert_eq!(parts, [8, 4, 4, 4, 12], "requestId {v}");
+                format!("{k}=<uuid>")
+            } else {
+                format!("{k}={v}")
+            }
+        })
+        .collect();
+    query.sort();
+    if query.is_empty() {
+        format!("{} {}", r.method, r.path())
+    } else {
+        format!("{} {}?{}", r.method, r.path(), query.join("&"))
+    }
+}
+
+fn names(releases: &[prune::Release]) -> Vec<&str> {
+    releases.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[test]
+fn prune_gce_keeps_the_newest_two_and_deletes_only_the_three_older_matching_images() {
+    let compute = releases(Ending::Ready);
+    let mut o = prune_options(&compute);
+    let list = |token: &str| format!("GET {IMAGES}?filter=name eq \"pg-x64-.*\"{token}");
+    let listing = [
+        list(""),
+        list("&pageToken=page-2"),
+        list("&pageToken=page-4"),
+    ];
+
+    // The dry run lists every page and deletes nothing.
+    let dry = prune::prune(&o, &Recording::default()).expect("dry run");
+    assert!(dry.dry_run);
+    assert_eq!(
+        names(&dry.delete),
+        ["pg-x64-20260103", "pg-x64-20260102", "pg-x64-20260101"]
+    );
+    assert_eq!(names(&dry.keep), ["pg-x64-20260105", "pg-x64-20260104"]);
+    let third = &dry.delete[0];
+    assert_eq!(
+        (third.kind, third.place.as_str(), third.id.as_str()),
+        ("gce", PROJECT, "pg-x64-20260103")
+    );
+    assert_eq!(third.created, "2026-01-03T08:00:00Z");
+    let requests: Vec<String> = compute.server.requests().iter().map(sent).collect();
+    assert_eq!(requests, listing);
+    assert_eq!(compute.world.lock().unwrap().images.len(), 6);
+
+    // With delete: the same three, each waited for until its operation is DONE.
+    let before = compute.server.requests().len();
+    o.delete = true;
+    let progress = Recording::default();
+    let done = prune::prune(&o, &progress).expect("deleting");
+    assert!(!done.dry_run);
+    assert_eq!(done.delete, dry.delete);
+    assert_eq!(done.keep, dry.keep);
+    let mut expected = listing.to_vec();
+    for (n, day) in [(1, 3), (2, 2), (3, 1)] {
+        let op = format!("GET {OPERATIONS}/operation-1768435200000-pgimg-delete-{n}");
+        expected.push(format!(
+            "DELETE {IMAGES}/pg-x64-2026010{day}?requestId=<uuid>"
+        ));
+        // RUNNING, then DONE.
+        expected.extend([op.clone(), op]);
+    }
+    let requests: Vec<String> = compute.server.requests()[before..]
+        .iter()
+        .map(sent)
+        .collect();
+    assert_eq!(requests, expected);
+
+    // Exactly those three are gone; the other prefix was never named.
+    let mut left: Vec<String> = compute
+        .world
+        .lock()
+        .unwrap()
+        .images
+        .keys()
+        .cloned()
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["pg-arm64-20251201", "pg-x64-20260104", "pg-x64-20260105"]
+    );
+    assert!(
+        !compute.calls().iter().any(|c| c.contains("pg-arm64")),
+        "{:?}",
+        compute.calls()
+    );
+    assert!(progress
+        .notes()
+        .iter()
+        .any(|n| n.contains("deleted gce pg-x64-20260101")));
+}
+
+#[test]
+fn a_gce_deletion_that_never_finishes_ends_the_bounded_wait_with_nothing_done() {
+    let compute = releases(Ending::Never);
+    let mut o = prune_options(&compute);
+    o.delete = true;
+    o.timeout = Duration::from_millis(300);
+
+    let err = prune::prune(&o, &Recording::default()).unwrap_err();
+    let prune::Error::Partial { cause, done } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        matches!(**cause, prune::Error::Gce(gce::Error::Timeout { .. })),
+        "{err:?}"
+    );
+    assert!(done.is_empty(), "{err}");
+    assert!(format!("{err}").contains("gave up after"), "{err}");
+    // The first deletion was asked for, the others never were.
+    let deletes: Vec<String> = compute
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("DELETE"))
+        .collect();
+    assert_eq!(deletes, [format!("DELETE {IMAGES}/pg-x64-20260103")]);
 }

@@ -1,12 +1,13 @@
-//! The Google calls a GCE publication makes, as JSON over HTTPS: Cloud Storage
-//! (resumable upload, delete, list) and Compute Engine (images, global
-//! operations, IAM policy), authorized by Application Default Credentials.
+//! The Google calls GCE publication and pruning make, as JSON over HTTPS:
+//! Cloud Storage (resumable upload, delete, list) and Compute Engine (images:
+//! get, list, insert, delete; global operations; IAM policy), authorized by
+//! Application Default Credentials.
 //!
 //! Why not the `google-cloud-storage` and `google-cloud-compute-v1` crates:
 //! the first deletes and lists objects through gRPC (`StorageControl`), which
 //! no local GCS emulator serves, and the second is generated for all of
-//! Compute (thousands of types) to reach five REST calls. `google-cloud-auth`
-//! serves well and is used for the tokens.
+//! Compute (thousands of types) to reach a handful of REST calls.
+//! `google-cloud-auth` serves well and is used for the tokens.
 
 use std::time::Duration;
 
@@ -318,6 +319,47 @@ impl Google {
             encode(request_id)
         );
         self.call("images.insert", &name, Method::POST, &url, Some(image))
+            .await
+    }
+
+    /// One page of `images.list` with `filter` (Compute's filter syntax);
+    /// returns the images and the `nextPageToken`, if there is another page.
+    pub(crate) async fn list_images(
+        &self,
+        project: &str,
+        filter: &str,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), Error> {
+        let mut url = format!("{}?filter={}", self.images_url(project), encode(filter));
+        if let Some(t) = page_token {
+            url.push_str(&format!("&pageToken={}", encode(t)));
+        }
+        let page = self
+            .call("images.list", project, Method::GET, &url, None)
+            .await?;
+        let images = page["items"].as_array().cloned().unwrap_or_default();
+        let next = page["nextPageToken"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        Ok((images, next))
+    }
+
+    /// `images.delete`; returns the operation, or `None` when the image is
+    /// already gone.
+    pub(crate) async fn delete_image(
+        &self,
+        project: &str,
+        name: &str,
+        request_id: &str,
+    ) -> Result<Option<Value>, Error> {
+        let url = format!(
+            "{}/{}?requestId={}",
+            self.images_url(project),
+            encode(name),
+            encode(request_id)
+        );
+        self.json("images.delete", name, Method::DELETE, &url, None, true)
             .await
     }
 

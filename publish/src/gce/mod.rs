@@ -6,7 +6,7 @@
 //! `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's application-default login,
 //! workload identity federation, the metadata server) and are never printed.
 
-mod api;
+pub(crate) mod api;
 pub mod tarball;
 
 use std::path::{Path, PathBuf};
@@ -390,7 +390,7 @@ async fn create(
 ) -> Result<Option<String>, Error> {
     upload(google, opts, tarball, len, progress).await?;
     let body = image_body(opts);
-    let request_id = request_id(opts);
+    let request_id = request_id(&format!("insert/{}/{}", opts.project, opts.name));
     let op = google
         .insert_image(&opts.project, &body, &request_id)
         .await?;
@@ -501,22 +501,16 @@ pub fn image_body(opts: &GceOptions) -> Value {
     body
 }
 
-/// A UUID-shaped request id, new for each run: Compute drops a retried
-/// `images.insert` carrying the same id instead of failing it as a duplicate.
-fn request_id(opts: &GceOptions) -> String {
+/// A UUID-shaped request id for one call about `what`, new for each run:
+/// Compute drops a retried call (`images.insert`, `images.delete`) carrying
+/// the same id instead of failing it as a duplicate.
+pub(crate) fn request_id(what: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let d = crate::hash::digest(
-        format!(
-            "pgimg/gce/{}/{}/{nanos}/{}",
-            opts.project,
-            opts.name,
-            std::process::id()
-        )
-        .as_bytes(),
-    );
+    let d =
+        crate::hash::digest(format!("pgimg/gce/{what}/{nanos}/{}", std::process::id()).as_bytes());
     let h = crate::hash::hex(&d[..16]);
     format!(
         "{}-{}-4{}-8{}-{}",
@@ -536,43 +530,13 @@ async fn wait_ready(
     operation: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
-    let started = Instant::now();
-    let timeout = |what: &str| Error::Timeout {
-        what: what.to_string(),
-        secs: opts.timeout.as_secs(),
-    };
+    let wait = Wait::new(opts.poll, opts.timeout);
     progress.start("creating image", 100, Unit::Percent);
     if let Some(op) = operation {
-        loop {
-            let o = google.get_operation(&opts.project, op).await?;
-            if let Some(p) = o["progress"].as_u64() {
-                progress.set(p.min(100));
-            }
-            if o["status"] == "DONE" {
-                if let Some(errors) = o["error"]["errors"].as_array() {
-                    let message = errors
-                        .iter()
-                        .map(|e| {
-                            format!(
-                                "{}: {}",
-                                e["code"].as_str().unwrap_or("ERROR"),
-                                e["message"].as_str().unwrap_or("")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    return Err(Error::ImageFailed {
-                        image: opts.name.clone(),
-                        message,
-                    });
-                }
-                break;
-            }
-            if started.elapsed() >= opts.timeout {
-                return Err(timeout(&format!("operation {op}")));
-            }
-            tokio::time::sleep(opts.poll).await;
-        }
+        wait_operation(google, &opts.project, &opts.name, op, wait, &|p| {
+            progress.set(p.min(100))
+        })
+        .await?;
     }
     loop {
         let image = google.get_image(&opts.project, &opts.name).await?;
@@ -601,10 +565,78 @@ async fn wait_ready(
             }
             _ => {}
         }
-        if started.elapsed() >= opts.timeout {
-            return Err(timeout(&format!("image {} to be READY", opts.name)));
+        wait.pause(&format!("image {} to be READY", opts.name))
+            .await?;
+    }
+}
+
+/// A bounded wait: a poll every `poll`, until `timeout` after it began.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    began: Instant,
+    poll: Duration,
+    timeout: Duration,
+}
+
+impl Wait {
+    /// A wait beginning now.
+    pub(crate) fn new(poll: Duration, timeout: Duration) -> Self {
+        Wait {
+            began: Instant::now(),
+            poll,
+            timeout,
         }
-        tokio::time::sleep(opts.poll).await;
+    }
+
+    /// Sleeps until the next poll, or fails with [`Error::Timeout`] naming
+    /// `what` was waited for when the time is up.
+    async fn pause(&self, what: &str) -> Result<(), Error> {
+        if self.began.elapsed() >= self.timeout {
+            return Err(Error::Timeout {
+                what: what.to_string(),
+                secs: self.timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(self.poll).await;
+        Ok(())
+    }
+}
+
+/// Polls the global operation `op` about `image` until it is DONE, telling
+/// `on_progress` its percentage; the operation's errors fail the image.
+pub(crate) async fn wait_operation(
+    google: &api::Google,
+    project: &str,
+    image: &str,
+    op: &str,
+    wait: Wait,
+    on_progress: &dyn Fn(u64),
+) -> Result<(), Error> {
+    loop {
+        let o = google.get_operation(project, op).await?;
+        if let Some(p) = o["progress"].as_u64() {
+            on_progress(p);
+        }
+        if o["status"] == "DONE" {
+            return match o["error"]["errors"].as_array() {
+                Some(errors) => Err(Error::ImageFailed {
+                    image: image.to_string(),
+                    message: errors
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{}: {}",
+                                e["code"].as_str().unwrap_or("ERROR"),
+                                e["message"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                }),
+                None => Ok(()),
+            };
+        }
+        wait.pause(&format!("operation {op}")).await?;
     }
 }
 
@@ -777,7 +809,7 @@ mod tests {
 
     #[test]
     fn request_ids_are_uuid_shaped() {
-        let id = request_id(&GceOptions::new("p", "b", "n"));
+        let id = request_id("insert/p/n");
         let parts: Vec<usize> = id.split('-').map(str::len).collect();
         assert_eq!(parts, [8, 4, 4, 4, 12], "{id}");
     }

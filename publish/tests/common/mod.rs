@@ -324,6 +324,10 @@ impl Recorded {
     pub fn path(&self) -> &str {
         self.url.split('?').next().unwrap_or(&self.url)
     }
+    /// Query parameters, decoded.
+    pub fn query(&self) -> HashMap<String, String> {
+        parse_form(self.url.split_once('?').map_or("", |(_, q)| q))
+    }
 }
 
 /// A canned answer: status, content type, body.
