@@ -330,15 +330,31 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n.saturating_mul(unit)))
 }
 
+/// A release's creation time as listed, or an error naming it: a release of
+/// unknown age is never taken for the oldest (which `--keep` would select
+/// for deletion first) nor for the newest; the listing stops before anything
+/// is deleted.
+fn known_time(
+    op: &'static str,
+    target: String,
+    field: &str,
+    created: Option<DateTime>,
+) -> Result<DateTime, Error> {
+    created.ok_or_else(|| Error::Api {
+        op,
+        target,
+        message: format!("no readable {field}: its age is unknown, so nothing is pruned"),
+    })
+}
+
 fn release(
     kind: &'static str,
     place: &str,
     id: &str,
     name: &str,
-    created: Option<DateTime>,
+    created: DateTime,
     with: Vec<String>,
 ) -> Release {
-    let created = created.unwrap_or(DateTime::from_secs(0));
     Release {
         kind,
         place: place.to_string(),
@@ -397,17 +413,16 @@ mod amis {
                     .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
                     .map(str::to_string)
                     .collect();
-                let created = image
-                    .creation_date()
-                    .and_then(|d| DateTime::from_str(d, Format::DateTime).ok());
-                out.push(release(
-                    "ami",
-                    region,
-                    image.image_id().unwrap_or_default(),
-                    name,
-                    created,
-                    snapshots,
-                ));
+                let id = image.image_id().unwrap_or_default();
+                let created = known_time(
+                    "DescribeImages",
+                    format!("{id} ({name}) in {region}"),
+                    "CreationDate",
+                    image
+                        .creation_date()
+                        .and_then(|d| DateTime::from_str(d, Format::DateTime).ok()),
+                )?;
+                out.push(release("ami", region, id, name, created, snapshots));
             }
             match page.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -502,7 +517,7 @@ mod images {
                     project,
                     name,
                     name,
-                    Some(created(project, name, image)?),
+                    created(project, name, image)?,
                     Vec::new(),
                 ));
             }
@@ -614,7 +629,13 @@ mod objects {
             } else {
                 Vec::new()
             };
-            out.push(release("object", bucket, key, name, *modified, with));
+            let modified = known_time(
+                "ListObjectsV2",
+                format!("s3://{bucket}/{key}"),
+                "LastModified",
+                *modified,
+            )?;
+            out.push(release("object", bucket, key, name, modified, with));
         }
         Ok(out)
     }
@@ -641,14 +662,28 @@ mod tests {
     use super::*;
 
     fn r(name: &str, epoch: i64) -> Release {
-        release(
-            "ami",
-            "r",
-            name,
-            name,
-            Some(DateTime::from_secs(epoch)),
-            vec![],
+        release("ami", "r", name, name, DateTime::from_secs(epoch), vec![])
+    }
+
+    #[test]
+    fn a_release_of_unknown_age_stops_the_listing_instead_of_counting_as_the_oldest() {
+        let e = known_time(
+            "DescribeImages",
+            "ami-1 (pg-1) in r".into(),
+            "CreationDate",
+            None,
         )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("ami-1 (pg-1) in r") && text.contains("no readable CreationDate"),
+            "{text}"
+        );
+        let at = DateTime::from_secs(1_768_464_000);
+        assert_eq!(
+            known_time("ListObjectsV2", "s3://b/k".into(), "LastModified", Some(at)).unwrap(),
+            at
+        );
     }
 
     fn names(v: &[Release]) -> Vec<&str> {
