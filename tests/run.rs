@@ -1607,3 +1607,64 @@ fn a_full_image_says_so_and_how_to_grow_it() {
     assert!(msg.contains("--size"), "says how to grow it: {msg}");
     assert_nothing_left(&scene.out, &BTreeSet::new(), &[], &base);
 }
+
+/// The other full disk: the host's. The work file lives beside the output,
+/// here on a 700 MiB tmpfs mounted in a mount namespace the test creates
+/// (the host never sees it). The base's copy fits; the recipe's 600 MiB do
+/// not, so the loop device's writes fail and ext4 turns the image
+/// read-only. The build fails, says the host file system is the cause, and
+/// leaves nothing behind.
+#[test]
+fn a_full_host_file_system_is_named_as_the_cause() {
+    if !fixture::require_root("a_full_host_file_system_is_named_as_the_cause") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let text = r#"run(["dd", "if=/dev/urandom", "of=/var/tmp/fill", "bs=4M", "count=150", "conv=fsync", "status=none"]);
+"#;
+    let recipe = write_recipe(&scene.recipes, "hostfull.rhai", text);
+    let small = scene.out.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let out = small.join("hostfull.raw");
+    let script = format!(
+        "mount -t tmpfs -o size=700m pgimg-test-small {small} && exec {pgimg} run {recipe} \
+         --base {base} --output {out} --size 3G --cache-dir {cache}",
+        small = small.display(),
+        pgimg = env!("CARGO_BIN_EXE_pgimg"),
+        recipe = recipe.display(),
+        base = base.display(),
+        out = out.display(),
+        cache = cache_dir().display(),
+    );
+    let f = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("PGIMG_NO_CACHE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&f.stderr);
+    assert_eq!(f.status.code(), Some(1), "{stderr}");
+    let note = stderr
+        .lines()
+        .find(|l| l.starts_with("pgimg: note: the host file system holding"))
+        .unwrap_or_else(|| panic!("no note on the host's space:\n{stderr}"));
+    assert!(
+        note.contains(&small.display().to_string()) && note.contains("dmesg"),
+        "{note}"
+    );
+    // Not the image: growing it with --size would not help.
+    let failed = stderr
+        .lines()
+        .find(|l| l.starts_with("pgimg: build failed: "))
+        .unwrap_or_else(|| panic!("no failure line:\n{stderr}"));
+    assert!(
+        failed.contains("the host file system holding the image file is full")
+            && !failed.contains("the image is full")
+            && !failed.contains("--size"),
+        "{failed}"
+    );
+    // The tmpfs went with the namespace: nothing is mounted on the host.
+    assert!(mounts_under(&scene.out).is_empty());
+    assert!(loops_under(&scene.out).is_empty());
+    assert_base_unchanged(&base);
+}

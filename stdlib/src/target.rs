@@ -110,6 +110,14 @@ pub enum CommandError {
     Spawn { command: String, reason: String },
     #[error("the image is full: {detail} (grow it with `--size`, e.g. `--size 12G`)")]
     DiskFull { detail: String },
+    /// "No space left" while the host file system holding the image file is
+    /// full: the loop device's writes to the file failed, and `--size` would
+    /// not help.
+    #[error(
+        "no space left: the host file system holding the image file is full \
+         ({host_free} free there): {detail}"
+    )]
+    HostFull { detail: String, host_free: String },
     #[error("interrupted")]
     Interrupted,
 }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use indicatif::HumanBytes;
 use nix::mount::MsFlags;
 use pgimg_stdlib::ctx::Journal;
 use pgimg_stdlib::fetch::HttpFetcher;
@@ -159,14 +160,46 @@ impl<'a> Build<'a> {
 /// `pgimg run` on an image: the whole pipeline.
 pub fn build_image(opts: &RunOptions, base: &Path) -> Result<Manifest> {
     let mut b = Build::new(opts);
-    acquire(&mut b, base)?;
-    grow(&mut b)?;
-    attach(&mut b)?;
-    check_resize(&mut b)?;
-    mount(&mut b)?;
-    recipe(&mut b)?;
-    finalize(&mut b)?;
-    output(&mut b)
+    let built = (|| {
+        acquire(&mut b, base)?;
+        grow(&mut b)?;
+        attach(&mut b)?;
+        check_resize(&mut b)?;
+        mount(&mut b)?;
+        recipe(&mut b)?;
+        finalize(&mut b)?;
+        output(&mut b)
+    })();
+    // Asked before the teardown frees the work file's blocks again.
+    if built.is_err() {
+        if let Some(note) = host_space_note(&opts.output) {
+            log(&note);
+        }
+    }
+    built
+}
+
+/// When the host file system that holds the work file (beside `output`) is
+/// full, the loop device's writes to it fail: ext4 aborts its journal and
+/// remounts the image read-only, and the recipe fails with "Read-only file
+/// system" while the cause is only in the kernel log ("critical space
+/// allocation error", "lost async page write").
+fn host_space_note(output: &Path) -> Option<String> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let free = sandbox::chroot::free_bytes(dir)?;
+    (free < sandbox::chroot::HOST_ROOM).then(|| {
+        format!(
+            "note: the host file system holding {} has {} free: the image file may \
+             have failed to grow under the build's writes, which the image then sees as \
+             I/O errors (a read-only file system, \"critical space allocation error\" in \
+             dmesg). Free space there or write --output to another file system.",
+            dir.display(),
+            HumanBytes(free)
+        )
+    })
 }
 
 /// `pgimg run --rootfs DIR`: the recipe and finalize, in place.

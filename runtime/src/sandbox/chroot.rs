@@ -620,6 +620,18 @@ fn give_back_archives(archives: Option<BuildArchives>) -> Result<(), SetupError>
     Ok(())
 }
 
+/// Free space on the host file system holding the image file below which a
+/// "no space left" is the host's: the image file could not take the loop
+/// device's writes (the kernel logs "critical space allocation error").
+pub(crate) const HOST_ROOM: u64 = 64 << 20;
+
+/// Bytes root may still write in the file system at `dir` (root may use
+/// the blocks reserved for it, so `f_bfree`).
+pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_free() as u64 * st.fragment_size() as u64)
+}
+
 /// The line of `stderr` that says the disk is full, if one does.
 pub(crate) fn disk_full_line(stderr_tail: &str) -> Option<String> {
     const SIGNS: [&str; 3] = ["no space left on device", "enospc", "enough free space"];
@@ -684,8 +696,16 @@ impl Target for ChrootTarget {
             Ending::Interrupted => return Err(CommandError::Interrupted),
         };
         if let Some(detail) = disk_full_line(&stderr_tail) {
-            return Err(CommandError::DiskFull {
-                detail: format!("`{cmd}` failed ({status}): {detail}"),
+            let detail = format!("`{cmd}` failed ({status}): {detail}");
+            // The image is mounted from a file in the work folder, which
+            // holds the mount point: that folder's file system is the host's.
+            let host_free = self.dir.parent().and_then(free_bytes);
+            return Err(match host_free {
+                Some(free) if free < HOST_ROOM => CommandError::HostFull {
+                    detail,
+                    host_free: indicatif::HumanBytes(free).to_string(),
+                },
+                _ => CommandError::DiskFull { detail },
             });
         }
         Err(CommandError::Failed {
