@@ -137,3 +137,58 @@ fn defs_lists_every_primitive_with_docs() {
     }
     assert!(out.contains("/// Writes `content` to `path`"), "{out}");
 }
+
+/// Commands that only report on stdout end quietly when their reader goes
+/// away (`| head`), as Unix filters do: no "failed printing to stdout"
+/// panic, no backtrace.
+#[test]
+fn a_reader_that_goes_away_ends_a_report_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    for args in [
+        &["defs"][..],
+        &["plan", "recipes/standard.rhai"][..],
+        &["test"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgimg"))
+            .args(args)
+            .current_dir(repo())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read one byte, then close the pipe as `head -c 1` does.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut one = [0u8; 1];
+        stdout.read_exact(&mut one).unwrap();
+        drop(stdout);
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(status.code(), Some(101), "{args:?}: {stderr}");
+    }
+}
+
+/// `--compress` only applies to qcow2: with a raw output it is a usage
+/// error before anything is built, not silently ignored.
+#[test]
+fn compress_without_qcow2_is_a_usage_error() {
+    let o = pgimg(
+        &[
+            "run",
+            "recipes/examples/hello.rhai",
+            "--compress",
+            "--output",
+            "/nonexistent/x.raw",
+        ],
+        repo(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--format qcow2"), "{}", text(&o));
+}

@@ -561,7 +561,7 @@ fn check_image(root: &Path, flavor: &str, arch: &str) {
 /// creates extensions.
 const FIRST_BOOT: &str = r#"set -eu
 echo "clusters before: $(pg_lsclusters --no-header 2>/dev/null | wc -l)"
-unshare --net install-postgresql-packages 15
+install-postgresql-packages 15
 dpkg-query -W -f 'status: ${Package} ${db:Status-Status}\n' @PACKAGES@
 test -x /usr/lib/postgresql/15/bin/postgres && echo "postgres binary: yes"
 echo "clusters after install: $(pg_lsclusters --no-header | wc -l)"
@@ -611,11 +611,12 @@ fn first_boot(out: &Path, dir: &Path, packages: &[&str], extensions: &[&str]) ->
     let script = FIRST_BOOT
         .replace("@PACKAGES@", &packages.join(" "))
         .replace(" @SQL@", &sql);
-    let f = pgimg(
+    // With no network at all, as the first boot of a machine that has none.
+    let f = Pgimg::spawn_offline(
         &args(&["shell", copy.to_str().unwrap(), "--", "sh", "-c", &script]),
         None,
-        Duration::from_secs(600),
-    );
+    )
+    .finish(Duration::from_secs(600));
     assert_eq!(
         f.code(),
         Some(0),

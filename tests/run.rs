@@ -1020,6 +1020,37 @@ fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
     assert_eq!(locked.code(), Some(0), "{}", locked.stderr);
     let manifest = read_json(&sidecar(&scene.out.join("locked.raw"), "manifest.json"));
     assert_eq!(manifest["base"]["download"]["sha256"], pin.as_str());
+    assert!(
+        locked.stderr.contains("already in the download cache")
+            && locked.stderr.contains("not contacted"),
+        "a cache hit says the URL was not contacted: {}",
+        locked.stderr
+    );
+    // A --base-sha256 that contradicts the lock is refused, not preferred.
+    let contradicted = build(&scene.out.join("contradicted.raw"), Some(&wrong));
+    assert_eq!(contradicted.code(), Some(2), "{}", contradicted.stderr);
+    assert!(
+        contradicted.stderr.contains("differs from its pin in"),
+        "{}",
+        contradicted.stderr
+    );
+    // --locked: a base URL missing from the lock is refused.
+    std::fs::write(scene.recipes.join("pgimg.lock"), "").unwrap();
+    let mut args = os(&["run", recipe.to_str().unwrap(), "--locked", "--base", &url]);
+    args.extend(os(&["--base-sha256", &pin]));
+    args.extend(os(&[
+        "--output",
+        scene.out.join("unlocked.raw").to_str().unwrap(),
+    ]));
+    args.extend(os(&["--cache-dir", cache.to_str().unwrap()]));
+    let unlocked = Pgimg::spawn(&args, None).finish(Duration::from_secs(300));
+    assert_eq!(unlocked.code(), Some(2), "{}", unlocked.stderr);
+    assert!(
+        unlocked.stderr.contains("--locked: the base")
+            && unlocked.stderr.contains("has no `url` line"),
+        "{}",
+        unlocked.stderr
+    );
     assert_base_unchanged(&base);
 }
 
@@ -1606,6 +1637,42 @@ fn a_full_image_says_so_and_how_to_grow_it() {
     assert!(msg.contains("No space left on device"), "{msg}");
     assert!(msg.contains("--size"), "says how to grow it: {msg}");
     assert_nothing_left(&scene.out, &BTreeSet::new(), &[], &base);
+}
+
+/// pgimg never replaces an output or its sidecars: a stale `OUT.sha256` or
+/// `OUT.manifest.json` without its image is refused at the start, as the
+/// image itself is (a usage error, nothing built); the final rename will
+/// not replace an image that appeared during the build (RENAME_NOREPLACE).
+#[test]
+fn an_existing_sidecar_of_the_output_is_refused_before_anything_is_built() {
+    if !fixture::require_root(
+        "an_existing_sidecar_of_the_output_is_refused_before_anything_is_built",
+    ) {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let recipe = write_recipe(&scene.recipes, "r.rhai", "log(\"x\");\n");
+    let out = scene.out.join("o.raw");
+    for suffix in ["sha256", "manifest.json"] {
+        let stale = sidecar(&out, suffix);
+        std::fs::write(&stale, "stale\n").unwrap();
+        let f = start_run(&recipe, &base, &out, &[]).finish(Duration::from_secs(120));
+        assert_eq!(f.code(), Some(2), "{}", f.stderr);
+        assert!(
+            f.stderr.contains(&format!("{} exists", stale.display())),
+            "{}",
+            f.stderr
+        );
+        assert!(
+            !f.stderr.contains("stage grow"),
+            "refused before building: {}",
+            f.stderr
+        );
+        assert_eq!(std::fs::read_to_string(&stale).unwrap(), "stale\n");
+        std::fs::remove_file(&stale).unwrap();
+    }
+    assert!(!out.exists());
 }
 
 /// The other full disk: the host's. The work file lives beside the output,

@@ -12,6 +12,13 @@ use pgimg_stdlib::shared::escape_controls_keep_lines;
 
 fn main() {
     let cli = Cli::parse();
+    if cli.command.is_a_filter() {
+        // Rust starts with SIGPIPE ignored, so a closed stdout is an EPIPE
+        // that `println!` turns into a panic; the default action ends the
+        // process quietly, as `head` expects.
+        // SAFETY: no other thread exists yet; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if cli.command.mounts() {
         // Before any thread exists: every mount of the build then lives in a
         // namespace the kernel frees even if pgimg is SIGKILLed.

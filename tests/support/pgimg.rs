@@ -88,6 +88,25 @@ impl Pgimg {
 
     /// [`Pgimg::spawn`] with `env` added to the environment.
     pub fn spawn_with_env(args: &[OsString], stdin: Option<&str>, env: &[(&str, &Path)]) -> Pgimg {
+        Pgimg::start(Command::new(PGIMG), args, stdin, env)
+    }
+
+    /// [`Pgimg::spawn`] in a network namespace the test makes for it
+    /// (`unshare --net`: only a loopback interface, down): whatever pgimg
+    /// and its commands do cannot reach a network. The sandbox itself may
+    /// not create one (no `CAP_SYS_ADMIN`), so the test does it outside.
+    pub fn spawn_offline(args: &[OsString], stdin: Option<&str>) -> Pgimg {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--net", PGIMG]);
+        Pgimg::start(cmd, args, stdin, &[])
+    }
+
+    fn start(
+        mut cmd: Command,
+        args: &[OsString],
+        stdin: Option<&str>,
+        env: &[(&str, &Path)],
+    ) -> Pgimg {
         loud(&format!(
             "$ pgimg {}",
             args.iter()
@@ -98,7 +117,7 @@ impl Pgimg {
         // Builds in the other tests run every step, as they did before the
         // step cache: a resumed build would not show what they look for
         // (downloads, command output). tests/cache.rs turns it back on.
-        let mut child = Command::new(PGIMG)
+        let mut child = cmd
             .args(args)
             .current_dir(repo_dir())
             .env("PGIMG_NO_CACHE", "1")

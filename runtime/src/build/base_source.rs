@@ -42,9 +42,11 @@ pub fn resolve(download: &BaseDownload, cache_dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("downloading the base {}", download.url))?
         .expect("an HTTP fetcher gives a file");
     if cached {
+        // The cache is content-addressed: the pin found it, the URL was not
+        // contacted (and is recorded as given).
         log(&format!(
-            "base: {} already downloaded (sha256 {})",
-            download.url, download.sha256
+            "base: sha256 {} already in the download cache; {} not contacted",
+            download.sha256, download.url
         ));
     }
     let info = convert::detect(&file)?;

@@ -22,7 +22,7 @@ pub mod workdir;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use indicatif::HumanBytes;
 use nix::mount::MsFlags;
 use pgimg_stdlib::ctx::Journal;
@@ -231,11 +231,20 @@ pub fn build_rootfs(opts: &RunOptions, dir: &Path) -> Result<Manifest> {
 /// Copies the base into the work folder (the base is only read) and records
 /// its sha256.
 fn acquire(b: &mut Build, base: &Path) -> Result<()> {
-    if b.opts.output.exists() {
-        bail!(
-            "{} exists; remove it or choose another --output",
-            b.opts.output.display()
-        );
+    let out = &b.opts.output;
+    for path in [
+        out.clone(),
+        output::sidecar(out, "sha256"),
+        output::sidecar(out, "manifest.json"),
+    ] {
+        if path.exists() {
+            return Err(crate::error::UsageError(format!(
+                "{} exists; remove it or choose another --output (pgimg never replaces \
+                 an output or its sidecars)",
+                path.display()
+            ))
+            .into());
+        }
     }
     let work = WorkDir::create(&b.opts.output)?;
     let opts = b.opts;
@@ -574,8 +583,7 @@ fn output(b: &mut Build) -> Result<Manifest> {
     m.output = Some(record);
     let json = serde_json::to_string_pretty(&m)?;
     let manifest_path = output::sidecar(&opts.output, "manifest.json");
-    std::fs::write(&manifest_path, json + "\n")
-        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    output::write_new(&manifest_path, (json + "\n").as_bytes())?;
     b.stages.log_summary();
     Ok(m)
 }

@@ -34,6 +34,25 @@ pub fn allocated(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes a file that must not exist yet: a sidecar that appeared during
+/// the build (another build to the same output) is never overwritten.
+pub fn write_new(path: &Path, content: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| match path.exists() {
+            true => format!(
+                "writing {}: it appeared during the build, perhaps another build's; not replaced",
+                path.display()
+            ),
+            false => format!("writing {}", path.display()),
+        })?;
+    file.write_all(content)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Hex sha256 of a file, streamed; stops with `ErrorKind::Interrupted`
 /// once SIGINT/SIGTERM arrived.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -147,11 +166,26 @@ pub fn write_output(
         return Err(stopped(""));
     }
     let sums = sidecar(output, "sha256");
-    std::fs::write(&sums, format!("{sha}  {name}\n"))
-        .with_context(|| format!("writing {}", sums.display()))?;
-    if let Err(e) = std::fs::rename(&produced, output) {
+    write_new(&sums, format!("{sha}  {name}\n").as_bytes())?;
+    // RENAME_NOREPLACE: the output was refused at the start if it existed,
+    // and must not be replaced if it appeared since (another build to the
+    // same name finished first).
+    if let Err(e) = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &produced,
+        nix::fcntl::AT_FDCWD,
+        output,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
         let _ = std::fs::remove_file(&sums);
-        return Err(e).with_context(|| format!("renaming the image to {}", output.display()));
+        let why = match e {
+            nix::errno::Errno::EEXIST => {
+                " (it appeared during the build, perhaps another build's; not replaced)"
+            }
+            _ => "",
+        };
+        return Err(std::io::Error::from(e))
+            .with_context(|| format!("renaming the image to {}{why}", output.display()));
     }
     let record = OutputRecord {
         path: output.display().to_string(),

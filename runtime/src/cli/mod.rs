@@ -105,6 +105,22 @@ impl Cmd {
         }
     }
 
+    /// Whether the command only reports on stdout, with no network or
+    /// child processes of its own: it then ends quietly when its reader goes
+    /// away (`pgimg inspect IMG | head`), as Unix filters do, instead of
+    /// panicking on EPIPE.
+    pub fn is_a_filter(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Inspect(_)
+                | Cmd::Check(_)
+                | Cmd::Plan(_)
+                | Cmd::Test(_)
+                | Cmd::Defs(_)
+                | Cmd::Cache(_)
+        )
+    }
+
     /// Whether the command mounts: it must then enter a private mount
     /// namespace before any thread exists, and stop on SIGINT/SIGTERM.
     pub fn mounts(&self) -> bool {

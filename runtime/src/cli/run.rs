@@ -63,6 +63,13 @@ pub struct RunArgs {
 
 /// `pgimg run`. Call inside the private mount namespace.
 pub fn run(args: &RunArgs) -> Result<()> {
+    if args.compress && args.format != Format::Qcow2 {
+        return Err(UsageError(
+            "--compress compresses a qcow2 output: add --format qcow2 (a raw image is never compressed)"
+                .into(),
+        )
+        .into());
+    }
     let base = match (&args.base, &args.rootfs) {
         (_, Some(_)) => None,
         (Some(img), None) => Some(img.clone()),
@@ -79,15 +86,35 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let base_download = match (&base, &args.base_sha256) {
         (Some(url), pin) if build::base_source::is_url(url.as_os_str()) => {
             let url_text = url.display().to_string();
-            let pin = match pin {
-                Some(pin) => pin.clone(),
-                None => locked_base_pin(&args.recipe, &url_text)?.ok_or_else(|| {
-                    UsageError(format!(
-                        "--base {url_text}: a URL needs its sha256: --base-sha256 HEX (e.g. its \
-                         line in the release's SHA256SUMS), or a line `url {url_text} HEX` in {}",
-                        crate::engine::display_path(&crate::lock::lock_path(&args.recipe))
+            let lock_file = crate::engine::display_path(&crate::lock::lock_path(&args.recipe));
+            let locked = locked_base_pin(&args.recipe, &url_text)?;
+            let pin = match (pin, locked) {
+                (Some(given), Some(locked))
+                    if pgimg_stdlib::fetch::normalize_sha256(given).ok().as_deref()
+                        != Some(locked.as_str()) =>
+                {
+                    return Err(UsageError(format!(
+                        "--base {url_text}: --base-sha256 {given} differs from its pin in \
+                         {lock_file} ({locked}); change one of them"
                     ))
-                })?,
+                    .into())
+                }
+                (_, None) if args.locked => {
+                    return Err(UsageError(format!(
+                        "--locked: the base {url_text} has no `url` line in {lock_file}"
+                    ))
+                    .into())
+                }
+                (Some(given), _) => given.clone(),
+                (None, Some(locked)) => locked,
+                (None, None) => {
+                    return Err(UsageError(format!(
+                        "--base {url_text}: a URL needs its sha256: --base-sha256 HEX (e.g. its \
+                         line in the release's SHA256SUMS), or a line `url {url_text} HEX` in \
+                         {lock_file}"
+                    ))
+                    .into())
+                }
             };
             let sha256 = pgimg_stdlib::fetch::normalize_sha256(&pin)
                 .map_err(|e| UsageError(format!("--base-sha256: {e}")))?;
@@ -155,7 +182,9 @@ fn locked_base_pin(recipe: &std::path::Path, url: &str) -> Result<Option<String>
         return Ok(None);
     }
     let lock = pgimg_stdlib::lock::Lock::load(&path)?;
-    Ok(lock.get("url", url).map(|e| e.pin.clone()))
+    Ok(lock
+        .get("url", url)
+        .and_then(|e| pgimg_stdlib::fetch::normalize_sha256(&e.pin).ok()))
 }
 
 /// `<recipe name>-<x64|arm64>.<format>` in the current folder.
