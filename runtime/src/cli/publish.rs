@@ -292,6 +292,20 @@ pub(crate) fn failed(
     }
 }
 
+/// A publish target's error: its refusal of the options (`invalid`) is a
+/// usage error; anything else failed `doing` (interrupted when it was).
+fn target_failed(
+    e: impl std::error::Error + Send + Sync + 'static,
+    invalid: Option<String>,
+    interrupted: bool,
+    doing: String,
+) -> anyhow::Error {
+    match invalid {
+        Some(m) => UsageError(m).into(),
+        None => failed(e, interrupted, doing),
+    }
+}
+
 fn ensure_exists(image: &Path) -> Result<()> {
     if image.is_file() {
         Ok(())
@@ -315,15 +329,13 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             opts.step_summary = a.conn.step_summary.clone();
             let outcome =
                 s3::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
-                    if let s3::Error::Invalid(m) = &e {
-                        return UsageError(m.clone()).into();
-                    }
+                    let invalid = match &e {
+                        s3::Error::Invalid(m) => Some(m.clone()),
+                        _ => None,
+                    };
                     let interrupted = e.is_interrupted();
-                    failed(
-                        e,
-                        interrupted,
-                        format!("publishing {} to S3", a.image.display()),
-                    )
+                    let doing = format!("publishing {} to S3", a.image.display());
+                    target_failed(e, invalid, interrupted, doing)
                 })?;
             print_json(&outcome)
         }
@@ -361,15 +373,13 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             opts.step_summary = a.conn.step_summary.clone();
             let outcome =
                 ami::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
-                    if let ami::Error::Invalid(m) = &e {
-                        return UsageError(m.clone()).into();
-                    }
+                    let invalid = match &e {
+                        ami::Error::Invalid(m) => Some(m.clone()),
+                        _ => None,
+                    };
                     let interrupted = e.is_interrupted();
-                    failed(
-                        e,
-                        interrupted,
-                        format!("publishing {} as an AMI", a.image.display()),
-                    )
+                    let doing = format!("publishing {} as an AMI", a.image.display());
+                    target_failed(e, invalid, interrupted, doing)
                 })?;
             print_json(&outcome)
         }
@@ -398,15 +408,13 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
                 Box::new(Bar::new())
             };
             let outcome = gce::publish(&opts, &a.image, progress.as_ref()).map_err(|e| {
-                if let gce::Error::Invalid(m) = &e {
-                    return UsageError(m.clone()).into();
-                }
+                let invalid = match &e {
+                    gce::Error::Invalid(m) => Some(m.clone()),
+                    _ => None,
+                };
                 let interrupted = e.is_interrupted();
-                failed(
-                    e,
-                    interrupted,
-                    format!("publishing {} as a GCE image", a.image.display()),
-                )
+                let doing = format!("publishing {} as a GCE image", a.image.display());
+                target_failed(e, invalid, interrupted, doing)
             })?;
             print_json(&outcome)
         }
