@@ -482,6 +482,29 @@ fn repo() -> (Repo, String, String) {
     (Repo { dir, daemon }, first, second)
 }
 
+/// The test's git daemon leaves nothing behind: once its guard is dropped
+/// nothing listens on its port (the daemon was once orphaned instead).
+#[test]
+fn the_git_daemon_of_a_test_stops_with_its_guard() {
+    let (src, _, _) = repo();
+    let port: u16 = src
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    drop(src);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "a git daemon still listens on 127.0.0.1:{port}"
+    );
+}
+
 #[test]
 fn git_fetches_a_pinned_commit_and_reuses_it_without_git() {
     let (src, first, second) = repo();

@@ -186,9 +186,18 @@ impl GitDaemon {
             .and_then(|l| l.local_addr())
             .expect("a free port on 127.0.0.1")
             .port();
-        let child = std::process::Command::new("git")
+        // `git-daemon` itself, not `git daemon`: the `git` wrapper runs the
+        // daemon as its child, and killing the wrapper on drop orphaned the
+        // daemon, which kept listening (and held the test's stdout open).
+        let exec_path = std::process::Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git (Debian's git package) runs");
+        let exec_path = String::from_utf8_lossy(&exec_path.stdout)
+            .trim()
+            .to_string();
+        let child = std::process::Command::new(std::path::Path::new(&exec_path).join("git-daemon"))
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--listen=127.0.0.1",
                 &format!("--port={port}"),
