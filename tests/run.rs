@@ -1058,6 +1058,157 @@ fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
     assert_base_unchanged(&base);
 }
 
+/// `pgimg lock --base`: the base's pin is recorded on purpose, first by
+/// trust on first use, then from the release's checksum list (the line
+/// changes to name it); a `--locked` build then takes the lock's line,
+/// reads no checksum list, and records where the pin came from. Unlocked,
+/// `--base-sha256-from` reads the list, and a list that names no such file
+/// is refused before anything is built.
+#[test]
+fn a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list() {
+    if !fixture::require_root("a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list") {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let served_dir = scene.out.join("served");
+    std::fs::create_dir_all(&served_dir).unwrap();
+    let qcow2 = served_dir.join("disk-amd64.img");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&base)
+        .arg(&qcow2)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let pin = served::host(&["sha256sum", qcow2.to_str().unwrap()], None, &[])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    // The cloud images' format: binary-mode `sha256sum` lines.
+    std::fs::write(
+        served_dir.join("SHA256SUMS"),
+        format!(
+            "{} *disk-arm64.img\n{pin} *disk-amd64.img\n",
+            "1".repeat(64)
+        ),
+    )
+    .unwrap();
+    let server = Served::folder(&served_dir, &scene.out.join("served.log"));
+    let url = format!("{}/disk-amd64.img", server.url());
+    let list = format!("{}/SHA256SUMS", server.url());
+    let gets = |path: &str| {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"GET /{path} ")))
+            .count()
+    };
+    let xdg = scene.out.join("xdg");
+    let cache = xdg.join("pgimg");
+    let recipe = write_recipe(&scene.recipes, "noop.rhai", "log(\"nothing\");\n");
+    let lock_file = scene.recipes.join("pgimg.lock");
+    let lock = |extra: &[&str]| {
+        let mut args = os(&["lock", recipe.to_str().unwrap(), "--base", &url]);
+        args.extend(os(extra));
+        Pgimg::spawn_with_env(&args, None, &[("XDG_CACHE_HOME", &xdg)])
+            .finish(Duration::from_secs(300))
+    };
+    let lock_line = || {
+        std::fs::read_to_string(&lock_file)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("url "))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+
+    let first_use = lock(&[]);
+    assert_eq!(first_use.code(), Some(0), "{}", first_use.stderr);
+    assert!(
+        first_use.stderr.contains("trust on first use"),
+        "{}",
+        first_use.stderr
+    );
+    assert_eq!(lock_line(), [format!("url {url} {pin} from=lock")]);
+
+    let from_list = lock(&["--base-sha256-from", &list]);
+    assert_eq!(from_list.code(), Some(0), "{}", from_list.stderr);
+    assert!(
+        from_list.stdout.contains(&format!("changed url {url}")),
+        "{}",
+        from_list.stdout
+    );
+    assert_eq!(lock_line(), [format!("url {url} {pin} from={list}")]);
+    assert_eq!(gets("SHA256SUMS"), 1);
+
+    let build = |name: &str, extra: &[&str]| {
+        let out = scene.out.join(name);
+        let mut args = os(&["run", recipe.to_str().unwrap(), "--base", &url]);
+        args.extend(os(extra));
+        args.extend(os(&["--output", out.to_str().unwrap()]));
+        args.extend(os(&["--cache-dir", cache.to_str().unwrap()]));
+        (
+            out,
+            Pgimg::spawn(&args, None).finish(Duration::from_secs(300)),
+        )
+    };
+    let (out, locked) = build("locked.raw", &["--locked"]);
+    assert_eq!(locked.code(), Some(0), "{}", locked.stderr);
+    let manifest = read_json(&sidecar(&out, "manifest.json"));
+    assert_eq!(manifest["base"]["download"]["sha256"], pin.as_str());
+    assert_eq!(manifest["base"]["download"]["sha256_from"], list.as_str());
+    assert_eq!(
+        gets("SHA256SUMS"),
+        1,
+        "a locked build reads no checksum list"
+    );
+    assert_eq!(
+        gets("disk-amd64.img"),
+        1,
+        "the image `pgimg lock` downloaded is the build's cache hit"
+    );
+
+    // A locked build whose list is not the one the lock names is refused.
+    let other_list = format!("{}/other/SHA256SUMS", server.url());
+    let (out, refused) = build(
+        "other.raw",
+        &["--locked", "--base-sha256-from", &other_list],
+    );
+    assert_eq!(refused.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("differs from its line in"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!out.exists());
+
+    // Unlocked, without a lock line: the list is read.
+    std::fs::remove_file(&lock_file).unwrap();
+    let (out, unlocked) = build("unlocked.raw", &["--base-sha256-from", &list]);
+    assert_eq!(unlocked.code(), Some(0), "{}", unlocked.stderr);
+    assert_eq!(gets("SHA256SUMS"), 2);
+    let manifest = read_json(&sidecar(&out, "manifest.json"));
+    assert_eq!(manifest["base"]["download"]["sha256_from"], list.as_str());
+
+    // A list without the file's name: refused, naming the list and the name.
+    std::fs::write(
+        served_dir.join("SHA256SUMS"),
+        format!("{pin} *disk-arm64.img\n"),
+    )
+    .unwrap();
+    let (out, missing) = build("missing.raw", &["--base-sha256-from", &list]);
+    assert_eq!(missing.code(), Some(1), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains(&list) && missing.stderr.contains("disk-amd64.img"),
+        "{}",
+        missing.stderr
+    );
+    assert!(!out.exists());
+    assert_base_unchanged(&base);
+}
+
 /// Starts a build of `text`, waits for `ready`, sends `sig`, and checks
 /// that it failed saying it was interrupted and left nothing. `attached`:
 /// the image is mounted and on a loop device at that moment (checked, so

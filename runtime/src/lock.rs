@@ -124,15 +124,17 @@ pub struct Summary {
 }
 
 /// Resolves `recipes` on fake roots of `os` for each of `arches` (each run
-/// gets a fetcher from `fetcher`) and merges the result into the lock file
-/// beside them. Mistakes in the call (recipes in different folders, a
-/// `--mirror` no recipe asks for) are [`UsageError`]s.
+/// gets a fetcher from `fetcher`) and merges the result, with the `bases`
+/// entries (`pgimg lock --base`), into the lock file beside them. Mistakes
+/// in the call (recipes in different folders, a `--mirror` no recipe asks
+/// for) are [`UsageError`]s.
 pub fn lock_with(
     recipes: &[PathBuf],
     inputs: &RecipeInputs,
     os: &FakeOs,
     arches: &[&str],
     fetcher: &dyn Fn() -> anyhow::Result<Box<dyn Fetcher>>,
+    bases: &[LockEntry],
 ) -> anyhow::Result<Summary> {
     let first = recipes
         .first()
@@ -179,6 +181,9 @@ pub fn lock_with(
     }
     if let Some(names) = unused.filter(|u| !u.is_empty()) {
         return Err(UsageError(host::unused_mirrors(&names, "no recipe asks for")).into());
+    }
+    for base in bases {
+        fresh.insert(base.clone())?;
     }
     let mut lock = if path.exists() {
         load_inside(&path)?
@@ -378,6 +383,7 @@ pgxs_build(#{ git: `${mirror("github", "https://github.com")}/petere/pguint.git`
             &FakeOs::default(),
             &ARCHES,
             &|| Ok(Box::new(ResolvingFetcher::new(http(&cache)))),
+            &[],
         )
         .map_err(|e| format!("{e:#}"))
     }
@@ -606,11 +612,33 @@ fetch_verify(#{ url: `${mirror("releases", "https://github.com")}/acme/ext/relea
                 }
             }
         }
+        // Besides the recipes' inputs: the base images the workflow builds
+        // from (`pgimg lock --base`), one per architecture, of the serial
+        // its action names.
+        let action =
+            std::fs::read_to_string(root.join(".github/actions/pgimg-image/action.yml")).unwrap();
+        let serial = action
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("serial="))
+            .expect("the action names its base image's release serial");
+        let bases: std::collections::BTreeSet<_> = ["amd64", "arm64"]
+            .map(|arch| {
+                let url = format!(
+                    "https://cloud-images.ubuntu.com/releases/jammy/{serial}/ubuntu-22.04-server-cloudimg-{arch}.img"
+                );
+                let e = lock.get("url", &url).unwrap_or_else(|| panic!("{url} locked"));
+                assert_eq!(
+                    e.from.as_deref(),
+                    Some(format!("https://cloud-images.ubuntu.com/releases/jammy/{serial}/SHA256SUMS").as_str())
+                );
+                ("url".to_string(), url)
+            })
+            .into();
         let entries: std::collections::BTreeSet<_> = lock
             .entries()
             .map(|e| (e.kind.clone(), e.url.clone()))
             .collect();
-        assert_eq!(entries, used);
+        assert_eq!(entries, &used | &bases);
         // The exporters' lists (GitHub is unreachable here) and ParadeDB's first-use pins.
         assert_eq!(unresolved.len(), 4, "{unresolved:?}");
         assert!(unresolved.contains("lock"));

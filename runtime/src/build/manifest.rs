@@ -35,6 +35,10 @@ pub struct BaseDownload {
     pub url: String,
     /// The sha256 of the download (before any conversion), as pinned.
     pub sha256: String,
+    /// The checksum list the pin was read from (`--base-sha256-from`, or a
+    /// lock line's `from=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256_from: Option<String>,
 }
 
 /// The manifest of one build.

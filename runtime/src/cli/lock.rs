@@ -1,4 +1,5 @@
-//! `pgimg lock`: resolve every pin of recipes into `pgimg.lock` beside them.
+//! `pgimg lock`: resolve every pin of recipes into `pgimg.lock` beside them,
+//! and record the pin of a base image URL on purpose (`--base`).
 
 use std::path::PathBuf;
 
@@ -6,8 +7,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pgimg_stdlib::fetch::{Fetcher, HttpFetcher};
 
+use pgimg_stdlib::lock::{LockEntry, FROM_LOCK};
+
 use super::FakeArgs;
+use crate::build::base_source;
 use crate::engine::display_path;
+use crate::error::UsageError;
 use crate::lock::{lock_with, ResolvingFetcher, ARCHES};
 
 /// Arguments of `pgimg lock`.
@@ -17,6 +22,26 @@ pub struct LockArgs {
     pub recipes: Vec<PathBuf>,
     #[command(flatten)]
     pub fake: FakeArgs,
+    /// Also record the pin of this base image URL (for `pgimg run --base
+    /// URL`), replacing its line if there is one. Repeat it for each
+    /// architecture's image. A dated release serial keeps the URL's content
+    /// fixed; moving to a newer serial is a new URL, locked on purpose.
+    #[arg(long = "base", value_name = "URL")]
+    pub bases: Vec<String>,
+    /// The sha256 of the one --base URL.
+    #[arg(
+        long,
+        value_name = "HEX",
+        requires = "bases",
+        conflicts_with = "base_sha256_from"
+    )]
+    pub base_sha256: Option<String>,
+    /// Take each --base URL's pin from its entry in this checksum list (e.g.
+    /// the release serial's SHA256SUMS); the line records it as `from=`.
+    /// Without this or --base-sha256 the image is downloaded and hashed
+    /// (trust on first use, `from=lock`), and stays in the download cache.
+    #[arg(long, value_name = "LIST_URL", requires = "bases")]
+    pub base_sha256_from: Option<String>,
 }
 
 /// `pgimg lock RECIPE...`: every architecture in [`ARCHES`]; `--arch` is
@@ -28,12 +53,14 @@ pub fn lock(args: &LockArgs) -> Result<()> {
         let http = HttpFetcher::new(&cache).context("setting up the downloader")?;
         Ok(Box::new(ResolvingFetcher::new(http)))
     };
+    let bases = base_entries(args, &cache)?;
     let s = lock_with(
         &args.recipes,
         &args.fake.recipe.inputs(),
         &args.fake.os(),
         &ARCHES,
         &fetcher,
+        &bases,
     )?;
     for (recipe, arch, why) in &s.skipped {
         eprintln!("{recipe}: {arch} skipped: {why}");
@@ -52,4 +79,55 @@ pub fn lock(args: &LockArgs) -> Result<()> {
         s.changed.len()
     );
     Ok(())
+}
+
+/// The lock lines of `--base`: each URL with its pin, resolved before any
+/// recipe runs so a wrong URL or list fails fast.
+fn base_entries(args: &LockArgs, cache: &std::path::Path) -> Result<Vec<LockEntry>> {
+    if args.base_sha256.is_some() && args.bases.len() > 1 {
+        return Err(UsageError(
+            "--base-sha256 pins one --base URL; for several, use --base-sha256-from or one call each"
+                .into(),
+        )
+        .into());
+    }
+    let http = || {
+        HttpFetcher::new(cache)
+            .context("setting up the downloader")
+            .map(|h| h.with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+    };
+    let mut entries = Vec::new();
+    for url in &args.bases {
+        if !base_source::is_url(std::ffi::OsStr::new(url)) {
+            return Err(UsageError(format!(
+                "--base {url}: not an http(s) URL; a base file is hashed when it is built from and needs no lock line"
+            ))
+            .into());
+        }
+        let (pin, from) = match (&args.base_sha256, &args.base_sha256_from) {
+            (Some(hex), _) => (
+                pgimg_stdlib::fetch::normalize_sha256(hex)
+                    .map_err(|e| UsageError(format!("--base-sha256: {e}")))?,
+                None,
+            ),
+            (None, Some(list)) => (
+                base_source::sha256_in_list(&http()?, url, list)?,
+                Some(list.clone()),
+            ),
+            (None, None) => {
+                eprintln!("pgimg: {url}: no checksum given: downloading it to record its sha256 (trust on first use)");
+                let sha = http()?
+                    .sha256_of_download(url)
+                    .with_context(|| format!("downloading the base {url}"))?;
+                (sha, Some(FROM_LOCK.to_string()))
+            }
+        };
+        entries.push(LockEntry {
+            kind: "url".into(),
+            url: url.clone(),
+            pin,
+            from,
+        });
+    }
+    Ok(entries)
 }

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use pgimg_stdlib::fetch::HttpFetcher;
 
 use super::{parse_size, RecipeArgs};
+use crate::build::base_source::GivenPin;
 use crate::build::{self, Format, RunOptions};
 use crate::engine::Limits;
 use crate::error::UsageError;
@@ -16,16 +18,28 @@ pub struct RunArgs {
     /// The recipe to run.
     pub recipe: PathBuf,
     /// Base disk image (raw or qcow2, GPT with an ext4 root): a file, or an
-    /// http(s) URL pinned with --base-sha256 (downloaded into the cache once,
-    /// converted to raw once). Default: the built-in fixture.
+    /// http(s) URL pinned with --base-sha256, --base-sha256-from or a line in
+    /// pgimg.lock (downloaded into the cache once, converted to raw once).
+    /// Default: the built-in fixture.
     #[arg(long, conflicts_with = "rootfs", value_name = "FILE|URL")]
     pub base: Option<PathBuf>,
-    /// The sha256 of the --base URL's content (for an Ubuntu cloud image, its
-    /// line in the release serial's SHA256SUMS). A download that differs is refused.
-    /// Without it the pin is taken from a `url URL HEX` line in pgimg.lock
-    /// beside the recipe.
+    /// The sha256 of the --base URL's content. A download that differs is
+    /// refused. Without it (or --base-sha256-from) the pin is taken from a
+    /// `url URL HEX` line in pgimg.lock beside the recipe, which
+    /// `pgimg lock RECIPE --base URL` writes; a given pin must agree with it.
     #[arg(long, value_name = "HEX", requires = "base")]
     pub base_sha256: Option<String>,
+    /// Pin the --base URL by its entry in this checksum list (the entry for
+    /// the URL's file name), e.g.
+    /// https://cloud-images.ubuntu.com/releases/jammy/release-20241217/SHA256SUMS.
+    /// Under --locked the list is not read: the lock's line must name it.
+    #[arg(
+        long,
+        value_name = "LIST_URL",
+        requires = "base",
+        conflicts_with = "base_sha256"
+    )]
+    pub base_sha256_from: Option<String>,
     /// Run on this directory in place instead of an image (no output file is written).
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -83,49 +97,44 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Some(img)
         }
     };
-    let base_download = match (&base, &args.base_sha256) {
-        (Some(url), pin) if build::base_source::is_url(url.as_os_str()) => {
-            let url_text = url.display().to_string();
-            let lock_file = crate::engine::display_path(&crate::lock::lock_path(&args.recipe));
-            let locked = locked_base_pin(&args.recipe, &url_text)?;
-            let pin = match (pin, locked) {
-                (Some(given), Some(locked))
-                    if pgimg_stdlib::fetch::normalize_sha256(given).ok().as_deref()
-                        != Some(locked.as_str()) =>
-                {
-                    return Err(UsageError(format!(
-                        "--base {url_text}: --base-sha256 {given} differs from its pin in \
-                         {lock_file} ({locked}); change one of them"
-                    ))
-                    .into())
-                }
-                (_, None) if args.locked => {
-                    return Err(UsageError(format!(
-                        "--locked: the base {url_text} has no `url` line in {lock_file}"
-                    ))
-                    .into())
-                }
-                (Some(given), _) => given.clone(),
-                (None, Some(locked)) => locked,
-                (None, None) => {
-                    return Err(UsageError(format!(
-                        "--base {url_text}: a URL needs its sha256: --base-sha256 HEX (e.g. its \
-                         line in the release's SHA256SUMS), or a line `url {url_text} HEX` in \
-                         {lock_file}"
-                    ))
-                    .into())
-                }
+    let given_pin = match (&args.base_sha256, &args.base_sha256_from) {
+        (Some(hex), _) => Some(GivenPin::Sha256(hex.clone())),
+        (None, Some(list)) => Some(GivenPin::List(list.clone())),
+        (None, None) => None,
+    };
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(pgimg_stdlib::fetch::default_cache_dir);
+    let base_download = match (&base, &given_pin) {
+        (Some(url), given) if build::base_source::is_url(url.as_os_str()) => {
+            let url = url.display().to_string();
+            let lock_path = crate::lock::lock_path(&args.recipe);
+            let locked = if lock_path.exists() {
+                crate::lock::load_for(&args.recipe)?
+                    .get("url", &url)
+                    .cloned()
+            } else {
+                None
             };
-            let sha256 = pgimg_stdlib::fetch::normalize_sha256(&pin)
-                .map_err(|e| UsageError(format!("--base-sha256: {e}")))?;
-            Some(build::base_source::BaseDownload {
-                url: url.display().to_string(),
-                sha256,
-            })
+            let lookup = |list: &str| {
+                let fetcher = HttpFetcher::new(cache_dir.join("downloads"))
+                    .context("setting up the downloader")?;
+                build::base_source::sha256_in_list(&fetcher, &url, list)
+            };
+            Some(build::base_source::pin_for(
+                &url,
+                given.as_ref(),
+                locked.as_ref(),
+                args.locked,
+                &crate::engine::display_path(&lock_path),
+                &lookup,
+            )?)
         }
         (Some(img), Some(_)) => {
             return Err(UsageError(format!(
-                "--base-sha256 pins a --base URL; {} is a file, which is hashed as it is",
+                "--base-sha256 and --base-sha256-from pin a --base URL; {} is a file, which is \
+                 hashed as it is",
                 img.display()
             ))
             .into())
@@ -151,10 +160,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         format: args.format,
         compress: args.compress,
         inputs,
-        cache_dir: args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(pgimg_stdlib::fetch::default_cache_dir),
+        cache_dir,
         limits: Limits::default(),
         step_cache: (!args.no_cache).then_some(build::StepCacheOptions {
             max_size: args.cache_max_size,
@@ -172,19 +178,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     .context("build failed")?;
     Ok(())
-}
-
-/// The pin of `url` in the lock file beside `recipe` (a `url` entry), if
-/// there is a lock file and it has one.
-fn locked_base_pin(recipe: &std::path::Path, url: &str) -> Result<Option<String>> {
-    let path = crate::lock::lock_path(recipe);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let lock = pgimg_stdlib::lock::Lock::load(&path)?;
-    Ok(lock
-        .get("url", url)
-        .and_then(|e| pgimg_stdlib::fetch::normalize_sha256(&e.pin).ok()))
 }
 
 /// `<recipe name>-<x64|arm64>.<format>` in the current folder.
