@@ -904,6 +904,27 @@ fn a_base_that_is_not_a_file_is_named_for_what_it_is() {
     }
 }
 
+/// `base` converted to qcow2 as `name` in a `served/` folder of the scene
+/// (to serve over HTTP), and that file's sha256.
+fn served_qcow2_base(scene: &Scene, base: &Path, name: &str) -> (PathBuf, String) {
+    let served_dir = scene.out.join("served");
+    std::fs::create_dir_all(&served_dir).unwrap();
+    let qcow2 = served_dir.join(name);
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(base)
+        .arg(&qcow2)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let pin = served::host(&["sha256sum", qcow2.to_str().unwrap()], None, &[])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    (served_dir, pin)
+}
+
 /// `--base URL --base-sha256`: the base is an input like any other. The
 /// fixture, as qcow2, is served on 127.0.0.1: the first build downloads and
 /// converts it, the second does neither (one GET in the server's log), the
@@ -917,21 +938,7 @@ fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
     }
     let base = base_image();
     let scene = Scene::new();
-    let served_dir = scene.out.join("served");
-    std::fs::create_dir_all(&served_dir).unwrap();
-    let qcow2 = served_dir.join("base.qcow2");
-    let converted = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&base)
-        .arg(&qcow2)
-        .status()
-        .unwrap();
-    assert!(converted.success());
-    let pin = served::host(&["sha256sum", qcow2.to_str().unwrap()], None, &[])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let (served_dir, pin) = served_qcow2_base(&scene, &base, "base.qcow2");
     let server = Served::folder(&served_dir, &scene.out.join("served.log"));
     let url = format!("{}/base.qcow2", server.url());
     // A cache of its own: the first build must download.
@@ -1071,21 +1078,7 @@ fn a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list() {
     }
     let base = base_image();
     let scene = Scene::new();
-    let served_dir = scene.out.join("served");
-    std::fs::create_dir_all(&served_dir).unwrap();
-    let qcow2 = served_dir.join("disk-amd64.img");
-    let converted = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&base)
-        .arg(&qcow2)
-        .status()
-        .unwrap();
-    assert!(converted.success());
-    let pin = served::host(&["sha256sum", qcow2.to_str().unwrap()], None, &[])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let (served_dir, pin) = served_qcow2_base(&scene, &base, "disk-amd64.img");
     // The cloud images' format: binary-mode `sha256sum` lines.
     std::fs::write(
         served_dir.join("SHA256SUMS"),

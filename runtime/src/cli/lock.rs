@@ -9,7 +9,7 @@ use pgimg_stdlib::fetch::{Fetcher, HttpFetcher};
 
 use pgimg_stdlib::lock::{LockEntry, FROM_LOCK};
 
-use super::FakeArgs;
+use super::{BasePinArgs, FakeArgs};
 use crate::build::base_source;
 use crate::engine::display_path;
 use crate::error::UsageError;
@@ -23,25 +23,15 @@ pub struct LockArgs {
     #[command(flatten)]
     pub fake: FakeArgs,
     /// Also record the pin of this base image URL (for `pgimg run --base
-    /// URL`), replacing its line if there is one. Repeat it for each
-    /// architecture's image. A dated release serial keeps the URL's content
-    /// fixed; moving to a newer serial is a new URL, locked on purpose.
-    #[arg(long = "base", value_name = "URL")]
-    pub bases: Vec<String>,
-    /// The sha256 of the one --base URL.
-    #[arg(
-        long,
-        value_name = "HEX",
-        requires = "bases",
-        conflicts_with = "base_sha256_from"
-    )]
-    pub base_sha256: Option<String>,
-    /// Take each --base URL's pin from its entry in this checksum list (e.g.
-    /// the release serial's SHA256SUMS); the line records it as `from=`.
-    /// Without this or --base-sha256 the image is downloaded and hashed
-    /// (trust on first use, `from=lock`), and stays in the download cache.
-    #[arg(long, value_name = "LIST_URL", requires = "bases")]
-    pub base_sha256_from: Option<String>,
+    /// URL`), replacing its line if there is one; repeat it for each
+    /// architecture's image. Without --base-sha256 or --base-sha256-from the
+    /// image is downloaded and hashed (trust on first use, `from=lock`) and
+    /// stays in the download cache. A dated release serial keeps the URL's
+    /// content fixed; moving to a newer serial is a new URL, locked on purpose.
+    #[arg(long, value_name = "URL")]
+    pub base: Vec<String>,
+    #[command(flatten)]
+    pub base_pin: BasePinArgs,
 }
 
 /// `pgimg lock RECIPE...`: every architecture in [`ARCHES`]; `--arch` is
@@ -84,7 +74,8 @@ pub fn lock(args: &LockArgs) -> Result<()> {
 /// The lock lines of `--base`: each URL with its pin, resolved before any
 /// recipe runs so a wrong URL or list fails fast.
 fn base_entries(args: &LockArgs, cache: &std::path::Path) -> Result<Vec<LockEntry>> {
-    if args.base_sha256.is_some() && args.bases.len() > 1 {
+    let given = args.base_pin.given();
+    if matches!(given, Some(base_source::GivenPin::Sha256(_))) && args.base.len() > 1 {
         return Err(UsageError(
             "--base-sha256 pins one --base URL; for several, use --base-sha256-from or one call each"
                 .into(),
@@ -97,24 +88,24 @@ fn base_entries(args: &LockArgs, cache: &std::path::Path) -> Result<Vec<LockEntr
             .map(|h| h.with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr())))
     };
     let mut entries = Vec::new();
-    for url in &args.bases {
+    for url in &args.base {
         if !base_source::is_url(std::ffi::OsStr::new(url)) {
             return Err(UsageError(format!(
                 "--base {url}: not an http(s) URL; a base file is hashed when it is built from and needs no lock line"
             ))
             .into());
         }
-        let (pin, from) = match (&args.base_sha256, &args.base_sha256_from) {
-            (Some(hex), _) => (
+        let (pin, from) = match &given {
+            Some(base_source::GivenPin::Sha256(hex)) => (
                 pgimg_stdlib::fetch::normalize_sha256(hex)
                     .map_err(|e| UsageError(format!("--base-sha256: {e}")))?,
                 None,
             ),
-            (None, Some(list)) => (
+            Some(base_source::GivenPin::List(list)) => (
                 base_source::sha256_in_list(&http()?, url, list)?,
                 Some(list.clone()),
             ),
-            (None, None) => {
+            None => {
                 eprintln!("pgimg: {url}: no checksum given: downloading it to record its sha256 (trust on first use)");
                 let sha = http()?
                     .sha256_of_download(url)

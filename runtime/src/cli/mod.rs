@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use pgimg_stdlib::FakeOs;
 
+use crate::build::base_source::GivenPin;
 use crate::host::RecipeInputs;
 
 #[derive(Parser, Debug)]
@@ -129,6 +130,35 @@ impl Cmd {
             self,
             Cmd::Run(_) | Cmd::Shell(_) | Cmd::Boot(_) | Cmd::Verify(_)
         )
+    }
+}
+
+/// How `--base` URLs are pinned on the command line (`run` and `lock`).
+#[derive(Args, Debug, Clone)]
+pub struct BasePinArgs {
+    /// The sha256 of the --base URL's content; a download that differs is refused.
+    #[arg(
+        long,
+        value_name = "HEX",
+        requires = "base",
+        conflicts_with = "base_sha256_from"
+    )]
+    pub base_sha256: Option<String>,
+    /// Pin each --base URL by the entry for its file name in this checksum
+    /// list (`sha256sum` or BSD format), e.g.
+    /// https://cloud-images.ubuntu.com/releases/jammy/release-20260705/SHA256SUMS.
+    #[arg(long, value_name = "LIST_URL", requires = "base")]
+    pub base_sha256_from: Option<String>,
+}
+
+impl BasePinArgs {
+    /// The pin given, if any (clap lets at most one through).
+    pub fn given(&self) -> Option<GivenPin> {
+        match (&self.base_sha256, &self.base_sha256_from) {
+            (Some(hex), _) => Some(GivenPin::Sha256(hex.clone())),
+            (None, Some(list)) => Some(GivenPin::List(list.clone())),
+            (None, None) => None,
+        }
     }
 }
 

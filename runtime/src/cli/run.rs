@@ -6,8 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pgimg_stdlib::fetch::HttpFetcher;
 
-use super::{parse_size, RecipeArgs};
-use crate::build::base_source::GivenPin;
+use super::{parse_size, BasePinArgs, RecipeArgs};
 use crate::build::{self, Format, RunOptions};
 use crate::engine::Limits;
 use crate::error::UsageError;
@@ -18,28 +17,16 @@ pub struct RunArgs {
     /// The recipe to run.
     pub recipe: PathBuf,
     /// Base disk image (raw or qcow2, GPT with an ext4 root): a file, or an
-    /// http(s) URL pinned with --base-sha256, --base-sha256-from or a line in
-    /// pgimg.lock (downloaded into the cache once, converted to raw once).
+    /// http(s) URL (downloaded into the cache once, converted to raw once).
+    /// A URL's pin is --base-sha256, --base-sha256-from, or a `url URL HEX`
+    /// line in pgimg.lock beside the recipe (`pgimg lock RECIPE --base URL`
+    /// writes it); a pin given here must agree with that line. Under
+    /// --locked the line must exist and no checksum list is read.
     /// Default: the built-in fixture.
     #[arg(long, conflicts_with = "rootfs", value_name = "FILE|URL")]
     pub base: Option<PathBuf>,
-    /// The sha256 of the --base URL's content. A download that differs is
-    /// refused. Without it (or --base-sha256-from) the pin is taken from a
-    /// `url URL HEX` line in pgimg.lock beside the recipe, which
-    /// `pgimg lock RECIPE --base URL` writes; a given pin must agree with it.
-    #[arg(long, value_name = "HEX", requires = "base")]
-    pub base_sha256: Option<String>,
-    /// Pin the --base URL by its entry in this checksum list (the entry for
-    /// the URL's file name), e.g.
-    /// https://cloud-images.ubuntu.com/releases/jammy/release-20241217/SHA256SUMS.
-    /// Under --locked the list is not read: the lock's line must name it.
-    #[arg(
-        long,
-        value_name = "LIST_URL",
-        requires = "base",
-        conflicts_with = "base_sha256"
-    )]
-    pub base_sha256_from: Option<String>,
+    #[command(flatten)]
+    pub base_pin: BasePinArgs,
     /// Run on this directory in place instead of an image (no output file is written).
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
@@ -97,11 +84,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Some(img)
         }
     };
-    let given_pin = match (&args.base_sha256, &args.base_sha256_from) {
-        (Some(hex), _) => Some(GivenPin::Sha256(hex.clone())),
-        (None, Some(list)) => Some(GivenPin::List(list.clone())),
-        (None, None) => None,
-    };
+    let given_pin = args.base_pin.given();
     let cache_dir = args
         .cache_dir
         .clone()
