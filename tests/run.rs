@@ -904,6 +904,48 @@ fn a_base_that_is_not_a_file_is_named_for_what_it_is() {
     }
 }
 
+/// Mistakes found from the command line and the recipe's text alone stop
+/// the build before the base is copied or anything is built (exit 2): a
+/// syntax error, named by `file:line:col`, and a `--size` below the base's.
+#[test]
+fn a_syntax_error_or_a_shrinking_size_stops_the_build_before_the_base_is_copied() {
+    if !fixture::require_root(
+        "a_syntax_error_or_a_shrinking_size_stops_the_build_before_the_base_is_copied",
+    ) {
+        return;
+    }
+    let base = base_image();
+    let scene = Scene::new();
+    let broken = write_recipe(&scene.recipes, "broken.rhai", "log(\"a\");\nlet x = ;\n");
+    let fine = write_recipe(&scene.recipes, "fine.rhai", "log(\"a\");\n");
+    let base_len = std::fs::metadata(&base).unwrap().len();
+    let smaller = (base_len / 2).to_string();
+    for (recipe, extra, says) in [
+        (&broken, vec![], format!("{}:2:", broken.display())),
+        (
+            &fine,
+            vec!["--size", smaller.as_str()],
+            "which can only grow".to_string(),
+        ),
+    ] {
+        let out = scene.out.join("o.raw");
+        let f = start_run(recipe, &base, &out, &extra).finish(Duration::from_secs(60));
+        assert_eq!(f.code(), Some(2), "{}", f.stderr);
+        assert!(f.stderr.contains(&says), "{says:?} in {}", f.stderr);
+        assert!(
+            !f.stderr.contains("stage acquire"),
+            "nothing was copied: {}",
+            f.stderr
+        );
+        assert_eq!(
+            std::fs::read_dir(&scene.out).unwrap().count(),
+            0,
+            "nothing written"
+        );
+    }
+    assert_base_unchanged(&base);
+}
+
 /// `base` converted to qcow2 as `name` in a `served/` folder of the scene
 /// (to serve over HTTP), and that file's sha256.
 fn served_qcow2_base(scene: &Scene, base: &Path, name: &str) -> (PathBuf, String) {

@@ -11,7 +11,7 @@ use pgimg_stdlib::fetch::{Fetcher, RecordingFetcher};
 use pgimg_stdlib::lock::Lock;
 use pgimg_stdlib::{Ctx, FakeOs, FakeTarget, Target};
 
-use crate::engine::{build_engine, normalize, run_file, Limits};
+use crate::engine::{build_engine, compile, normalize, run_file, Limits};
 use crate::error::RecipeError;
 
 /// What a recipe is run with besides its target: `--set`, `--mirror`,
@@ -103,6 +103,24 @@ pub fn run_recipe_with(
         journal,
         unused_mirrors,
     }
+}
+
+/// Compiles the recipe file with the engine it will run in, so that `pgimg
+/// run` stops on a syntax error before it copies, downloads or builds
+/// anything. Imported modules are compiled when the recipe runs.
+pub fn check_syntax(recipe: &Path, inputs: &RecipeInputs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let target = FakeTarget::new(&FakeOs::default(), Box::new(RecordingFetcher::default()))
+        .context("creating a fake root")?;
+    let ctx = recipe_ctx(
+        recipe,
+        inputs,
+        Arc::new(target),
+        Arc::default(),
+        Arc::new(|_, _| {}),
+    );
+    compile(&build_engine(&ctx, &Limits::default()), recipe)?;
+    Ok(())
 }
 
 /// Runs `recipe` on a fake root of `os` whose fetches go to `fetcher`: the

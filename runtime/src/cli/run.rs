@@ -71,6 +71,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         )
         .into());
     }
+    if !args.recipe.is_file() {
+        return Err(UsageError(format!("{}: no such recipe", args.recipe.display())).into());
+    }
+    crate::host::check_syntax(&args.recipe, &args.recipe_args.inputs())?;
     let base = match (&args.base, &args.rootfs) {
         (_, Some(_)) => None,
         (Some(img), None) => Some(img.clone()),
@@ -125,13 +129,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         (Some(img), None) => {
             not_a_file(img)
                 .map_err(|why| UsageError(format!("--base {}: {why}", img.display())))?;
+            if let Some(size) = args.size {
+                refuse_shrink(img, size)?;
+            }
             None
         }
         (None, _) => None,
     };
-    if !args.recipe.is_file() {
-        return Err(UsageError(format!("{}: no such recipe", args.recipe.display())).into());
-    }
     let mut inputs = args.recipe_args.inputs();
     if args.locked {
         inputs.lock = Some(crate::lock::load_for(&args.recipe)?);
@@ -181,6 +185,31 @@ fn default_output(args: &RunArgs) -> PathBuf {
         arch.image_arch(),
         args.format.as_str()
     ))
+}
+
+/// Refuses a `--size` below a raw base's size before the base is copied
+/// (the grow would refuse it then, naming the work copy). A qcow2 base's
+/// disk size is only known from its header; the grow checks that one.
+fn refuse_shrink(base: &std::path::Path, size: u64) -> Result<()> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file =
+        std::fs::File::open(base).with_context(|| format!("--base {}", base.display()))?;
+    let is_qcow2 = file.read_exact(&mut magic).is_ok() && &magic == b"QFI\xfb";
+    let len = file
+        .metadata()
+        .with_context(|| format!("--base {}", base.display()))?
+        .len();
+    if !is_qcow2 && size < len {
+        return Err(UsageError(format!(
+            "--size {size}: the base {} is already {len} bytes ({}); --size is the final size \
+             of the image, which can only grow",
+            base.display(),
+            indicatif::HumanBytes(len)
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Ok for a regular file (or a link to one); otherwise what the path is.
