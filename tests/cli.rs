@@ -192,3 +192,37 @@ fn compress_without_qcow2_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--format qcow2"), "{}", text(&o));
 }
+
+/// A checkpoint interval that is not a number, from the flag or from
+/// `PGIMG_CHECKPOINT_MIN_SECONDS`, is refused instead of silently replaced
+/// by the default.
+#[test]
+fn a_checkpoint_interval_that_is_not_a_number_is_refused() {
+    let args = [
+        "run",
+        "recipes/examples/hello.rhai",
+        "--output",
+        "/nonexistent/x.raw",
+    ];
+    let from_env = Command::new(env!("CARGO_BIN_EXE_pgimg"))
+        .args(args)
+        .env("PGIMG_CHECKPOINT_MIN_SECONDS", "abc")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(from_env.status.code(), Some(2), "{}", text(&from_env));
+    assert!(
+        text(&from_env).contains("PGIMG_CHECKPOINT_MIN_SECONDS"),
+        "{}",
+        text(&from_env)
+    );
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--checkpoint-min-seconds=-1"]);
+    let o = pgimg(&with_flag, repo());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not a number of seconds"),
+        "{}",
+        text(&o)
+    );
+}

@@ -51,7 +51,8 @@ const FORMAT: u32 = 1;
 /// Default bound on the total size of the checkpoints (allocated bytes).
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
 
-/// Default for [`Session::min_seconds`]; `PGIMG_CHECKPOINT_MIN_SECONDS` sets it.
+/// Default for [`Session::min_seconds`]; `pgimg run --checkpoint-min-seconds`
+/// (or `PGIMG_CHECKPOINT_MIN_SECONDS`) sets it.
 pub const DEFAULT_MIN_SECONDS: f64 = 10.0;
 
 /// What the first key is made of.
@@ -398,11 +399,14 @@ pub struct Session {
 const UNKNOWN: &str = "pgimg-step-cache: unknown step";
 
 impl Session {
-    fn new(store: Store, recipe: &str, k0: String, mode: Mode, max_size: u64) -> Session {
-        let min_seconds = std::env::var("PGIMG_CHECKPOINT_MIN_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MIN_SECONDS);
+    fn new(
+        store: Store,
+        recipe: &str,
+        k0: String,
+        mode: Mode,
+        max_size: u64,
+        min_seconds: f64,
+    ) -> Session {
         Session {
             store,
             recipe: recipe.to_string(),
@@ -453,6 +457,8 @@ impl Session {
                 stopped: false,
             },
             0,
+            // A probe takes no checkpoint.
+            DEFAULT_MIN_SECONDS,
         ))
     }
 
@@ -464,19 +470,22 @@ impl Session {
         }
     }
 
-    /// The session of the real run: replaying `resume` first, if given.
+    /// The session of the real run: replaying `resume` first, if given;
+    /// checkpoints after `min_seconds` of executed calls, bounded to
+    /// `max_size` bytes in all.
     pub fn build(
         store: Store,
         recipe: &str,
         k0: String,
         resume: Option<Resume>,
         max_size: u64,
+        min_seconds: f64,
     ) -> Session {
         let mode = match resume {
             Some(r) => Mode::Replay(r.record),
             None => Mode::Execute,
         };
-        Session::new(store, recipe, k0, mode, max_size)
+        Session::new(store, recipe, k0, mode, max_size, min_seconds)
     }
 
     /// Copies the checkpoint's image to `work` (a new file) and marks it used.

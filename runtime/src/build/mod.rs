@@ -75,6 +75,8 @@ pub struct RunOptions {
 pub struct StepCacheOptions {
     /// Bound on the checkpoints' total allocated size; least recently used go first.
     pub max_size: u64,
+    /// Seconds of executed calls after which the next call takes a checkpoint.
+    pub min_seconds: f64,
 }
 
 /// The recipe itself failed (its message already names file:line:col).
@@ -388,7 +390,14 @@ fn step_cache(
         )),
         None => log("step cache: no checkpoint matches; building from the start"),
     }
-    let session = cache::Session::build(store, &recipe, k0, resume.clone(), c.max_size);
+    let session = cache::Session::build(
+        store,
+        &recipe,
+        k0,
+        resume.clone(),
+        c.max_size,
+        c.min_seconds,
+    );
     Ok((Some(Arc::new(session)), resume))
 }
 

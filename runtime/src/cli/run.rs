@@ -60,6 +60,28 @@ pub struct RunArgs {
     /// Bound on the step cache's checkpoints (least recently used evicted first).
     #[arg(long, value_parser = parse_size, default_value = "10G", value_name = "SIZE")]
     pub cache_max_size: u64,
+    /// A checkpoint is taken before the next primitive call once the calls
+    /// run since the last one took this long (see "Where checkpoints are
+    /// taken" in docs/recipes.md).
+    #[arg(
+        long,
+        env = "PGIMG_CHECKPOINT_MIN_SECONDS",
+        value_parser = parse_seconds,
+        default_value = "10",
+        value_name = "SECONDS"
+    )]
+    pub checkpoint_min_seconds: f64,
+}
+
+/// A number of seconds, zero or more (fractions allowed).
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds like 10 or 0.5 (the value may come from \
+             PGIMG_CHECKPOINT_MIN_SECONDS)"
+        )),
+    }
 }
 
 /// `pgimg run`. Call inside the private mount namespace.
@@ -151,6 +173,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         limits: Limits::default(),
         step_cache: (!args.no_cache).then_some(build::StepCacheOptions {
             max_size: args.cache_max_size,
+            min_seconds: args.checkpoint_min_seconds,
         }),
         base_download,
     };
