@@ -226,3 +226,19 @@ fn a_checkpoint_interval_that_is_not_a_number_is_refused() {
         text(&o)
     );
 }
+
+/// `pgimg check --set` with a name no `param()` reads: most likely a typo,
+/// which would otherwise build with the default. Exit 2, naming it.
+#[test]
+fn a_set_the_recipe_never_reads_is_a_usage_error() {
+    let d = recipe_dir(&[("r.rhai", "log(param(\"greeting\", \"hello\"));\n")]);
+    let o = pgimg(&["check", "r.rhai", "--set", "greeting=hi"], d.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = pgimg(&["check", "r.rhai", "--set", "greting=hi"], d.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--set greting: the recipe never reads this parameter"),
+        "{}",
+        text(&o)
+    );
+}

@@ -26,20 +26,23 @@ pub struct RecipeInputs {
 }
 
 /// What one run of a recipe left: its result (the message already names
-/// `file:line:col`), its journal (also when it failed) and the `--mirror`
-/// names it never asked for.
+/// `file:line:col`), its journal (also when it failed), and the `--mirror`
+/// and `--set` names it never asked for.
 pub struct RecipeRun {
     pub result: Result<(), RecipeError>,
     pub journal: Journal,
     pub unused_mirrors: Vec<String>,
+    pub unused_params: Vec<String>,
 }
 
 impl RecipeRun {
-    /// The journal, or the recipe's error; an unused `--mirror` is an error
-    /// too (most likely a typo that would leave the upstream source in place).
+    /// The journal, or the recipe's error; an unused `--mirror` or `--set`
+    /// is an error too (most likely a typo that would leave the upstream
+    /// source, or the parameter's default, in place).
     pub fn into_journal(self) -> Result<Journal, RecipeError> {
         self.result?;
         unused_mirrors_error(&self.unused_mirrors)?;
+        unused_params_error(&self.unused_params)?;
         Ok(self.journal)
     }
 }
@@ -94,6 +97,7 @@ pub fn run_recipe_with(
     let engine = build_engine(&ctx, limits);
     let result = run_file(&engine, recipe);
     let unused_mirrors = pgimg_stdlib::mirror::unused_mirrors(&ctx);
+    let unused_params = pgimg_stdlib::facts::unused_params(&ctx);
     // The engine and the Ctx hold the journal's other references.
     drop(engine);
     drop(ctx);
@@ -102,6 +106,7 @@ pub fn run_recipe_with(
         result,
         journal,
         unused_mirrors,
+        unused_params,
     }
 }
 
@@ -158,6 +163,23 @@ pub fn unused_mirrors_error(unused: &[String]) -> Result<(), RecipeError> {
     )))
 }
 
+/// The error for `--set` names the recipe never read.
+pub fn unused_params_error(unused: &[String]) -> Result<(), RecipeError> {
+    if unused.is_empty() {
+        return Ok(());
+    }
+    let what = if unused.len() == 1 {
+        "this parameter"
+    } else {
+        "these parameters"
+    };
+    Err(RecipeError(format!(
+        "--set {}: the recipe never reads {what} (see `param()` calls in the recipe; \
+         check the name)",
+        unused.join(", ")
+    )))
+}
+
 /// "--mirror a, b: `nobody_asks_for` these sources" (or "this source").
 pub fn unused_mirrors(names: &[String], nobody_asks_for: &str) -> String {
     let what = if names.len() == 1 {
@@ -202,6 +224,38 @@ mod tests {
             unused_mirrors_error(&two).unwrap_err().0,
             "--mirror https://a, https://b: the recipe never asks for these sources \
              (see `mirror()` calls in the recipe)"
+        );
+    }
+
+    /// A `--set` no `param()` call reads is refused, whichever way the
+    /// recipe reads its parameters (`param(name)`, `param(name, default)`,
+    /// in a branch).
+    #[test]
+    fn a_set_the_recipe_never_reads_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = dir.path().join("r.rhai");
+        std::fs::write(
+            &recipe,
+            "let a = param(\"a\", \"x\");\nif a == \"1\" { log(param(\"b\")); }\n",
+        )
+        .unwrap();
+        let with = |pairs: &[(&str, &str)]| {
+            let inputs = RecipeInputs {
+                params: pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..RecipeInputs::default()
+            };
+            plan(&recipe, &inputs, &FakeOs::default()).map_err(|e| format!("{e:#}"))
+        };
+        with(&[]).unwrap();
+        with(&[("a", "1"), ("b", "2")]).unwrap();
+        let err = with(&[("a", "2"), ("b", "2"), ("typo", "3")]).unwrap_err();
+        assert_eq!(
+            err,
+            "--set b, typo: the recipe never reads these parameters (see `param()` calls in \
+             the recipe; check the name)"
         );
     }
 }

@@ -117,8 +117,28 @@ fn unquote(value: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Records that the recipe read parameter `name` (see [`unused_params`]).
+fn note_read(ctx: &Ctx, name: &str) {
+    let mut j = ctx.journal.lock().unwrap();
+    if !j.params_read.iter().any(|n| n == name) {
+        j.params_read.push(name.to_string());
+    }
+}
+
+/// The `--set` names the recipe never read: most likely a typo, which would
+/// otherwise build with the default silently.
+pub fn unused_params(ctx: &Ctx) -> Vec<String> {
+    let j = ctx.journal.lock().unwrap();
+    ctx.params
+        .keys()
+        .filter(|k| !j.params_read.contains(k))
+        .cloned()
+        .collect()
+}
+
 /// `--set name=value`, or an error telling how to pass it.
 pub fn param(ctx: &Ctx, name: &str) -> Result<String> {
+    note_read(ctx, name);
     ctx.param(name).map(str::to_string).ok_or_else(|| {
         Error::invalid(format!(
             "parameter `{name}` is not set and has no default; pass `--set {name}=value`"
@@ -128,6 +148,7 @@ pub fn param(ctx: &Ctx, name: &str) -> Result<String> {
 
 /// `--set name=value` converted to the type of `default`, or `default`.
 pub fn param_or(ctx: &Ctx, name: &str, default: Dynamic) -> Result<Dynamic> {
+    note_read(ctx, name);
     let Some(value) = ctx.param(name) else {
         return Ok(default);
     };

@@ -94,6 +94,8 @@ pub struct Journal {
     pub inputs: Vec<Input>,
     /// Mirror names the recipe asked for, redirected or not.
     pub mirrors_used: Vec<String>,
+    /// Parameter names the recipe read with `param`, set or not.
+    pub params_read: Vec<String>,
     /// The `mirror()` calls `--mirror` redirected.
     pub redirects: Vec<Redirect>,
     /// Build settings a recipe chose (e.g. `finalize` items), by name.

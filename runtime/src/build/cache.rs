@@ -107,6 +107,8 @@ pub struct StepRecord {
 pub struct JournalState {
     pub inputs: Vec<Input>,
     pub mirrors_used: Vec<String>,
+    #[serde(default)]
+    pub params_read: Vec<String>,
     pub redirects: Vec<Redirect>,
     pub settings: std::collections::BTreeMap<String, serde_json::Value>,
 }
@@ -116,6 +118,7 @@ impl JournalState {
         JournalState {
             inputs: j.inputs.clone(),
             mirrors_used: j.mirrors_used.clone(),
+            params_read: j.params_read.clone(),
             redirects: j.redirects.clone(),
             settings: j.settings.clone(),
         }
@@ -124,6 +127,7 @@ impl JournalState {
     fn apply(&self, j: &mut Journal) {
         j.inputs = self.inputs.clone();
         j.mirrors_used = self.mirrors_used.clone();
+        j.params_read = self.params_read.clone();
         j.redirects = self.redirects.clone();
         j.settings = self.settings.clone();
     }
