@@ -7,27 +7,7 @@ use std::path::Path;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-/// An error type that can say which file an I/O failure was about (the
-/// image, the step summary): every publish target's `Error::Io`.
-pub(crate) trait IoError {
-    fn io(path: &Path, source: std::io::Error) -> Self;
-}
-
-/// Implements [`IoError`] for an error enum whose `Io` variant is
-/// `{ path: PathBuf, source: std::io::Error }`.
-macro_rules! io_error_at {
-    ($error:ty) => {
-        impl $crate::rt::IoError for $error {
-            fn io(path: &::std::path::Path, source: ::std::io::Error) -> Self {
-                Self::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        }
-    };
-}
-pub(crate) use io_error_at;
+use crate::error::CommonError;
 
 /// One publish call, as every target makes it: `prepare` checks the options
 /// and reads what it needs on this thread (no signal handler yet, so Ctrl-C
@@ -42,7 +22,7 @@ pub(crate) fn publish<T, E, F, Fut, M>(
     prepare: impl FnOnce() -> Result<(F, M), E>,
 ) -> Result<T, E>
 where
-    E: IoError,
+    E: CommonError,
     F: FnOnce(Interrupt) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     M: FnOnce(&T) -> String,

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use common::*;
 use pgimg_publish::ami::{self, AmiOptions, Arch, Via};
+use pgimg_publish::error::Common;
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 512 * 1024;
@@ -1038,28 +1039,28 @@ fn public_with_a_kms_key_and_tpm_without_uefi_are_refused_before_any_call() {
     o.kms_key_id = Some(KEY_HOME.into());
     let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
     assert!(
-        matches!(err, ami::Error::Invalid(ref m) if m.contains("public")),
+        matches!(err, ami::Error::Common(Common::Invalid(ref m)) if m.contains("public")),
         "{err}"
     );
     o.public = false;
     o.skip_zero_blocks = true;
     let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
     assert!(
-        matches!(err, ami::Error::Invalid(ref m) if m.contains("corrupt")),
+        matches!(err, ami::Error::Common(Common::Invalid(ref m)) if m.contains("corrupt")),
         "{err}"
     );
     o.skip_zero_blocks = false;
     o.tpm_support = Some(ami::TpmSupport::V2_0);
     let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
     assert!(
-        matches!(err, ami::Error::Invalid(ref m) if m.contains("uefi")),
+        matches!(err, ami::Error::Common(Common::Invalid(ref m)) if m.contains("uefi")),
         "{err}"
     );
     o.tpm_support = None;
     o.share_with = vec!["12345".into()];
     let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
     assert!(
-        matches!(err, ami::Error::Invalid(ref m) if m.contains("12-digit")),
+        matches!(err, ami::Error::Common(Common::Invalid(ref m)) if m.contains("12-digit")),
         "{err}"
     );
 }

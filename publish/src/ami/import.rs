@@ -6,8 +6,8 @@ use aws_sdk_ec2::types::{SnapshotDiskContainer, UserBucket};
 use aws_sdk_ec2::Client;
 
 use super::{Ctx, Error};
+use crate::error::CommonError;
 use crate::progress::{Progress, Unit};
-use crate::retry::ApiError;
 use crate::rt::Interrupt;
 use crate::s3::{self, Upload};
 
@@ -97,14 +97,13 @@ async fn start(ctx: &Ctx<'_>, ec2: &Client, upload: &Upload) -> Result<String, E
         .send()
         .await
         .map_err(|e| Error::api("ImportSnapshot", upload.target(), &e))?;
-    started
-        .import_task_id()
-        .map(str::to_string)
-        .ok_or_else(|| Error::Api {
-            op: "ImportSnapshot",
-            target: upload.target(),
-            message: "the response has no import task id".into(),
-        })
+    started.import_task_id().map(str::to_string).ok_or_else(|| {
+        Error::api_message(
+            "ImportSnapshot",
+            upload.target(),
+            "the response has no import task id".into(),
+        )
+    })
 }
 
 /// Polls the task every `poll_secs` until it completes; a failed or
@@ -177,7 +176,7 @@ async fn wait(
         tokio::select! {
             _ = tokio::time::sleep(ctx.poll()) => {}
             signal = interrupt.wait() => {
-                let err = Error::Interrupted { signal };
+                let err = Error::interrupted(signal);
                 return Err(err.with_cleanup(cancel(ec2, task).await.err()));
             }
         }

@@ -10,8 +10,8 @@ use aws_sdk_ec2::types::{
 use aws_sdk_ec2::Client;
 
 use super::{Arch, BootMode, Ctx, Error, ImdsSupport, RegionImage, TpmSupport};
+use crate::error::CommonError;
 use crate::progress::{Progress, Unit};
-use crate::retry::ApiError;
 use crate::rt::Interrupt;
 
 /// The root device every AMI gets, as the old workflow registered them.
@@ -121,11 +121,11 @@ pub(super) async fn register(ctx: &Ctx<'_>, ec2: &Client, snapshot: &str) -> Res
         })?;
     let ami = registered.image_id().unwrap_or_default().to_string();
     if ami.is_empty() {
-        return Err(Error::Api {
-            op: "RegisterImage",
-            target: opts.name.clone(),
-            message: "the response has no image id".into(),
-        });
+        return Err(Error::api_message(
+            "RegisterImage",
+            opts.name.clone(),
+            "the response has no image id".into(),
+        ));
     }
     tag(ctx, ec2, &[ami.as_str(), snapshot]).await?;
     Ok(ami)
@@ -173,11 +173,11 @@ pub(super) async fn copy(
         .map_err(|e| Error::api("CopyImage", format!("{source_ami} to {region}"), &e))?;
     let ami = copied.image_id().unwrap_or_default().to_string();
     if ami.is_empty() {
-        return Err(Error::Api {
-            op: "CopyImage",
-            target: format!("{source_ami} to {region}"),
-            message: "the response has no image id".into(),
-        });
+        return Err(Error::api_message(
+            "CopyImage",
+            format!("{source_ami} to {region}"),
+            "the response has no image id".into(),
+        ));
     }
     tag(ctx, dest, &[ami.as_str()]).await?;
     Ok(ami)
@@ -252,7 +252,7 @@ pub(super) async fn wait_available(
         }
         tokio::select! {
             _ = tokio::time::sleep(ctx.poll()) => {}
-            signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
+            signal = interrupt.wait() => return Err(Error::interrupted(signal)),
         }
     }
 }
@@ -327,7 +327,7 @@ pub(super) async fn finish(
     if let Some(at) = &opts.deprecate_at {
         let at =
             aws_smithy_types::DateTime::from_str(at, aws_smithy_types::date_time::Format::DateTime)
-                .map_err(|e| Error::Invalid(format!("--deprecate-at {at:?}: {e}")))?;
+                .map_err(|e| Error::invalid(format!("--deprecate-at {at:?}: {e}")))?;
         ec2.enable_image_deprecation()
             .image_id(ami)
             .deprecate_at(at)
