@@ -9,9 +9,9 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::retry::sdk_message;
 
-/// What goes wrong the same way in S3, AMI and GCE publishing. Each
-/// target's `Error` has a transparent `Common` variant, so these read exactly
-/// as the target's own.
+/// What goes wrong the same way in S3, AMI and GCE publishing (only AMI and
+/// GCE wait, so only they time out). Each target's `Error` has a transparent
+/// `Common` variant, so these read exactly as the target's own.
 #[derive(Debug, thiserror::Error)]
 pub enum Common {
     /// The options cannot work (an empty bucket, a bad name, a part size out
@@ -36,6 +36,10 @@ pub enum Common {
     /// SIGINT or SIGTERM arrived; what had been started was cleaned up.
     #[error("interrupted by {signal}")]
     Interrupted { signal: &'static str },
+    /// A bounded wait (an import task, a snapshot, AMIs, a GCE image or
+    /// operation) ran out.
+    #[error("gave up after {secs} s waiting for {what}")]
+    Timeout { what: String, secs: u64 },
 }
 
 /// Builds the [`Common`] failures as any error that wraps them.

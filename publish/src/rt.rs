@@ -3,11 +3,12 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::error::CommonError;
+use crate::error::{Common, CommonError};
 
 /// One publish call, as every target makes it: `prepare` checks the options
 /// and reads what it needs on this thread (no signal handler yet, so Ctrl-C
@@ -90,6 +91,57 @@ impl Interrupt {
             // The listener only goes away with the runtime; never resolve then.
             Err(_) => std::future::pending().await,
         }
+    }
+}
+
+/// A bounded wait: a poll every `poll`, until `timeout` after it began.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    began: Instant,
+    poll: Duration,
+    timeout: Duration,
+}
+
+impl Wait {
+    /// A wait beginning now.
+    pub(crate) fn new(poll: Duration, timeout: Duration) -> Self {
+        Wait {
+            began: Instant::now(),
+            poll,
+            timeout,
+        }
+    }
+
+    /// Sleeps until the next poll, or fails with [`Common::Timeout`] naming
+    /// what was waited for (`what()`) when the time is up.
+    pub(crate) async fn pause(&self, what: impl FnOnce() -> String) -> Result<(), Common> {
+        self.check(what)?;
+        tokio::time::sleep(self.poll).await;
+        Ok(())
+    }
+
+    /// [`Wait::pause`], cut short by SIGINT or SIGTERM
+    /// ([`Common::Interrupted`]), for the waits no caller selects on.
+    pub(crate) async fn pause_or_interrupt(
+        &self,
+        what: impl FnOnce() -> String,
+        interrupt: &mut Interrupt,
+    ) -> Result<(), Common> {
+        self.check(what)?;
+        tokio::select! {
+            _ = tokio::time::sleep(self.poll) => Ok(()),
+            signal = interrupt.wait() => Err(Common::Interrupted { signal }),
+        }
+    }
+
+    fn check(&self, what: impl FnOnce() -> String) -> Result<(), Common> {
+        if self.began.elapsed() >= self.timeout {
+            return Err(Common::Timeout {
+                what: what(),
+                secs: self.timeout.as_secs(),
+            });
+        }
+        Ok(())
     }
 }
 

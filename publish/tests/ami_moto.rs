@@ -444,7 +444,10 @@ fn the_import_wait_is_bounded_and_cancels_the_task() {
     let err = ami::publish(&o, &image, &Recording::default()).expect_err("must time out");
     assert!(started.elapsed().as_secs() < 30, "the wait was not bounded");
     let msg = err.to_string();
-    assert!(matches!(err, ami::Error::Timeout { .. }), "{msg}");
+    assert!(
+        matches!(err, ami::Error::Common(Common::Timeout { .. })),
+        "{msg}"
+    );
     assert!(msg.contains(TASK) && msg.contains("2 s"), "{msg}");
     let cancels = rec.ec2_calls("CancelImportTask");
     assert_eq!(cancels.len(), 1);

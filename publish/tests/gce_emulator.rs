@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{http_raw, RawResponse, Recorded, Recorder, Recording};
+use pgimg_publish::error::Common;
 use pgimg_publish::gce::{self, GceOptions};
 use pgimg_publish::prune::{self, PruneOptions};
 use serde_json::{json, Value};
@@ -796,7 +797,10 @@ fn an_image_that_never_becomes_ready_ends_the_bounded_wait_and_the_tarball_is_de
     o.timeout = Duration::from_millis(300);
 
     let err = gce::publish(&o, &path, &Recording::default()).unwrap_err();
-    assert!(matches!(err, gce::Error::Timeout { .. }), "{err:?}");
+    assert!(
+        matches!(err, gce::Error::Common(Common::Timeout { .. })),
+        "{err:?}"
+    );
     assert!(format!("{err}").contains("gave up after"), "{err}");
     gcs.assert_empty();
 }
@@ -985,7 +989,10 @@ fn a_gce_deletion_that_never_finishes_ends_the_bounded_wait_with_nothing_done() 
         panic!("{err:?}");
     };
     assert!(
-        matches!(**cause, prune::Error::Gce(gce::Error::Timeout { .. })),
+        matches!(
+            **cause,
+            prune::Error::Gce(gce::Error::Common(Common::Timeout { .. }))
+        ),
         "{err:?}"
     );
     assert!(done.is_empty(), "{err}");

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::time::Instant;
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Status, Tag};
@@ -23,7 +22,7 @@ use crate::hash;
 pub(super) use crate::holes::data_ranges;
 use crate::progress::{Progress, Unit};
 use crate::retry::{retry, sdk_retryable, Backoff};
-use crate::rt::Interrupt;
+use crate::rt::{Interrupt, Wait};
 
 /// EBS's only block size.
 pub(super) const BLOCK: u64 = 512 * 1024;
@@ -324,8 +323,7 @@ async fn wait_completed(
     progress: &dyn Progress,
     mut interrupt: Interrupt,
 ) -> Result<(), Error> {
-    let started = Instant::now();
-    let timeout = ctx.opts.available_timeout_secs;
+    let wait = Wait::new(ctx.poll(), ctx.available_timeout());
     progress.start("sealing snapshot", 100, Unit::Percent);
     loop {
         let described = ec2
@@ -360,16 +358,8 @@ async fn wait_completed(
                 }
             }
         }
-        if started.elapsed().as_secs() >= timeout {
-            return Err(Error::Timeout {
-                what: format!("snapshot {id} to complete"),
-                secs: timeout,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(ctx.poll()) => {}
-            signal = interrupt.wait() => return Err(Error::interrupted(signal)),
-        }
+        wait.pause_or_interrupt(|| format!("snapshot {id} to complete"), &mut interrupt)
+            .await?;
     }
 }
 

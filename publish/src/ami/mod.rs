@@ -371,9 +371,6 @@ pub enum Error {
         state: String,
         reason: String,
     },
-    /// A bounded wait ran out.
-    #[error("gave up after {secs} s waiting for {what}")]
-    Timeout { what: String, secs: u64 },
     /// Everything worked but removing a temporary resource (the import object).
     #[error("{0}")]
     CleanupFailed(String),
@@ -622,6 +619,10 @@ impl<'a> Ctx<'a> {
 
     fn poll(&self) -> Duration {
         Duration::from_secs(self.opts.poll_secs)
+    }
+
+    fn available_timeout(&self) -> Duration {
+        Duration::from_secs(self.opts.available_timeout_secs)
     }
 }
 

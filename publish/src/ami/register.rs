@@ -1,7 +1,5 @@
 //! EC2 image steps: find by name, register a snapshot, tag, copy across regions, wait, share.
 
-use std::time::Instant;
-
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageState,
     ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, OperationType,
@@ -12,7 +10,7 @@ use aws_sdk_ec2::Client;
 use super::{Arch, BootMode, Ctx, Error, ImdsSupport, RegionImage, TpmSupport};
 use crate::error::CommonError;
 use crate::progress::{Progress, Unit};
-use crate::rt::Interrupt;
+use crate::rt::{Interrupt, Wait};
 
 /// The root device every AMI gets, as the old workflow registered them.
 pub(super) const ROOT_DEVICE: &str = "/dev/sda1";
@@ -194,8 +192,7 @@ pub(super) async fn wait_available(
     if images.is_empty() {
         return Ok(Vec::new());
     }
-    let started = Instant::now();
-    let timeout = ctx.opts.available_timeout_secs;
+    let wait = Wait::new(ctx.poll(), ctx.available_timeout());
     let mut snapshots: Vec<Option<Option<String>>> = vec![None; images.len()];
     progress.start("waiting for AMIs", images.len() as u64, Unit::Percent);
     loop {
@@ -238,22 +235,16 @@ pub(super) async fn wait_available(
             progress.finish();
             return Ok(snapshots.into_iter().map(Option::flatten).collect());
         }
-        if started.elapsed().as_secs() >= timeout {
+        let waiting = || {
             let waiting: Vec<String> = images
                 .iter()
                 .zip(&snapshots)
                 .filter(|(_, s)| s.is_none())
                 .map(|((r, _, img), _)| format!("{} in {r}", img.ami))
                 .collect();
-            return Err(Error::Timeout {
-                what: format!("AMIs to become available: {}", waiting.join(", ")),
-                secs: timeout,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(ctx.poll()) => {}
-            signal = interrupt.wait() => return Err(Error::interrupted(signal)),
-        }
+            format!("AMIs to become available: {}", waiting.join(", "))
+        };
+        wait.pause_or_interrupt(waiting, &mut interrupt).await?;
     }
 }
 

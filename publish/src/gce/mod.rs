@@ -12,14 +12,14 @@ pub mod tarball;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::{Common, CommonError};
 use crate::progress::{Progress, Unit};
-use crate::rt::{self, Interrupt};
+use crate::rt::{self, Interrupt, Wait};
 use crate::summary;
 
 pub use api::{COMPUTE, STORAGE};
@@ -173,9 +173,6 @@ pub enum Error {
     /// The image creation failed.
     #[error("image {image}: {message}")]
     ImageFailed { image: String, message: String },
-    /// A bounded wait ran out.
-    #[error("gave up after {secs} s waiting for {what}")]
-    Timeout { what: String, secs: u64 },
     /// A step failed, and deleting the tarball failed too.
     #[error("{cause}; also, {cleanup}")]
     Cleanup { cause: Box<Error>, cleanup: String },
@@ -534,40 +531,8 @@ async fn wait_ready(
             }
             _ => {}
         }
-        wait.pause(&format!("image {} to be READY", opts.name))
+        wait.pause(|| format!("image {} to be READY", opts.name))
             .await?;
-    }
-}
-
-/// A bounded wait: a poll every `poll`, until `timeout` after it began.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Wait {
-    began: Instant,
-    poll: Duration,
-    timeout: Duration,
-}
-
-impl Wait {
-    /// A wait beginning now.
-    pub(crate) fn new(poll: Duration, timeout: Duration) -> Self {
-        Wait {
-            began: Instant::now(),
-            poll,
-            timeout,
-        }
-    }
-
-    /// Sleeps until the next poll, or fails with [`Error::Timeout`] naming
-    /// `what` was waited for when the time is up.
-    async fn pause(&self, what: &str) -> Result<(), Error> {
-        if self.began.elapsed() >= self.timeout {
-            return Err(Error::Timeout {
-                what: what.to_string(),
-                secs: self.timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(self.poll).await;
-        Ok(())
     }
 }
 
@@ -605,7 +570,7 @@ pub(crate) async fn wait_operation(
                 None => Ok(()),
             };
         }
-        wait.pause(&format!("operation {op}")).await?;
+        wait.pause(|| format!("operation {op}")).await?;
     }
 }
 
