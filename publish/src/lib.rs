@@ -9,6 +9,7 @@
 #[cfg(feature = "ami")]
 pub mod ami;
 pub mod conn;
+pub mod error;
 #[cfg(feature = "gce")]
 pub mod gce;
 pub mod hash;

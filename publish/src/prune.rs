@@ -464,8 +464,9 @@ mod images {
     //! GCE images named `prefix*` in one project, and their deletion.
 
     use super::*;
+    use crate::gce;
     use crate::gce::api::Google;
-    use crate::gce::{self, Wait};
+    use crate::rt::Wait;
 
     /// Image names are RFC 1035 labels: a prefix with any other character
     /// matches none, and would have to be escaped in the list filter.

@@ -103,36 +103,6 @@ pub(crate) fn sdk_retryable<E: ProvideErrorMetadata>(err: &SdkError<E, HttpRespo
     }
 }
 
-/// An error enum with an `Api { op, target, message }` variant: the
-/// operation that failed, what it was about, the service's message.
-pub(crate) trait ApiError: Sized {
-    fn api_message(op: &'static str, target: String, message: String) -> Self;
-
-    /// The variant for a failed SDK call, its message from [`sdk_message`].
-    fn api<E>(op: &'static str, target: impl Into<String>, err: &SdkError<E, HttpResponse>) -> Self
-    where
-        E: std::error::Error + ProvideErrorMetadata + 'static,
-    {
-        Self::api_message(op, target.into(), sdk_message(err))
-    }
-}
-
-/// Implements [`ApiError`] for an error enum with that `Api` variant.
-macro_rules! api_error {
-    ($error:ty) => {
-        impl $crate::retry::ApiError for $error {
-            fn api_message(op: &'static str, target: String, message: String) -> Self {
-                Self::Api {
-                    op,
-                    target,
-                    message,
-                }
-            }
-        }
-    };
-}
-pub(crate) use api_error;
-
 /// The service's code and message (or the transport failure) without the
 /// request: SDK errors never carry credentials, but a request could.
 pub(crate) fn sdk_message<E>(err: &SdkError<E, HttpResponse>) -> String

@@ -3,31 +3,12 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-/// An error type that can say which file an I/O failure was about (the
-/// image, the step summary): every publish target's `Error::Io`.
-pub(crate) trait IoError {
-    fn io(path: &Path, source: std::io::Error) -> Self;
-}
-
-/// Implements [`IoError`] for an error enum whose `Io` variant is
-/// `{ path: PathBuf, source: std::io::Error }`.
-macro_rules! io_error_at {
-    ($error:ty) => {
-        impl $crate::rt::IoError for $error {
-            fn io(path: &::std::path::Path, source: ::std::io::Error) -> Self {
-                Self::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        }
-    };
-}
-pub(crate) use io_error_at;
+use crate::error::{Common, CommonError};
 
 /// One publish call, as every target makes it: `prepare` checks the options
 /// and reads what it needs on this thread (no signal handler yet, so Ctrl-C
@@ -42,7 +23,7 @@ pub(crate) fn publish<T, E, F, Fut, M>(
     prepare: impl FnOnce() -> Result<(F, M), E>,
 ) -> Result<T, E>
 where
-    E: IoError,
+    E: CommonError,
     F: FnOnce(Interrupt) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     M: FnOnce(&T) -> String,
@@ -110,6 +91,57 @@ impl Interrupt {
             // The listener only goes away with the runtime; never resolve then.
             Err(_) => std::future::pending().await,
         }
+    }
+}
+
+/// A bounded wait: a poll every `poll`, until `timeout` after it began.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    began: Instant,
+    poll: Duration,
+    timeout: Duration,
+}
+
+impl Wait {
+    /// A wait beginning now.
+    pub(crate) fn new(poll: Duration, timeout: Duration) -> Self {
+        Wait {
+            began: Instant::now(),
+            poll,
+            timeout,
+        }
+    }
+
+    /// Sleeps until the next poll, or fails with [`Common::Timeout`] naming
+    /// what was waited for (`what()`) when the time is up.
+    pub(crate) async fn pause(&self, what: impl FnOnce() -> String) -> Result<(), Common> {
+        self.check(what)?;
+        tokio::time::sleep(self.poll).await;
+        Ok(())
+    }
+
+    /// [`Wait::pause`], cut short by SIGINT or SIGTERM
+    /// ([`Common::Interrupted`]), for the waits no caller selects on.
+    pub(crate) async fn pause_or_interrupt(
+        &self,
+        what: impl FnOnce() -> String,
+        interrupt: &mut Interrupt,
+    ) -> Result<(), Common> {
+        self.check(what)?;
+        tokio::select! {
+            _ = tokio::time::sleep(self.poll) => Ok(()),
+            signal = interrupt.wait() => Err(Common::Interrupted { signal }),
+        }
+    }
+
+    fn check(&self, what: impl FnOnce() -> String) -> Result<(), Common> {
+        if self.began.elapsed() >= self.timeout {
+            return Err(Common::Timeout {
+                what: what(),
+                secs: self.timeout.as_secs(),
+            });
+        }
+        Ok(())
     }
 }
 

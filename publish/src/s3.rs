@@ -15,10 +15,11 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::conn::{data_plane, sdk_config, Connection};
+use crate::error::{Common, CommonError};
 use crate::hash;
 use crate::progress::{Progress, Unit};
-use crate::retry::{self, retry, sdk_message, sdk_retryable, ApiError, Backoff};
-use crate::rt::{self, Interrupt, IoError};
+use crate::retry::{retry, sdk_message, sdk_retryable, Backoff};
+use crate::rt::{self, Interrupt};
 use crate::summary::{escape, heading, size_cell};
 
 const MIB: u64 = 1 << 20;
@@ -105,26 +106,9 @@ pub struct S3Outcome {
 /// Everything that can go wrong publishing to S3.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The options cannot work (empty bucket, part size out of range, ...).
-    #[error("invalid option: {0}")]
-    Invalid(String),
-    /// Reading the image (or writing the summary) failed; a file that shrank shows here.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// An S3 call failed: operation, object, the service's message.
-    #[error("{op} {target}: {message}")]
-    Api {
-        op: &'static str,
-        target: String,
-        message: String,
-    },
-    /// SIGINT or SIGTERM arrived.
-    #[error("interrupted by {signal}")]
-    Interrupted { signal: &'static str },
+    /// Bad options, a file, a service call or a signal, as in every target.
+    #[error(transparent)]
+    Common(#[from] Common),
     /// The store's composite checksum disagrees with the parts sent.
     #[error(
         "{target}: the store's checksum {got} differs from the parts' {want}; the object was deleted"
@@ -155,14 +139,11 @@ pub enum Error {
     Task { what: String, message: String },
 }
 
-rt::io_error_at!(Error);
-retry::api_error!(Error);
-
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
     pub fn is_interrupted(&self) -> bool {
         match self {
-            Error::Interrupted { .. } => true,
+            Error::Common(Common::Interrupted { .. }) => true,
             Error::Aborted { cause, .. } | Error::AbortFailed { cause, .. } => {
                 cause.is_interrupted()
             }
@@ -253,16 +234,16 @@ async fn publish_with(
 
 fn validate(opts: &S3Options) -> Result<(), Error> {
     if opts.bucket.is_empty() {
-        return Err(Error::Invalid("the bucket name is empty".into()));
+        return Err(Error::invalid("the bucket name is empty".into()));
     }
     if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&opts.part_size) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "part size {} is outside S3's 5 MiB to 5 GiB",
             opts.part_size
         )));
     }
     if opts.concurrency == 0 || opts.attempts == 0 {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "concurrency and attempts must be at least 1".into(),
         ));
     }
@@ -270,14 +251,11 @@ fn validate(opts: &S3Options) -> Result<(), Error> {
 }
 
 pub(crate) fn open_image(image: &Path) -> Result<(File, u64), Error> {
-    let io = |source| Error::Io {
-        path: image.to_path_buf(),
-        source,
-    };
+    let io = |source| Error::io(image, source);
     let file = File::open(image).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{} is not a regular file",
             image.display()
         )));
@@ -291,7 +269,7 @@ pub fn object_key(key: Option<&str>, image: &Path) -> Result<String, Error> {
     let name = image
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::Invalid(format!("{} has no UTF-8 file name", image.display())))?;
+        .ok_or_else(|| Error::invalid(format!("{} has no UTF-8 file name", image.display())))?;
     let key = match key {
         None | Some("") => name.to_string(),
         Some(prefix) if prefix.ends_with('/') => format!("{prefix}{name}"),
@@ -357,11 +335,11 @@ async fn read_small(job: &Upload, key: &str) -> Result<Option<String>, Error> {
         .await
     {
         Ok(obj) => {
-            let bytes = obj.body.collect().await.map_err(|e| Error::Api {
-                op: "GetObject",
-                target: target.clone(),
-                message: e.to_string(),
-            })?;
+            let bytes = obj
+                .body
+                .collect()
+                .await
+                .map_err(|e| Error::api_message("GetObject", target.clone(), e.to_string()))?;
             Ok(Some(
                 String::from_utf8_lossy(&bytes.into_bytes()).into_owned(),
             ))
@@ -450,7 +428,7 @@ impl Upload {
         let parts = if self.size <= part_size {
             tokio::select! {
                 r = self.put_whole() => r?,
-                signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
+                signal = interrupt.wait() => return Err(Error::interrupted(signal)),
             };
             progress.advance(self.size);
             1
@@ -501,15 +479,15 @@ impl Upload {
                 .set_metadata(self.metadata())
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .send() => r.map_err(|e| Error::api("CreateMultipartUpload", self.target(), &e))?,
-            signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
+            signal = interrupt.wait() => return Err(Error::interrupted(signal)),
         };
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         if upload_id.is_empty() {
-            return Err(Error::Api {
-                op: "CreateMultipartUpload",
-                target: self.target(),
-                message: "the response has no upload id".into(),
-            });
+            return Err(Error::api_message(
+                "CreateMultipartUpload",
+                self.target(),
+                "the response has no upload id".into(),
+            ));
         }
         let work = async {
             let parts = self.upload_parts(&upload_id, part_size, progress).await?;
@@ -517,7 +495,7 @@ impl Upload {
         };
         let result = tokio::select! {
             r = work => r,
-            signal = interrupt.wait() => Err(Error::Interrupted { signal }),
+            signal = interrupt.wait() => Err(Error::interrupted(signal)),
         };
         match result {
             Ok(parts) => Ok(parts),
@@ -772,10 +750,8 @@ pub(crate) async fn read_part(
         what: format!("reading {}", path.display()),
         message: e.to_string(),
     })?;
-    read.map(bytes::Bytes::from).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    read.map(bytes::Bytes::from)
+        .map_err(|source| Error::io(path, source))
 }
 
 impl S3Outcome {
@@ -863,10 +839,16 @@ mod tests {
         let mut o = S3Options::new("b");
         assert!(validate(&o).is_ok());
         o.part_size = MIB;
-        assert!(matches!(validate(&o), Err(Error::Invalid(_))));
+        assert!(matches!(
+            validate(&o),
+            Err(Error::Common(Common::Invalid(_)))
+        ));
         o.part_size = DEFAULT_PART_SIZE;
         o.bucket.clear();
-        assert!(matches!(validate(&o), Err(Error::Invalid(_))));
+        assert!(matches!(
+            validate(&o),
+            Err(Error::Common(Common::Invalid(_)))
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::path::Path;
 
 use common::*;
 use pgimg_publish::ami::{self, AmiOptions, Arch, Via};
+use pgimg_publish::error::Common;
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 512 * 1024;
@@ -188,29 +189,43 @@ fn s3_requests(rec: &Recorder, method: &str, key: &str) -> usize {
         .count()
 }
 
+/// Makes the bucket `imports` in `region`, answers ImportSnapshot for its
+/// object `file` and DescribeImportSnapshotTasks with `tasks` in turn (moto's
+/// import tasks never finish); returns options that import through it as
+/// `name` (x86_64).
+fn canned_import(
+    moto: &Moto,
+    rec: &Recorder,
+    region: &str,
+    file: &str,
+    name: &str,
+    tasks: Vec<Canned>,
+) -> AmiOptions {
+    create_bucket_in(moto, "imports", region);
+    rec.answer(
+        ec2_action("ImportSnapshot"),
+        vec![Canned::xml(import_snapshot_response("imports", file))],
+    );
+    rec.answer(ec2_action("DescribeImportSnapshotTasks"), tasks);
+    let mut o = options(rec, region, name, Arch::X86_64, Via::Import);
+    o.bucket = Some("imports".into());
+    o
+}
+
 #[test]
 fn import_uploads_imports_registers_copies_shares_and_deletes_the_object_and_a_rerun_reuses_it() {
     let moto = Moto::start();
     let rec = Recorder::start(moto.port);
-    create_bucket_in(&moto, "imports", "us-west-2");
     let snap = imported_snapshot(&moto, "us-west-2");
     let dir = tempfile::tempdir().unwrap();
     let file = "postgres-ubuntu-2204-x64-t1.raw";
     let image = sparse_image(dir.path(), file, 21 * MIB + 5, 6, 21);
     let name = "postgres-ubuntu-2204-x64-t1";
-    rec.answer(
-        ec2_action("ImportSnapshot"),
-        vec![Canned::xml(import_snapshot_response("imports", file))],
-    );
-    rec.answer(
-        ec2_action("DescribeImportSnapshotTasks"),
-        vec![
-            task_response("active", "30", "converting", None),
-            task_response("completed", "100", "completed", Some(&snap)),
-        ],
-    );
-    let mut o = options(&rec, "us-west-2", name, Arch::X86_64, Via::Import);
-    o.bucket = Some("imports".into());
+    let tasks = vec![
+        task_response("active", "30", "converting", None),
+        task_response("completed", "100", "completed", Some(&snap)),
+    ];
+    let mut o = canned_import(&moto, &rec, "us-west-2", file, name, tasks);
     o.copy_to = vec!["us-east-1".into(), "eu-west-1".into(), "us-west-2".into()];
     o.public = true;
     o.step_summary = Some(dir.path().join("summary.md"));
@@ -394,20 +409,11 @@ fn import_uploads_imports_registers_copies_shares_and_deletes_the_object_and_a_r
 fn a_failed_import_task_fails_clearly_registers_nothing_and_deletes_the_object() {
     let moto = Moto::start();
     let rec = Recorder::start(moto.port);
-    create_bucket_in(&moto, "imports", "us-east-2");
     let dir = tempfile::tempdir().unwrap();
     let image = sparse_image(dir.path(), "bad.raw", 6 * MIB, 2, 4);
-    rec.answer(
-        ec2_action("ImportSnapshot"),
-        vec![Canned::xml(import_snapshot_response("imports", "bad.raw"))],
-    );
     let why = "ClientError: Disk validation failed [Unsupported specified file format]";
-    rec.answer(
-        ec2_action("DescribeImportSnapshotTasks"),
-        vec![task_response("deleted", "0", why, None)],
-    );
-    let mut o = options(&rec, "us-east-2", "bad-image", Arch::X86_64, Via::Import);
-    o.bucket = Some("imports".into());
+    let tasks = vec![task_response("deleted", "0", why, None)];
+    let o = canned_import(&moto, &rec, "us-east-2", "bad.raw", "bad-image", tasks);
     let err =
         ami::publish(&o, &image, &Recording::default()).expect_err("a failed import must fail");
     let msg = err.to_string();
@@ -428,26 +434,20 @@ fn a_failed_import_task_fails_clearly_registers_nothing_and_deletes_the_object()
 fn the_import_wait_is_bounded_and_cancels_the_task() {
     let moto = Moto::start();
     let rec = Recorder::start(moto.port);
-    create_bucket_in(&moto, "imports", "eu-west-1");
     let dir = tempfile::tempdir().unwrap();
     let image = sparse_image(dir.path(), "slow.raw", 6 * MIB, 2, 8);
-    rec.answer(
-        ec2_action("ImportSnapshot"),
-        vec![Canned::xml(import_snapshot_response("imports", "slow.raw"))],
-    );
-    rec.answer(
-        ec2_action("DescribeImportSnapshotTasks"),
-        vec![task_response("active", "12", "converting", None)],
-    );
+    let tasks = vec![task_response("active", "12", "converting", None)];
+    let mut o = canned_import(&moto, &rec, "eu-west-1", "slow.raw", "slow-image", tasks);
     rec.answer(ec2_action("CancelImportTask"), vec![cancel_response()]);
-    let mut o = options(&rec, "eu-west-1", "slow-image", Arch::X86_64, Via::Import);
-    o.bucket = Some("imports".into());
     o.import_timeout_secs = 2;
     let started = std::time::Instant::now();
     let err = ami::publish(&o, &image, &Recording::default()).expect_err("must time out");
     assert!(started.elapsed().as_secs() < 30, "the wait was not bounded");
     let msg = err.to_string();
-    assert!(matches!(err, ami::Error::Timeout { .. }), "{msg}");
+    assert!(
+        matches!(err, ami::Error::Common(Common::Timeout { .. })),
+        "{msg}"
+    );
     assert!(msg.contains(TASK) && msg.contains("2 s"), "{msg}");
     let cancels = rec.ec2_calls("CancelImportTask");
     assert_eq!(cancels.len(), 1);
@@ -1038,28 +1038,28 @@ fn public_with_a_kms_key_and_tpm_without_uefi_are_refused_before_any_call() {
     o.kms_key_id = Some(KEY_HOME.into());
     let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
     assert!(
-        matches!(err, ami::Error::Invalid(ref m) if m.contains("public")),
+        matches!(err, ami::Error::Common(Common::Invalid(ref m)) if m.contains("public")),
         "{err}"
     );
     o.public = false;
     o.skip_zero_blocks = true;
     let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
     assert!(
-        matches!(err, ami::Error::Invalid(ref m) if m.contains("corrupt")),
+        matches!(err, ami::Error::Common(Common::Invalid(ref m)) if m.contains("corrupt")),
         "{err}"
     );
     o.skip_zero_blocks = false;
     o.tpm_support = Some(ami::TpmSupport::V2_0);
     let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
     assert!(
-        matches!(err, ami::Error::Invalid(ref m) if m.contains("uefi")),
+        matches!(err, ami::Error::Common(Common::Invalid(ref m)) if m.contains("uefi")),
         "{err}"
     );
     o.tpm_support = None;
     o.share_with = vec!["12345".into()];
     let err = ami::publish(&o, &image, &Recording::default()).unwrap_err();
     assert!(
-        matches!(err, ami::Error::Invalid(ref m) if m.contains("12-digit")),
+        matches!(err, ami::Error::Common(Common::Invalid(ref m)) if m.contains("12-digit")),
         "{err}"
     );
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{http_raw, RawResponse, Recorded, Recorder, Recording};
+use pgimg_publish::error::Common;
 use pgimg_publish::gce::{self, GceOptions};
 use pgimg_publish::prune::{self, PruneOptions};
 use serde_json::{json, Value};
@@ -553,15 +554,42 @@ fn image(dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, content)
 }
 
-fn options(gcs: &Gcs, compute: &Compute, name: &str) -> GceOptions {
+/// One publish test's world: the Cloud Storage emulator, a fake Compute
+/// whose image creations end as `ending` says, the test image (and its
+/// content) in a folder that lives as long as the fixture, and options that
+/// publish it as `name` through both.
+///
+/// Destructure it keeping `gcs`, `compute` and `dir` bound: they stop the
+/// servers and remove the folder when dropped.
+struct Fixture {
+    gcs: Gcs,
+    compute: Compute,
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    content: Vec<u8>,
+    opts: GceOptions,
+}
+
+fn fixture(ending: Ending, name: &str) -> Fixture {
+    let gcs = Gcs::start();
+    let compute = Compute::start(gcs.port, ending);
+    let dir = tempfile::tempdir().unwrap();
+    let (path, content) = image(dir.path());
     adc();
-    let mut o = GceOptions::new(PROJECT, BUCKET, name);
-    o.storage_endpoint = Some(gcs.endpoint());
-    o.compute_endpoint = Some(compute.endpoint());
-    o.poll = Duration::from_millis(20);
-    o.timeout = Duration::from_secs(120);
-    o.attempts = 2;
-    o
+    let mut opts = GceOptions::new(PROJECT, BUCKET, name);
+    opts.storage_endpoint = Some(gcs.endpoint());
+    opts.compute_endpoint = Some(compute.endpoint());
+    opts.poll = Duration::from_millis(20);
+    opts.timeout = Duration::from_secs(120);
+    opts.attempts = 2;
+    Fixture {
+        gcs,
+        compute,
+        dir,
+        path,
+        content,
+        opts,
+    }
 }
 
 /// The single member of a `.tar.gz`: its name, entry type and content.
@@ -587,12 +615,15 @@ fn untar(targz: &[u8]) -> (String, tar::EntryType, Vec<u8>) {
 
 #[test]
 fn publish_uploads_a_sparse_tarball_creates_a_public_image_and_deletes_the_tarball() {
-    let gcs = Gcs::start();
-    let compute = Compute::start(gcs.port, Ending::Ready);
-    let dir = tempfile::tempdir().unwrap();
-    let (path, content) = image(dir.path());
     let name = "postgres-ubuntu-2204-x64-20260115";
-    let mut o = options(&gcs, &compute, name);
+    let Fixture {
+        gcs,
+        compute,
+        dir,
+        path,
+        content,
+        opts: mut o,
+    } = fixture(Ending::Ready, name);
     o.family = Some("postgres-ubuntu-2204-x64".into());
     o.guest_os_features = vec!["VIRTIO_SCSI_MULTIQUEUE".into(), "GVNIC".into()];
     o.labels = vec![
@@ -729,11 +760,14 @@ fn publish_uploads_a_sparse_tarball_creates_a_public_image_and_deletes_the_tarba
 
 #[test]
 fn a_failed_image_creation_names_the_cause_and_still_deletes_the_tarball() {
-    let gcs = Gcs::start();
-    let compute = Compute::start(gcs.port, Ending::Fails);
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = image(dir.path());
-    let o = options(&gcs, &compute, "pg-fails");
+    let Fixture {
+        gcs,
+        compute,
+        dir: _dir,
+        path,
+        opts: o,
+        ..
+    } = fixture(Ending::Fails, "pg-fails");
 
     let err = gce::publish(&o, &path, &Recording::default()).unwrap_err();
     let text = format!("{err}");
@@ -752,27 +786,36 @@ fn a_failed_image_creation_names_the_cause_and_still_deletes_the_tarball() {
 
 #[test]
 fn an_image_that_never_becomes_ready_ends_the_bounded_wait_and_the_tarball_is_deleted() {
-    let gcs = Gcs::start();
-    let compute = Compute::start(gcs.port, Ending::Never);
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = image(dir.path());
-    let mut o = options(&gcs, &compute, "pg-never-ready");
+    let Fixture {
+        gcs,
+        compute: _compute,
+        dir: _dir,
+        path,
+        opts: mut o,
+        ..
+    } = fixture(Ending::Never, "pg-never-ready");
     o.timeout = Duration::from_millis(300);
 
     let err = gce::publish(&o, &path, &Recording::default()).unwrap_err();
-    assert!(matches!(err, gce::Error::Timeout { .. }), "{err:?}");
+    assert!(
+        matches!(err, gce::Error::Common(Common::Timeout { .. })),
+        "{err:?}"
+    );
     assert!(format!("{err}").contains("gave up after"), "{err}");
     gcs.assert_empty();
 }
 
 #[test]
 fn an_image_already_there_is_reported_and_nothing_is_uploaded() {
-    let gcs = Gcs::start();
-    let compute = Compute::start(gcs.port, Ending::Ready);
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = image(dir.path());
     let name = "pg-already-there";
-    let o = options(&gcs, &compute, name);
+    let Fixture {
+        gcs: _gcs,
+        compute,
+        dir: _dir,
+        path,
+        opts: o,
+        ..
+    } = fixture(Ending::Ready, name);
     gce::publish(&o, &path, &Recording::default()).expect("first run");
     let before = compute.calls().len();
 
@@ -946,7 +989,10 @@ fn a_gce_deletion_that_never_finishes_ends_the_bounded_wait_with_nothing_done() 
         panic!("{err:?}");
     };
     assert!(
-        matches!(**cause, prune::Error::Gce(gce::Error::Timeout { .. })),
+        matches!(
+            **cause,
+            prune::Error::Gce(gce::Error::Common(Common::Timeout { .. }))
+        ),
         "{err:?}"
     );
     assert!(done.is_empty(), "{err}");

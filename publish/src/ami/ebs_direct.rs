@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::time::Instant;
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Status, Tag};
@@ -18,11 +17,12 @@ use tokio::task::JoinSet;
 
 use super::{register, Ctx, Error};
 use crate::conn::data_plane;
+use crate::error::CommonError;
 use crate::hash;
 pub(super) use crate::holes::data_ranges;
 use crate::progress::{Progress, Unit};
-use crate::retry::{retry, sdk_retryable, ApiError, Backoff};
-use crate::rt::Interrupt;
+use crate::retry::{retry, sdk_retryable, Backoff};
+use crate::rt::{Interrupt, Wait};
 
 /// EBS's only block size.
 pub(super) const BLOCK: u64 = 512 * 1024;
@@ -65,11 +65,11 @@ pub(super) async fn snapshot(
     }
     let id = started.snapshot_id().unwrap_or_default().to_string();
     if id.is_empty() {
-        return Err(Error::Api {
-            op: "StartSnapshot",
-            target: ctx.opts.name.clone(),
-            message: "the response has no snapshot id".into(),
-        });
+        return Err(Error::api_message(
+            "StartSnapshot",
+            ctx.opts.name.clone(),
+            "the response has no snapshot id".into(),
+        ));
     }
     // EBS has one block size; the response's BlockSize is not trusted over it
     // (moto reports 512, which would mean a thousand times the requests).
@@ -84,7 +84,7 @@ pub(super) async fn snapshot(
     let result = async {
         let written = tokio::select! {
             r = put_blocks(ctx, &ebs, &id, block, parent.as_ref(), progress) => r?,
-            signal = stop.wait() => return Err(Error::Interrupted { signal }),
+            signal = stop.wait() => return Err(Error::interrupted(signal)),
         };
         complete(&ebs, &id, &written).await?;
         wait_completed(ctx, &ec2, &id, progress, interrupt).await
@@ -206,10 +206,7 @@ async fn put_blocks(
     parent: Option<&std::collections::BTreeSet<u64>>,
     progress: &dyn Progress,
 ) -> Result<Written, Error> {
-    let io = |source| Error::Io {
-        path: ctx.image.to_path_buf(),
-        source,
-    };
+    let io = |source| Error::io(ctx.image, source);
     let ranges = data_ranges(&ctx.file, ctx.size, block).map_err(io)?;
     let concurrency = ctx.opts.block_concurrency;
     let (tx, mut rx) = mpsc::channel(concurrency * 2);
@@ -326,8 +323,7 @@ async fn wait_completed(
     progress: &dyn Progress,
     mut interrupt: Interrupt,
 ) -> Result<(), Error> {
-    let started = Instant::now();
-    let timeout = ctx.opts.available_timeout_secs;
+    let wait = Wait::new(ctx.poll(), ctx.available_timeout());
     progress.start("sealing snapshot", 100, Unit::Percent);
     loop {
         let described = ec2
@@ -362,16 +358,8 @@ async fn wait_completed(
                 }
             }
         }
-        if started.elapsed().as_secs() >= timeout {
-            return Err(Error::Timeout {
-                what: format!("snapshot {id} to complete"),
-                secs: timeout,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(ctx.poll()) => {}
-            signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
-        }
+        wait.pause_or_interrupt(|| format!("snapshot {id} to complete"), &mut interrupt)
+            .await?;
     }
 }
 

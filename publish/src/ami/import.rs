@@ -1,14 +1,14 @@
 //! Snapshot by import: upload the raw image to S3, EC2 ImportSnapshot, poll until done, delete the object.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{SnapshotDiskContainer, UserBucket};
 use aws_sdk_ec2::Client;
 
 use super::{Ctx, Error};
+use crate::error::CommonError;
 use crate::progress::{Progress, Unit};
-use crate::retry::ApiError;
-use crate::rt::Interrupt;
+use crate::rt::{Interrupt, Wait};
 use crate::s3::{self, Upload};
 
 /// Import task states that mean "still working" (EC2 reports `active`; the
@@ -97,14 +97,13 @@ async fn start(ctx: &Ctx<'_>, ec2: &Client, upload: &Upload) -> Result<String, E
         .send()
         .await
         .map_err(|e| Error::api("ImportSnapshot", upload.target(), &e))?;
-    started
-        .import_task_id()
-        .map(str::to_string)
-        .ok_or_else(|| Error::Api {
-            op: "ImportSnapshot",
-            target: upload.target(),
-            message: "the response has no import task id".into(),
-        })
+    started.import_task_id().map(str::to_string).ok_or_else(|| {
+        Error::api_message(
+            "ImportSnapshot",
+            upload.target(),
+            "the response has no import task id".into(),
+        )
+    })
 }
 
 /// Polls the task every `poll_secs` until it completes; a failed or
@@ -117,8 +116,10 @@ async fn wait(
     progress: &dyn Progress,
     mut interrupt: Interrupt,
 ) -> Result<String, Error> {
-    let started = Instant::now();
-    let timeout = ctx.opts.import_timeout_secs;
+    let wait = Wait::new(
+        ctx.poll(),
+        Duration::from_secs(ctx.opts.import_timeout_secs),
+    );
     progress.start("importing snapshot", 100, Unit::Percent);
     loop {
         let described = ec2
@@ -167,19 +168,9 @@ async fn wait(
                 });
             }
         }
-        if started.elapsed().as_secs() >= timeout {
-            let err = Error::Timeout {
-                what: format!("import-snapshot task {task} (last status {status:?} {message:?})"),
-                secs: timeout,
-            };
-            return Err(err.with_cleanup(cancel(ec2, task).await.err()));
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(ctx.poll()) => {}
-            signal = interrupt.wait() => {
-                let err = Error::Interrupted { signal };
-                return Err(err.with_cleanup(cancel(ec2, task).await.err()));
-            }
+        let what = || format!("import-snapshot task {task} (last status {status:?} {message:?})");
+        if let Err(e) = wait.pause_or_interrupt(what, &mut interrupt).await {
+            return Err(Error::from(e).with_cleanup(cancel(ec2, task).await.err()));
         }
     }
 }

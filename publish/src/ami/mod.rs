@@ -16,8 +16,9 @@ use aws_config::SdkConfig;
 use serde::Serialize;
 
 use crate::conn::{sdk_config, Connection};
+use crate::error::{Common, CommonError};
 use crate::progress::Progress;
-use crate::retry::{self, Backoff};
+use crate::retry::Backoff;
 use crate::rt::{self, Interrupt};
 use crate::s3;
 use crate::summary;
@@ -342,26 +343,12 @@ impl AmiOutcome {
 /// Everything that can go wrong publishing an AMI.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The options cannot work (no bucket for import, a bad name, ...).
-    #[error("invalid option: {0}")]
-    Invalid(String),
-    /// Reading the image or writing the summary failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Bad options, a file, a service call or a signal, as in every target.
+    #[error(transparent)]
+    Common(#[from] Common),
     /// The upload for `import` failed (its multipart upload was aborted).
     #[error("uploading for import: {0}")]
     Upload(#[from] s3::Error),
-    /// An AWS call failed: operation, what it was about, the service's message.
-    #[error("{op} {target}: {message}")]
-    Api {
-        op: &'static str,
-        target: String,
-        message: String,
-    },
     /// The import task ended in a state other than `completed`.
     #[error("import-snapshot task {task} ended with status {status:?}: {message}")]
     ImportFailed {
@@ -384,12 +371,6 @@ pub enum Error {
         state: String,
         reason: String,
     },
-    /// A bounded wait ran out.
-    #[error("gave up after {secs} s waiting for {what}")]
-    Timeout { what: String, secs: u64 },
-    /// SIGINT or SIGTERM arrived; what had been started was cleaned up.
-    #[error("interrupted by {signal}")]
-    Interrupted { signal: &'static str },
     /// Everything worked but removing a temporary resource (the import object).
     #[error("{0}")]
     CleanupFailed(String),
@@ -401,14 +382,11 @@ pub enum Error {
     Task { what: String, message: String },
 }
 
-rt::io_error_at!(Error);
-retry::api_error!(Error);
-
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
     pub fn is_interrupted(&self) -> bool {
         match self {
-            Error::Interrupted { .. } => true,
+            Error::Common(Common::Interrupted { .. }) => true,
             Error::Upload(e) => e.is_interrupted(),
             Error::Cleanup { cause, .. } => cause.is_interrupted(),
             _ => false,
@@ -438,8 +416,8 @@ pub fn publish(
     rt::publish(image, opts.step_summary.as_deref(), progress, || {
         validate(opts)?;
         let (file, size) = s3::open_image(image).map_err(|e| match e {
-            s3::Error::Io { path, source } => Error::Io { path, source },
-            other => Error::Invalid(other.to_string()),
+            s3::Error::Common(io @ Common::Io { .. }) => Error::Common(io),
+            other => Error::invalid(other.to_string()),
         })?;
         let file = Arc::new(file);
         let steps = move |interrupt| async move {
@@ -456,7 +434,7 @@ pub fn publish(
 
 fn validate(opts: &AmiOptions) -> Result<(), Error> {
     if opts.region.is_empty() || opts.name.is_empty() {
-        return Err(Error::Invalid("region and name must not be empty".into()));
+        return Err(Error::invalid("region and name must not be empty".into()));
     }
     // EC2's rule for AMI names.
     let name_ok = (3..=128).contains(&opts.name.len())
@@ -465,18 +443,18 @@ fn validate(opts: &AmiOptions) -> Result<(), Error> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c));
     if !name_ok {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "AMI name {:?} must be 3-128 characters of letters, digits and ()[] ./-'@_",
             opts.name
         )));
     }
     if opts.via == Via::Import && opts.bucket.as_deref().unwrap_or("").is_empty() {
-        return Err(Error::Invalid("--via import needs a bucket".into()));
+        return Err(Error::invalid("--via import needs a bucket".into()));
     }
     if let Some(at) = &opts.deprecate_at {
         aws_smithy_types::DateTime::from_str(at, aws_smithy_types::date_time::Format::DateTime)
             .map_err(|e| {
-                Error::Invalid(format!(
+                Error::invalid(format!(
                     "--deprecate-at {at:?} is not an RFC 3339 time like 2027-01-31T00:00:00Z: {e}"
                 ))
             })?;
@@ -486,7 +464,7 @@ fn validate(opts: &AmiOptions) -> Result<(), Error> {
         .iter()
         .find(|a| a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "--share-with {bad:?} is not a 12-digit AWS account id"
         )));
     }
@@ -495,30 +473,30 @@ fn validate(opts: &AmiOptions) -> Result<(), Error> {
         .iter()
         .find(|a| !a.starts_with("arn:aws") || !a.contains(":organization"))
     {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "--share-with-org {bad:?} is not an organization or OU ARN \
              (arn:aws:organizations::ACCOUNT:organization/o-... or .../ou/o-.../ou-...)"
         )));
     }
     if opts.public && opts.encrypts() {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "an AMI with KMS-encrypted snapshots cannot be public; \
              drop --public or --kms-key-id (share with --share-with instead)"
                 .into(),
         ));
     }
     if opts.tpm_support.is_some() && opts.boot_mode != Some(BootMode::Uefi) {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "--tpm-support v2.0 needs --boot-mode uefi".into(),
         ));
     }
     if opts.via == Via::Import && (opts.skip_zero_blocks || opts.parent_snapshot.is_some()) {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "--skip-zero-blocks and --parent-snapshot-id apply to --via ebs-direct only".into(),
         ));
     }
     if opts.skip_zero_blocks && opts.encrypts() {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "--skip-zero-blocks with --kms-key-id would corrupt the image: a block missing \
              from an encrypted snapshot does not read back as zeros"
                 .into(),
@@ -529,7 +507,7 @@ fn validate(opts: &AmiOptions) -> Result<(), Error> {
         || opts.attempts == 0
         || opts.poll_secs == 0
     {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "concurrency, attempts and poll interval must be at least 1".into(),
         ));
     }
@@ -580,10 +558,7 @@ impl<'a> Ctx<'a> {
                 tokio::task::block_in_place(|| {
                     crate::hash::sha256_file(&self.file, self.size, progress)
                 })
-                .map_err(|source| Error::Io {
-                    path: self.image.to_path_buf(),
-                    source,
-                })
+                .map_err(|source| Error::io(self.image, source))
             })
             .await
             .map(String::as_str)
@@ -644,6 +619,10 @@ impl<'a> Ctx<'a> {
 
     fn poll(&self) -> Duration {
         Duration::from_secs(self.opts.poll_secs)
+    }
+
+    fn available_timeout(&self) -> Duration {
+        Duration::from_secs(self.opts.available_timeout_secs)
     }
 }
 
@@ -815,12 +794,17 @@ mod tests {
         o.via = Via::EbsDirect;
         assert!(validate(&o).is_ok());
         o.via = Via::Import;
-        assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("bucket")));
+        assert!(
+            matches!(validate(&o), Err(Error::Common(Common::Invalid(m))) if m.contains("bucket"))
+        );
         o.bucket = Some("b".into());
         assert!(validate(&o).is_ok());
         for bad in ["ab", "name with a *", &"x".repeat(129)] {
             o.name = bad.to_string();
-            assert!(matches!(validate(&o), Err(Error::Invalid(_))), "{bad}");
+            assert!(
+                matches!(validate(&o), Err(Error::Common(Common::Invalid(_)))),
+                "{bad}"
+            );
         }
     }
 

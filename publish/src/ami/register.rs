@@ -1,7 +1,5 @@
 //! EC2 image steps: find by name, register a snapshot, tag, copy across regions, wait, share.
 
-use std::time::Instant;
-
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageState,
     ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, OperationType,
@@ -10,9 +8,9 @@ use aws_sdk_ec2::types::{
 use aws_sdk_ec2::Client;
 
 use super::{Arch, BootMode, Ctx, Error, ImdsSupport, RegionImage, TpmSupport};
+use crate::error::CommonError;
 use crate::progress::{Progress, Unit};
-use crate::retry::ApiError;
-use crate::rt::Interrupt;
+use crate::rt::{Interrupt, Wait};
 
 /// The root device every AMI gets, as the old workflow registered them.
 pub(super) const ROOT_DEVICE: &str = "/dev/sda1";
@@ -121,11 +119,11 @@ pub(super) async fn register(ctx: &Ctx<'_>, ec2: &Client, snapshot: &str) -> Res
         })?;
     let ami = registered.image_id().unwrap_or_default().to_string();
     if ami.is_empty() {
-        return Err(Error::Api {
-            op: "RegisterImage",
-            target: opts.name.clone(),
-            message: "the response has no image id".into(),
-        });
+        return Err(Error::api_message(
+            "RegisterImage",
+            opts.name.clone(),
+            "the response has no image id".into(),
+        ));
     }
     tag(ctx, ec2, &[ami.as_str(), snapshot]).await?;
     Ok(ami)
@@ -173,11 +171,11 @@ pub(super) async fn copy(
         .map_err(|e| Error::api("CopyImage", format!("{source_ami} to {region}"), &e))?;
     let ami = copied.image_id().unwrap_or_default().to_string();
     if ami.is_empty() {
-        return Err(Error::Api {
-            op: "CopyImage",
-            target: format!("{source_ami} to {region}"),
-            message: "the response has no image id".into(),
-        });
+        return Err(Error::api_message(
+            "CopyImage",
+            format!("{source_ami} to {region}"),
+            "the response has no image id".into(),
+        ));
     }
     tag(ctx, dest, &[ami.as_str()]).await?;
     Ok(ami)
@@ -194,8 +192,7 @@ pub(super) async fn wait_available(
     if images.is_empty() {
         return Ok(Vec::new());
     }
-    let started = Instant::now();
-    let timeout = ctx.opts.available_timeout_secs;
+    let wait = Wait::new(ctx.poll(), ctx.available_timeout());
     let mut snapshots: Vec<Option<Option<String>>> = vec![None; images.len()];
     progress.start("waiting for AMIs", images.len() as u64, Unit::Percent);
     loop {
@@ -238,22 +235,16 @@ pub(super) async fn wait_available(
             progress.finish();
             return Ok(snapshots.into_iter().map(Option::flatten).collect());
         }
-        if started.elapsed().as_secs() >= timeout {
+        let waiting = || {
             let waiting: Vec<String> = images
                 .iter()
                 .zip(&snapshots)
                 .filter(|(_, s)| s.is_none())
                 .map(|((r, _, img), _)| format!("{} in {r}", img.ami))
                 .collect();
-            return Err(Error::Timeout {
-                what: format!("AMIs to become available: {}", waiting.join(", ")),
-                secs: timeout,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(ctx.poll()) => {}
-            signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
-        }
+            format!("AMIs to become available: {}", waiting.join(", "))
+        };
+        wait.pause_or_interrupt(waiting, &mut interrupt).await?;
     }
 }
 
@@ -327,7 +318,7 @@ pub(super) async fn finish(
     if let Some(at) = &opts.deprecate_at {
         let at =
             aws_smithy_types::DateTime::from_str(at, aws_smithy_types::date_time::Format::DateTime)
-                .map_err(|e| Error::Invalid(format!("--deprecate-at {at:?}: {e}")))?;
+                .map_err(|e| Error::invalid(format!("--deprecate-at {at:?}: {e}")))?;
         ec2.enable_image_deprecation()
             .image_id(ami)
             .deprecate_at(at)

@@ -16,6 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use super::Error;
+use crate::error::CommonError;
 use crate::retry::{retry, Backoff};
 
 /// Default Cloud Storage endpoint; also the host of `rawDisk.source` URLs.
@@ -109,7 +110,7 @@ impl Google {
                     }
                     let resp = req.send().await.map_err(|e| Attempt {
                         retryable: true,
-                        error: api(op, target, transport(&e)),
+                        error: Error::api_message(op, target, transport(&e)),
                     })?;
                     let status = resp.status();
                     let header = |name: &str| {
@@ -121,7 +122,7 @@ impl Google {
                     let (location, range) = (header("location"), header("range"));
                     let bytes = resp.bytes().await.map_err(|e| Attempt {
                         retryable: true,
-                        error: api(op, target, transport(&e)),
+                        error: Error::api_message(op, target, transport(&e)),
                     })?;
                     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                     if status.is_server_error()
@@ -130,7 +131,7 @@ impl Google {
                     {
                         return Err(Attempt {
                             retryable: true,
-                            error: api(op, target, message(status, &body)),
+                            error: Error::api_message(op, target, message(status, &body)),
                         });
                     }
                     Ok(Reply {
@@ -182,7 +183,11 @@ impl Google {
             return Ok(None);
         }
         if !reply.status.is_success() {
-            return Err(api(op, target, message(reply.status, &reply.body)));
+            return Err(Error::api_message(
+                op,
+                target,
+                message(reply.status, &reply.body),
+            ));
         }
         Ok(Some(reply.body))
     }
@@ -223,12 +228,12 @@ impl Google {
             .await?;
         match (reply.status.is_success(), reply.location) {
             (true, Some(session)) => Ok(session),
-            (true, None) => Err(api(
+            (true, None) => Err(Error::api_message(
                 "starting the upload of",
                 &target,
                 "no session URL in the answer".into(),
             )),
-            (false, _) => Err(api(
+            (false, _) => Err(Error::api_message(
                 "starting the upload of",
                 &target,
                 message(reply.status, &reply.body),
@@ -260,8 +265,9 @@ impl Google {
                 Some(reqwest::Body::from(data.clone()))
             })
             .await?;
-        persisted(&reply, total)
-            .ok_or_else(|| api("uploading", target, message(reply.status, &reply.body)))
+        persisted(&reply, total).ok_or_else(|| {
+            Error::api_message("uploading", target, message(reply.status, &reply.body))
+        })
     }
 
     /// Deletes an object; one already gone is not an error.
@@ -416,14 +422,6 @@ impl Attempt {
             retryable: false,
             error,
         }
-    }
-}
-
-fn api(op: &'static str, target: &str, message: String) -> Error {
-    Error::Api {
-        op,
-        target: target.to_string(),
-        message,
     }
 }
 

@@ -12,13 +12,14 @@ pub mod tarball;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::error::{Common, CommonError};
 use crate::progress::{Progress, Unit};
-use crate::rt::{self, Interrupt, IoError};
+use crate::rt::{self, Interrupt, Wait};
 use crate::summary;
 
 pub use api::{COMPUTE, STORAGE};
@@ -159,16 +160,9 @@ impl GceOutcome {
 /// Everything that can go wrong publishing to GCE.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The options cannot work.
-    #[error("invalid option: {0}")]
-    Invalid(String),
-    /// Reading the image, writing the tarball or the summary failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Bad options, a file, a service call or a signal, as in every target.
+    #[error(transparent)]
+    Common(#[from] Common),
     /// Application Default Credentials gave no token.
     #[error(
         "getting a token from Application Default Credentials: {0} (point \
@@ -176,22 +170,9 @@ pub enum Error {
          federation file, or run `gcloud auth application-default login`)"
     )]
     Auth(String),
-    /// A call failed: operation, what it was about, the service's message.
-    #[error("{op} {target}: {message}")]
-    Api {
-        op: &'static str,
-        target: String,
-        message: String,
-    },
     /// The image creation failed.
     #[error("image {image}: {message}")]
     ImageFailed { image: String, message: String },
-    /// A bounded wait ran out.
-    #[error("gave up after {secs} s waiting for {what}")]
-    Timeout { what: String, secs: u64 },
-    /// SIGINT or SIGTERM arrived; the tarball was deleted.
-    #[error("interrupted by {signal}")]
-    Interrupted { signal: &'static str },
     /// A step failed, and deleting the tarball failed too.
     #[error("{cause}; also, {cleanup}")]
     Cleanup { cause: Box<Error>, cleanup: String },
@@ -200,13 +181,11 @@ pub enum Error {
     CleanupFailed(String),
 }
 
-rt::io_error_at!(Error);
-
 impl Error {
     /// True when the run stopped because of SIGINT or SIGTERM (the CLI exits 130).
     pub fn is_interrupted(&self) -> bool {
         match self {
-            Error::Interrupted { .. } => true,
+            Error::Common(Common::Interrupted { .. }) => true,
             Error::Cleanup { cause, .. } => cause.is_interrupted(),
             _ => false,
         }
@@ -253,7 +232,7 @@ async fn flow(
         ));
         tokio::select! {
             r = wait_ready(&google, opts, None, progress) => r?,
-            signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
+            signal = interrupt.wait() => return Err(Error::interrupted(signal)),
         }
         if opts.public {
             make_public(&google, opts).await?;
@@ -278,13 +257,10 @@ async fn flow(
         .prefix(".pgimg-gce-")
         .suffix(".tar.gz")
         .tempfile_in(&dir)
-        .map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::io(&dir, source))?;
     let packed = tokio::select! {
         r = pack(image, local.path(), progress) => r?,
-        signal = interrupt.wait() => return Err(Error::Interrupted { signal }),
+        signal = interrupt.wait() => return Err(Error::interrupted(signal)),
     };
     outcome.tarball_bytes = Some(packed.compressed);
     outcome.source = Some(opts.source_url());
@@ -292,7 +268,7 @@ async fn flow(
     let object = opts.object();
     let result = tokio::select! {
         r = create(&google, opts, local.path(), packed.compressed, progress) => r,
-        signal = interrupt.wait() => Err(Error::Interrupted { signal }),
+        signal = interrupt.wait() => Err(Error::interrupted(signal)),
     };
     drop(local);
     // Deleted on success and failure alike; an upload that never completed
@@ -337,15 +313,11 @@ async fn pack(image: &Path, out: &Path, progress: &dyn Progress) -> Result<tarba
             Event::Finish => progress.finish(),
         }
     }
-    let result = task.await.map_err(|e| Error::Io {
-        path: out.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let result = task
+        .await
+        .map_err(|e| Error::io(out, std::io::Error::other(e.to_string())))?;
     drop(stop);
-    result.map_err(|source| Error::Io {
-        path: image.to_path_buf(),
-        source,
-    })
+    result.map_err(|source| Error::io(image, source))
 }
 
 /// Sets the flag when dropped.
@@ -420,10 +392,7 @@ async fn upload(
     use std::os::unix::fs::FileExt;
     let object = opts.object();
     let target = format!("gs://{}/{object}", opts.bucket);
-    let file = std::fs::File::open(tarball).map_err(|source| Error::Io {
-        path: tarball.to_path_buf(),
-        source,
-    })?;
+    let file = std::fs::File::open(tarball).map_err(|source| Error::io(tarball, source))?;
     let session = google.start_upload(&opts.bucket, &object, len).await?;
     progress.start("uploading", len, Unit::Bytes);
     let mut offset = 0u64;
@@ -432,10 +401,7 @@ async fn upload(
         let n = api::CHUNK.min(len - offset) as usize;
         let mut buf = vec![0u8; n];
         file.read_exact_at(&mut buf, offset)
-            .map_err(|source| Error::Io {
-                path: tarball.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| Error::io(tarball, source))?;
         let done = match google
             .put_chunk(&session, &target, offset, buf.into(), len)
             .await
@@ -453,11 +419,11 @@ async fn upload(
         if done <= offset {
             stalls += 1;
             if stalls >= opts.attempts {
-                return Err(Error::Api {
-                    op: "uploading",
+                return Err(Error::api_message(
+                    "uploading",
                     target,
-                    message: format!("the service keeps nothing past byte {offset}"),
-                });
+                    format!("the service keeps nothing past byte {offset}"),
+                ));
             }
             continue;
         }
@@ -565,40 +531,8 @@ async fn wait_ready(
             }
             _ => {}
         }
-        wait.pause(&format!("image {} to be READY", opts.name))
+        wait.pause(|| format!("image {} to be READY", opts.name))
             .await?;
-    }
-}
-
-/// A bounded wait: a poll every `poll`, until `timeout` after it began.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Wait {
-    began: Instant,
-    poll: Duration,
-    timeout: Duration,
-}
-
-impl Wait {
-    /// A wait beginning now.
-    pub(crate) fn new(poll: Duration, timeout: Duration) -> Self {
-        Wait {
-            began: Instant::now(),
-            poll,
-            timeout,
-        }
-    }
-
-    /// Sleeps until the next poll, or fails with [`Error::Timeout`] naming
-    /// `what` was waited for when the time is up.
-    async fn pause(&self, what: &str) -> Result<(), Error> {
-        if self.began.elapsed() >= self.timeout {
-            return Err(Error::Timeout {
-                what: what.to_string(),
-                secs: self.timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(self.poll).await;
-        Ok(())
     }
 }
 
@@ -636,7 +570,7 @@ pub(crate) async fn wait_operation(
                 None => Ok(()),
             };
         }
-        wait.pause(&format!("operation {op}")).await?;
+        wait.pause(|| format!("operation {op}")).await?;
     }
 }
 
@@ -676,31 +610,31 @@ fn add_binding(policy: &mut Value, role: &str, member: &str) {
 
 fn validate(opts: &GceOptions) -> Result<(), Error> {
     if opts.project.is_empty() || opts.bucket.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "--project and --bucket must not be empty".into(),
         ));
     }
     if !is_resource_name(&opts.name) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "image name {:?}: 1-63 lowercase letters, digits and -, starting with a letter and not ending with -",
             opts.name
         )));
     }
     if let Some(f) = &opts.family {
         if !is_resource_name(f) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "family {f:?}: 1-63 lowercase letters, digits and -, starting with a letter"
             )));
         }
     }
     for f in &opts.guest_os_features {
-        parse_guest_os_feature(f).map_err(Error::Invalid)?;
+        parse_guest_os_feature(f).map_err(Error::invalid)?;
     }
     for (k, v) in &opts.labels {
-        parse_label(&format!("{k}={v}")).map_err(Error::Invalid)?;
+        parse_label(&format!("{k}={v}")).map_err(Error::invalid)?;
     }
     if opts.poll.is_zero() || opts.timeout.is_zero() {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "the poll interval and the timeout must be positive".into(),
         ));
     }

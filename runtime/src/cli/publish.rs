@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use clap::{Args, Subcommand};
+use pgimg_publish::error::Common;
 use pgimg_publish::progress::{Bar, Progress, Quiet};
 use pgimg_publish::s3::{self, S3Options};
 use pgimg_publish::Connection;
@@ -330,7 +331,7 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             let outcome =
                 s3::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
                     let invalid = match &e {
-                        s3::Error::Invalid(m) => Some(m.clone()),
+                        s3::Error::Common(Common::Invalid(m)) => Some(m.clone()),
                         _ => None,
                     };
                     let interrupted = e.is_interrupted();
@@ -374,7 +375,7 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             let outcome =
                 ami::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
                     let invalid = match &e {
-                        ami::Error::Invalid(m) => Some(m.clone()),
+                        ami::Error::Common(Common::Invalid(m)) => Some(m.clone()),
                         _ => None,
                     };
                     let interrupted = e.is_interrupted();
@@ -409,7 +410,7 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             };
             let outcome = gce::publish(&opts, &a.image, progress.as_ref()).map_err(|e| {
                 let invalid = match &e {
-                    gce::Error::Invalid(m) => Some(m.clone()),
+                    gce::Error::Common(Common::Invalid(m)) => Some(m.clone()),
                     _ => None,
                 };
                 let interrupted = e.is_interrupted();
