@@ -153,7 +153,7 @@ fn publish_s3_options_out_of_range_are_usage_errors() {
 /// Runs `script` in python3 with `c`, a boto3 S3 client of moto, and `args`
 /// as `sys.argv[2..]`; returns its stdout, trimmed.
 fn boto3(moto: &Moto, script: &str, args: &[&str]) -> String {
-    let out = aws(&mut Command::new("python3"))
+    let out = aws(&mut Command::new(moto::moto_python()))
         .args([
             "-c",
             &format!(

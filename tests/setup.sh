@@ -2,7 +2,8 @@
 # Provisions what `cargo test --workspace` needs, on Debian 12 or Ubuntu
 # 22.04/24.04, as root (the README's test command runs it first; .ci/run too):
 #  - Debian packages, through apt-get: debootstrap, gdisk, dosfstools,
-#    e2fsprogs, qemu-utils (the fixture image and image tests), git, gpg,
+#    e2fsprogs, qemu-utils (the fixture image and image tests), git, gpg and
+#    gpg-agent (the tests make keys),
 #    apt-utils (recipe tests), python3 with venv (for moto); tools are found
 #    by command, so newer builds already installed (e.g. qemu-utils from
 #    backports) are kept, and versions are checked where they matter;
@@ -44,6 +45,7 @@ need=(
     git:git
     gpg:gpg
     gpgconf:gpgconf
+    gpg-agent:gpg-agent
     apt-ftparchive:apt-utils
     python3:python3
 )

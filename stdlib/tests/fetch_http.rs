@@ -454,9 +454,9 @@ impl Repo {
         self.daemon.url("127.0.0.1", "repo")
     }
 
-    /// Another URL of the same repository (`localhost` for the address).
+    /// Another URL of the same repository (`127.0.0.2`).
     fn other_url(&self) -> String {
-        self.daemon.url("localhost", "repo")
+        self.daemon.url("127.0.0.2", "repo")
     }
 }
 

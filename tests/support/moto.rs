@@ -31,6 +31,20 @@ pub fn moto_server() -> PathBuf {
     )
 }
 
+/// The Python that runs `moto_server`, which has boto3 (a dependency of
+/// moto) for tests that look at moto's state with an SDK of their own. The
+/// machine's `python3` may lack boto3: a fresh Debian has none.
+pub fn moto_python() -> PathBuf {
+    let python = moto_server().with_file_name("python3");
+    assert!(
+        python.is_file(),
+        "{} is missing: the tests use the Python of moto_server's virtualenv (with boto3); \
+         run `bash tests/setup.sh` as root",
+        python.display()
+    );
+    python
+}
+
 /// `$PGIMG_GCS_EMULATOR` when set, else the virtualenv's `gcp-storage-emulator`;
 /// panics naming the fix when neither exists.
 pub fn gcs_emulator() -> PathBuf {

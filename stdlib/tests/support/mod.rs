@@ -172,8 +172,10 @@ pub fn peak_rss_kib() -> u64 {
 }
 
 /// `git daemon` serving the repositories under `base` over git:// on
-/// 127.0.0.1, the smart protocol a forge speaks (pgimg refuses repositories
-/// named by a host path or `file://`); stopped on drop.
+/// 127.0.0.1 and 127.0.0.2 (a second address for the same repository that
+/// needs no name lookup: a fresh root may have no `/etc/hosts` to say what
+/// `localhost` is), the smart protocol a forge speaks (pgimg refuses
+/// repositories named by a host path or `file://`); stopped on drop.
 pub struct GitDaemon {
     child: std::process::Child,
     port: u16,
@@ -200,6 +202,7 @@ impl GitDaemon {
             .args([
                 "--reuseaddr",
                 "--listen=127.0.0.1",
+                "--listen=127.0.0.2",
                 &format!("--port={port}"),
                 "--export-all",
                 "--informative-errors",
@@ -211,7 +214,8 @@ impl GitDaemon {
             .expect("git daemon (Debian's git package) starts");
         let mut daemon = GitDaemon { child, port };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let listening = |ip: &str| std::net::TcpStream::connect((ip, port)).is_ok();
+        while !(listening("127.0.0.1") && listening("127.0.0.2")) {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("git daemon exited with {status}");
             }
