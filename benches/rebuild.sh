@@ -49,12 +49,18 @@ base="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["base"][
 rm -f "$work"/warm.raw*
 
 now() { date +%s.%N; }
+# Before each timed run, untimed: the previous run's dirty pages written back
+# (the seed's zero-fill leaves gigabytes of them), so neither pipeline pays
+# for the other's writeback (nor for ext4 still freeing the blocks of the
+# file the other just deleted).
+settle() { sync; sleep 3; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # seed WORKLOAD: prints "total grow" seconds.
 seed() {
     local script="$1" img="$work/seed.raw" mnt="$work/seed-mnt" lo t0 tg
+    settle
     t0="$(now)"
     cp --sparse=always -- "$base" "$img"
     tg="$(now)"
@@ -94,6 +100,7 @@ seed() {
 pgimg_run() {
     local name="$1" out="$work/pgimg.raw" t0
     rm -f "$out" "$out".*
+    settle
     t0="$(now)"
     "$pgimg" run "$work/$name.rhai" --no-cache --base "$base" --size "$size" --output "$out" 2>"$work/pgimg-$name.log" ||
         { tail -n 20 "$work/pgimg-$name.log" >&2; exit 1; }
