@@ -128,12 +128,7 @@ fn note_read(ctx: &Ctx, name: &str) {
 /// The `--set` names the recipe never read: most likely a typo, which would
 /// otherwise build with the default silently.
 pub fn unused_params(ctx: &Ctx) -> Vec<String> {
-    let j = ctx.journal.lock().unwrap();
-    ctx.params
-        .keys()
-        .filter(|k| !j.params_read.contains(k))
-        .cloned()
-        .collect()
+    crate::journal::not_in(ctx.params.keys(), &ctx.journal.lock().unwrap().params_read)
 }
 
 /// `--set name=value`, or an error telling how to pass it.

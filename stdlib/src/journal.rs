@@ -87,6 +87,12 @@ pub struct Redirect {
     pub url: String,
 }
 
+/// The `given` names (of `--set`, `--mirror`) that are not among the
+/// `used` ones a run recorded, in the order given.
+pub fn not_in<'a>(given: impl Iterator<Item = &'a String>, used: &[String]) -> Vec<String> {
+    given.filter(|k| !used.contains(k)).cloned().collect()
+}
+
 /// Everything the recipe did, in order.
 #[derive(Debug, Default)]
 pub struct Journal {

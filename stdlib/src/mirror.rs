@@ -62,12 +62,10 @@ pub fn mirror(ctx: &Ctx, name: &str, default: &str) -> Result<String> {
 /// `--mirror` names the recipe never asked for: most likely a typo, which
 /// would otherwise silently leave the upstream source in place.
 pub fn unused_mirrors(ctx: &Ctx) -> Vec<String> {
-    let j = ctx.journal.lock().unwrap();
-    ctx.mirrors
-        .keys()
-        .filter(|k| !j.mirrors_used.contains(k))
-        .cloned()
-        .collect()
+    crate::journal::not_in(
+        ctx.mirrors.keys(),
+        &ctx.journal.lock().unwrap().mirrors_used,
+    )
 }
 
 rhai_fns! { pub(crate) fn register;
