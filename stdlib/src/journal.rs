@@ -98,9 +98,9 @@ pub fn not_in<'a>(given: impl Iterator<Item = &'a String>, used: &[String]) -> V
 pub struct Journal {
     pub actions: Vec<Action>,
     pub inputs: Vec<Input>,
-    /// Mirror names the recipe asked for, redirected or not.
+    /// The names the recipe asked for: of mirrors with `mirror` (redirected
+    /// or not), of parameters with `param` (set or not).
     pub mirrors_used: Vec<String>,
-    /// Parameter names the recipe read with `param`, set or not.
     pub params_read: Vec<String>,
     /// The `mirror()` calls `--mirror` redirected.
     pub redirects: Vec<Redirect>,
