@@ -242,3 +242,54 @@ fn a_set_the_recipe_never_reads_is_a_usage_error() {
         text(&o)
     );
 }
+
+/// A `--size` that is not whole 512-byte sectors, or too large to count, is
+/// refused before the fixture is built or the base copied.
+#[test]
+fn a_size_that_is_not_whole_sectors_or_too_large_is_refused_up_front() {
+    for (size, says) in [
+        ("2.3G", "not a whole number of 512-byte sectors"),
+        ("99999999999T", "is too large"),
+    ] {
+        let arg = format!("--size={size}");
+        let o = pgimg(
+            &[
+                "run",
+                "recipes/examples/hello.rhai",
+                &arg,
+                "--output",
+                "/nonexistent/x.raw",
+            ],
+            repo(),
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(says), "{size}: {}", text(&o));
+        assert!(!text(&o).contains("stage acquire"), "{}", text(&o));
+    }
+}
+
+/// `pgimg lock --base` with a URL that names no file (a server's root, a
+/// folder listing) or holds whitespace is refused before any request and
+/// before the lock file is touched.
+#[test]
+fn a_base_url_that_cannot_be_locked_is_refused_before_any_request() {
+    let d = recipe_dir(&[("r.rhai", "log(\"x\");\n")]);
+    for url in ["http://127.0.0.1:9/", "http://127.0.0.1:9/a b.img"] {
+        let o = pgimg(
+            &[
+                "lock",
+                "r.rhai",
+                "--base",
+                url,
+                "--base-sha256",
+                &"a".repeat(64),
+            ],
+            d.path(),
+        );
+        assert_eq!(o.status.code(), Some(2), "{url}: {}", text(&o));
+        assert!(
+            !d.path().join("pgimg.lock").exists(),
+            "{url}: the lock was written"
+        );
+    }
+}

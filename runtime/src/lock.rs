@@ -217,6 +217,14 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let shown = display_path(path);
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| shown.clone())?;
     std::io::Write::write_all(&mut tmp, text.as_bytes()).with_context(|| shown.clone())?;
+    // The temporary file is 0600; the lock is a file for review, like the
+    // recipes beside it: keep the mode it had, else 0644.
+    let mode = std::fs::metadata(path).map_or(0o644, |m| {
+        std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777
+    });
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .with_context(|| shown.clone())?;
     tmp.persist(path).map_err(|e| e.error).context(shown)?;
     Ok(())
 }
@@ -401,6 +409,14 @@ pgxs_build(#{ git: `${mirror("github", "https://github.com")}/petere/pguint.git`
         )
         .unwrap();
         let text = std::fs::read_to_string(lock_path(&s.recipe)).unwrap();
+        // A file for review like the recipes: not the temporary file's 0600.
+        let mode = std::fs::metadata(lock_path(&s.recipe))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o644
+        );
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         let up = "https://github.com/acme/tool/releases/download/v1.0";
         assert_eq!(

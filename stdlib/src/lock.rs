@@ -219,11 +219,22 @@ impl Lock {
     /// Adds an entry; the same input resolved to another pin (two
     /// architectures disagreeing, say) is an error.
     pub fn insert(&mut self, entry: LockEntry) -> Result<(), LockError> {
-        check_pin(&entry.kind, &entry.pin).map_err(|reason| LockError::Syntax {
+        let resolved = |reason| LockError::Syntax {
             file: "<resolved>".into(),
             line: 0,
             reason,
-        })?;
+        };
+        check_pin(&entry.kind, &entry.pin).map_err(resolved)?;
+        // A line is whitespace-separated fields: a URL holding whitespace or
+        // a line break would write a line that reads back as something else.
+        for field in std::iter::once(entry.url.as_str()).chain(entry.from.as_deref()) {
+            if field.is_empty() || field.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(resolved(format!(
+                    "`{}` cannot be locked: empty, or holds whitespace or control characters",
+                    field.escape_debug()
+                )));
+            }
+        }
         let key = (entry.kind.clone(), entry.url.clone());
         if let Some(old) = self.entries.get(&key) {
             if old.pin != entry.pin {
@@ -438,6 +449,38 @@ mod tests {
             assert_eq!(l.check(&i).unwrap_err(), want);
         }
         assert!(LockEntry::from_input(&input("url", "https://h/x", "", Some(LIST))).is_err());
+    }
+
+    #[test]
+    fn a_url_that_would_break_the_line_format_is_not_locked() {
+        let entry = |url: &str, from: Option<&str>| LockEntry {
+            kind: "url".into(),
+            url: url.into(),
+            pin: "a".repeat(64),
+            from: from.map(String::from),
+        };
+        let mut lock = Lock::default();
+        for (url, from) in [
+            ("https://example.org/a b.img", None),
+            (
+                "https://example.org/n.img\nurl https://evil/x.img 1111",
+                None,
+            ),
+            ("", None),
+            (
+                "https://example.org/ok.img",
+                Some("https://example.org/SUMS x"),
+            ),
+        ] {
+            let e = lock.insert(entry(url, from)).unwrap_err().to_string();
+            assert!(e.contains("cannot be locked"), "{url:?}: {e}");
+        }
+        assert!(lock.entries().next().is_none());
+        lock.insert(entry(
+            "https://example.org/ok.img",
+            Some("https://example.org/SUMS"),
+        ))
+        .unwrap();
     }
 
     #[test]

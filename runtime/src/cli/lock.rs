@@ -95,6 +95,21 @@ fn base_entries(args: &LockArgs, cache: &std::path::Path) -> Result<Vec<LockEntr
             ))
             .into());
         }
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(UsageError(format!(
+                "--base {}: holds whitespace or control characters (percent-encode them)",
+                url.escape_debug()
+            ))
+            .into());
+        }
+        pgimg_stdlib::fetch::check_url(url)
+            .map_err(|e| UsageError(format!("--base {}: {e}", url.escape_debug())))?;
+        if pgimg_stdlib::fetch::url_file_name(url).is_none() {
+            return Err(UsageError(format!(
+                "--base {url}: names no file (a folder or a server's root); give the image's URL"
+            ))
+            .into());
+        }
         let (pin, from) = match &given {
             Some(base_source::GivenPin::Sha256(hex)) => (
                 pgimg_stdlib::fetch::normalize_sha256(hex)

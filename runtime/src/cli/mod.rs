@@ -258,7 +258,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if v <= 0.0 {
         return Err(format!("`{s}`: size must be positive"));
     }
-    Ok((v * mult as f64) as u64)
+    let bytes = v * mult as f64;
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("`{s}` is too large"));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]

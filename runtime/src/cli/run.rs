@@ -73,8 +73,12 @@ pub struct RunArgs {
     pub checkpoint_min_seconds: f64,
 }
 
-/// A number of seconds, zero or more (fractions allowed).
+/// A number of seconds, zero or more (fractions allowed); empty (a CI
+/// variable set to nothing) is the default.
 fn parse_seconds(s: &str) -> Result<f64, String> {
+    if s.trim().is_empty() {
+        return Ok(build::cache::DEFAULT_MIN_SECONDS);
+    }
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!(
@@ -95,6 +99,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     if !args.recipe.is_file() {
         return Err(UsageError(format!("{}: no such recipe", args.recipe.display())).into());
+    }
+    if let Some(size) = args.size.filter(|s| s % 512 != 0) {
+        return Err(UsageError(format!(
+            "--size {size}: not a whole number of 512-byte sectors (e.g. 8G, or {} bytes)",
+            size / 512 * 512
+        ))
+        .into());
     }
     crate::host::check_syntax(&args.recipe, &args.recipe_args.inputs())?;
     let base = match (&args.base, &args.rootfs) {
