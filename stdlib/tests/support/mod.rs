@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -210,6 +211,10 @@ impl GitDaemon {
             ])
             .arg(base)
             .stdin(std::process::Stdio::null())
+            // Its own process group: the daemon forks a server per
+            // connection, which inherits the listening sockets; drop stops
+            // them all.
+            .process_group(0)
             .spawn()
             .expect("git daemon (Debian's git package) starts");
         let mut daemon = GitDaemon { child, port };
@@ -236,7 +241,18 @@ impl GitDaemon {
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
+        // The per-connection servers are killed too, but are not our
+        // children to wait for: wait until none holds the port any more.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline
+            && ["127.0.0.1", "127.0.0.2"]
+                .iter()
+                .any(|ip| std::net::TcpStream::connect((*ip, self.port)).is_ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
