@@ -23,6 +23,15 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Asserts that `o` is a usage error (exit 2) whose output says `says`;
+/// returns the output.
+fn usage_error(o: &Output, says: &str) -> String {
+    let out = text(o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains(says), "wanted {says:?} in: {out}");
+    out
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -189,8 +198,7 @@ fn compress_without_qcow2_is_a_usage_error() {
         ],
         repo(),
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("--format qcow2"), "{}", text(&o));
+    usage_error(&o, "--format qcow2");
 }
 
 /// A checkpoint interval that is not a number, from the flag or from
@@ -210,21 +218,11 @@ fn a_checkpoint_interval_that_is_not_a_number_is_refused() {
         .current_dir(repo())
         .output()
         .unwrap();
-    assert_eq!(from_env.status.code(), Some(2), "{}", text(&from_env));
-    assert!(
-        text(&from_env).contains("PGIMG_CHECKPOINT_MIN_SECONDS"),
-        "{}",
-        text(&from_env)
-    );
+    usage_error(&from_env, "PGIMG_CHECKPOINT_MIN_SECONDS");
     let mut with_flag = args.to_vec();
     with_flag.extend(["--checkpoint-min-seconds=-1"]);
     let o = pgimg(&with_flag, repo());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("is not a number of seconds"),
-        "{}",
-        text(&o)
-    );
+    usage_error(&o, "is not a number of seconds");
 }
 
 /// `pgimg check --set` with a name no `param()` reads: most likely a typo,
@@ -235,11 +233,9 @@ fn a_set_the_recipe_never_reads_is_a_usage_error() {
     let o = pgimg(&["check", "r.rhai", "--set", "greeting=hi"], d.path());
     assert!(o.status.success(), "{}", text(&o));
     let o = pgimg(&["check", "r.rhai", "--set", "greting=hi"], d.path());
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("--set greting: the recipe never reads this parameter"),
-        "{}",
-        text(&o)
+    usage_error(
+        &o,
+        "r.rhai: --set greting: the recipe never reads this parameter",
     );
 }
 
@@ -262,9 +258,8 @@ fn a_size_that_is_not_whole_sectors_or_too_large_is_refused_up_front() {
             ],
             repo(),
         );
-        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-        assert!(text(&o).contains(says), "{size}: {}", text(&o));
-        assert!(!text(&o).contains("stage acquire"), "{}", text(&o));
+        let out = usage_error(&o, says);
+        assert!(!out.contains("stage acquire"), "{size}: {out}");
     }
 }
 
@@ -292,4 +287,46 @@ fn a_base_url_that_cannot_be_locked_is_refused_before_any_request() {
             "{url}: the lock was written"
         );
     }
+}
+
+/// `pgimg lock` resolves every architecture in turn, so it offers no
+/// `--arch` to be silently ignored: its help does not list one, and one
+/// given is refused before anything is resolved.
+#[test]
+fn lock_offers_no_arch_flag_since_it_resolves_every_architecture() {
+    let help = text(&pgimg(&["lock", "--help"], repo()));
+    assert!(help.contains("--os"), "{help}");
+    assert!(!help.contains("--arch"), "{help}");
+    let d = recipe_dir(&[("r.rhai", "log(\"x\");\n")]);
+    let o = pgimg(&["lock", "r.rhai", "--arch", "arm64"], d.path());
+    usage_error(&o, "--arch");
+    assert!(
+        !d.path().join("pgimg.lock").exists(),
+        "the lock was written"
+    );
+}
+
+/// `--base-sha256` takes either case, as `sha256sum` users paste it, and the
+/// lock records it in lowercase like every other pin; what is not 64 hex
+/// digits is refused before any request.
+#[test]
+fn a_base_sha256_in_uppercase_is_locked_in_lowercase() {
+    let d = recipe_dir(&[("r.rhai", "log(\"x\");\n")]);
+    let url = "http://127.0.0.1:9/base.img";
+    let upper = "AB".repeat(32);
+    let o = pgimg(
+        &["lock", "r.rhai", "--base", url, "--base-sha256", &upper],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let lock = std::fs::read_to_string(d.path().join("pgimg.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("url {url} {}", upper.to_lowercase())),
+        "{lock}"
+    );
+    let o = pgimg(
+        &["lock", "r.rhai", "--base", url, "--base-sha256", "xyz"],
+        d.path(),
+    );
+    usage_error(&o, "is not a sha256");
 }

@@ -50,6 +50,14 @@ impl Drop for Moto {
     }
 }
 
+/// Asserts that `o` is a usage error (exit 2) whose stderr says `says`;
+/// `case` names the attempt in a failure.
+fn usage_error(o: &Output, says: &str, case: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{case}: {stderr}");
+    assert!(stderr.contains(says), "{case}: {says:?} in {stderr}");
+}
+
 fn aws(cmd: &mut Command) -> &mut Command {
     cmd.env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", CANARY)
@@ -60,8 +68,10 @@ fn aws(cmd: &mut Command) -> &mut Command {
         .env_remove("GITHUB_STEP_SUMMARY")
 }
 
-fn publish(endpoint: &str, image: &Path, summary: &Path) -> Output {
-    aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
+/// `pgimg publish s3` of `image` to bucket `images`, which must succeed:
+/// its JSON outcome, and stdout and stderr together (for the leak check).
+fn publish(endpoint: &str, image: &Path, summary: &Path) -> (serde_json::Value, String) {
+    let o = aws(&mut Command::new(env!("CARGO_BIN_EXE_pgimg")))
         .args(["publish", "s3"])
         .arg(image)
         .args([
@@ -75,13 +85,16 @@ fn publish(endpoint: &str, image: &Path, summary: &Path) -> Output {
         .args(["--part-size-mib", "5", "--step-summary"])
         .arg(summary)
         .output()
-        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let text = format!("{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    (serde_json::from_str(&out).unwrap(), text)
 }
 
 #[test]
 fn publish_s3_uploads_once_with_a_sidecar_and_never_shows_the_secret() {
-    let moto = Moto::start();
-    bucket(&moto, "images");
+    let moto = Moto::with_bucket("images");
 
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("img.raw");
@@ -91,27 +104,19 @@ fn publish_s3_uploads_once_with_a_sidecar_and_never_shows_the_secret() {
     std::fs::write(&image, &data).unwrap();
     let summary = dir.path().join("summary.md");
 
-    let first = publish(&moto.endpoint(), &image, &summary);
-    let out = String::from_utf8_lossy(&first.stdout);
-    let err = String::from_utf8_lossy(&first.stderr);
-    assert!(first.status.success(), "{out}\n{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (v, out) = publish(&moto.endpoint(), &image, &summary);
     assert_eq!(v["uploaded"], true, "{out}");
     assert_eq!(v["key"], "img.raw");
     assert_eq!(v["sidecar_key"], "img.raw.sha256");
     assert!(v["parts"].as_u64().unwrap() >= 3, "multipart: {out}");
 
-    let second = publish(&moto.endpoint(), &image, &summary);
-    let out2 = String::from_utf8_lossy(&second.stdout);
-    let err2 = String::from_utf8_lossy(&second.stderr);
-    assert!(second.status.success(), "{err2}");
-    let v2: serde_json::Value = serde_json::from_str(&out2).unwrap();
+    let (v2, out2) = publish(&moto.endpoint(), &image, &summary);
     assert_eq!(v2["uploaded"], false, "the re-run uploads nothing: {out2}");
     assert_eq!(v2["sha256"], v["sha256"]);
 
     let md = std::fs::read_to_string(&summary).unwrap();
     assert!(md.contains(v["sha256"].as_str().unwrap()), "{md}");
-    for text in [&*out, &*err, &*out2, &*err2, &md] {
+    for text in [&out, &out2, &md] {
         assert!(!text.contains(CANARY), "the secret leaked: {text}");
     }
 }
@@ -122,8 +127,7 @@ fn publish_s3_missing_image_is_a_usage_error() {
         .args(["publish", "s3", "/nonexistent.raw", "--bucket", "b"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no such image file"));
+    usage_error(&o, "no such image file", "a missing image");
 }
 
 /// Options the target refuses before any request (a part size outside S3's
@@ -144,9 +148,7 @@ fn publish_s3_options_out_of_range_are_usage_errors() {
             .args(flags)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{flags:?}: {stderr}");
-        assert!(stderr.contains(says), "{flags:?}: {says:?} in {stderr}");
+        usage_error(&o, says, &format!("{flags:?}"));
     }
 }
 
@@ -172,8 +174,13 @@ fn boto3(moto: &Moto, script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn bucket(moto: &Moto, name: &str) {
-    boto3(moto, "c.create_bucket(Bucket=sys.argv[2])", &[name]);
+impl Moto {
+    /// A moto server with an empty bucket `name`.
+    fn with_bucket(name: &str) -> Moto {
+        let moto = Moto::start();
+        boto3(&moto, "c.create_bucket(Bucket=sys.argv[2])", &[name]);
+        moto
+    }
 }
 
 /// Keys of the multipart uploads still open in `bucket`, and whether `key` exists.
@@ -197,8 +204,7 @@ fn noise_image(path: &Path, size: usize) {
 #[test]
 fn sigint_mid_upload_aborts_the_multipart_upload_and_exits_130() {
     use std::io::{BufRead, BufReader};
-    let moto = Moto::start();
-    bucket(&moto, "sigint");
+    let moto = Moto::with_bucket("sigint");
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("sigint.raw");
     noise_image(&image, 200 << 20);
@@ -308,8 +314,7 @@ fn prune_cli(moto: &Moto, extra: &[&str]) -> (serde_json::Value, String) {
 
 #[test]
 fn prune_cli_lists_by_default_and_deletes_only_with_yes() {
-    let moto = Moto::start();
-    bucket(&moto, "rel");
+    let moto = Moto::with_bucket("rel");
     boto3(
         &moto,
         "for i in range(1, 6):\n\
@@ -384,9 +389,7 @@ fn prune_option_mistakes_are_usage_errors_before_any_request() {
             .args(args.split_whitespace())
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args}: {stderr}");
-        assert!(stderr.contains(says), "{args}: {stderr}");
+        usage_error(&o, says, &args);
     }
 }
 
@@ -424,9 +427,7 @@ fn publish_gce_bad_names_labels_and_features_are_usage_errors_before_any_request
             .env_remove("GITHUB_STEP_SUMMARY")
             .output()
             .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
-        assert!(err.contains(why), "{extra:?}: {err}");
+        usage_error(&o, why, &format!("{extra:?}"));
     }
 }
 

@@ -14,8 +14,8 @@ use aws_smithy_types::DateTime;
 use serde::Serialize;
 
 use crate::conn::{sdk_config, Connection};
+use crate::error::{Common, CommonError};
 use crate::progress::Progress;
-use crate::retry::sdk_message;
 use crate::rt;
 use crate::summary;
 
@@ -140,16 +140,10 @@ impl PruneOutcome {
 /// Everything that can go wrong pruning.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The options cannot work.
-    #[error("invalid option: {0}")]
-    Invalid(String),
-    /// A call failed: operation, what it was about, the service's message.
-    #[error("{op} {target}: {message}")]
-    Api {
-        op: &'static str,
-        target: String,
-        message: String,
-    },
+    /// Options that cannot work, or a failed call: the failures every
+    /// publish target shares.
+    #[error(transparent)]
+    Common(#[from] Common),
     /// A Google call failed, or a GCE image deletion failed or timed out.
     #[cfg(feature = "gce")]
     #[error(transparent)]
@@ -179,17 +173,17 @@ pub fn prune(opts: &PruneOptions, progress: &dyn Progress) -> Result<PruneOutcom
 
 fn validate(opts: &PruneOptions) -> Result<(), Error> {
     if opts.prefix.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "the prefix must not be empty: prune never looks at every image".into(),
         ));
     }
     if opts.keep.is_none() && opts.older_than.is_none() {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "say what to keep: --keep N, --older-than AGE, or both".into(),
         ));
     }
     if opts.regions.is_empty() && opts.bucket.is_none() && opts.gce_project.is_none() {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "nothing to look at: give --region (AMIs), --bucket (objects) and/or --gce-project \
              (GCE images)"
                 .into(),
@@ -197,7 +191,7 @@ fn validate(opts: &PruneOptions) -> Result<(), Error> {
     }
     if opts.gce_project.is_some() {
         #[cfg(not(feature = "gce"))]
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "this pgimg was built without GCE support (feature `gce`)".into(),
         ));
         #[cfg(feature = "gce")]
@@ -205,7 +199,7 @@ fn validate(opts: &PruneOptions) -> Result<(), Error> {
     }
     #[cfg(not(feature = "ami"))]
     if !opts.regions.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "this pgimg was built without AMI support (feature `ami`)".into(),
         ));
     }
@@ -256,7 +250,7 @@ async fn prune_async(opts: &PruneOptions, progress: &dyn Progress) -> Result<Pru
     for r in &outcome.delete {
         // The listing filtered by prefix already; this guards the deletion itself.
         if !r.name.starts_with(&opts.prefix) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "refusing to delete {} {:?}: it does not start with {:?}",
                 r.kind, r.name, opts.prefix
             )));
@@ -340,10 +334,12 @@ fn known_time(
     field: &str,
     created: Option<DateTime>,
 ) -> Result<DateTime, Error> {
-    created.ok_or_else(|| Error::Api {
-        op,
-        target,
-        message: format!("no readable {field}: its age is unknown, so nothing is pruned"),
+    created.ok_or_else(|| {
+        Error::api_message(
+            op,
+            target,
+            format!("no readable {field}: its age is unknown, so nothing is pruned"),
+        )
     })
 }
 
@@ -382,26 +378,19 @@ mod amis {
 
     pub(super) async fn list(opts: &PruneOptions, region: &str) -> Result<Vec<Release>, Error> {
         let ec2 = client(opts, region).await;
+        let pattern = format!("{}*", opts.prefix);
+        let listing = format!("names {pattern} in {region}");
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         loop {
             let page = ec2
                 .describe_images()
                 .owners("self")
-                .filters(
-                    Filter::builder()
-                        .name("name")
-                        .values(format!("{}*", opts.prefix))
-                        .build(),
-                )
+                .filters(Filter::builder().name("name").values(&pattern).build())
                 .set_next_token(next.take())
                 .send()
                 .await
-                .map_err(|e| Error::Api {
-                    op: "DescribeImages",
-                    target: format!("names {}* in {region}", opts.prefix),
-                    message: sdk_message(&e),
-                })?;
+                .map_err(|e| Error::api("DescribeImages", &listing, &e))?;
             for image in page.images() {
                 let name = image.name().unwrap_or_default();
                 if !name.starts_with(&opts.prefix) {
@@ -435,25 +424,13 @@ mod amis {
     /// snapshot in use by an AMI cannot be deleted before).
     pub(super) async fn delete(opts: &PruneOptions, r: &Release) -> Result<(), Error> {
         let ec2 = client(opts, &r.place).await;
-        ec2.deregister_image()
-            .image_id(&r.id)
-            .send()
-            .await
-            .map_err(|e| Error::Api {
-                op: "DeregisterImage",
-                target: format!("{} ({}) in {}", r.id, r.name, r.place),
-                message: sdk_message(&e),
-            })?;
+        let ami = format!("{} ({}) in {}", r.id, r.name, r.place);
+        let deregistered = ec2.deregister_image().image_id(&r.id).send().await;
+        deregistered.map_err(|e| Error::api("DeregisterImage", ami, &e))?;
         for snapshot in &r.with {
-            ec2.delete_snapshot()
-                .snapshot_id(snapshot)
-                .send()
-                .await
-                .map_err(|e| Error::Api {
-                    op: "DeleteSnapshot",
-                    target: format!("{snapshot} of {} in {}", r.id, r.place),
-                    message: sdk_message(&e),
-                })?;
+            let deleted = ec2.delete_snapshot().snapshot_id(snapshot).send().await;
+            let target = format!("{snapshot} of {} in {}", r.id, r.place);
+            deleted.map_err(|e| Error::api("DeleteSnapshot", target, &e))?;
         }
         Ok(())
     }
@@ -473,13 +450,13 @@ mod images {
     pub(super) fn validate(opts: &PruneOptions) -> Result<(), Error> {
         let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
         if !opts.prefix.chars().all(ok) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "prefix {:?} can match no GCE image name (lowercase letters, digits and -)",
                 opts.prefix
             )));
         }
         if opts.poll.is_zero() || opts.timeout.is_zero() {
-            return Err(Error::Invalid(
+            return Err(Error::invalid(
                 "the poll interval and the timeout must be positive".into(),
             ));
         }
@@ -537,10 +514,12 @@ mod images {
         image: &serde_json::Value,
     ) -> Result<DateTime, Error> {
         let text = image["creationTimestamp"].as_str().unwrap_or_default();
-        DateTime::from_str(text, Format::DateTimeWithOffset).map_err(|e| Error::Api {
-            op: "images.list",
-            target: format!("{name} in {project}"),
-            message: format!("creationTimestamp {text:?} is not RFC 3339: {e}"),
+        DateTime::from_str(text, Format::DateTimeWithOffset).map_err(|e| {
+            Error::api_message(
+                "images.list",
+                format!("{name} in {project}"),
+                format!("creationTimestamp {text:?} is not RFC 3339: {e}"),
+            )
         })
     }
 
@@ -556,11 +535,11 @@ mod images {
             return Ok(());
         };
         let Some(op) = op["name"].as_str() else {
-            return Err(Error::Api {
-                op: "images.delete",
-                target: format!("{} in {}", r.name, r.place),
-                message: "the answer names no operation".into(),
-            });
+            return Err(Error::api_message(
+                "images.delete",
+                format!("{} in {}", r.name, r.place),
+                "the answer names no operation".into(),
+            ));
         };
         let wait = Wait::new(opts.poll, opts.timeout);
         gce::wait_operation(google, &r.place, &r.name, op, wait, &|_| {}).await?;
@@ -583,6 +562,7 @@ mod objects {
         bucket: &str,
     ) -> Result<Vec<Release>, Error> {
         let listing_prefix = format!("{}{}", opts.key_prefix, opts.prefix);
+        let listing = format!("s3://{bucket}/{listing_prefix}");
         let mut objects = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -593,11 +573,7 @@ mod objects {
                 .set_continuation_token(next.take())
                 .send()
                 .await
-                .map_err(|e| Error::Api {
-                    op: "ListObjectsV2",
-                    target: format!("s3://{bucket}/{listing_prefix}"),
-                    message: sdk_message(&e),
-                })?;
+                .map_err(|e| Error::api("ListObjectsV2", &listing, &e))?;
             for o in page.contents() {
                 if let Some(key) = o.key() {
                     objects.push((key.to_string(), o.last_modified().copied()));
@@ -648,11 +624,7 @@ mod objects {
                 .key(key)
                 .send()
                 .await
-                .map_err(|e| Error::Api {
-                    op: "DeleteObject",
-                    target: format!("s3://{}/{key}", r.place),
-                    message: sdk_message(&e),
-                })?;
+                .map_err(|e| Error::api("DeleteObject", format!("s3://{}/{key}", r.place), &e))?;
         }
         Ok(())
     }
@@ -747,17 +719,23 @@ mod tests {
         let mut o = PruneOptions::new("");
         o.keep = Some(1);
         o.bucket = Some("b".into());
-        assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("prefix")));
+        assert!(
+            matches!(validate(&o), Err(Error::Common(Common::Invalid(m))) if m.contains("prefix"))
+        );
         o.prefix = "p-".into();
         o.keep = None;
-        assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("--keep")));
+        assert!(
+            matches!(validate(&o), Err(Error::Common(Common::Invalid(m))) if m.contains("--keep"))
+        );
         o.keep = Some(0);
         assert!(validate(&o).is_ok());
         #[cfg(feature = "gce")]
         {
             o.gce_project = Some("p".into());
             o.prefix = "pg-16.1-".into();
-            assert!(matches!(validate(&o), Err(Error::Invalid(m)) if m.contains("GCE image name")));
+            assert!(
+                matches!(validate(&o), Err(Error::Common(Common::Invalid(m))) if m.contains("GCE image name"))
+            );
             o.prefix = "pg-16-".into();
             assert!(validate(&o).is_ok());
         }

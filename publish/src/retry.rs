@@ -123,14 +123,38 @@ where
     }
 }
 
+/// The outcome of a best-effort cleanup call (cancelling a task, deleting
+/// a snapshot): `"<doing> failed: <message>"`, text for a message rather
+/// than something to act on.
+pub(crate) fn best_effort<T, E>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+    doing: impl std::fmt::Display,
+) -> Result<(), String>
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+{
+    result
+        .map(|_| ())
+        .map_err(|e| format!("{doing} failed: {}", sdk_message(&e)))
+}
+
 /// `err: source: source ...` from the errors' Display alone (the SDK's
 /// `DisplayErrorContext` appends a Debug dump, too noisy for a user).
 fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
+    join_sources(err.to_string(), err.source())
+}
+
+/// `first: source: source ...`, each source by its Display, leaving out one
+/// whose text an earlier part already holds: the SDKs and reqwest often
+/// repeat their source inside their own message.
+pub(crate) fn join_sources(
+    first: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    let mut parts = vec![first];
     while let Some(e) = source {
         let text = e.to_string();
-        if !parts.last().is_some_and(|p| p.contains(&text)) {
+        if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         source = e.source();

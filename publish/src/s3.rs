@@ -403,6 +403,18 @@ impl Upload {
         format!("s3://{}/{}", self.bucket, self.key)
     }
 
+    /// Deletes the object, best effort: the error is text for a message.
+    pub(crate) async fn delete(&self) -> Result<(), String> {
+        let deleted = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .send()
+            .await;
+        crate::retry::best_effort(deleted, format_args!("deleting {}", self.target()))
+    }
+
     fn metadata(&self) -> Option<std::collections::HashMap<String, String>> {
         self.sha256
             .as_ref()
@@ -594,13 +606,8 @@ impl Upload {
         // parts' digests, "-N"); it proves every part arrived as hashed here.
         if let (Some(got), Some(want)) = (done.checksum_sha256(), composite) {
             if got != want {
-                let _ = self
-                    .client
-                    .delete_object()
-                    .bucket(&self.bucket)
-                    .key(&self.key)
-                    .send()
-                    .await;
+                // The mismatch is the error to report, not a failed delete.
+                let _ = self.delete().await;
                 return Err(Error::ChecksumMismatch {
                     target: self.target(),
                     want,

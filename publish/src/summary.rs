@@ -43,10 +43,12 @@ mod tests {
 
     #[test]
     fn append_adds_to_an_existing_summary() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("summary.md");
-        append(&path, "first\n").unwrap();
-        append(&path, "second").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\nsecond\n");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        append(file.path(), "first\n").unwrap();
+        append(file.path(), "second").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(file.path()).unwrap(),
+            "first\nsecond\n"
+        );
     }
 }

@@ -29,6 +29,8 @@ pub struct RecipeInputs {
 /// `file:line:col`), its journal (also when it failed), and the `--mirror`
 /// and `--set` names it never asked for.
 pub struct RecipeRun {
+    /// The recipe file, as messages show it.
+    pub recipe: String,
     pub result: Result<(), RecipeError>,
     pub journal: Journal,
     pub unused_mirrors: Vec<String>,
@@ -41,8 +43,10 @@ impl RecipeRun {
     /// source, or the parameter's default, in place).
     pub fn into_journal(self) -> Result<Journal, RecipeError> {
         self.result?;
-        unused_mirrors_error(&self.unused_mirrors)?;
-        unused_params_error(&self.unused_params)?;
+        // `check a.rhai b.rhai --set x=1` must say which recipe ignores it.
+        let in_recipe = |e: RecipeError| RecipeError(format!("{}: {}", self.recipe, e.0));
+        unused_mirrors_error(&self.unused_mirrors).map_err(in_recipe)?;
+        unused_params_error(&self.unused_params).map_err(in_recipe)?;
         Ok(self.journal)
     }
 }
@@ -103,6 +107,7 @@ pub fn run_recipe_with(
     drop(ctx);
     let journal = std::mem::take(&mut *journal.lock().unwrap());
     RecipeRun {
+        recipe: crate::engine::display_path(recipe),
         result,
         journal,
         unused_mirrors,
@@ -254,8 +259,11 @@ mod tests {
         let err = with(&[("a", "2"), ("b", "2"), ("typo", "3")]).unwrap_err();
         assert_eq!(
             err,
-            "--set b, typo: the recipe never reads these parameters (see `param()` calls in \
-             the recipe; check the name)"
+            format!(
+                "{}: --set b, typo: the recipe never reads these parameters (see `param()` \
+                 calls in the recipe; check the name)",
+                recipe.display()
+            )
         );
     }
 }

@@ -45,11 +45,11 @@ pub fn register_failure(m: &mut rhai::Module) {
 /// Where the primitive was called from.
 pub fn location(nctx: &NativeCallContext) -> Loc {
     let pos = nctx.call_position();
-    Loc {
-        file: nctx.call_source().unwrap_or("<recipe>").to_string(),
-        line: pos.line().unwrap_or(0),
-        col: pos.position().unwrap_or(0),
-    }
+    Loc::new(
+        nctx.call_source().unwrap_or("<recipe>"),
+        pos.line().unwrap_or(0),
+        pos.position().unwrap_or(0),
+    )
 }
 
 /// The error for `name` failing at `loc`.

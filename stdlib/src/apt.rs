@@ -328,11 +328,7 @@ mod tests {
     use std::sync::Arc;
 
     fn loc() -> Loc {
-        Loc {
-            file: "r.rhai".into(),
-            line: 3,
-            col: 1,
-        }
+        Loc::new("r.rhai", 3, 1)
     }
 
     fn names(v: &[&str]) -> Vec<String> {

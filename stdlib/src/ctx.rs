@@ -234,23 +234,24 @@ pub fn beneath(dir: &Path, rel: &str, what: &str) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
+/// One primitive call, as the step hook sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub name: &'a str,
+    /// A primitive with an effect, as the journal records it; else a query.
+    pub action: bool,
+    pub loc: &'a Loc,
+    pub args: &'a [rhai::Dynamic],
+}
+
 /// The step hook: called around every primitive, actions and queries alike,
 /// in call order, from the one place primitives are registered
 /// (`register.rs`), so no primitive can be left out of a key. The build's
 /// step cache implements it (runtime); recipes on a fake root run without one.
 pub trait Steps: Send + Sync {
-    /// Before the body of `name` runs with `args` (`action`: a primitive
-    /// with an effect, as the journal records it; else a query):
-    /// `Ok(Some(value))` means "replayed": the body does not run and the
-    /// call returns `value`.
-    fn before(
-        &self,
-        ctx: &Ctx,
-        name: &str,
-        action: bool,
-        loc: &Loc,
-        args: &[rhai::Dynamic],
-    ) -> std::result::Result<Option<rhai::Dynamic>, String>;
+    /// Before the body of `call` runs: `Ok(Some(value))` means "replayed":
+    /// the body does not run and the call returns `value`.
+    fn before(&self, ctx: &Ctx, call: &Call) -> std::result::Result<Option<rhai::Dynamic>, String>;
 
     /// After the body ran and returned `value`. A body that failed gets no
     /// `after`.

@@ -119,16 +119,13 @@ fn unquote(value: &str) -> Result<String, String> {
 
 /// Records that the recipe read parameter `name` (see [`unused_params`]).
 fn note_read(ctx: &Ctx, name: &str) {
-    let mut j = ctx.journal.lock().unwrap();
-    if !j.params_read.iter().any(|n| n == name) {
-        j.params_read.push(name.to_string());
-    }
+    crate::journal::Asked::note(&mut ctx.journal.lock().unwrap().asked.params, name);
 }
 
 /// The `--set` names the recipe never read: most likely a typo, which would
 /// otherwise build with the default silently.
 pub fn unused_params(ctx: &Ctx) -> Vec<String> {
-    crate::journal::not_in(ctx.params.keys(), &ctx.journal.lock().unwrap().params_read)
+    crate::journal::not_in(ctx.params.keys(), &ctx.journal.lock().unwrap().asked.params)
 }
 
 /// `--set name=value`, or an error telling how to pass it.

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::files::image_path;
 use crate::rhai_fns;
 use crate::run::command;
-use crate::source::{with_build_dir, Source};
+use crate::source::{with_build_dir, Source, SourceOpts};
 use crate::target::Command;
 
 /// Go's build cache inside the image; bound to the host cache `go-build`.
@@ -23,15 +23,9 @@ pub const GOMODCACHE: &str = "/root/go/pkg/mod";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoOpts {
-    /// Git repository URL (with `rev`).
-    pub git: Option<String>,
-    /// Full commit id of `git`.
-    pub rev: Option<String>,
-    /// An asset folder instead of `git`.
-    pub dir: Option<String>,
-    /// Stage `git` as a checkout with its `.git` (HEAD detached at `rev`,
-    /// upstream tags at `rev`, `origin` = `git`) for builds that run git.
-    pub keep_git: Option<bool>,
+    /// `git` + `rev`, or `dir`; `keep_git`.
+    #[serde(flatten)]
+    pub source: SourceOpts,
     /// `make` invocations, in order; each entry is split on whitespace
     /// (`"pg_build USE_BROTLI=1"` runs `make pg_build USE_BROTLI=1`).
     pub make: Option<Dynamic>,
@@ -95,7 +89,7 @@ fn go_env(user: BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
 /// an empty placeholder with the final mode and recipe tests can check what
 /// would be installed.
 pub fn go_build(ctx: &Ctx, loc: &Loc, opts: GoOpts) -> Result<Vec<String>> {
-    let source = Source::from_options(opts.git, opts.rev, opts.dir, opts.keep_git)?;
+    let source = Source::from_options(opts.source)?;
     let make: Vec<Vec<String>> = match &opts.make {
         Some(m) => string_list(m, "make")?
             .iter()
@@ -211,10 +205,17 @@ mod tests {
     const URL: &str = "https://github.com/wal-g/wal-g.git";
     const DIR: &str = "/var/tmp/pgimg-build/wal-g-cf1ce0f5b690";
 
-    fn walg() -> GoOpts {
-        GoOpts {
+    fn pinned() -> SourceOpts {
+        SourceOpts {
             git: Some(URL.into()),
             rev: Some(REV.into()),
+            ..SourceOpts::default()
+        }
+    }
+
+    fn walg() -> GoOpts {
+        GoOpts {
+            source: pinned(),
             make: Some(Dynamic::from(to_array([
                 "deps".to_string(),
                 "pg_build".into(),
@@ -232,11 +233,7 @@ mod tests {
     }
 
     fn loc() -> Loc {
-        Loc {
-            file: "recipes/common/packages.rhai".into(),
-            line: 40,
-            col: 5,
-        }
+        Loc::new("recipes/common/packages.rhai", 40, 5)
     }
 
     #[test]
@@ -302,8 +299,7 @@ mod tests {
         });
         let c = Ctx::new(t.clone());
         let opts = GoOpts {
-            git: Some(URL.into()),
-            rev: Some(REV.into()),
+            source: pinned(),
             build: Some(BTreeMap::from([(
                 "bin/tool".to_string(),
                 "./cmd/tool".to_string(),
@@ -352,7 +348,10 @@ mod tests {
         });
         let c = Ctx::new(t.clone());
         let opts = GoOpts {
-            keep_git: Some(true),
+            source: SourceOpts {
+                keep_git: Some(true),
+                ..pinned()
+            },
             make: Some(Dynamic::from("deps")),
             install: None,
             ..walg()
@@ -428,7 +427,10 @@ mod tests {
             ),
             (
                 GoOpts {
-                    rev: Some("main".into()),
+                    source: SourceOpts {
+                        rev: Some("main".into()),
+                        ..pinned()
+                    },
                     ..walg()
                 },
                 "not a full git commit id",

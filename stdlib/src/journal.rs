@@ -13,6 +13,17 @@ pub struct Loc {
     pub col: usize,
 }
 
+impl Loc {
+    /// `file:line:col`; lines and columns count from 1 (0: unknown).
+    pub fn new(file: impl Into<String>, line: usize, col: usize) -> Loc {
+        Loc {
+            file: file.into(),
+            line,
+            col,
+        }
+    }
+}
+
 impl fmt::Display for Loc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
@@ -93,15 +104,30 @@ pub fn not_in<'a>(given: impl Iterator<Item = &'a String>, used: &[String]) -> V
     given.filter(|k| !used.contains(k)).cloned().collect()
 }
 
+/// The names a recipe asked for, each once, in the order first asked: of
+/// mirrors with `mirror` (redirected or not), of parameters with `param`
+/// (set or not). A `--mirror` or `--set` name missing here went unused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Asked {
+    pub mirrors: Vec<String>,
+    pub params: Vec<String>,
+}
+
+impl Asked {
+    /// Adds `name` to `names` (one of this struct's lists) unless it is there.
+    pub fn note(names: &mut Vec<String>, name: &str) {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+}
+
 /// Everything the recipe did, in order.
 #[derive(Debug, Default)]
 pub struct Journal {
     pub actions: Vec<Action>,
     pub inputs: Vec<Input>,
-    /// The names the recipe asked for: of mirrors with `mirror` (redirected
-    /// or not), of parameters with `param` (set or not).
-    pub mirrors_used: Vec<String>,
-    pub params_read: Vec<String>,
+    pub asked: Asked,
     /// The `mirror()` calls `--mirror` redirected.
     pub redirects: Vec<Redirect>,
     /// Build settings a recipe chose (e.g. `finalize` items), by name.

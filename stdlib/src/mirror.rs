@@ -26,12 +26,7 @@ pub fn mirror(ctx: &Ctx, name: &str, default: &str) -> Result<String> {
         )));
     }
     check_url(default)?;
-    {
-        let mut j = ctx.journal.lock().unwrap();
-        if !j.mirrors_used.iter().any(|n| n == name) {
-            j.mirrors_used.push(name.to_string());
-        }
-    }
+    crate::journal::Asked::note(&mut ctx.journal.lock().unwrap().asked.mirrors, name);
     let Some(given) = ctx.mirrors.get(name) else {
         return Ok(default.to_string());
     };
@@ -64,7 +59,7 @@ pub fn mirror(ctx: &Ctx, name: &str, default: &str) -> Result<String> {
 pub fn unused_mirrors(ctx: &Ctx) -> Vec<String> {
     crate::journal::not_in(
         ctx.mirrors.keys(),
-        &ctx.journal.lock().unwrap().mirrors_used,
+        &ctx.journal.lock().unwrap().asked.mirrors,
     )
 }
 
@@ -114,7 +109,7 @@ mod tests {
             assert_eq!(mirror(&c, name, default).unwrap(), want, "{name}");
         }
         let j = c.journal.lock().unwrap();
-        assert_eq!(j.mirrors_used, ["releases", "ubuntu", "pgdg"]);
+        assert_eq!(j.asked.mirrors, ["releases", "ubuntu", "pgdg"]);
         assert_eq!(j.redirects.len(), 2);
     }
 

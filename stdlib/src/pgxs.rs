@@ -8,21 +8,15 @@ use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::rhai_fns;
 use crate::run::command;
-use crate::source::{with_build_dir, Source};
+use crate::source::{with_build_dir, Source, SourceOpts};
 
 /// Options of `pgxs_build`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgxsOpts {
-    /// Git repository URL (with `rev`).
-    pub git: Option<String>,
-    /// Full commit id of `git`.
-    pub rev: Option<String>,
-    /// An asset folder instead of `git`.
-    pub dir: Option<String>,
-    /// Stage `git` as a checkout with its `.git` (HEAD detached at `rev`,
-    /// upstream tags at `rev`, `origin` = `git`) for builds that run git.
-    pub keep_git: Option<bool>,
+    /// `git` + `rev`, or `dir`; `keep_git`.
+    #[serde(flatten)]
+    pub source: SourceOpts,
     /// PostgreSQL majors: `[16, 17]`, `["16", "17"]` or `"16,17"`.
     pub pg_versions: Option<Dynamic>,
     /// Extra `make` arguments: an array, or a string split on whitespace.
@@ -78,7 +72,7 @@ pub fn pg_config(version: &str) -> String {
 /// `PG_CONFIG`. A failure names the version. The build folder is removed
 /// afterwards, also on failure.
 pub fn pgxs_build(ctx: &Ctx, loc: &Loc, opts: PgxsOpts) -> Result<()> {
-    let source = Source::from_options(opts.git, opts.rev, opts.dir, opts.keep_git)?;
+    let source = Source::from_options(opts.source)?;
     let versions = pg_versions(
         &opts
             .pg_versions
@@ -152,19 +146,18 @@ mod tests {
 
     fn pguint(versions: Dynamic) -> PgxsOpts {
         PgxsOpts {
-            git: Some("https://github.com/petere/pguint.git".into()),
-            rev: Some(REV.into()),
+            source: SourceOpts {
+                git: Some("https://github.com/petere/pguint.git".into()),
+                rev: Some(REV.into()),
+                ..SourceOpts::default()
+            },
             pg_versions: Some(versions),
             ..PgxsOpts::default()
         }
     }
 
     fn loc() -> Loc {
-        Loc {
-            file: "r.rhai".into(),
-            line: 7,
-            col: 1,
-        }
+        Loc::new("r.rhai", 7, 1)
     }
 
     #[test]
@@ -263,10 +256,8 @@ mod tests {
                 crate::root::Attrs::mode(0o755),
             )
             .unwrap();
-        let opts = PgxsOpts {
-            keep_git: Some(true),
-            ..pguint(Dynamic::from(16_i64))
-        };
+        let mut opts = pguint(Dynamic::from(16_i64));
+        opts.source.keep_git = Some(true);
         pgxs_build(&c, &loc(), opts).unwrap();
         let shown: Vec<String> = t.commands().iter().map(ToString::to_string).collect();
         assert_eq!(shown[0], format!("cd {DIR} && git rev-parse --verify HEAD"));
@@ -274,10 +265,11 @@ mod tests {
         assert!(shown[1].starts_with(&format!("cd {DIR} && make USE_PGXS=1")));
 
         let o = PgxsOpts {
-            git: None,
-            rev: None,
-            dir: Some("pguint".into()),
-            keep_git: Some(true),
+            source: SourceOpts {
+                dir: Some("pguint".into()),
+                keep_git: Some(true),
+                ..SourceOpts::default()
+            },
             ..pguint(Dynamic::from(16_i64))
         };
         let e = pgxs_build(&c, &loc(), o).unwrap_err();
@@ -355,13 +347,31 @@ mod tests {
             .to_string()
             .contains("is set by pgxs_build"));
         let o = PgxsOpts {
-            git: None,
-            rev: None,
+            source: SourceOpts::default(),
             ..pguint(Dynamic::from(16_i64))
         };
         assert!(pgxs_build(&c, &loc(), o)
             .unwrap_err()
             .to_string()
             .contains("give the source"));
+    }
+
+    /// The shared source options are flattened into the map, and a key
+    /// neither struct knows is still refused, naming it.
+    #[test]
+    fn source_options_flatten_and_unknown_keys_are_still_refused() {
+        let mut map = rhai::Map::new();
+        map.insert("git".into(), Dynamic::from("https://h/x.git"));
+        map.insert("keep_git".into(), Dynamic::from(true));
+        map.insert("pg_versions".into(), Dynamic::from(16_i64));
+        let o: PgxsOpts = crate::api::options(map.clone()).unwrap();
+        assert_eq!(o.source.git.as_deref(), Some("https://h/x.git"));
+        assert_eq!(o.source.keep_git, Some(true));
+        assert!(o.pg_versions.is_some());
+        map.insert("gti".into(), Dynamic::from("x"));
+        let e = crate::api::options::<PgxsOpts>(map)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `gti`"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ pub use rhai::{Dynamic, ImmutableString as Str, Map, Module, Variant};
 use rhai::{EvalAltResult, FuncRegistration, NativeCallContext, RhaiFunc};
 
 use crate::api::{failure, location};
-use crate::ctx::Ctx;
+use crate::ctx::{Call, Ctx};
 use crate::error::Result;
 use crate::journal::{Action, Loc};
 
@@ -57,7 +57,13 @@ fn primitive<R: Variant + Clone>(m: &mut Module, def: Def, record: bool, body: i
         let Some(steps) = ctx.steps.clone() else {
             return body(&ctx, &loc, args).map_err(|e| failure(&loc, name, e));
         };
-        let replayed = steps.before(&ctx, name, record, &loc, &args);
+        let call = Call {
+            name,
+            action: record,
+            loc: &loc,
+            args: &args,
+        };
+        let replayed = steps.before(&ctx, &call);
         if let Some(v) = replayed.map_err(|e| failure(&loc, name, e))? {
             let kind = v.type_name();
             let msg = || {

@@ -1,5 +1,7 @@
 //! Build sources for `go_build` and `pgxs_build`: a pinned git commit or an asset folder, staged in the image.
 
+use serde::Deserialize;
+
 use crate::ctx::{Ctx, Loc};
 use crate::error::Result;
 use crate::fetch::normalize_commit;
@@ -35,6 +37,22 @@ pub enum SourceError {
 
 crate::error::invalid_from!(SourceError);
 
+/// The source options `go_build` and `pgxs_build` share: flattened into
+/// their options maps, whose `deny_unknown_fields` still refuses a key
+/// neither knows (serde checks what the flattened struct left over).
+#[derive(Debug, Default, Deserialize)]
+pub struct SourceOpts {
+    /// Git repository URL (with `rev`).
+    pub git: Option<String>,
+    /// Full commit id of `git`.
+    pub rev: Option<String>,
+    /// An asset folder instead of `git`.
+    pub dir: Option<String>,
+    /// Stage `git` as a checkout with its `.git` (HEAD detached at `rev`,
+    /// upstream tags at `rev`, `origin` = `git`) for builds that run git.
+    pub keep_git: Option<bool>,
+}
+
 /// Where a build's source comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -51,12 +69,13 @@ pub enum Source {
 
 impl Source {
     /// The source named by a primitive's `git`, `rev`, `dir` and `keep_git` options.
-    pub fn from_options(
-        git: Option<String>,
-        rev: Option<String>,
-        dir: Option<String>,
-        keep_git: Option<bool>,
-    ) -> Result<Self> {
+    pub fn from_options(opts: SourceOpts) -> Result<Self> {
+        let SourceOpts {
+            git,
+            rev,
+            dir,
+            keep_git,
+        } = opts;
         if git.is_none() && dir.is_some() && keep_git.is_some() {
             return Err(SourceError::KeepGitWithoutGit.into());
         }
@@ -241,22 +260,18 @@ mod tests {
     const REV: &str = "cf1ce0f5b69048e31d740b508a79d8294707e339";
 
     fn loc() -> Loc {
-        Loc {
-            file: "recipes/common/packages.rhai".into(),
-            line: 32,
-            col: 5,
-        }
+        Loc::new("recipes/common/packages.rhai", 32, 5)
     }
 
     #[test]
     fn options_pick_exactly_one_source() {
         let s = |g: Option<&str>, r: Option<&str>, d: Option<&str>| {
-            Source::from_options(
-                g.map(Into::into),
-                r.map(Into::into),
-                d.map(Into::into),
-                None,
-            )
+            Source::from_options(SourceOpts {
+                git: g.map(Into::into),
+                rev: r.map(Into::into),
+                dir: d.map(Into::into),
+                keep_git: None,
+            })
         };
         assert_eq!(
             s(
@@ -272,12 +287,12 @@ mod tests {
             }
         );
         let keep = |d: Option<&str>| {
-            Source::from_options(
-                Some("u".into()),
-                Some(REV.into()),
-                d.map(Into::into),
-                Some(true),
-            )
+            Source::from_options(SourceOpts {
+                git: Some("u".into()),
+                rev: Some(REV.into()),
+                dir: d.map(Into::into),
+                keep_git: Some(true),
+            })
         };
         assert_eq!(
             keep(None).unwrap(),
@@ -287,7 +302,12 @@ mod tests {
                 keep_git: true,
             }
         );
-        let e = Source::from_options(None, None, Some("d".into()), Some(true)).unwrap_err();
+        let e = Source::from_options(SourceOpts {
+            dir: Some("d".into()),
+            keep_git: Some(true),
+            ..SourceOpts::default()
+        })
+        .unwrap_err();
         assert_eq!(e.to_string(), "`keep_git` only applies to `git`");
         assert!(keep(Some("d"))
             .unwrap_err()

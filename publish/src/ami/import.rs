@@ -50,20 +50,10 @@ pub(super) async fn snapshot(
     }
     .await;
     let cleanup = upload
-        .client
-        .delete_object()
-        .bucket(&upload.bucket)
-        .key(&upload.key)
-        .send()
+        .delete()
         .await
         .err()
-        .map(|e| {
-            format!(
-                "deleting {} failed ({}); delete it by hand",
-                upload.target(),
-                crate::retry::sdk_message(&e)
-            )
-        });
+        .map(|e| format!("{e}; delete it by hand"));
     match (result, cleanup) {
         (Ok(snapshot), None) => Ok(snapshot),
         (Ok(_), Some(cleanup)) => Err(Error::CleanupFailed(cleanup)),
@@ -176,16 +166,11 @@ async fn wait(
 }
 
 async fn cancel(ec2: &Client, task: &str) -> Result<(), String> {
-    ec2.cancel_import_task()
+    let cancelled = ec2
+        .cancel_import_task()
         .import_task_id(task)
         .cancel_reason("pgimg publish stopped waiting")
         .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "cancelling import task {task} failed: {}",
-                crate::retry::sdk_message(&e)
-            )
-        })
+        .await;
+    crate::retry::best_effort(cancelled, format_args!("cancelling import task {task}"))
 }

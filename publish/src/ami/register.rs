@@ -331,15 +331,6 @@ pub(super) async fn finish(
 
 /// Best effort; the error text is for a message, not for control flow.
 pub(super) async fn delete_snapshot(ec2: &Client, snapshot: &str) -> Result<(), String> {
-    ec2.delete_snapshot()
-        .snapshot_id(snapshot)
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "deleting snapshot {snapshot} failed: {}",
-                crate::retry::sdk_message(&e)
-            )
-        })
+    let deleted = ec2.delete_snapshot().snapshot_id(snapshot).send().await;
+    crate::retry::best_effort(deleted, format_args!("deleting snapshot {snapshot}"))
 }

@@ -436,16 +436,7 @@ fn transport(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut parts = vec![kind.to_string()];
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
+    crate::retry::join_sources(kind.to_string(), std::error::Error::source(e))
 }
 
 /// Google's `{"error": {"message", "status"}}`, or the HTTP status.

@@ -33,9 +33,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use pgimg_stdlib::ctx::Steps;
+use pgimg_stdlib::ctx::{Call, Steps};
 use pgimg_stdlib::ctx::{Input, Journal, Redirect};
-use pgimg_stdlib::{Ctx, Loc, Target};
+use pgimg_stdlib::journal::Asked;
+use pgimg_stdlib::{Ctx, Target};
 use rhai::Dynamic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -46,7 +47,7 @@ use crate::image::workcopy;
 
 /// Version of the key derivation and record format; a change misses every
 /// older checkpoint.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Default bound on the total size of the checkpoints (allocated bytes).
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
@@ -106,9 +107,7 @@ pub struct StepRecord {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct JournalState {
     pub inputs: Vec<Input>,
-    pub mirrors_used: Vec<String>,
-    #[serde(default)]
-    pub params_read: Vec<String>,
+    pub asked: Asked,
     pub redirects: Vec<Redirect>,
     pub settings: std::collections::BTreeMap<String, serde_json::Value>,
 }
@@ -117,8 +116,7 @@ impl JournalState {
     fn of(j: &Journal) -> JournalState {
         JournalState {
             inputs: j.inputs.clone(),
-            mirrors_used: j.mirrors_used.clone(),
-            params_read: j.params_read.clone(),
+            asked: j.asked.clone(),
             redirects: j.redirects.clone(),
             settings: j.settings.clone(),
         }
@@ -126,8 +124,7 @@ impl JournalState {
 
     fn apply(&self, j: &mut Journal) {
         j.inputs = self.inputs.clone();
-        j.mirrors_used = self.mirrors_used.clone();
-        j.params_read = self.params_read.clone();
+        j.asked = self.asked.clone();
         j.redirects = self.redirects.clone();
         j.settings = self.settings.clone();
     }
@@ -643,14 +640,13 @@ fn short_location(loc: &str) -> &str {
 }
 
 impl Steps for Session {
-    fn before(
-        &self,
-        ctx: &Ctx,
-        name: &str,
-        action: bool,
-        loc: &Loc,
-        args: &[Dynamic],
-    ) -> Result<Option<Dynamic>, String> {
+    fn before(&self, ctx: &Ctx, call: &Call) -> Result<Option<Dynamic>, String> {
+        let Call {
+            name,
+            action,
+            loc,
+            args,
+        } = *call;
         let mut guard = self.state.lock().unwrap();
         let st = &mut *guard;
         if let Mode::Probe { stopped: true, .. } = st.mode {

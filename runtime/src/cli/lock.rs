@@ -9,7 +9,7 @@ use pgimg_stdlib::fetch::{Fetcher, HttpFetcher};
 
 use pgimg_stdlib::lock::{LockEntry, FROM_LOCK};
 
-use super::{BasePinArgs, FakeArgs};
+use super::{BasePinArgs, OsArgs, RecipeArgs};
 use crate::build::base_source;
 use crate::engine::display_path;
 use crate::error::UsageError;
@@ -18,10 +18,13 @@ use crate::lock::{lock_with, ResolvingFetcher, ARCHES};
 /// Arguments of `pgimg lock`.
 #[derive(Args, Debug)]
 pub struct LockArgs {
+    /// Recipe files, all in one folder: the lock file is written beside them.
     #[arg(required = true)]
     pub recipes: Vec<PathBuf>,
     #[command(flatten)]
-    pub fake: FakeArgs,
+    pub recipe: RecipeArgs,
+    #[command(flatten)]
+    pub os: OsArgs,
     /// Also record the pin of this base image URL (for `pgimg run --base
     /// URL`), replacing its line if there is one; repeat it for each
     /// architecture's image. Without --base-sha256 or --base-sha256-from the
@@ -34,8 +37,8 @@ pub struct LockArgs {
     pub base_pin: BasePinArgs,
 }
 
-/// `pgimg lock RECIPE...`: every architecture in [`ARCHES`]; `--arch` is
-/// not used, since a lock missing one architecture's inputs would make
+/// `pgimg lock RECIPE...`: every architecture in [`ARCHES`] (there is no
+/// `--arch`), since a lock missing one architecture's inputs would make
 /// `--locked` builds fail there.
 pub fn lock(args: &LockArgs) -> Result<()> {
     let cache = pgimg_stdlib::fetch::default_cache_dir().join("downloads");
@@ -46,8 +49,8 @@ pub fn lock(args: &LockArgs) -> Result<()> {
     let bases = base_entries(args, &cache)?;
     let s = lock_with(
         &args.recipes,
-        &args.fake.recipe.inputs(),
-        &args.fake.os(),
+        &args.recipe.inputs(),
+        &args.os.on(ARCHES[0]),
         &ARCHES,
         &fetcher,
         &bases,

@@ -136,12 +136,14 @@ impl Cmd {
 /// How `--base` URLs are pinned on the command line (`run` and `lock`).
 #[derive(Args, Debug, Clone)]
 pub struct BasePinArgs {
-    /// The sha256 of the --base URL's content; a download that differs is refused.
+    /// The sha256 of the --base URL's content (64 hex digits, either case);
+    /// a download that differs is refused.
     #[arg(
         long,
         value_name = "HEX",
         requires = "base",
-        conflicts_with = "base_sha256_from"
+        conflicts_with = "base_sha256_from",
+        value_parser = parse_sha256
     )]
     pub base_sha256: Option<String>,
     /// Pin each --base URL by the entry for its file name in this checksum
@@ -189,7 +191,7 @@ impl RecipeArgs {
     }
 }
 
-/// The fake root `check`, `plan` and `lock` run recipes on, and the recipe's flags.
+/// The fake root `check` and `plan` run recipes on, and the recipe's flags.
 #[derive(Args, Debug, Clone)]
 pub struct FakeArgs {
     #[command(flatten)]
@@ -197,21 +199,41 @@ pub struct FakeArgs {
     /// Debian architecture of the pretend image.
     #[arg(long, default_value = "amd64", value_parser = ["amd64", "arm64"])]
     pub arch: String,
-    /// Pretend distribution as ID:VERSION_ID:CODENAME.
-    #[arg(long, default_value = "ubuntu:22.04:jammy", value_parser = parse_os)]
-    pub os: (String, String, String),
+    #[command(flatten)]
+    pub os: OsArgs,
 }
 
 impl FakeArgs {
     /// The pretend image.
     pub fn os(&self) -> FakeOs {
+        self.os.on(&self.arch)
+    }
+}
+
+/// The distribution of a fake root (`lock` pretends each architecture in
+/// turn, so it has no `--arch`).
+#[derive(Args, Debug, Clone)]
+pub struct OsArgs {
+    /// Pretend distribution as ID:VERSION_ID:CODENAME.
+    #[arg(long, default_value = "ubuntu:22.04:jammy", value_parser = parse_os)]
+    pub os: (String, String, String),
+}
+
+impl OsArgs {
+    /// The pretend image of Debian architecture `arch`.
+    pub fn on(&self, arch: &str) -> FakeOs {
         FakeOs {
             id: self.os.0.clone(),
             version_id: self.os.1.clone(),
             codename: self.os.2.clone(),
-            arch: self.arch.clone(),
+            arch: arch.to_string(),
         }
     }
+}
+
+/// A sha256 in lowercase, the form lock lines and manifests hold.
+fn parse_sha256(s: &str) -> Result<String, String> {
+    pgimg_stdlib::fetch::normalize_sha256(s).map_err(|e| e.to_string())
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

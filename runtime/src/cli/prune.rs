@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use pgimg_publish::error::Common;
 use pgimg_publish::prune::{self, PruneOptions};
 
 use super::publish::{failed, print_json, ConnArgs};
@@ -85,7 +86,7 @@ pub fn prune(a: &PruneArgs) -> Result<()> {
     opts.delete = a.yes && !a.dry_run;
     opts.step_summary = a.conn.step_summary.clone();
     let outcome = prune::prune(&opts, a.conn.progress().as_ref()).map_err(|e| match e {
-        prune::Error::Invalid(m) => UsageError(m).into(),
+        prune::Error::Common(Common::Invalid(m)) => UsageError(m).into(),
         e => failed(e, false, format!("pruning {}*", a.prefix)),
     })?;
     print_json(&outcome)

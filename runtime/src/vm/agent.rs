@@ -254,10 +254,13 @@ mod tests {
     /// The agent runs on dash, busybox sh and bash alike: no bashisms.
     #[test]
     fn agent_script_parses_with_posix_sh() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.sh");
-        std::fs::write(&path, script()).unwrap();
-        let status = Command::new("sh").arg("-n").arg(&path).status().unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), script()).unwrap();
+        let status = Command::new("sh")
+            .arg("-n")
+            .arg(file.path())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 

@@ -30,12 +30,8 @@ pub struct Report {
     pub checks: Vec<CheckResult>,
     /// `note(…)` lines of the checks file.
     pub notes: Vec<String>,
-    /// Seconds from power-on to multi-user.target, when it was reached.
-    pub multi_user_seconds: Option<f64>,
     /// The last console lines, when the system did not come up.
     pub console_tail: Option<String>,
-    /// The checks file that ran, if any.
-    pub checks_file: Option<PathBuf>,
 }
 
 impl Report {
@@ -149,10 +145,7 @@ pub fn verify(
         opts.timeout.as_secs()
     ));
 
-    let mut report = Report {
-        checks_file: checks_file.clone(),
-        ..Report::default()
-    };
+    let mut report = Report::default();
     let did_not_boot = |report: &mut Report, why: String, child: &mut KillOnDrop| {
         let _ = child.0.kill();
         let _ = child.0.wait();
@@ -291,7 +284,6 @@ fn checks_inside(
     let reached = state.out.lines().last().map(str::trim) == Some("active") && entered_us > 0.0;
     if reached {
         let seconds = answered - (uptime - entered_us / 1e6);
-        report.multi_user_seconds = Some(seconds);
         push(
             report,
             on_check,
