@@ -330,3 +330,23 @@ fn a_base_sha256_in_uppercase_is_locked_in_lowercase() {
     );
     usage_error(&o, "is not a sha256");
 }
+
+/// `--rootfs DIR` runs the recipe on a folder in place: there is no image to
+/// size, name, format or compress, so those flags are refused with it rather
+/// than ignored, before the recipe runs.
+#[test]
+fn image_flags_are_refused_with_rootfs() {
+    let d = recipe_dir(&[("r.rhai", "log(\"the recipe ran\");\n")]);
+    for flag in [
+        &["--size", "8G"][..],
+        &["--output", "x.raw"],
+        &["--format", "qcow2"],
+        &["--compress"],
+    ] {
+        let mut args = vec!["run", "r.rhai", "--rootfs", "root"];
+        args.extend(flag);
+        let o = pgimg(&args, d.path());
+        usage_error(&o, "cannot be used with");
+        assert!(!text(&o).contains("the recipe ran"), "{}", text(&o));
+    }
+}

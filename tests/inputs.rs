@@ -15,7 +15,7 @@ use pgimg_stdlib::{Ctx, FakeTarget, Target};
 
 #[path = "support/recipes.rs"]
 mod recipes;
-use recipes::{recipe_dir, run_on_fake};
+use recipes::{link_in, recipe_dir, run_on_fake};
 
 const SECRET: &[u8] = b"HOST-SECRET-a1b2c3 aws_secret_access_key=xyz\n";
 
@@ -255,11 +255,7 @@ fn importing_a_host_file_names_the_import_and_echoes_nothing_from_it() {
         ),
         ("recipe/main.rhai", "let x = 1;\n\nimport \"creds\" as c;\n"),
     ]);
-    std::os::unix::fs::symlink(
-        d.path().join("secret/credentials"),
-        d.path().join("recipe/creds.rhai"),
-    )
-    .unwrap();
+    link_in(d.path(), "secret/credentials", "recipe/creds.rhai");
     let main = d.path().join("recipe/main.rhai");
     let err = run_recipe(&main).1.unwrap_err();
     assert!(
@@ -404,11 +400,7 @@ fn lock_file_linking_out_of_the_recipe_folder_is_refused() {
         ),
         ("recipes/r.rhai", "\n"),
     ]);
-    std::os::unix::fs::symlink(
-        d.path().join("host/credentials"),
-        d.path().join("recipes/pgimg.lock"),
-    )
-    .unwrap();
+    link_in(d.path(), "host/credentials", "recipes/pgimg.lock");
     let err = pgimg::lock::load_for(&d.path().join("recipes/r.rhai"))
         .unwrap_err()
         .to_string();
@@ -435,11 +427,7 @@ fn test_api_paths_stay_inside_the_test_files_folder() {
         ("host/r.rhai", "log(\"outside\");\n"),
         ("recipes/r.rhai", "log(read_asset(\"leak.txt\"));\n"),
     ]);
-    std::os::unix::fs::symlink(
-        d.path().join("host/secret"),
-        d.path().join("recipes/fixture-link"),
-    )
-    .unwrap();
+    link_in(d.path(), "host/secret", "recipes/fixture-link");
     let cases = [
         (
             "fake_rootfs(#{ fixtures: #{ \"http://127.0.0.1:1/f\": \"fixture-link\" } });",

@@ -83,3 +83,42 @@ pub(crate) trait CommonError: From<Common> {
 }
 
 impl<T: From<Common>> CommonError for T {}
+
+/// What a caller needs of any target's error to report it: the options the
+/// target refused (a usage error rather than a failure) and whether a
+/// signal cut the work short (exit 130).
+pub trait TargetError: std::error::Error + Send + Sync + 'static {
+    /// The shared failure this is, if it is one.
+    fn common(&self) -> Option<&Common>;
+
+    /// SIGINT or SIGTERM stopped the work, also when a cleanup then failed.
+    fn interrupted(&self) -> bool;
+
+    /// The target's refusal of the options, when that is the failure.
+    fn refused_options(&self) -> Option<&str> {
+        match self.common() {
+            Some(Common::Invalid(m)) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// Implements [`TargetError`] for a target's `Error`, which has a
+/// transparent `Common` variant and an inherent `is_interrupted`.
+macro_rules! target_error {
+    ($error:ty) => {
+        impl $crate::error::TargetError for $error {
+            fn common(&self) -> Option<&$crate::error::Common> {
+                match self {
+                    Self::Common(c) => Some(c),
+                    _ => None,
+                }
+            }
+
+            fn interrupted(&self) -> bool {
+                self.is_interrupted()
+            }
+        }
+    };
+}
+pub(crate) use target_error;

@@ -95,6 +95,8 @@ impl Interrupt {
 }
 
 /// A bounded wait: a poll every `poll`, until `timeout` after it began.
+/// Only AMI and GCE publishing wait.
+#[cfg_attr(not(any(feature = "ami", feature = "gce")), allow(dead_code))]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Wait {
     began: Instant,
@@ -102,6 +104,7 @@ pub(crate) struct Wait {
     timeout: Duration,
 }
 
+#[cfg_attr(not(any(feature = "ami", feature = "gce")), allow(dead_code))]
 impl Wait {
     /// A wait beginning now.
     pub(crate) fn new(poll: Duration, timeout: Duration) -> Self {

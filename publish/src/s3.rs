@@ -152,6 +152,8 @@ impl Error {
     }
 }
 
+crate::error::target_error!(Error);
+
 /// Uploads `image` to `s3://bucket/key` and writes `<key>.sha256` beside it.
 ///
 /// An object already there with the same size and SHA-256 (from its

@@ -17,6 +17,11 @@ pub fn recipe_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     pgimg_stdlib::fake::host_dir(files)
 }
 
+/// A symbolic link `dir/link` to `dir/target` (both relative to `dir`).
+pub fn link_in(dir: &Path, target: &str, link: &str) {
+    std::os::unix::fs::symlink(dir.join(target), dir.join(link)).unwrap();
+}
+
 /// Runs `recipe` on a fresh fake root under `limits`, its log discarded;
 /// returns the fake target and the error, if any.
 pub fn run_on_fake(recipe: &Path, limits: &Limits) -> (Arc<FakeTarget>, Result<(), String>) {

@@ -405,6 +405,8 @@ impl Error {
     }
 }
 
+crate::error::target_error!(Error);
+
 /// Makes the AMI in `opts.region` from `image` (unless one with the name
 /// exists), copies it to `opts.copy_to`, waits until every one is available,
 /// shares them when asked, and returns region → AMI.

@@ -192,6 +192,8 @@ impl Error {
     }
 }
 
+crate::error::target_error!(Error);
+
 /// Publishes `image` (a raw disk) as a GCE image.
 pub fn publish(
     opts: &GceOptions,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use clap::{Args, Subcommand};
-use pgimg_publish::error::Common;
+use pgimg_publish::error::TargetError;
 use pgimg_publish::progress::{Bar, Progress, Quiet};
 use pgimg_publish::s3::{self, S3Options};
 use pgimg_publish::Connection;
@@ -293,18 +293,14 @@ pub(crate) fn failed(
     }
 }
 
-/// A publish target's error: its refusal of the options (`invalid`) is a
-/// usage error; anything else failed `doing` (interrupted when it was).
-fn target_failed(
-    e: impl std::error::Error + Send + Sync + 'static,
-    invalid: Option<String>,
-    interrupted: bool,
-    doing: String,
-) -> anyhow::Error {
-    match invalid {
-        Some(m) => UsageError(m).into(),
-        None => failed(e, interrupted, doing),
+/// A publish target's error: its refusal of the options is a usage error;
+/// anything else failed `doing` (interrupted when it was).
+fn target_failed(e: impl TargetError, doing: String) -> anyhow::Error {
+    if let Some(m) = e.refused_options() {
+        return UsageError(m.to_string()).into();
     }
+    let interrupted = e.interrupted();
+    failed(e, interrupted, doing)
 }
 
 fn ensure_exists(image: &Path) -> Result<()> {
@@ -328,16 +324,8 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             opts.concurrency = a.concurrency;
             opts.attempts = a.attempts;
             opts.step_summary = a.conn.step_summary.clone();
-            let outcome =
-                s3::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
-                    let invalid = match &e {
-                        s3::Error::Common(Common::Invalid(m)) => Some(m.clone()),
-                        _ => None,
-                    };
-                    let interrupted = e.is_interrupted();
-                    let doing = format!("publishing {} to S3", a.image.display());
-                    target_failed(e, invalid, interrupted, doing)
-                })?;
+            let outcome = s3::publish(&opts, &a.image, a.conn.progress().as_ref())
+                .map_err(|e| target_failed(e, format!("publishing {} to S3", a.image.display())))?;
             print_json(&outcome)
         }
         #[cfg(feature = "ami")]
@@ -374,13 +362,7 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
             opts.step_summary = a.conn.step_summary.clone();
             let outcome =
                 ami::publish(&opts, &a.image, a.conn.progress().as_ref()).map_err(|e| {
-                    let invalid = match &e {
-                        ami::Error::Common(Common::Invalid(m)) => Some(m.clone()),
-                        _ => None,
-                    };
-                    let interrupted = e.is_interrupted();
-                    let doing = format!("publishing {} as an AMI", a.image.display());
-                    target_failed(e, invalid, interrupted, doing)
+                    target_failed(e, format!("publishing {} as an AMI", a.image.display()))
                 })?;
             print_json(&outcome)
         }
@@ -409,13 +391,10 @@ pub fn publish(cmd: &PublishCmd) -> Result<()> {
                 Box::new(Bar::new())
             };
             let outcome = gce::publish(&opts, &a.image, progress.as_ref()).map_err(|e| {
-                let invalid = match &e {
-                    gce::Error::Common(Common::Invalid(m)) => Some(m.clone()),
-                    _ => None,
-                };
-                let interrupted = e.is_interrupted();
-                let doing = format!("publishing {} as a GCE image", a.image.display());
-                target_failed(e, invalid, interrupted, doing)
+                target_failed(
+                    e,
+                    format!("publishing {} as a GCE image", a.image.display()),
+                )
             })?;
             print_json(&outcome)
         }

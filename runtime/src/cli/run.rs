@@ -31,16 +31,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,
     /// Final image size (e.g. 8G); the root partition and file system grow to fill it.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_size, conflicts_with = "rootfs")]
     pub size: Option<u64>,
     /// Output image path. Default: <recipe name>-<x64|arm64>.<format> in the current folder.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "rootfs")]
     pub output: Option<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value = "raw")]
+    #[arg(long, value_enum, default_value = "raw", conflicts_with = "rootfs")]
     pub format: Format,
     /// Compress qcow2 output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rootfs")]
     pub compress: bool,
     #[command(flatten)]
     pub recipe_args: RecipeArgs,
@@ -221,20 +221,24 @@ fn default_output(args: &RunArgs) -> PathBuf {
     ))
 }
 
-/// Refuses a `--size` below a raw base's size before the base is copied
-/// (the grow would refuse it then, naming the work copy). A qcow2 base's
-/// disk size is only known from its header; the grow checks that one.
+/// Refuses a `--size` below the base's disk size before the base is copied
+/// (the grow would refuse it then, naming the work copy). The disk size of a
+/// raw base is its length; of a qcow2 base, the header's `size` field (bytes
+/// 24-31, big-endian: QEMU's docs/interop/qcow2.txt).
 fn refuse_shrink(base: &std::path::Path, size: u64) -> Result<()> {
     use std::io::Read;
-    let mut magic = [0u8; 4];
+    let mut header = [0u8; 32];
     let mut file =
         std::fs::File::open(base).with_context(|| format!("--base {}", base.display()))?;
-    let is_qcow2 = file.read_exact(&mut magic).is_ok() && &magic == b"QFI\xfb";
-    let len = file
-        .metadata()
-        .with_context(|| format!("--base {}", base.display()))?
-        .len();
-    if !is_qcow2 && size < len {
+    let is_qcow2 = file.read_exact(&mut header).is_ok() && &header[..4] == b"QFI\xfb";
+    let len = if is_qcow2 {
+        u64::from_be_bytes(header[24..32].try_into().expect("8 bytes"))
+    } else {
+        file.metadata()
+            .with_context(|| format!("--base {}", base.display()))?
+            .len()
+    };
+    if size < len {
         return Err(UsageError(format!(
             "--size {size}: the base {} is already {len} bytes ({}); --size is the final size \
              of the image, which can only grow",
