@@ -350,3 +350,25 @@ fn image_flags_are_refused_with_rootfs() {
         assert!(!text(&o).contains("the recipe ran"), "{}", text(&o));
     }
 }
+
+/// A base meant as a URL but not written `http://` or `https://` (an
+/// uppercase scheme, `ftp://`) is read as a path; the error says what a URL
+/// base looks like instead of only "no such file".
+#[test]
+fn a_base_url_with_another_scheme_says_what_a_url_base_looks_like() {
+    for base in ["HTTP://127.0.0.1:9/x.img", "ftp://127.0.0.1:9/x.img"] {
+        let o = pgimg(
+            &[
+                "run",
+                "recipes/examples/hello.rhai",
+                "--base",
+                base,
+                "--output",
+                "/nonexistent/x.raw",
+            ],
+            repo(),
+        );
+        let out = usage_error(&o, "starts with http:// or https://, in lowercase");
+        assert!(out.contains(base), "{out}");
+    }
+}

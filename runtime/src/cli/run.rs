@@ -255,7 +255,14 @@ fn not_a_file(path: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::FileTypeExt;
     let t = match std::fs::metadata(path) {
         Ok(m) => m.file_type(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("no such file".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // `HTTP://…`, `ftp://…`, `file://…`: meant as a URL, read as a path.
+            return Err(if path.to_string_lossy().contains("://") {
+                "no such file (a URL base starts with http:// or https://, in lowercase)".into()
+            } else {
+                "no such file".into()
+            });
+        }
         Err(e) => return Err(e.to_string()),
     };
     let what = if t.is_file() {

@@ -12,6 +12,16 @@ pub enum ChecksumError {
     NotListed { name: String },
     #[error("the checksum list has {count} different sha256 entries for `{name}`")]
     Ambiguous { name: String, count: usize },
+    /// The list names the file with another algorithm's digest: most likely
+    /// the release's `SHA512SUMS` or `MD5SUMS` was given for its `SHA256SUMS`.
+    #[error(
+        "the checksum list gives `{name}` a {algorithm} digest, not a sha256: give the \
+         release's list of sha256 sums (e.g. SHA256SUMS)"
+    )]
+    OtherAlgorithm {
+        name: String,
+        algorithm: &'static str,
+    },
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -35,6 +45,41 @@ fn parse_line(line: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then_some((name, hex))
 }
 
+/// The algorithm of a hex digest by its length, for a digest that is not a
+/// sha256 (the lengths `md5sum`, `sha1sum` and `sha512sum` etc. print).
+fn other_algorithm(hex: &str) -> Option<&'static str> {
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    match hex.len() {
+        32 => Some("md5"),
+        40 => Some("sha1"),
+        56 => Some("sha224"),
+        96 => Some("sha384"),
+        128 => Some("sha512"),
+        _ => None,
+    }
+}
+
+/// The algorithm of an entry for `name` with another digest than sha256, in
+/// either format.
+fn other_entry(list: &str, name: &str) -> Option<&'static str> {
+    let named = |n: &str| n == name || n.rsplit('/').next() == Some(name);
+    list.lines().find_map(|line| {
+        let line = line.trim_end_matches('\r');
+        let (n, hex) = match line.split_once(" (") {
+            // BSD form: `SHA512 (name) = hex`.
+            Some((_, rest)) if rest.contains(") = ") => rest.rsplit_once(") = ")?,
+            _ => {
+                let (hex, n) = line.split_once(char::is_whitespace)?;
+                let n = n.strip_prefix(' ').unwrap_or(n);
+                (n.strip_prefix('*').unwrap_or(n), hex)
+            }
+        };
+        named(n).then(|| other_algorithm(hex.trim())).flatten()
+    })
+}
+
 /// The sha256 (lowercase) that `list` gives for the file `name`.
 pub fn sha256_for(list: &str, name: &str) -> Result<String, ChecksumError> {
     let mut found: Vec<String> = list
@@ -46,8 +91,14 @@ pub fn sha256_for(list: &str, name: &str) -> Result<String, ChecksumError> {
     found.sort();
     found.dedup();
     match found.len() {
-        0 => Err(ChecksumError::NotListed {
-            name: name.to_string(),
+        0 => Err(match other_entry(list, name) {
+            Some(algorithm) => ChecksumError::OtherAlgorithm {
+                name: name.to_string(),
+                algorithm,
+            },
+            None => ChecksumError::NotListed {
+                name: name.to_string(),
+            },
         }),
         1 => Ok(found.remove(0)),
         count => Err(ChecksumError::Ambiguous {
@@ -106,6 +157,32 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "the checksum list has 2 different sha256 entries for `x.tar.gz`"
+        );
+    }
+
+    #[test]
+    fn a_list_of_another_algorithm_says_so() {
+        let sha512 = "c".repeat(128);
+        let md5 = "d".repeat(32);
+        let list = format!("{sha512}  x.img\nSHA512 (y.img) = {sha512}\n{md5} *z.img\n");
+        for (name, algorithm) in [("x.img", "sha512"), ("y.img", "sha512"), ("z.img", "md5")] {
+            let e = sha256_for(&list, name).unwrap_err();
+            assert_eq!(
+                e,
+                ChecksumError::OtherAlgorithm {
+                    name: name.into(),
+                    algorithm
+                },
+                "{name}"
+            );
+            assert!(e.to_string().contains("SHA256SUMS"), "{e}");
+        }
+        // A name the list does not hold at all is still just not listed.
+        assert_eq!(
+            sha256_for(&list, "w.img"),
+            Err(ChecksumError::NotListed {
+                name: "w.img".into()
+            })
         );
     }
 }
