@@ -233,10 +233,58 @@ fn a_set_the_recipe_never_reads_is_a_usage_error() {
     let o = pgimg(&["check", "r.rhai", "--set", "greeting=hi"], d.path());
     assert!(o.status.success(), "{}", text(&o));
     let o = pgimg(&["check", "r.rhai", "--set", "greting=hi"], d.path());
-    usage_error(
+    let out = usage_error(
         &o,
         "r.rhai: --set greting: the recipe never reads this parameter",
     );
+    assert!(!out.contains("r.rhai: ok"), "{out}");
+}
+
+/// With several recipes, as with `lock`, a `--set` or `--mirror` is unused
+/// only when no recipe asks for it: `check recipes/*.rhai --set p=…` passes
+/// when one of them reads `p`.
+#[test]
+fn check_and_lock_of_several_recipes_refuse_a_name_none_of_them_asks_for() {
+    let d = recipe_dir(&[
+        ("a.rhai", "log(param(\"x\", \"1\"));\n"),
+        ("b.rhai", "log(\"b\");\n"),
+    ]);
+    for cmd in ["check", "lock"] {
+        let o = pgimg(&[cmd, "a.rhai", "b.rhai", "--set", "x=2"], d.path());
+        assert!(o.status.success(), "{cmd}: {}", text(&o));
+        let o = pgimg(&[cmd, "a.rhai", "b.rhai", "--set", "y=2"], d.path());
+        usage_error(&o, "--set y: no recipe reads this parameter");
+        let o = pgimg(&[cmd, "b.rhai", "--set", "x=2"], d.path());
+        usage_error(&o, "--set x:");
+    }
+}
+
+/// A recipe test that runs a recipe with a parameter it never reads fails,
+/// as `--set` with that name fails a build: the typo is caught where it is
+/// cheapest. Parameters an earlier run on the same root read do not count.
+#[test]
+fn a_recipe_test_passing_a_parameter_the_recipe_never_reads_fails() {
+    let d = recipe_dir(&[
+        ("r.rhai", "log(param(\"greeting\", \"hi\"));\n"),
+        ("other.rhai", "log(\"other\");\n"),
+        (
+            "r.test.rhai",
+            "fn test_read() {\n let t = fake_rootfs();\n t.run(\"r.rhai\", #{ greeting: \"yo\" });\n}\n\
+             fn test_typo() {\n let t = fake_rootfs();\n t.run(\"r.rhai\", #{ greting: \"yo\" });\n}\n\
+             fn test_earlier_read() {\n let t = fake_rootfs();\n t.run(\"r.rhai\", #{ greeting: \"yo\" });\n t.run(\"other.rhai\", #{ greeting: \"yo\" });\n}\n",
+        ),
+    ]);
+    let o = pgimg(&["test", "."], d.path());
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("ok   r.test.rhai::test_read"), "{out}");
+    assert!(out.contains("FAIL r.test.rhai::test_typo"), "{out}");
+    assert!(
+        out.contains("--set greting: the recipe never reads"),
+        "{out}"
+    );
+    assert!(out.contains("FAIL r.test.rhai::test_earlier_read"), "{out}");
+    assert!(out.trim_end().ends_with("1 passed, 2 failed"), "{out}");
 }
 
 /// A `--size` that is not whole 512-byte sectors, or too large to count, is

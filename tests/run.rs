@@ -727,6 +727,7 @@ echo "debian $(cat /etc/debian_version)"
 echo "uid $(id -u) pid-of-shell $$"
 test -f /etc/ssh/ssh_host_ed25519_key && echo "host keys present"
 test -L /dev/ptmx && echo "dev is the sandbox's"
+grep -q ' /boot/efi ' /proc/self/mounts && echo "the ESP's mount point is mounted"
 echo "written by a here-document" > /root/from-shell
 exit 7
 "#;
@@ -750,6 +751,12 @@ exit 7
     );
     assert!(f.stdout.contains("host keys present"), "{}", f.stdout);
     assert!(f.stdout.contains("dev is the sandbox's"), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("the ESP's mount point is mounted"),
+        "/boot/efi as in a build: {}\n{}",
+        f.stdout,
+        f.stderr
+    );
     assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
     assert_eq!(loops_under(tmp.path()), Vec::<String>::new());
 

@@ -33,8 +33,70 @@ pub struct RecipeRun {
     pub recipe: String,
     pub result: Result<(), RecipeError>,
     pub journal: Journal,
-    pub unused_mirrors: Vec<String>,
-    pub unused_params: Vec<String>,
+    pub unused: Unused,
+}
+
+/// The `--mirror` and `--set` names a run never asked for: most likely
+/// typos, which would leave the upstream source, or the parameter's default,
+/// silently in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unused {
+    pub mirrors: Vec<String>,
+    pub params: Vec<String>,
+}
+
+impl Unused {
+    /// The names `other` left unused too: over several recipes (or one
+    /// recipe on several architectures), a name is unused only when no run
+    /// asked for it.
+    pub fn and(self, other: &Unused) -> Unused {
+        let both = |mine: Vec<String>, theirs: &[String]| -> Vec<String> {
+            mine.into_iter().filter(|n| theirs.contains(n)).collect()
+        };
+        Unused {
+            mirrors: both(self.mirrors, &other.mirrors),
+            params: both(self.params, &other.params),
+        }
+    }
+
+    /// Ok when every name was asked for; else the error naming the others,
+    /// said of one recipe, or of `several` (no recipe asked for them).
+    pub fn error(&self, several: bool) -> Result<(), RecipeError> {
+        let mut problems = Vec::new();
+        if !self.mirrors.is_empty() {
+            problems.push(if several {
+                unused_mirrors(&self.mirrors, "no recipe asks for")
+            } else {
+                format!(
+                    "{} (see `mirror()` calls in the recipe)",
+                    unused_mirrors(&self.mirrors, "the recipe never asks for")
+                )
+            });
+        }
+        if !self.params.is_empty() {
+            let what = if self.params.len() == 1 {
+                "this parameter"
+            } else {
+                "these parameters"
+            };
+            let (nobody, see) = if several {
+                ("no recipe reads", "check the name")
+            } else {
+                (
+                    "the recipe never reads",
+                    "see `param()` calls in the recipe; check the name",
+                )
+            };
+            problems.push(format!(
+                "--set {}: {nobody} {what} ({see})",
+                self.params.join(", ")
+            ));
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(RecipeError(problems.join("; "))),
+        }
+    }
 }
 
 impl RecipeRun {
@@ -43,10 +105,9 @@ impl RecipeRun {
     /// source, or the parameter's default, in place).
     pub fn into_journal(self) -> Result<Journal, RecipeError> {
         self.result?;
-        // `check a.rhai b.rhai --set x=1` must say which recipe ignores it.
-        let in_recipe = |e: RecipeError| RecipeError(format!("{}: {}", self.recipe, e.0));
-        unused_mirrors_error(&self.unused_mirrors).map_err(in_recipe)?;
-        unused_params_error(&self.unused_params).map_err(in_recipe)?;
+        self.unused
+            .error(false)
+            .map_err(|e| RecipeError(format!("{}: {}", self.recipe, e.0)))?;
         Ok(self.journal)
     }
 }
@@ -100,8 +161,10 @@ pub fn run_recipe_with(
     }
     let engine = build_engine(&ctx, limits);
     let result = run_file(&engine, recipe);
-    let unused_mirrors = pgimg_stdlib::mirror::unused_mirrors(&ctx);
-    let unused_params = pgimg_stdlib::facts::unused_params(&ctx);
+    let unused = Unused {
+        mirrors: pgimg_stdlib::mirror::unused_mirrors(&ctx),
+        params: pgimg_stdlib::facts::unused_params(&ctx),
+    };
     // The engine and the Ctx hold the journal's other references.
     drop(engine);
     drop(ctx);
@@ -110,8 +173,7 @@ pub fn run_recipe_with(
         recipe: crate::engine::display_path(recipe),
         result,
         journal,
-        unused_mirrors,
-        unused_params,
+        unused,
     }
 }
 
@@ -157,34 +219,6 @@ pub fn plan(recipe: &Path, inputs: &RecipeInputs, os: &FakeOs) -> anyhow::Result
     Ok(dry_run(recipe, inputs, os, Box::new(RecordingFetcher::default()))?.into_journal()?)
 }
 
-/// The error for `--mirror` names no recipe asked for.
-pub fn unused_mirrors_error(unused: &[String]) -> Result<(), RecipeError> {
-    if unused.is_empty() {
-        return Ok(());
-    }
-    Err(RecipeError(format!(
-        "{} (see `mirror()` calls in the recipe)",
-        unused_mirrors(unused, "the recipe never asks for")
-    )))
-}
-
-/// The error for `--set` names the recipe never read.
-pub fn unused_params_error(unused: &[String]) -> Result<(), RecipeError> {
-    if unused.is_empty() {
-        return Ok(());
-    }
-    let what = if unused.len() == 1 {
-        "this parameter"
-    } else {
-        "these parameters"
-    };
-    Err(RecipeError(format!(
-        "--set {}: the recipe never reads {what} (see `param()` calls in the recipe; \
-         check the name)",
-        unused.join(", ")
-    )))
-}
-
 /// "--mirror a, b: `nobody_asks_for` these sources" (or "this source").
 pub fn unused_mirrors(names: &[String], nobody_asks_for: &str) -> String {
     let what = if names.len() == 1 {
@@ -225,10 +259,18 @@ mod tests {
             unused_mirrors(&one, "no recipe asks for"),
             "--mirror https://a: no recipe asks for this source"
         );
+        let unused = Unused {
+            mirrors: two,
+            params: vec![],
+        };
         assert_eq!(
-            unused_mirrors_error(&two).unwrap_err().0,
+            unused.error(false).unwrap_err().0,
             "--mirror https://a, https://b: the recipe never asks for these sources \
              (see `mirror()` calls in the recipe)"
+        );
+        assert_eq!(
+            unused.error(true).unwrap_err().0,
+            "--mirror https://a, https://b: no recipe asks for these sources"
         );
     }
 

@@ -69,16 +69,16 @@ pub fn resolve(
     inputs: &RecipeInputs,
     os: &FakeOs,
     fetcher: Box<dyn Fetcher>,
-) -> anyhow::Result<(Resolved, Vec<String>)> {
+) -> anyhow::Result<(Resolved, host::Unused)> {
     let run = host::dry_run(recipe, inputs, os, fetcher)?;
     match run.result {
-        Ok(()) => Ok((Resolved::Inputs(run.journal.inputs), run.unused_mirrors)),
+        Ok(()) => Ok((Resolved::Inputs(run.journal.inputs), run.unused)),
         // The failing primitive is the last action recorded.
         Err(e)
             if run.journal.actions.last().map(|a| a.primitive.as_str())
                 == Some(pgimg_stdlib::require_arch::NAME) =>
         {
-            Ok((Resolved::Unsupported(e.0), run.unused_mirrors))
+            Ok((Resolved::Unsupported(e.0), run.unused))
         }
         Err(e) => Err(e.into()),
     }
@@ -127,7 +127,7 @@ pub struct Summary {
 /// gets a fetcher from `fetcher`) and merges the result, with the `bases`
 /// entries (`pgimg lock --base`), into the lock file beside them. Mistakes
 /// in the call (recipes in different folders, a `--mirror` no recipe asks
-/// for) are [`UsageError`]s.
+/// for, a `--set` no recipe reads) are [`UsageError`]s.
 pub fn lock_with(
     recipes: &[PathBuf],
     inputs: &RecipeInputs,
@@ -150,7 +150,7 @@ pub fn lock_with(
     }
     let mut fresh = Lock::default();
     let mut skipped = Vec::new();
-    let mut unused: Option<Vec<String>> = None;
+    let mut unused: Option<host::Unused> = None;
     for recipe in recipes {
         for arch in arches {
             let os = FakeOs {
@@ -161,7 +161,7 @@ pub fn lock_with(
                 .map_err(|e| anyhow::anyhow!("{} ({arch}): {e:#}", display_path(recipe)))?;
             unused = Some(match unused {
                 None => not_used,
-                Some(u) => u.into_iter().filter(|m| not_used.contains(m)).collect(),
+                Some(u) => u.and(&not_used),
             });
             match resolved {
                 Resolved::Inputs(inputs) => {
@@ -179,8 +179,8 @@ pub fn lock_with(
             }
         }
     }
-    if let Some(names) = unused.filter(|u| !u.is_empty()) {
-        return Err(UsageError(host::unused_mirrors(&names, "no recipe asks for")).into());
+    if let Some(Err(e)) = unused.map(|u| u.error(true)) {
+        return Err(UsageError(e.0).into());
     }
     for base in bases {
         fresh.insert(base.clone())?;

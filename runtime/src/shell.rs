@@ -1,12 +1,14 @@
 //! `pgimg shell IMAGE [-- CMD...]`: the image's root mounted as for a build
-//! (in place: changes are written to IMAGE), an interactive shell or the
-//! given command inside, everything torn down afterwards.
+//! (in place: changes are written to IMAGE), with what its fstab mounts
+//! under `/boot`, an interactive shell or the given command inside,
+//! everything torn down afterwards.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use nix::mount::MsFlags;
 
+use crate::image::boot_mounts::BootMounts;
 use crate::image::{ext4, WorkImage};
 use crate::sandbox::{ChrootTarget, Mount, SandboxOptions};
 
@@ -32,6 +34,14 @@ pub fn shell(image_path: &Path, command: &[String]) -> Result<i32> {
             None,
             "root file system",
         )?;
+        // As in a build: a write to /boot/efi must land on the ESP the
+        // machine boots from, not in the root file system's hidden folder.
+        // The root's descriptor must be gone before the unmount (EBUSY).
+        let boot_mounts = {
+            let root = pgimg_stdlib::ImageRoot::open(&mnt_path)?;
+            BootMounts::mount(image_path, &root, &|l| eprintln!("pgimg: {l}"))
+                .context("mounting what the image's fstab mounts under /boot")?
+        };
         let fetcher = pgimg_stdlib::fetch::RecordingFetcher::default();
         let target = ChrootTarget::setup(&mnt_path, SandboxOptions::new(Box::new(fetcher)))?;
         let argv: Vec<String> = if command.is_empty() {
@@ -46,6 +56,7 @@ pub fn shell(image_path: &Path, command: &[String]) -> Result<i32> {
         // The target holds a descriptor on the mountpoint: the unmount would
         // be refused (EBUSY) while it lives.
         drop(target);
+        boot_mounts.close()?;
         root_mount.close()?;
         Ok(code?)
     })();

@@ -8,6 +8,7 @@ use std::time::Instant;
 use pgimg_stdlib::api::failure;
 use pgimg_stdlib::ctx::Journal;
 use pgimg_stdlib::fetch::RecordingFetcher;
+use pgimg_stdlib::journal::Asked;
 use pgimg_stdlib::register::Str;
 use pgimg_stdlib::rhai_fns;
 use pgimg_stdlib::root::FileKind;
@@ -110,8 +111,24 @@ impl FakeRoot {
             self.journal.clone(),
             Arc::new(move |loc, msg| log.lock().unwrap().push(format!("{loc}: {msg}"))),
         );
+        // The names this run reads, apart from earlier runs on the same root.
+        let earlier = std::mem::take(&mut self.journal.lock().unwrap().asked.params);
         let engine = build_engine(&ctx, &Limits::default());
-        engine::run_file(&engine, &path).map_err(|e| err(e.0))
+        let ran = engine::run_file(&engine, &path).map_err(|e| err(e.0));
+        let unused = pgimg_stdlib::facts::unused_params(&ctx);
+        let mut journal = self.journal.lock().unwrap();
+        for name in earlier {
+            Asked::note(&mut journal.asked.params, &name);
+        }
+        ran?;
+        // A misspelled parameter fails the test, as `--set` fails the build.
+        let unused = host::Unused {
+            params: unused,
+            ..host::Unused::default()
+        };
+        unused
+            .error(false)
+            .map_err(|e| err(format!("run {recipe}: {}", e.0)))
     }
 }
 
