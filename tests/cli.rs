@@ -32,6 +32,19 @@ fn usage_error(o: &Output, says: &str) -> String {
     out
 }
 
+/// `pgimg test .` in `dir`: its output must say each of `says` and end with
+/// "`passed` passed, `failed` failed" (exit 1 when a test failed).
+fn recipe_tests(dir: &Path, passed: usize, failed: usize, says: &[&str]) {
+    let o = pgimg(&["test", "."], dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(i32::from(failed > 0)), "{out}");
+    for line in says {
+        assert!(out.contains(line), "wanted {line:?} in: {out}");
+    }
+    let summary = format!("{passed} passed, {failed} failed");
+    assert!(out.trim_end().ends_with(&summary), "{out}");
+}
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -57,16 +70,16 @@ fn failing_recipe_test_fails_the_run_with_its_location() {
              fn test_bad() {\n let t = fake_rootfs(#{ arch: \"arm64\" });\n t.run(\"r.rhai\");\n assert_eq(t.file(\"/etc/x\"), \"2\");\n}\n",
         ),
     ]);
-    let o = pgimg(&["test", "."], d.path());
-    let out = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("ok   r.test.rhai::test_good"), "{out}");
-    assert!(out.contains("FAIL r.test.rhai::test_bad"), "{out}");
-    assert!(
-        out.contains("r.test.rhai:9:2: assert_eq: left: \"1\", right: \"2\""),
-        "{out}"
+    recipe_tests(
+        d.path(),
+        1,
+        1,
+        &[
+            "ok   r.test.rhai::test_good",
+            "FAIL r.test.rhai::test_bad",
+            "r.test.rhai:9:2: assert_eq: left: \"1\", right: \"2\"",
+        ],
     );
-    assert!(out.trim_end().ends_with("1 passed, 1 failed"), "{out}");
 }
 
 #[test]
@@ -274,17 +287,17 @@ fn a_recipe_test_passing_a_parameter_the_recipe_never_reads_fails() {
              fn test_earlier_read() {\n let t = fake_rootfs();\n t.run(\"r.rhai\", #{ greeting: \"yo\" });\n t.run(\"other.rhai\", #{ greeting: \"yo\" });\n}\n",
         ),
     ]);
-    let o = pgimg(&["test", "."], d.path());
-    let out = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("ok   r.test.rhai::test_read"), "{out}");
-    assert!(out.contains("FAIL r.test.rhai::test_typo"), "{out}");
-    assert!(
-        out.contains("--set greting: the recipe never reads"),
-        "{out}"
+    recipe_tests(
+        d.path(),
+        1,
+        2,
+        &[
+            "ok   r.test.rhai::test_read",
+            "FAIL r.test.rhai::test_typo",
+            "--set greting: the recipe never reads",
+            "FAIL r.test.rhai::test_earlier_read",
+        ],
     );
-    assert!(out.contains("FAIL r.test.rhai::test_earlier_read"), "{out}");
-    assert!(out.trim_end().ends_with("1 passed, 2 failed"), "{out}");
 }
 
 /// A `--size` that is not whole 512-byte sectors, or too large to count, is

@@ -84,6 +84,27 @@ pub fn options<T: DeserializeOwned>(map: rhai::Map) -> Result<T> {
         .map_err(|e| Error::invalid(format!("options: {}", strip_position(&e.to_string()))))
 }
 
+/// An options struct that flattens another (`#[serde(flatten)]`): serde
+/// then refuses an unknown key without listing the valid ones, so the
+/// struct lists them.
+pub trait FlatOptions: DeserializeOwned {
+    /// Every key the struct takes, its own and the flattened struct's.
+    const KEYS: &'static [&'static str];
+}
+
+/// [`options`] for a [`FlatOptions`] struct: an unknown key is an error
+/// listing [`FlatOptions::KEYS`], as serde lists the fields of a plain struct.
+pub fn flat_options<T: FlatOptions>(map: rhai::Map) -> Result<T> {
+    if let Some(key) = map.keys().find(|k| !T::KEYS.contains(&k.as_str())) {
+        let keys: Vec<String> = T::KEYS.iter().map(|k| format!("`{k}`")).collect();
+        return Err(Error::invalid(format!(
+            "options: unknown field `{key}`, expected one of {}",
+            keys.join(", ")
+        )));
+    }
+    options(map)
+}
+
 /// `from_dynamic` errors end with ` (line 0, position 0)` or similar noise.
 fn strip_position(msg: &str) -> String {
     let msg = msg.trim_start_matches("Syntax error: ");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use rhai::{Dynamic, Map};
 use serde::Deserialize;
 
-use crate::api::{options, string_list, to_array};
+use crate::api::{flat_options, string_list, to_array, FlatOptions};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::files::image_path;
@@ -36,6 +36,12 @@ pub struct GoOpts {
     pub env: Option<BTreeMap<String, String>>,
     /// Built file (relative to the source) → absolute destination in the image.
     pub install: Option<BTreeMap<String, String>>,
+}
+
+impl FlatOptions for GoOpts {
+    const KEYS: &'static [&'static str] = &[
+        "git", "rev", "dir", "keep_git", "make", "build", "env", "install",
+    ];
 }
 
 /// A relative path inside the build folder.
@@ -168,7 +174,7 @@ rhai_fns! { pub(crate) fn register;
     /// e.g. `#{ "bin/tool": "./cmd/tool" }`); `env` (map; `GOPROXY` is `off` unless set here);
     /// `install` (map built file → destination, installed with mode 0755).
     /// Returns the installed paths. The build folder is removed afterwards.
-    action go_build(opts: Map) |c, loc| go_build(c, loc, options(opts)?).map(to_array);
+    action go_build(opts: Map) |c, loc| go_build(c, loc, flat_options(opts)?).map(to_array);
 }
 
 #[cfg(test)]
@@ -481,5 +487,22 @@ mod tests {
             let e = go_build(&c, &loc(), o).unwrap_err().to_string();
             assert!(e.contains(want), "{want}: {e}");
         }
+    }
+
+    /// Every key `GoOpts` lists is one serde takes, and an unknown one is
+    /// refused with the list.
+    #[test]
+    fn the_listed_keys_are_the_options() {
+        let mut map: rhai::Map = GoOpts::KEYS
+            .iter()
+            .map(|k| ((*k).into(), Dynamic::UNIT))
+            .collect();
+        crate::api::options::<GoOpts>(map.clone()).unwrap();
+        map.insert("instal".into(), Dynamic::UNIT);
+        let e = flat_options::<GoOpts>(map).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field `instal`, expected one of `git`, `rev`"),
+            "{e}"
+        );
     }
 }

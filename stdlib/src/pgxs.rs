@@ -3,7 +3,7 @@
 use rhai::{Dynamic, Map};
 use serde::Deserialize;
 
-use crate::api::{options, string_list};
+use crate::api::{flat_options, string_list, FlatOptions};
 use crate::ctx::{Ctx, Loc};
 use crate::error::{Error, Result};
 use crate::rhai_fns;
@@ -21,6 +21,11 @@ pub struct PgxsOpts {
     pub pg_versions: Option<Dynamic>,
     /// Extra `make` arguments: an array, or a string split on whitespace.
     pub make_args: Option<Dynamic>,
+}
+
+impl FlatOptions for PgxsOpts {
+    const KEYS: &'static [&'static str] =
+        &["git", "rev", "dir", "keep_git", "pg_versions", "make_args"];
 }
 
 /// PostgreSQL major versions from an int, a string (`"16,17"`) or an array of either.
@@ -129,7 +134,7 @@ rhai_fns! { pub(crate) fn register;
     /// Options: `git` + `rev` (full commit id) or `dir` (asset folder); `keep_git` (stage
     /// `git` as a checkout with `.git`, for Makefiles that run git); `pg_versions`
     /// (`[16, 17]` or `"16,17"`); `make_args` (array or string). A failure names the version.
-    action pgxs_build(opts: Map) |c, loc| pgxs_build(c, loc, options(opts)?);
+    action pgxs_build(opts: Map) |c, loc| pgxs_build(c, loc, flat_options(opts)?);
 }
 
 #[cfg(test)]
@@ -369,9 +374,27 @@ mod tests {
         assert_eq!(o.source.keep_git, Some(true));
         assert!(o.pg_versions.is_some());
         map.insert("gti".into(), Dynamic::from("x"));
-        let e = crate::api::options::<PgxsOpts>(map)
+        let e = crate::api::options::<PgxsOpts>(map.clone())
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `gti`"), "{e}");
+        // What recipes go through lists the valid keys, as for other options.
+        let e = crate::api::flat_options::<PgxsOpts>(map)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `gti`, expected one of `git`, `rev`, `dir`, `keep_git`, `pg_versions`, `make_args`"),
+            "{e}"
+        );
+    }
+
+    /// Every key `PgxsOpts` lists is one serde takes.
+    #[test]
+    fn the_listed_keys_are_the_options() {
+        let map: rhai::Map = PgxsOpts::KEYS
+            .iter()
+            .map(|k| ((*k).into(), Dynamic::UNIT))
+            .collect();
+        crate::api::options::<PgxsOpts>(map).unwrap();
     }
 }
