@@ -360,7 +360,7 @@ fn lock_offers_no_arch_flag_since_it_resolves_every_architecture() {
     assert!(!help.contains("--arch"), "{help}");
     let d = recipe_dir(&[("r.rhai", "log(\"x\");\n")]);
     let o = pgimg(&["lock", "r.rhai", "--arch", "arm64"], d.path());
-    usage_error(&o, "--arch");
+    usage_error(&o, "resolves every architecture (amd64, arm64) in one run");
     assert!(
         !d.path().join("pgimg.lock").exists(),
         "the lock was written"
@@ -398,16 +398,23 @@ fn a_base_sha256_in_uppercase_is_locked_in_lowercase() {
 #[test]
 fn image_flags_are_refused_with_rootfs() {
     let d = recipe_dir(&[("r.rhai", "log(\"the recipe ran\");\n")]);
-    for flag in [
-        &["--size", "8G"][..],
-        &["--output", "x.raw"],
-        &["--format", "qcow2"],
-        &["--compress"],
+    let hex = "a".repeat(64);
+    let conflict = "cannot be used with";
+    for (flag, says) in [
+        (&["--size", "8G"][..], conflict),
+        (&["--output", "x.raw"], conflict),
+        (&["--format", "qcow2"], conflict),
+        (&["--compress"], conflict),
+        (&["--base-sha256", &hex], "which has no base"),
+        (
+            &["--base-sha256-from", "http://127.0.0.1:9/SUMS"],
+            "which has no base",
+        ),
     ] {
         let mut args = vec!["run", "r.rhai", "--rootfs", "root"];
         args.extend(flag);
         let o = pgimg(&args, d.path());
-        usage_error(&o, "cannot be used with");
+        usage_error(&o, says);
         assert!(!text(&o).contains("the recipe ran"), "{}", text(&o));
     }
 }
@@ -431,5 +438,20 @@ fn a_base_url_with_another_scheme_says_what_a_url_base_looks_like() {
         );
         let out = usage_error(&o, "starts with http:// or https://, in lowercase");
         assert!(out.contains(base), "{out}");
+    }
+}
+
+/// A recipe file that does not exist is named the same way by every command
+/// that runs recipes.
+#[test]
+fn a_missing_recipe_is_named_alike_by_every_command() {
+    let d = recipe_dir(&[("r.rhai", "log(\"x\");\n")]);
+    for args in [
+        &["check", "nope.rhai"][..],
+        &["plan", "nope.rhai"],
+        &["run", "nope.rhai", "--output", "/nonexistent/x.raw"],
+    ] {
+        let o = pgimg(args, d.path());
+        usage_error(&o, "nope.rhai: no such recipe");
     }
 }

@@ -109,6 +109,16 @@ fn gpt_grow_is_byte_identical_to_sgdisk() {
     let guid = root_partition(&img).unique_guid.to_string();
 
     let outcome = image::grow(&ours, 512 * MIB).unwrap();
+    // The build log's line names what moved, not a Rust structure.
+    let line = outcome.to_string();
+    assert!(
+        line.starts_with("partition 1 now ends at sector "),
+        "{line}"
+    );
+    assert!(
+        line.contains("backup GPT header moved from sector "),
+        "{line}"
+    );
     let GrowOutcome::Grown(report) = outcome else {
         panic!("not grown: {outcome:?}")
     };

@@ -11,8 +11,8 @@ use pgimg_stdlib::fetch::{Fetcher, RecordingFetcher};
 use pgimg_stdlib::lock::Lock;
 use pgimg_stdlib::{Ctx, FakeOs, FakeTarget, Target};
 
-use crate::engine::{build_engine, compile, normalize, run_file, Limits};
-use crate::error::RecipeError;
+use crate::engine::{build_engine, compile, display_path, normalize, run_file, Limits};
+use crate::error::{RecipeError, UsageError};
 
 /// What a recipe is run with besides its target: `--set`, `--mirror`,
 /// `--assets`, and with `--locked` the lock every input is checked against.
@@ -170,7 +170,7 @@ pub fn run_recipe_with(
     drop(ctx);
     let journal = std::mem::take(&mut *journal.lock().unwrap());
     RecipeRun {
-        recipe: crate::engine::display_path(recipe),
+        recipe: display_path(recipe),
         result,
         journal,
         unused,
@@ -204,7 +204,11 @@ pub fn dry_run(
     fetcher: Box<dyn Fetcher>,
 ) -> anyhow::Result<RecipeRun> {
     use anyhow::Context;
-    let target = FakeTarget::new(os, fetcher).context("creating a fake root")?;
+    if !recipe.is_file() {
+        return Err(UsageError(format!("{}: no such recipe", display_path(recipe))).into());
+    }
+    let target = FakeTarget::new(os, fetcher)
+        .with_context(|| format!("{}: creating a fake root", display_path(recipe)))?;
     Ok(run_recipe(
         recipe,
         inputs,

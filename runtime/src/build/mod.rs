@@ -419,7 +419,7 @@ fn grow(b: &mut Build) -> Result<()> {
     };
     b.stages.run("grow", || {
         let outcome = image::grow(&image, size)?;
-        log(&format!("grow: {outcome:?}"));
+        log(&format!("grow: {outcome}"));
         Ok(())
     })
 }
@@ -500,7 +500,7 @@ fn recipe(b: &mut Build) -> Result<()> {
     let target = b.target();
     let opts = b.opts;
     let session = b.cache.clone();
-    let run = b.stages.run("recipe", || {
+    let recipe_stage = || {
         let run = host::run_recipe_with(
             &opts.recipe,
             &opts.inputs,
@@ -515,8 +515,10 @@ fn recipe(b: &mut Build) -> Result<()> {
             _ => None,
         };
         Ok((run, report))
-    })?;
-    let (run, report) = run;
+    };
+    let (run, report) = b
+        .stages
+        .run_judged("recipe", recipe_stage, |(run, _)| run.is_ok())?;
     b.cache_report = report;
     match run {
         Ok(journal) => {

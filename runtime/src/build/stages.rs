@@ -18,6 +18,18 @@ impl StageTimer {
     /// Runs `f` as `stage`: refused once interrupted, logged, timed, and its
     /// error given the stage's name.
     pub fn run<T>(&mut self, stage: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.run_judged(stage, f, |_| true)
+    }
+
+    /// [`run`](Self::run) for a stage that returns its failure as a value
+    /// (the recipe stage, to keep the cache report of a failed recipe):
+    /// `succeeded` tells whether the stage's line says `done` or `failed`.
+    pub fn run_judged<T>(
+        &mut self,
+        stage: &'static str,
+        f: impl FnOnce() -> Result<T>,
+        succeeded: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
         if interrupt::interrupted() {
             bail!("interrupted before {stage}");
         }
@@ -25,9 +37,10 @@ impl StageTimer {
         let start = Instant::now();
         let r = f().with_context(|| format!("stage {stage}"));
         let seconds = start.elapsed().as_secs_f64();
+        let ok = r.as_ref().is_ok_and(succeeded);
         log(&format!(
             "stage {stage} {} in {seconds:.1} s",
-            if r.is_ok() { "done" } else { "failed" }
+            if ok { "done" } else { "failed" }
         ));
         self.done.push(StageTime { stage, seconds });
         r

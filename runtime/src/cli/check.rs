@@ -14,6 +14,7 @@ use crate::host::{self, Unused};
 /// Arguments of `pgimg check`.
 #[derive(Args, Debug)]
 pub struct CheckArgs {
+    /// Recipe files to compile and run on a fake root, each on its own.
     #[arg(required = true)]
     pub recipes: Vec<PathBuf>,
     #[command(flatten)]
@@ -33,7 +34,7 @@ pub fn check(args: &CheckArgs) -> Result<()> {
         let run = match host::dry_run(r, &inputs, &args.fake.os(), fetcher) {
             Ok(run) => run,
             Err(e) => {
-                eprintln!("{}: {e:#}", display_path(r));
+                eprintln!("{e:#}");
                 broken = true;
                 continue;
             }

@@ -25,6 +25,9 @@ pub struct LockArgs {
     pub recipe: RecipeArgs,
     #[command(flatten)]
     pub os: OsArgs,
+    /// Refused with a note: there is no architecture to choose.
+    #[arg(long, hide = true, value_name = "ARCH")]
+    pub arch: Option<String>,
     /// Also record the pin of this base image URL (for `pgimg run --base
     /// URL`), replacing its line if there is one; repeat it for each
     /// architecture's image. Without --base-sha256 or --base-sha256-from the
@@ -41,6 +44,13 @@ pub struct LockArgs {
 /// `--arch`), since a lock missing one architecture's inputs would make
 /// `--locked` builds fail there.
 pub fn lock(args: &LockArgs) -> Result<()> {
+    if let Some(arch) = &args.arch {
+        return Err(UsageError(format!(
+            "--arch {arch}: pgimg lock resolves every architecture ({}) in one run; drop --arch",
+            ARCHES.join(", ")
+        ))
+        .into());
+    }
     let cache = pgimg_stdlib::fetch::default_cache_dir().join("downloads");
     let fetcher = || -> Result<Box<dyn Fetcher>> {
         let http = HttpFetcher::new(&cache).context("setting up the downloader")?;

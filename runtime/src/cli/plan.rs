@@ -12,6 +12,7 @@ use crate::host;
 /// Arguments of `pgimg plan`.
 #[derive(Args, Debug)]
 pub struct PlanArgs {
+    /// The recipe whose actions to list.
     pub recipe: PathBuf,
     #[command(flatten)]
     pub fake: FakeArgs,

@@ -97,6 +97,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         )
         .into());
     }
+    if args.rootfs.is_some() && args.base_pin.given().is_some() {
+        return Err(UsageError(
+            "--base-sha256 and --base-sha256-from pin a --base URL; --rootfs runs on a folder, \
+             which has no base"
+                .into(),
+        )
+        .into());
+    }
     if !args.recipe.is_file() {
         return Err(UsageError(format!("{}: no such recipe", args.recipe.display())).into());
     }

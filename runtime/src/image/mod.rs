@@ -125,6 +125,27 @@ pub enum GrowOutcome {
     Grown(GrowReport),
 }
 
+/// One line for the build log: what moved, in sectors (LBAs).
+impl std::fmt::Display for GrowOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = match self {
+            GrowOutcome::Unchanged => {
+                return f.write_str("unchanged (the table and the root partition already fit)")
+            }
+            GrowOutcome::Grown(r) => r,
+        };
+        write!(
+            f,
+            "partition {} now ends at sector {} (was {}), backup GPT header moved from sector {} to {}",
+            r.partition, r.new_last_lba, r.old_last_lba, r.old_backup_lba, r.new_backup_lba
+        )?;
+        if !r.protective_mbr_updated {
+            f.write_str(" (no protective MBR to update)")?;
+        }
+        Ok(())
+    }
+}
+
 /// Grows the raw GPT image to `new_size` bytes (the final size): extends the
 /// file sparsely, moves the backup GPT to the new end and grows the root
 /// partition in place. The file system is grown later, through a loop
