@@ -161,6 +161,11 @@ impl Borrowed {
         write: impl FnOnce(&ImageRoot) -> std::result::Result<(), FsError>,
     ) -> std::result::Result<(), FsError> {
         let mut entries = self.entries.lock().unwrap();
+        // Into a root without the folder (a bare `--rootfs`): the folders
+        // made for it go again at the end, like a mount point's.
+        if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+            make_dirs(&mut entries, root, parent, 0o755)?;
+        }
         let known = entries
             .iter()
             .position(|e| matches!(e, Entry::Path { path: p, .. } if p == path));
@@ -195,33 +200,7 @@ impl Borrowed {
         path: &str,
         mode: u32,
     ) -> std::result::Result<(), FsError> {
-        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-        if parts.iter().any(|c| *c == "." || *c == "..") {
-            // Not worth tracking: created like `mkdir -p`, and kept.
-            return root.mkdir_all(path, Attrs::mode(mode));
-        }
-        let mut entries = self.entries.lock().unwrap();
-        let mut prefix = String::new();
-        for (i, part) in parts.iter().enumerate() {
-            prefix.push('/');
-            prefix.push_str(part);
-            if root.exists(&prefix) {
-                continue;
-            }
-            let m = if i + 1 == parts.len() { mode } else { 0o755 };
-            root.mkdir_all(&prefix, Attrs::mode(m))?;
-            let meta =
-                std::fs::symlink_metadata(host_path(root, &prefix)?).map_err(|e| FsError::Io {
-                    path: prefix.clone(),
-                    source: e,
-                })?;
-            entries.push(Entry::Dir {
-                path: prefix.clone(),
-                dev: meta.dev(),
-                ino: meta.ino(),
-            });
-        }
-        Ok(())
+        make_dirs(&mut self.entries.lock().unwrap(), root, path, mode)
     }
 
     /// The borrowed entries, for a checkpoint of the image (see
@@ -379,6 +358,42 @@ fn host_path(root: &ImageRoot, path: &str) -> std::result::Result<PathBuf, FsErr
     Ok(host.join(name))
 }
 
+/// Creates the directory `path` (the last one with `mode`) and its missing
+/// parents, recording each in `entries` (see [`Borrowed::put_dir`]).
+fn make_dirs(
+    entries: &mut Vec<Entry>,
+    root: &ImageRoot,
+    path: &str,
+    mode: u32,
+) -> std::result::Result<(), FsError> {
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.iter().any(|c| *c == "." || *c == "..") {
+        // Not worth tracking: created like `mkdir -p`, and kept.
+        return root.mkdir_all(path, Attrs::mode(mode));
+    }
+    let mut prefix = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        prefix.push('/');
+        prefix.push_str(part);
+        if root.exists(&prefix) {
+            continue;
+        }
+        let m = if i + 1 == parts.len() { mode } else { 0o755 };
+        root.mkdir_all(&prefix, Attrs::mode(m))?;
+        let meta =
+            std::fs::symlink_metadata(host_path(root, &prefix)?).map_err(|e| FsError::Io {
+                path: prefix.clone(),
+                source: e,
+            })?;
+        entries.push(Entry::Dir {
+            path: prefix.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +527,23 @@ mod tests {
         assert!(!r.exists("/root/.cache"));
         assert_eq!(r.kind("/root"), Some(FileKind::Dir));
         assert!(r.exists("/var/cache/apt/archives/lock"));
+    }
+
+    /// Into a bare root (`--rootfs` on an empty folder) a borrowed file's
+    /// missing folders are made, and go again with it.
+    #[test]
+    fn folders_made_for_a_borrowed_file_go_with_it() {
+        let (_d, r) = temp_root();
+        let b = Borrowed::default();
+        b.put_link(&r, "/usr/sbin/policy-rc.d", "/run/pgimg/policy-rc.d")
+            .unwrap();
+        b.put_file(&r, "/etc/resolv.conf", b"nameserver 127.0.0.1\n", 0o644)
+            .unwrap();
+        assert_eq!(r.kind("/usr/sbin/policy-rc.d"), Some(FileKind::Symlink));
+        b.give_back(&r).unwrap();
+        for gone in ["/usr", "/etc"] {
+            assert!(!r.exists(gone), "{gone} was left behind");
+        }
     }
 
     #[test]

@@ -42,11 +42,11 @@ pub fn check(args: &CheckArgs) -> Result<()> {
         match run.result {
             // One recipe with an unused name is not ok; it is reported below.
             Ok(()) if !several && run.unused.error(false).is_err() => {}
-            Ok(()) => println!(
-                "{}: ok ({} actions)",
-                display_path(r),
-                run.journal.actions.len()
-            ),
+            Ok(()) => {
+                let n = run.journal.actions.len();
+                let s = if n == 1 { "" } else { "s" };
+                println!("{}: ok ({n} action{s})", display_path(r));
+            }
             Err(e) => {
                 eprintln!("{e}");
                 broken = true;

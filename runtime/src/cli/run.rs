@@ -248,8 +248,9 @@ fn refuse_shrink(base: &std::path::Path, size: u64) -> Result<()> {
     };
     if size < len {
         return Err(UsageError(format!(
-            "--size {size}: the base {} is already {len} bytes ({}); --size is the final size \
-             of the image, which can only grow",
+            "--size {size} ({}): the base {} is already {len} bytes ({}); --size is the final \
+             size of the image, which can only grow",
+            indicatif::HumanBytes(size),
             base.display(),
             indicatif::HumanBytes(len)
         ))
