@@ -92,9 +92,10 @@ impl Unused {
                 self.params.join(", ")
             ));
         }
-        match problems.is_empty() {
-            true => Ok(()),
-            false => Err(RecipeError(problems.join("; "))),
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RecipeError(problems.join("; ")))
         }
     }
 }

@@ -88,8 +88,34 @@ pub fn options<T: DeserializeOwned>(map: rhai::Map) -> Result<T> {
 /// then refuses an unknown key without listing the valid ones, so the
 /// struct lists them.
 pub trait FlatOptions: DeserializeOwned {
-    /// Every key the struct takes, its own and the flattened struct's.
+    /// Every key the struct takes, its own and the flattened struct's
+    /// ([`assert_keys_are_the_fields`] keeps the two lists equal).
     const KEYS: &'static [&'static str];
+}
+
+/// Panics unless `T::KEYS` are exactly the fields of `T` (its own and the
+/// flattened ones): what its default serializes to. A field added
+/// without its key would be refused in recipes, a key without a field would
+/// be listed as valid.
+#[cfg(test)]
+pub fn assert_keys_are_the_fields<T: FlatOptions + Default + serde::Serialize>() {
+    let fields = serde_json::to_value(T::default()).unwrap();
+    let fields: Vec<&str> = fields
+        .as_object()
+        .expect("options serialize as a map")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut keys = T::KEYS.to_vec();
+    let mut sorted = fields.clone();
+    keys.sort_unstable();
+    sorted.sort_unstable();
+    assert_eq!(
+        keys,
+        sorted,
+        "KEYS against the fields of {}",
+        std::any::type_name::<T>()
+    );
 }
 
 /// [`options`] for a [`FlatOptions`] struct: an unknown key is an error

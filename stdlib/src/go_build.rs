@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use rhai::{Dynamic, Map};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{flat_options, string_list, to_array, FlatOptions};
 use crate::ctx::{Ctx, Loc};
@@ -20,7 +20,7 @@ pub const GOCACHE: &str = "/root/.cache/go-build";
 pub const GOMODCACHE: &str = "/root/go/pkg/mod";
 
 /// Options of `go_build`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoOpts {
     /// `git` + `rev`, or `dir`; `keep_git`.
@@ -489,15 +489,15 @@ mod tests {
         }
     }
 
-    /// Every key `GoOpts` lists is one serde takes, and an unknown one is
-    /// refused with the list.
+    /// The listed keys are the fields, and an unknown one is refused with
+    /// the list.
     #[test]
-    fn the_listed_keys_are_the_options() {
+    fn the_listed_keys_are_the_fields() {
+        crate::api::assert_keys_are_the_fields::<GoOpts>();
         let mut map: rhai::Map = GoOpts::KEYS
             .iter()
             .map(|k| ((*k).into(), Dynamic::UNIT))
             .collect();
-        crate::api::options::<GoOpts>(map.clone()).unwrap();
         map.insert("instal".into(), Dynamic::UNIT);
         let e = flat_options::<GoOpts>(map).unwrap_err().to_string();
         assert!(

@@ -1,7 +1,7 @@
 //! `pgxs_build`: builds and installs a PostgreSQL extension with PGXS for each PostgreSQL major version.
 
 use rhai::{Dynamic, Map};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{flat_options, string_list, FlatOptions};
 use crate::ctx::{Ctx, Loc};
@@ -11,7 +11,7 @@ use crate::run::command;
 use crate::source::{with_build_dir, Source, SourceOpts};
 
 /// Options of `pgxs_build`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgxsOpts {
     /// `git` + `rev`, or `dir`; `keep_git`.
@@ -388,13 +388,8 @@ mod tests {
         );
     }
 
-    /// Every key `PgxsOpts` lists is one serde takes.
     #[test]
-    fn the_listed_keys_are_the_options() {
-        let map: rhai::Map = PgxsOpts::KEYS
-            .iter()
-            .map(|k| ((*k).into(), Dynamic::UNIT))
-            .collect();
-        crate::api::options::<PgxsOpts>(map).unwrap();
+    fn the_listed_keys_are_the_fields() {
+        crate::api::assert_keys_are_the_fields::<PgxsOpts>();
     }
 }

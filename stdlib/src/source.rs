@@ -1,6 +1,6 @@
 //! Build sources for `go_build` and `pgxs_build`: a pinned git commit or an asset folder, staged in the image.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ctx::{Ctx, Loc};
 use crate::error::Result;
@@ -40,7 +40,7 @@ crate::error::invalid_from!(SourceError);
 /// The source options `go_build` and `pgxs_build` share: flattened into
 /// their options maps, whose `deny_unknown_fields` still refuses a key
 /// neither knows (serde checks what the flattened struct left over).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct SourceOpts {
     /// Git repository URL (with `rev`).
     pub git: Option<String>,

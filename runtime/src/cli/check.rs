@@ -58,9 +58,10 @@ pub fn check(args: &CheckArgs) -> Result<()> {
         });
     }
     if let Some(Err(e)) = unused.map(|u| u.error(several)) {
-        match several {
-            true => eprintln!("{e}"),
-            false => eprintln!("{}: {e}", display_path(&args.recipes[0])),
+        if several {
+            eprintln!("{e}");
+        } else {
+            eprintln!("{}: {e}", display_path(&args.recipes[0]));
         }
         broken = true;
     }
