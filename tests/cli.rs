@@ -449,9 +449,41 @@ fn a_missing_recipe_is_named_alike_by_every_command() {
     for args in [
         &["check", "nope.rhai"][..],
         &["plan", "nope.rhai"],
+        &["lock", "nope.rhai"],
         &["run", "nope.rhai", "--output", "/nonexistent/x.raw"],
     ] {
         let o = pgimg(args, d.path());
         usage_error(&o, "nope.rhai: no such recipe");
+    }
+}
+
+/// stderr is a pipe nobody reads (`pgimg … 2>&1 | head` after head exits):
+/// every line pgimg writes there fails with EPIPE. A command that does the
+/// work (`run`, `lock`, …) still exits with its own status, not 101 from a
+/// panic in `eprintln!`; a filter (`check`, `plan`, `defs`, …) dies of
+/// SIGPIPE, as `cat` would, which a shell reports as 141.
+#[test]
+fn a_closed_stderr_keeps_the_exit_status() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = recipe_dir(&[("bad.rhai", "let x = ;\n")]);
+    for (args, code, signal) in [
+        (&["lock", "nope.rhai"][..], Some(2), None),
+        (&["lock", "bad.rhai"][..], Some(2), None),
+        (&["check", "nope.rhai"][..], None, Some(libc::SIGPIPE)),
+    ] {
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        let status = Command::new(env!("CARGO_BIN_EXE_pgimg"))
+            .args(args)
+            .current_dir(d.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(writer))
+            .status()
+            .unwrap();
+        assert_eq!(
+            (status.code(), status.signal()),
+            (code, signal),
+            "pgimg {args:?}"
+        );
     }
 }

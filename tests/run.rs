@@ -330,6 +330,7 @@ fn every_primitive_for_real() {
     if !fixture::require_root("every_primitive_for_real") {
         return;
     }
+    let _heavy = fixture::disk_heavy("every_primitive_for_real");
     let base = base_image();
     let tmp = scratch();
     let dir = tmp.path();
@@ -929,15 +930,7 @@ fn a_syntax_error_or_a_shrinking_size_stops_the_build_before_the_base_is_copied(
     let smaller = (base_len / 2).to_string();
     // A qcow2 base is smaller on disk than the disk it holds: its header
     // gives the size the image would shrink from.
-    let qcow2_dir = tempfile::tempdir().unwrap();
-    let qcow2 = qcow2_dir.path().join("base.qcow2");
-    let converted = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&base)
-        .arg(&qcow2)
-        .status()
-        .unwrap();
-    assert!(converted.success());
+    let qcow2 = fixture::base_qcow2();
     let shrinks = format!("is already {base_len} bytes");
     for (recipe, from, extra, says) in [
         (&broken, &base, vec![], format!("{}:2:", broken.display())),
@@ -967,19 +960,13 @@ fn a_syntax_error_or_a_shrinking_size_stops_the_build_before_the_base_is_copied(
     assert_base_unchanged(&base);
 }
 
-/// `base` converted to qcow2 as `name` in a `served/` folder of the scene
-/// (to serve over HTTP), and that file's sha256.
-fn served_qcow2_base(scene: &Scene, base: &Path, name: &str) -> (PathBuf, String) {
+/// The fixture as qcow2 ([`fixture::base_qcow2`]), hard-linked as `name`
+/// into a `served/` folder of the scene (to serve over HTTP), and its sha256.
+fn served_qcow2_base(scene: &Scene, name: &str) -> (PathBuf, String) {
     let served_dir = scene.out.join("served");
     std::fs::create_dir_all(&served_dir).unwrap();
     let qcow2 = served_dir.join(name);
-    let converted = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(base)
-        .arg(&qcow2)
-        .status()
-        .unwrap();
-    assert!(converted.success());
+    std::fs::hard_link(fixture::base_qcow2(), &qcow2).unwrap();
     let pin = served::host(&["sha256sum", qcow2.to_str().unwrap()], None, &[])
         .split_whitespace()
         .next()
@@ -999,9 +986,11 @@ fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
     {
         return;
     }
+    let _heavy =
+        fixture::disk_heavy("a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked");
     let base = base_image();
     let scene = Scene::new();
-    let (served_dir, pin) = served_qcow2_base(&scene, &base, "base.qcow2");
+    let (served_dir, pin) = served_qcow2_base(&scene, "base.qcow2");
     let server = Served::folder(&served_dir, &scene.out.join("served.log"));
     let url = format!("{}/base.qcow2", server.url());
     // A cache of its own: the first build must download.
@@ -1044,8 +1033,11 @@ fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
             .unwrap()
     );
 
+    // Each output holds hundreds of MiB; only its manifest is read later.
+    std::fs::remove_file(scene.out.join("first.raw")).unwrap();
     let second = build(&scene.out.join("second.raw"), Some(&pin));
     assert_eq!(second.code(), Some(0), "{}", second.stderr);
+    std::fs::remove_file(scene.out.join("second.raw")).unwrap();
     for says in [
         "already in the download cache",
         "converted before",
@@ -1139,9 +1131,11 @@ fn a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list() {
     if !fixture::require_root("a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list") {
         return;
     }
+    let _heavy =
+        fixture::disk_heavy("a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list");
     let base = base_image();
     let scene = Scene::new();
-    let (served_dir, pin) = served_qcow2_base(&scene, &base, "disk-amd64.img");
+    let (served_dir, pin) = served_qcow2_base(&scene, "disk-amd64.img");
     // The cloud images' format: binary-mode `sha256sum` lines.
     std::fs::write(
         served_dir.join("SHA256SUMS"),
@@ -1225,6 +1219,8 @@ fn a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list() {
         1,
         "the image `pgimg lock` downloaded is the build's cache hit"
     );
+    // Hundreds of MiB; only the manifest was wanted.
+    std::fs::remove_file(&out).unwrap();
 
     // A locked build whose list is not the one the lock names is refused.
     let other_list = format!("{}/other/SHA256SUMS", server.url());
@@ -1831,6 +1827,7 @@ fn a_full_image_says_so_and_how_to_grow_it() {
     if !fixture::require_root("a_full_image_says_so_and_how_to_grow_it") {
         return;
     }
+    let _heavy = fixture::disk_heavy("a_full_image_says_so_and_how_to_grow_it");
     let base = base_image();
     let scene = Scene::new();
     // The fixture is not grown: 4 GiB cannot fit in its 2 GiB.

@@ -16,7 +16,7 @@ use pgimg_stdlib::lock::{Lock, LockEntry, LOCK_FILE};
 use pgimg_stdlib::FakeOs;
 
 use crate::engine::display_path;
-use crate::error::UsageError;
+use crate::error::{RecipeError, UsageError};
 use crate::host::{self, RecipeInputs};
 
 /// The architectures a lock covers: images are built natively on both.
@@ -81,6 +81,18 @@ pub fn resolve(
             Ok((Resolved::Unsupported(e.0), run.unused))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `e`, from resolving `recipe` for `arch`, prefixed with both and of the
+/// same kind, so it exits as `check` would (2 for a recipe error); a usage
+/// error (no such recipe) holds for every architecture and stays as it is.
+fn for_arch(e: anyhow::Error, recipe: &Path, arch: &str) -> anyhow::Error {
+    let prefix = format!("{} ({arch})", display_path(recipe));
+    match e.downcast::<RecipeError>() {
+        Ok(r) => RecipeError(format!("{prefix}: {}", r.0)).into(),
+        Err(e) if e.is::<UsageError>() => e,
+        Err(e) => anyhow::anyhow!("{prefix}: {e:#}"),
     }
 }
 
@@ -157,8 +169,8 @@ pub fn lock_with(
                 arch: arch.to_string(),
                 ..os.clone()
             };
-            let (resolved, not_used) = resolve(recipe, inputs, &os, fetcher()?)
-                .map_err(|e| anyhow::anyhow!("{} ({arch}): {e:#}", display_path(recipe)))?;
+            let (resolved, not_used) =
+                resolve(recipe, inputs, &os, fetcher()?).map_err(|e| for_arch(e, recipe, arch))?;
             unused = Some(match unused {
                 None => not_used,
                 Some(u) => u.and(&not_used),

@@ -23,11 +23,11 @@ fn main() {
         // Before any thread exists: every mount of the build then lives in a
         // namespace the kernel frees even if pgimg is SIGKILLed.
         if let Err(e) = namespace::enter_private_mount_namespace() {
-            eprintln!("pgimg: {e}");
+            pgimg_stdlib::stderr_line!("pgimg: {e}");
             std::process::exit(EXIT_FAILED);
         }
         if let Err(e) = interrupt::install_handler() {
-            eprintln!("pgimg: installing the SIGINT/SIGTERM handler: {e}");
+            pgimg_stdlib::stderr_line!("pgimg: installing the SIGINT/SIGTERM handler: {e}");
             std::process::exit(EXIT_FAILED);
         }
     }
@@ -44,12 +44,12 @@ fn report(e: &anyhow::Error) -> i32 {
         return r.code;
     }
     if let Some(r) = e.downcast_ref::<RecipeError>() {
-        eprintln!("{}", escape_controls_keep_lines(&r.to_string()));
+        pgimg_stdlib::stderr_line!("{}", escape_controls_keep_lines(&r.to_string()));
         return EXIT_USAGE;
     }
-    eprintln!("pgimg: {}", escape_controls_keep_lines(&chain_text(e)));
+    pgimg_stdlib::stderr_line!("pgimg: {}", escape_controls_keep_lines(&chain_text(e)));
     if let Some(sig) = interrupt::signal() {
-        eprintln!("pgimg: interrupted by {sig}; everything was torn down");
+        pgimg_stdlib::stderr_line!("pgimg: interrupted by {sig}; everything was torn down");
         return EXIT_INTERRUPTED;
     }
     if e.downcast_ref::<Interrupted>().is_some() {

@@ -39,8 +39,10 @@ pub fn shell(image_path: &Path, command: &[String]) -> Result<i32> {
         // The root's descriptor must be gone before the unmount (EBUSY).
         let boot_mounts = {
             let root = pgimg_stdlib::ImageRoot::open(&mnt_path)?;
-            BootMounts::mount(image_path, &root, &|l| eprintln!("pgimg: {l}"))
-                .context("mounting what the image's fstab mounts under /boot")?
+            BootMounts::mount(image_path, &root, &|l| {
+                pgimg_stdlib::stderr_line!("pgimg: {l}")
+            })
+            .context("mounting what the image's fstab mounts under /boot")?
         };
         let fetcher = pgimg_stdlib::fetch::RecordingFetcher::default();
         let target = ChrootTarget::setup(&mnt_path, SandboxOptions::new(Box::new(fetcher)))?;

@@ -804,9 +804,7 @@ mod tests {
         let e = apt_repo(&c, "golang", o).unwrap_err().to_string();
         assert_eq!(
             e,
-            format!(
-                "openpgp {url} is not in the lock file; run `pgimg lock` and review the change"
-            )
+            format!("openpgp {url} is not in pgimg.lock; run `pgimg lock` and review the change")
         );
         assert!(!t.root().exists("/etc/apt/keyrings/golang.asc"));
         assert!(c.journal.lock().unwrap().inputs.is_empty());

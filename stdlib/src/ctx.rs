@@ -38,7 +38,7 @@ impl Ctx {
             asset_dirs: Arc::default(),
             mirrors: Arc::default(),
             lock: None,
-            log: Arc::new(|loc, msg| eprintln!("{loc}: {msg}")),
+            log: Arc::new(|loc, msg| crate::stderr_line!("{loc}: {msg}")),
             steps: None,
         }
     }

@@ -777,10 +777,22 @@ mod tests {
         fetch_verify(&c, &from_list(URL, LIST_URL, "/opt/tool")).unwrap();
         assert!(f.target.root().exists("/opt/tool/tool"));
         let cases = [
-            (from_list(URL, "https://example.org/other/SHA256SUMS", "/y"), "its pin comes from https://example.org/other/SHA256SUMS but the lock file's came from"),
-            (opts(URL, &f.tar_sha, "/y"), "its pin comes from the recipe but the lock file's came from"),
-            (opts(BIN_URL, &f.tar_sha, "/y"), "its pin comes from the recipe"),
-            (from_list("https://example.org/dl/new.tar.gz", LIST_URL, "/y"), "url https://example.org/dl/new.tar.gz is not in the lock file"),
+            (
+                from_list(URL, "https://example.org/other/SHA256SUMS", "/y"),
+                "its pin comes from https://example.org/other/SHA256SUMS but in pgimg.lock from",
+            ),
+            (
+                opts(URL, &f.tar_sha, "/y"),
+                "its pin comes from the recipe but in pgimg.lock from",
+            ),
+            (
+                opts(BIN_URL, &f.tar_sha, "/y"),
+                "its pin comes from the recipe",
+            ),
+            (
+                from_list("https://example.org/dl/new.tar.gz", LIST_URL, "/y"),
+                "url https://example.org/dl/new.tar.gz is not in pgimg.lock",
+            ),
         ];
         for (o, want) in cases {
             let e = fetch_verify(&c, &o).unwrap_err().to_string();

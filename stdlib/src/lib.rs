@@ -27,6 +27,7 @@ pub mod root;
 pub mod run;
 pub mod shared;
 pub mod source;
+pub mod stderr;
 pub mod systemd;
 pub mod target;
 pub mod users;

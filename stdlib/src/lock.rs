@@ -45,21 +45,28 @@ pub enum LockError {
     },
     #[error("{file}: {reason}")]
     Io { file: String, reason: String },
-    #[error("{kind} {url} is not in the lock file; run `pgimg lock` and review the change")]
-    Missing { kind: String, url: String },
-    #[error("{kind} {url}: pinned to {got} but the lock file says {locked}; run `pgimg lock` and review the change")]
+    /// `lock` names the lock file ([`Lock::name`]), in this variant and the next two.
+    #[error("{kind} {url} is not in {lock}; run `pgimg lock` and review the change")]
+    Missing {
+        kind: String,
+        url: String,
+        lock: String,
+    },
+    #[error("{kind} {url}: pinned to {got} but {lock} says {locked}; run `pgimg lock` and review the change")]
     Mismatch {
         kind: String,
         url: String,
         locked: String,
         got: String,
+        lock: String,
     },
-    #[error("{kind} {url}: its pin comes from {got} but the lock file's came from {locked}; run `pgimg lock` and review the change")]
+    #[error("{kind} {url}: its pin comes from {got} but in {lock} from {locked}; run `pgimg lock` and review the change")]
     FromMismatch {
         kind: String,
         url: String,
         locked: String,
         got: String,
+        lock: String,
     },
     #[error("{kind} {url}: no pin was resolved (a recording run cannot write a lock)")]
     Unresolved { kind: String, url: String },
@@ -126,15 +133,31 @@ fn check_pin(kind: &str, pin: &str) -> Result<(), String> {
 }
 
 /// The pins of every input, keyed by (kind, upstream URL).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Lock {
     entries: BTreeMap<(String, String), LockEntry>,
+    /// The file [`Lock::parse`] read, as errors name it; empty for a lock
+    /// made in memory.
+    file: String,
 }
+
+/// Two locks are equal when they pin the same inputs the same way, wherever
+/// they were read from.
+impl PartialEq for Lock {
+    fn eq(&self, other: &Lock) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for Lock {}
 
 impl Lock {
     /// Parses lock file text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Lock, LockError> {
-        let mut lock = Lock::default();
+        let mut lock = Lock {
+            file: file.to_string(),
+            ..Lock::default()
+        };
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -255,12 +278,23 @@ impl Lock {
         self.entries.extend(newer.entries);
     }
 
+    /// How errors name this lock: the file it was read from, or "the lock
+    /// file" for one made in memory.
+    pub fn name(&self) -> String {
+        if self.file.is_empty() {
+            "the lock file".into()
+        } else {
+            self.file.clone()
+        }
+    }
+
     /// The locked sha256 of the `url` input whose pin comes from `from` (a
     /// checksum list URL or [`FROM_LOCK`]).
     pub fn sha256_from(&self, url: &str, from: &str) -> Result<&str, LockError> {
         let e = self.get("url", url).ok_or_else(|| LockError::Missing {
             kind: "url".into(),
             url: url.into(),
+            lock: self.name(),
         })?;
         if e.from.as_deref() != Some(from) {
             return Err(LockError::FromMismatch {
@@ -268,6 +302,7 @@ impl Lock {
                 url: url.into(),
                 locked: e.from.clone().unwrap_or_else(|| "the recipe".into()),
                 got: from.into(),
+                lock: self.name(),
             });
         }
         Ok(&e.pin)
@@ -282,6 +317,7 @@ impl Lock {
             .ok_or_else(|| LockError::Missing {
                 kind: input.kind.clone(),
                 url: url.into(),
+                lock: self.name(),
             })?;
         if e.from != input.from {
             let show = |f: &Option<String>| f.clone().unwrap_or_else(|| "the recipe".into());
@@ -290,6 +326,7 @@ impl Lock {
                 url: url.into(),
                 locked: show(&e.from),
                 got: show(&input.from),
+                lock: self.name(),
             });
         }
         if e.pin != input.pin {
@@ -302,6 +339,7 @@ impl Lock {
                 } else {
                     input.pin.clone()
                 },
+                lock: self.name(),
             });
         }
         Ok(())
@@ -415,6 +453,7 @@ mod tests {
                 LockError::Missing {
                     kind: "url".into(),
                     url: "https://example.org/v2/tool.tar.gz".into(),
+                    lock: "the lock file".into(),
                 },
             ),
             (
@@ -424,6 +463,7 @@ mod tests {
                     url: "https://example.org/src.git".into(),
                     locked: REV.into(),
                     got: "1".repeat(40),
+                    lock: "the lock file".into(),
                 },
             ),
             (
@@ -433,6 +473,7 @@ mod tests {
                     url: "https://example.org/v1/tool.tar.gz".into(),
                     locked: LIST.into(),
                     got: "the recipe".into(),
+                    lock: "the lock file".into(),
                 },
             ),
             (
@@ -442,6 +483,7 @@ mod tests {
                     url: "https://example.org/x.deb".into(),
                     locked: SHA.into(),
                     got: "nothing".into(),
+                    lock: "the lock file".into(),
                 },
             ),
         ];
@@ -504,6 +546,26 @@ mod tests {
             .sha256_from("https://example.org/y.deb", FROM_LOCK)
             .unwrap_err();
         assert_eq!(e.to_string(), "url https://example.org/y.deb is not in the lock file; run `pgimg lock` and review the change");
+    }
+
+    #[test]
+    fn an_input_checked_against_a_lock_read_from_a_file_names_that_file() {
+        let text = sample().render();
+        let l = Lock::parse(&text, "recipes/pgimg.lock").unwrap();
+        assert_eq!(l, sample(), "where a lock was read does not make it differ");
+        let e = l
+            .sha256_from("https://example.org/y.deb", FROM_LOCK)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "url https://example.org/y.deb is not in recipes/pgimg.lock; run `pgimg lock` and review the change");
+        let changed = input("git", "https://example.org/src.git", &"1".repeat(40), None);
+        let e = l.check(&changed).unwrap_err().to_string();
+        assert!(e.contains("but recipes/pgimg.lock says"), "{e}");
+        let unlisted = input("url", "https://example.org/v1/tool.tar.gz", SHA, None);
+        let e = l.check(&unlisted).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("but in recipes/pgimg.lock from {LIST}")),
+            "{e}"
+        );
     }
 
     #[test]

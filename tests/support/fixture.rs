@@ -162,3 +162,65 @@ pub fn assert_base_sha256_unchanged(base: &Path) {
         base.display()
     );
 }
+
+/// An exclusive `flock` on the fixture folder's `disk-heavy.lock`, held
+/// until dropped. Tests that write gigabytes at once (a fully allocated base
+/// conversion, an image filled to the brim) take it, so they run one at a
+/// time across test threads and binaries: the suite's peak disk use is one
+/// of them plus the light tests, not the sum of whichever ran together (a
+/// runner with a small disk failed with ENOSPC when two overlapped).
+pub struct DiskHeavy(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Waits for, then holds, the [`DiskHeavy`] lock; `test` names the waiter.
+pub fn disk_heavy(test: &str) -> DiskHeavy {
+    let dir = fixture_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("disk-heavy.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, _)) => {
+            loud(&format!(
+                "{test}: waiting for another disk-heavy test to finish"
+            ));
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()))
+        }
+    };
+    DiskHeavy(lock)
+}
+
+/// The fixture base as a qcow2 image (zero clusters left out, so a few
+/// hundred MiB), converted once beside it and reused: what a release's
+/// cloud image looks like to the URL-base tests.
+pub fn base_qcow2() -> PathBuf {
+    let base = base_image();
+    let qcow2 = base.with_extension("qcow2");
+    if qcow2.exists() {
+        return qcow2;
+    }
+    let partial = tempfile::Builder::new()
+        .prefix(".partial-")
+        .suffix(".qcow2")
+        .tempfile_in(fixture_dir())
+        .unwrap()
+        .into_temp_path();
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&base)
+        .arg(&partial)
+        .status()
+        .expect("running qemu-img");
+    assert!(
+        converted.success(),
+        "qemu-img convert of {}",
+        base.display()
+    );
+    partial.persist(&qcow2).unwrap();
+    qcow2
+}

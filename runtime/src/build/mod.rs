@@ -505,7 +505,7 @@ fn recipe(b: &mut Build) -> Result<()> {
             &opts.recipe,
             &opts.inputs,
             target.clone(),
-            Arc::new(|loc, msg| eprintln!("{loc}: {msg}")),
+            Arc::new(|loc, msg| pgimg_stdlib::stderr_line!("{loc}: {msg}")),
             &opts.limits,
             session.as_ref().map(cache::as_steps),
         );

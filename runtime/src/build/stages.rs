@@ -56,5 +56,5 @@ impl StageTimer {
 
 /// A build log line on stderr.
 pub fn log(line: &str) {
-    eprintln!("pgimg: {line}");
+    pgimg_stdlib::stderr_line!("pgimg: {line}");
 }

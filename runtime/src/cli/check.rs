@@ -34,7 +34,7 @@ pub fn check(args: &CheckArgs) -> Result<()> {
         let run = match host::dry_run(r, &inputs, &args.fake.os(), fetcher) {
             Ok(run) => run,
             Err(e) => {
-                eprintln!("{e:#}");
+                pgimg_stdlib::stderr_line!("{e:#}");
                 broken = true;
                 continue;
             }
@@ -48,7 +48,7 @@ pub fn check(args: &CheckArgs) -> Result<()> {
                 println!("{}: ok ({n} action{s})", display_path(r));
             }
             Err(e) => {
-                eprintln!("{e}");
+                pgimg_stdlib::stderr_line!("{e}");
                 broken = true;
             }
         }
@@ -59,9 +59,9 @@ pub fn check(args: &CheckArgs) -> Result<()> {
     }
     if let Some(Err(e)) = unused.map(|u| u.error(several)) {
         if several {
-            eprintln!("{e}");
+            pgimg_stdlib::stderr_line!("{e}");
         } else {
-            eprintln!("{}: {e}", display_path(&args.recipes[0]));
+            pgimg_stdlib::stderr_line!("{}: {e}", display_path(&args.recipes[0]));
         }
         broken = true;
     }

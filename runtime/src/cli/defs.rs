@@ -24,7 +24,7 @@ pub fn defs(args: &DefsArgs) -> Result<()> {
     match &args.output {
         Some(p) => {
             std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
-            eprintln!("wrote {}", p.display());
+            pgimg_stdlib::stderr_line!("wrote {}", p.display());
         }
         None => print!("{text}"),
     }

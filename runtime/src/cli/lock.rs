@@ -66,7 +66,7 @@ pub fn lock(args: &LockArgs) -> Result<()> {
         &bases,
     )?;
     for (recipe, arch, why) in &s.skipped {
-        eprintln!("{recipe}: {arch} skipped: {why}");
+        pgimg_stdlib::stderr_line!("{recipe}: {arch} skipped: {why}");
     }
     for a in &s.added {
         println!("added   {a}");
@@ -134,7 +134,7 @@ fn base_entries(args: &LockArgs, cache: &std::path::Path) -> Result<Vec<LockEntr
                 Some(list.clone()),
             ),
             None => {
-                eprintln!("pgimg: {url}: no checksum given: downloading it to record its sha256 (trust on first use)");
+                pgimg_stdlib::stderr_line!("pgimg: {url}: no checksum given: downloading it to record its sha256 (trust on first use)");
                 let sha = http()?
                     .sha256_of_download(url)
                     .with_context(|| format!("downloading the base {url}"))?;

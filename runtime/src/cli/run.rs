@@ -122,7 +122,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         (None, None) => {
             let img =
                 crate::fixture::base_image().context("building the built-in fixture image")?;
-            eprintln!(
+            pgimg_stdlib::stderr_line!(
                 "pgimg: no --base given: using the built-in fixture {}",
                 img.display()
             );

@@ -80,7 +80,7 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     let report = vm::verify(
         image,
         &opts,
-        &|line| eprintln!("pgimg verify: {line}"),
+        &|line| pgimg_stdlib::stderr_line!("pgimg verify: {line}"),
         print,
     )
     .map_err(classify)

@@ -171,7 +171,7 @@ fn read_manifest(raw: &Path, offset: u64, size: u64) -> Manifest {
         },
     };
     if let Err(e) = guard.close() {
-        eprintln!("warning: {e}");
+        pgimg_stdlib::stderr_line!("warning: {e}");
     }
     manifest
 }

@@ -285,7 +285,7 @@ impl Drop for LoopGuard {
     fn drop(&mut self) {
         if let Some(device) = self.device.take() {
             if let Err(e) = detach(device, &self.path) {
-                eprintln!("warning: {e}");
+                pgimg_stdlib::stderr_line!("warning: {e}");
             }
         }
     }

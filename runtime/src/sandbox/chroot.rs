@@ -108,7 +108,7 @@ impl SandboxOptions {
 
 fn default_log(label: &str, _stream: Stream, line: &str) {
     let label = if label.is_empty() { "chroot" } else { label };
-    eprintln!("{label}: {line}");
+    pgimg_stdlib::stderr_line!("{label}: {line}");
 }
 
 /// Setting up the sandbox failed; what was already done has been undone.
@@ -226,7 +226,9 @@ impl ChrootTarget {
         }
         if let Err(e) = target.prepare() {
             if let Err(undo) = target.teardown() {
-                eprintln!("pgimg: warning: undoing a partial sandbox setup: {undo}");
+                pgimg_stdlib::stderr_line!(
+                    "pgimg: warning: undoing a partial sandbox setup: {undo}"
+                );
             }
             return Err(e);
         }
@@ -313,7 +315,7 @@ impl ChrootTarget {
                     source,
                 })?;
             for gone in &opened.swept {
-                eprintln!(
+                pgimg_stdlib::stderr_line!(
                     "pgimg: removed {}: the apt archives folder of a build that is gone",
                     gone.display()
                 );
@@ -470,7 +472,7 @@ impl ChrootTarget {
             Ok(outcomes) => {
                 for o in outcomes {
                     if let Outcome::KeptTheBuilds(path) = o {
-                        eprintln!(
+                        pgimg_stdlib::stderr_line!(
                             "pgimg: note: the build changed {path}; keeping its version instead of the image's original"
                         );
                     }
@@ -481,7 +483,7 @@ impl ChrootTarget {
         let mut errors = errors.into_iter();
         let first = errors.next();
         for e in errors {
-            eprintln!("pgimg: warning: tearing down the sandbox: {e}");
+            pgimg_stdlib::stderr_line!("pgimg: warning: tearing down the sandbox: {e}");
         }
         first.map_or(Ok(()), Err)
     }
@@ -742,7 +744,7 @@ impl Drop for ChrootTarget {
     /// Tears down (restores files, unmounts) if the caller did not; failures are logged.
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!(
+            pgimg_stdlib::stderr_line!(
                 "pgimg: warning: tearing down the sandbox on {}: {e}",
                 self.dir.display()
             );

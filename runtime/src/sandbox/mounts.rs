@@ -186,7 +186,7 @@ impl Drop for Mount {
         if self.mounted {
             self.mounted = false;
             if let Err(e) = unmount(&self.target, &self.what) {
-                eprintln!("pgimg: warning: {e}");
+                pgimg_stdlib::stderr_line!("pgimg: warning: {e}");
             }
         }
     }
@@ -304,7 +304,7 @@ impl MountStack {
                 if first.is_none() {
                     first = Some(e);
                 } else {
-                    eprintln!("pgimg: warning: {e}");
+                    pgimg_stdlib::stderr_line!("pgimg: warning: {e}");
                 }
             }
         }
@@ -316,7 +316,7 @@ impl Drop for MountStack {
     /// Unmounts whatever is still mounted, newest first, logging failures.
     fn drop(&mut self) {
         if let Err(e) = self.close_all() {
-            eprintln!("pgimg: warning: {e}");
+            pgimg_stdlib::stderr_line!("pgimg: warning: {e}");
         }
     }
 }

@@ -277,9 +277,9 @@ pub fn firmware_name(f: Firmware) -> &'static str {
 pub fn boot(image: &Path, opts: &BootOptions) -> Result<i32, VmError> {
     let prepared = prepare(image, opts, false, false)?;
     for note in &prepared.notes {
-        eprintln!("pgimg boot: {note}");
+        pgimg_stdlib::stderr_line!("pgimg boot: {note}");
     }
-    eprintln!(
+    pgimg_stdlib::stderr_line!(
         "pgimg boot: serial console follows; Ctrl-A X quits QEMU, Ctrl-A C opens its monitor"
     );
     let mut child = prepared

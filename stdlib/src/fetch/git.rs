@@ -99,7 +99,7 @@ impl GitFetcher {
         GitFetcher {
             cache: cache.into(),
             program: PathBuf::from("git"),
-            log: Arc::new(|line| eprintln!("{line}")),
+            log: Arc::new(|line| crate::stderr_line!("{line}")),
         }
     }
 

@@ -194,7 +194,7 @@ impl HttpFetcher {
             .map_err(|e| {
                 FetchError::Invalid(format!("building the HTTP client: {}", error_chain(&e)))
             })?;
-        let log: FetchLog = Arc::new(|line| eprintln!("{line}"));
+        let log: FetchLog = Arc::new(|line| crate::stderr_line!("{line}"));
         Ok(HttpFetcher {
             git: GitFetcher::new(&cache).with_log(log.clone()),
             cache,
