@@ -78,10 +78,21 @@ pub fn failure(loc: &Loc, name: &str, err: impl std::fmt::Display) -> Box<EvalAl
 }
 
 /// Decodes an options map into `T` (a `deny_unknown_fields` struct), so an
-/// unknown key is an error naming it.
+/// unknown key is an error naming it, and a value of the wrong type an error
+/// naming its key, however deep (`options: env.LC_ALL: …`): rhai's own
+/// message names only the types, and serde_path_to_error tracks the path.
 pub fn options<T: DeserializeOwned>(map: rhai::Map) -> Result<T> {
-    rhai::serde::from_dynamic(&Dynamic::from_map(map))
-        .map_err(|e| Error::invalid(format!("options: {}", strip_position(&e.to_string()))))
+    let value = Dynamic::from_map(map);
+    serde_path_to_error::deserialize(rhai::serde::DynamicDeserializer::new(&value)).map_err(|e| {
+        let msg = strip_position(&e.inner().to_string());
+        let path = e.path().to_string();
+        // An unknown key is named by the message; its path is where it stood.
+        if path == "." || msg.starts_with("unknown field") {
+            Error::invalid(format!("options: {msg}"))
+        } else {
+            Error::invalid(format!("options: {path}: {msg}"))
+        }
+    })
 }
 
 /// An options struct that flattens another (`#[serde(flatten)]`): serde
@@ -128,16 +139,87 @@ pub fn flat_options<T: FlatOptions>(map: rhai::Map) -> Result<T> {
             keys.join(", ")
         )));
     }
-    options(map)
+    options(map.clone()).map_err(|e| name_the_key::<T>(e, &map))
 }
 
-/// `from_dynamic` errors end with ` (line 0, position 0)` or similar noise.
+/// serde's `flatten` decodes the flattened keys from a buffer that
+/// serde_path_to_error cannot see into, so their type errors come without a
+/// key: the key is the one whose value alone fails the same way (a struct
+/// checks values as it reads them and missing fields only at the end).
+fn name_the_key<T: FlatOptions>(e: Error, map: &rhai::Map) -> Error {
+    let msg = e.to_string();
+    let Some(why) = msg.strip_prefix("options: ") else {
+        return e;
+    };
+    let named = |k: &str| {
+        [":", ".", "["]
+            .iter()
+            .any(|c| why.starts_with(&format!("{k}{c}")))
+    };
+    if why.starts_with("missing field") || map.keys().any(|k| named(k)) {
+        return e;
+    }
+    for (key, value) in map {
+        let alone = rhai::Map::from([(key.clone(), value.clone())]);
+        if let Err(e) = options::<T>(alone) {
+            if e.to_string() == msg {
+                return Error::invalid(format!("options: {key}: {why}"));
+            }
+        }
+    }
+    e
+}
+
+/// `from_dynamic` errors end with ` (line 0, position 0)` or similar noise,
+/// and its type errors name Rust types (`Output type incorrect: string
+/// (expecting alloc::vec::Vec<alloc::string::String>)`); the recipe writer
+/// reads `expected an array of strings, found a string`.
 fn strip_position(msg: &str) -> String {
     let msg = msg.trim_start_matches("Syntax error: ");
-    match msg.find(" (line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.trim_end_matches(" @ none").to_string(),
+    let msg = match msg.find(" (line ") {
+        Some(i) => &msg[..i],
+        None => msg.trim_end_matches(" @ none"),
+    };
+    let type_error = msg
+        .strip_prefix("Output type incorrect: ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|rest| rest.split_once(" (expecting "));
+    match type_error {
+        Some((found, want)) => format!(
+            "expected {}, found {}",
+            recipe_type(want),
+            recipe_type(found)
+        ),
+        None => msg.to_string(),
     }
+}
+
+/// A Rust or Rhai type name as a recipe writer knows the value.
+fn recipe_type(t: &str) -> String {
+    let t = t.trim();
+    let inner = |prefix: &str| t.strip_prefix(prefix).and_then(|r| r.strip_suffix('>'));
+    if let Some(item) = inner("alloc::vec::Vec<") {
+        let item = recipe_type(item);
+        let item = item.trim_start_matches("an ").trim_start_matches("a ");
+        return format!("an array of {item}s");
+    }
+    if let Some(value) = inner("core::option::Option<") {
+        return recipe_type(value);
+    }
+    if t.contains("Map<") {
+        return "a map".into();
+    }
+    match t.rsplit("::").next().unwrap_or(t) {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" => "an integer",
+        "f32" | "f64" => "a number",
+        "bool" => "a bool (true or false)",
+        "string" | "String" | "ImmutableString" | "char" | "&str" => "a string",
+        "array" | "Array" => "an array",
+        "map" => "a map",
+        "()" => "nothing (unit)",
+        other => return other.to_string(),
+    }
+    .into()
 }
 
 /// A Rhai value that is one string or an array of strings, as a Vec.
@@ -213,6 +295,33 @@ mod tests {
         let err = options::<Opts>(m).unwrap_err().to_string();
         assert!(err.contains("unknown field `mdoe`"), "{err}");
         assert!(err.contains("`mode`"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_however_deep() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Nested {
+            #[allow(dead_code)]
+            env: Option<std::collections::BTreeMap<String, String>>,
+        }
+        let mut m = rhai::Map::new();
+        m.insert("mode".into(), Dynamic::from("0644"));
+        let err = options::<Opts>(m).unwrap_err().to_string();
+        assert_eq!(err, "options: mode: expected an integer, found a string");
+        let mut env = rhai::Map::new();
+        env.insert("LC_ALL".into(), Dynamic::from(1_i64));
+        let mut m = rhai::Map::new();
+        m.insert("env".into(), Dynamic::from_map(env));
+        let err = options::<Nested>(m).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "options: env.LC_ALL: expected a string, found an integer"
+        );
+        assert_eq!(
+            recipe_type("alloc::vec::Vec<alloc::string::String>"),
+            "an array of strings"
+        );
     }
 
     #[test]

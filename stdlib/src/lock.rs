@@ -45,12 +45,13 @@ pub enum LockError {
     },
     #[error("{file}: {reason}")]
     Io { file: String, reason: String },
-    /// `lock` names the lock file ([`Lock::name`]), in this variant and the next two.
+    /// `lock` names the lock file ([`Lock::name`]), in this variant and the next
+    /// two (a `Box<str>` keeps the error within clippy's `result_large_err`).
     #[error("{kind} {url} is not in {lock}; run `pgimg lock` and review the change")]
     Missing {
         kind: String,
         url: String,
-        lock: String,
+        lock: Box<str>,
     },
     #[error("{kind} {url}: pinned to {got} but {lock} says {locked}; run `pgimg lock` and review the change")]
     Mismatch {
@@ -58,7 +59,7 @@ pub enum LockError {
         url: String,
         locked: String,
         got: String,
-        lock: String,
+        lock: Box<str>,
     },
     #[error("{kind} {url}: its pin comes from {got} but in {lock} from {locked}; run `pgimg lock` and review the change")]
     FromMismatch {
@@ -66,7 +67,7 @@ pub enum LockError {
         url: String,
         locked: String,
         got: String,
-        lock: String,
+        lock: Box<str>,
     },
     #[error("{kind} {url}: no pin was resolved (a recording run cannot write a lock)")]
     Unresolved { kind: String, url: String },
@@ -294,7 +295,7 @@ impl Lock {
         let e = self.get("url", url).ok_or_else(|| LockError::Missing {
             kind: "url".into(),
             url: url.into(),
-            lock: self.name(),
+            lock: self.name().into(),
         })?;
         if e.from.as_deref() != Some(from) {
             return Err(LockError::FromMismatch {
@@ -302,7 +303,7 @@ impl Lock {
                 url: url.into(),
                 locked: e.from.clone().unwrap_or_else(|| "the recipe".into()),
                 got: from.into(),
-                lock: self.name(),
+                lock: self.name().into(),
             });
         }
         Ok(&e.pin)
@@ -317,7 +318,7 @@ impl Lock {
             .ok_or_else(|| LockError::Missing {
                 kind: input.kind.clone(),
                 url: url.into(),
-                lock: self.name(),
+                lock: self.name().into(),
             })?;
         if e.from != input.from {
             let show = |f: &Option<String>| f.clone().unwrap_or_else(|| "the recipe".into());
@@ -326,7 +327,7 @@ impl Lock {
                 url: url.into(),
                 locked: show(&e.from),
                 got: show(&input.from),
-                lock: self.name(),
+                lock: self.name().into(),
             });
         }
         if e.pin != input.pin {
@@ -339,7 +340,7 @@ impl Lock {
                 } else {
                     input.pin.clone()
                 },
-                lock: self.name(),
+                lock: self.name().into(),
             });
         }
         Ok(())

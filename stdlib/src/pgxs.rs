@@ -388,6 +388,37 @@ mod tests {
         );
     }
 
+    /// serde decodes flattened keys from a buffer where their path is lost;
+    /// the error still names the key.
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_also_when_flattened() {
+        for (key, value, want) in [
+            (
+                "rev",
+                Dynamic::from(5_i64),
+                "options: rev: invalid type: integer `5`, expected a string",
+            ),
+            (
+                "keep_git",
+                Dynamic::from("yes"),
+                "options: keep_git: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "dir",
+                Dynamic::from(1_i64),
+                "options: dir: invalid type: integer `1`, expected a string",
+            ),
+        ] {
+            let mut map = rhai::Map::new();
+            map.insert("git".into(), Dynamic::from("https://h/x.git"));
+            map.insert(key.into(), value);
+            let e = crate::api::flat_options::<PgxsOpts>(map)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, want);
+        }
+    }
+
     #[test]
     fn the_listed_keys_are_the_fields() {
         crate::api::assert_keys_are_the_fields::<PgxsOpts>();
