@@ -123,9 +123,9 @@ venv_install moto "$moto_min" moto_server "moto[server]>=$moto_min"
 venv_install gcp-storage-emulator "$gcs_min" gcp-storage-emulator "gcp-storage-emulator>=$gcs_min"
 # QEMU, OVMF, GRUB's module sets and mtools for the boot tests (tests/boot.rs).
 bash "$(dirname "$0")/setup-boot.sh"
-# Space: a first `cargo test` writes its build (about 7 GB under the
+# Space: a first `cargo test` writes its build (about 8 GB under the
 # Cargo target folder) and the system tests' fixtures and images (about
-# 8 GB at their peak under $PGIMG_FIXTURE_DIR). Say so now rather than
+# 9 GB at their peak under $PGIMG_FIXTURE_DIR). Say so now rather than
 # let a test fail midway with ENOSPC.
 free_gb() { # the nearest existing folder of $1: GB free on its file system
     local d=$1
@@ -133,9 +133,9 @@ free_gb() { # the nearest existing folder of $1: GB free on its file system
     df -P -k "$d" | awk 'NR == 2 { print int($4 / 1000000) }'
 }
 fixtures=${PGIMG_FIXTURE_DIR:-/var/tmp/pgimg-fixtures}
-[ "$(free_gb "$fixtures")" -ge 8 ] ||
-    say "warning: $(free_gb "$fixtures") GB free for $fixtures; the system tests write up to 8 GB there at once (set PGIMG_FIXTURE_DIR to a roomier place)"
+[ "$(free_gb "$fixtures")" -ge 9 ] ||
+    say "warning: $(free_gb "$fixtures") GB free for $fixtures; the system tests write up to 9 GB there at once (set PGIMG_FIXTURE_DIR to a roomier place)"
 target=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}
-[ "$(free_gb "$target")" -ge 7 ] ||
-    say "warning: $(free_gb "$target") GB free for $target; a first test build writes about 7 GB there"
+[ "$(free_gb "$target")" -ge 8 ] ||
+    say "warning: $(free_gb "$target") GB free for $target; a first test build writes about 8 GB there"
 say "ready: $("$venv/bin/python" -c 'import importlib.metadata as m; print("moto", m.version("moto") + ", gcp-storage-emulator", m.version("gcp-storage-emulator"))'), $(qemu-img --version | head -n 1)"
