@@ -705,7 +705,7 @@ fn exporter_paths(arch: &str) -> Vec<String> {
 #[test]
 fn standard_recipe_on_the_debian_fixture() {
     fixture::skip_unless_root!();
-    let _heavy = fixture::disk_heavy("standard_recipe_on_the_debian_fixture");
+    let _heavy = fixture::disk_heavy();
     let (arch, base, tmp) = flavor_start();
     let dir = tmp.path();
     let server = Served::fixture_releases(dir);
@@ -808,7 +808,7 @@ fn paradedb_standin(
 #[test]
 fn paradedb_recipe_on_the_debian_fixture() {
     fixture::skip_unless_root!();
-    let _heavy = fixture::disk_heavy("paradedb_recipe_on_the_debian_fixture");
+    let _heavy = fixture::disk_heavy();
     let (arch, base, tmp) = flavor_start();
     let dir = tmp.path();
     let repo = repo_dir();

@@ -330,7 +330,7 @@ fn every_primitive_for_real() {
     if !fixture::require_root("every_primitive_for_real") {
         return;
     }
-    let _heavy = fixture::disk_heavy("every_primitive_for_real");
+    let _heavy = fixture::disk_heavy();
     let base = base_image();
     let tmp = scratch();
     let dir = tmp.path();
@@ -986,8 +986,7 @@ fn a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked() {
     {
         return;
     }
-    let _heavy =
-        fixture::disk_heavy("a_base_url_is_downloaded_and_converted_once_and_its_pin_is_checked");
+    let _heavy = fixture::disk_heavy();
     let base = base_image();
     let scene = Scene::new();
     let (served_dir, pin) = served_qcow2_base(&scene, "base.qcow2");
@@ -1131,8 +1130,7 @@ fn a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list() {
     if !fixture::require_root("a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list") {
         return;
     }
-    let _heavy =
-        fixture::disk_heavy("a_base_pin_is_locked_on_purpose_and_read_from_a_checksum_list");
+    let _heavy = fixture::disk_heavy();
     let base = base_image();
     let scene = Scene::new();
     let (served_dir, pin) = served_qcow2_base(&scene, "disk-amd64.img");
@@ -1827,7 +1825,7 @@ fn a_full_image_says_so_and_how_to_grow_it() {
     if !fixture::require_root("a_full_image_says_so_and_how_to_grow_it") {
         return;
     }
-    let _heavy = fixture::disk_heavy("a_full_image_says_so_and_how_to_grow_it");
+    let _heavy = fixture::disk_heavy();
     let base = base_image();
     let scene = Scene::new();
     // The fixture is not grown: 4 GiB cannot fit in its 2 GiB.

@@ -171,8 +171,8 @@ pub fn assert_base_sha256_unchanged(base: &Path) {
 /// runner with a small disk failed with ENOSPC when two overlapped).
 pub struct DiskHeavy(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
-/// Waits for, then holds, the [`DiskHeavy`] lock; `test` names the waiter.
-pub fn disk_heavy(test: &str) -> DiskHeavy {
+/// Waits for, then holds, the [`DiskHeavy`] lock.
+pub fn disk_heavy() -> DiskHeavy {
     let dir = fixture_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("disk-heavy.lock");
@@ -185,6 +185,11 @@ pub fn disk_heavy(test: &str) -> DiskHeavy {
     let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((file, _)) => {
+            // libtest names each test's thread after the test.
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("a test")
+                .to_string();
             loud(&format!(
                 "{test}: waiting for another disk-heavy test to finish"
             ));
